@@ -1,0 +1,38 @@
+"""wbsr_plugin: WBSR (weight-balancing super-resolution) as a BasicSR plugin.
+
+Install torch (and a matching torchvision) first, then basicsr without build isolation, then this
+package; see README.md.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name='wbsr_plugin',
+    version='0.1.0',
+    description='WBSR weight-balancing supernets, HES sampling, BDLoss and dynamic inference for BasicSR',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(include=['wbsr_plugin', 'wbsr_plugin.*']),
+    install_requires=[
+        'basicsr==1.4.2',
+        'torch>=2.1',
+        'numpy',
+        'opencv-python',
+        'lmdb',
+        'pyyaml',
+        'scikit-image',
+        'tqdm',
+    ],
+    extras_require={
+        'test': ['pytest'],
+        'plot': ['matplotlib'],
+    },
+    entry_points={
+        'console_scripts': [
+            'wbsr-train = wbsr_plugin.train:main',
+            'wbsr-test = wbsr_plugin.test:main',
+            'wbsr-subnets = wbsr_plugin.subnets:main',
+        ],
+    },
+)

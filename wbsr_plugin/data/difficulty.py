@@ -1,0 +1,104 @@
+"""The patch difficulty used for both training (HES) and inference (gradient projection).
+
+Operator (METHOD.md section 2 leaves it open; this is our decision):
+
+* colour: luma Y = 0.299 R + 0.587 G + 0.114 B of the LR image, scaled to [0, 255]
+  (single-channel images are used as they are);
+* gradients: forward differences inside the patch, ``|Y[r, c+1] - Y[r, c]|`` (horizontal)
+  and ``|Y[r+1, c] - Y[r, c]|`` (vertical); no padding, so a patch's score depends on its
+  own pixels only, wherever it lies in the image;
+* gradient vector: (mean, std) of the horizontal magnitudes and (mean, std) of the vertical
+  ones (population std);
+* scalar difficulty: the sum of the four components (the L1 norm of the vector). A flat patch
+  scores 0; a ramp rising by ``s`` per pixel scores ``s``.
+
+All patches of an image are scored in one vectorised pass with summed-area tables, so the cost
+is linear in the number of pixels whatever the number and overlap of the patches.
+"""
+import numpy as np
+import torch
+
+LUMA_WEIGHTS_RGB = (0.299, 0.587, 0.114)
+
+
+def rgb_to_luma(img):
+    """Luma in [0, 255] of an RGB tensor (..., 3, H, W) or a single-channel (..., 1, H, W) in [0, 1]."""
+    if img.shape[-3] == 1:
+        return img[..., 0, :, :] * 255.
+    if img.shape[-3] != 3:
+        raise ValueError(f'expected 1 or 3 channels, got shape {tuple(img.shape)}')
+    weights = img.new_tensor(LUMA_WEIGHTS_RGB).view(3, 1, 1)
+    return (img * weights).sum(dim=-3) * 255.
+
+
+def bgr_image_to_luma(img):
+    """Luma in [0, 255] (float64 tensor, H x W) of a BasicSR/OpenCV image: HWC BGR or HW, float in [0, 1]."""
+    array = np.asarray(img, dtype=np.float64)
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = array[..., ::-1].transpose(2, 0, 1).copy()
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = array.transpose(2, 0, 1)
+    elif array.ndim == 2:
+        array = array[None]
+    else:
+        raise ValueError(f'expected an H x W or H x W x 1/3 image, got shape {array.shape}')
+    return rgb_to_luma(torch.from_numpy(array))
+
+
+def grid_positions(length, patch_size, stride):
+    """Top-left offsets of patches along one axis: every ``stride``, plus one flush with the end."""
+    if length < patch_size:
+        raise ValueError(f'image side {length} is smaller than the patch size {patch_size}')
+    positions = list(range(0, length - patch_size + 1, stride))
+    if positions[-1] != length - patch_size:
+        positions.append(length - patch_size)
+    return positions
+
+
+def _window_sums(values, tops, lefts, height, width):
+    """Sums of ``values`` (..., H, W) over the windows [top, top+height) x [left, left+width)."""
+    table = torch.nn.functional.pad(values.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    t = torch.as_tensor(tops, device=values.device).view(-1, 1)
+    l = torch.as_tensor(lefts, device=values.device).view(1, -1)
+    b, r = t + height, l + width
+    return table[..., b, r] - table[..., t, r] - table[..., b, l] + table[..., t, l]
+
+
+def _mean_std(magnitude, tops, lefts, height, width):
+    count = height * width
+    mean = _window_sums(magnitude, tops, lefts, height, width) / count
+    mean_sq = _window_sums(magnitude * magnitude, tops, lefts, height, width) / count
+    return mean, (mean_sq - mean * mean).clamp_min(0).sqrt()
+
+
+def gradient_vectors(luma, patch_size, tops, lefts):
+    """Gradient vectors of the patches whose top-left corners are ``tops`` x ``lefts``.
+
+    Args:
+        luma (Tensor): Luma in [0, 255], shape (..., H, W).
+        patch_size (int): Patch side in LR pixels (at least 2).
+        tops (Sequence[int]): Row offsets of the patches.
+        lefts (Sequence[int]): Column offsets of the patches.
+
+    Returns:
+        Tensor: Shape (..., len(tops), len(lefts), 4): mean and std of the horizontal
+        gradient magnitude, then mean and std of the vertical one.
+    """
+    if patch_size < 2:
+        raise ValueError(f'patch_size must be at least 2, got {patch_size}')
+    luma = luma.double()
+    grad_x = (luma[..., :, 1:] - luma[..., :, :-1]).abs()
+    grad_y = (luma[..., 1:, :] - luma[..., :-1, :]).abs()
+    mean_x, std_x = _mean_std(grad_x, tops, lefts, patch_size, patch_size - 1)
+    mean_y, std_y = _mean_std(grad_y, tops, lefts, patch_size - 1, patch_size)
+    return torch.stack([mean_x, std_x, mean_y, std_y], dim=-1)
+
+
+def difficulty_from_vectors(vectors):
+    """The scalar difficulty: the L1 norm of the gradient vector."""
+    return vectors.sum(dim=-1)
+
+
+def patch_difficulty(luma, patch_size, tops, lefts):
+    """Scalar difficulty of every patch on the grid ``tops`` x ``lefts``; shape (..., len(tops), len(lefts))."""
+    return difficulty_from_vectors(gradient_vectors(luma, patch_size, tops, lefts))

@@ -1,0 +1,23 @@
+"""BasicSR's test pipeline with the plugin registered.
+
+``python wbsr_plugin/test.py -opt X.yml``, ``python -m wbsr_plugin.test -opt X.yml`` and
+``wbsr-test -opt X.yml`` take every flag of BasicSR's ``test.py``. ``results/`` is written
+under the current directory.
+"""
+import os
+import sys
+from os import path as osp
+
+if not __package__:  # run as a file: import the package, not the files beside this one
+    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+import wbsr_plugin  # noqa: E402, F401  (registers the plugin and applies the compatibility fixes)
+from basicsr.test import test_pipeline  # noqa: E402
+
+
+def main():
+    test_pipeline(os.getcwd())
+
+
+if __name__ == '__main__':
+    main()
