@@ -5,5 +5,6 @@ from .archs import *  # noqa: F401, F403
 from .data import *  # noqa: F401, F403
 from .losses import *  # noqa: F401, F403
 from .models import *  # noqa: F401, F403
+from .data.training_progress import install_progress_hook; install_progress_hook()  # noqa: E402, E702  (HES)
 
 __version__ = '0.1.0'

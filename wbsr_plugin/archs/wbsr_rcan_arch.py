@@ -71,7 +71,7 @@ class WBSRRCAN(SupernetMixin, nn.Module):
         self.rgb_mean = tuple(rgb_mean)
         self.widths = check_choices(name, 'widths', widths, num_feat, minimum=squeeze_factor, max_option='num_feat')
         self.depths = check_choices(name, 'depths', depths, num_block, max_option='num_block')
-        self.register_buffer('mean', torch.Tensor(rgb_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('mean', torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = make_layer(

@@ -1,0 +1,105 @@
+import os
+import subprocess
+import sys
+from os import path as osp
+
+import pytest
+import torch
+import yaml
+
+import wbsr_plugin  # noqa: F401
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+FIXTURES = osp.join(REPO_ROOT, 'tests', 'fixtures')
+
+# A supernet small enough for CPU tests: 2 widths x 2 depths.
+TINY_RESNET = {'type': 'WBSRResNet', 'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def fixture_dirs(scale=4):
+    return osp.join(FIXTURES, 'hr'), osp.join(FIXTURES, f'lr_x{scale}')
+
+
+def train_options(name, *, scale=4, total_iter=4, network=None, train_dataset=None, model_type='SRModel', **extra):
+    """BasicSR training options on the tracked fixtures (folder backend unless overridden)."""
+    hr, lr = fixture_dirs(scale)
+    opt = {
+        'name': name,
+        'model_type': model_type,
+        'scale': scale,
+        'num_gpu': 0,
+        'manual_seed': 10,
+        'datasets': {
+            'train': {
+                'name': 'fixtures', 'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr,
+                'io_backend': {'type': 'disk'}, 'gt_size': 16 * scale, 'use_hflip': True, 'use_rot': True,
+                'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None,
+                **(train_dataset or {})
+            },
+            'val': {'name': 'fixtures_val', 'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr,
+                    'io_backend': {'type': 'disk'}},
+        },
+        'network_g': dict(network or TINY_RESNET, upscale=scale),
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {
+            'ema_decay': 0.999,
+            'optim_g': {'type': 'Adam', 'lr': 2.0e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]},
+            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'restart_weights': [1],
+                          'eta_min': 1.0e-7},
+            'total_iter': total_iter, 'warmup_iter': -1,
+            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+        },
+        'val': {'val_freq': total_iter, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': scale, 'test_y_channel': True}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': total_iter, 'use_tb_logger': False, 'wandb': None},
+        'dist_params': {'backend': 'gloo', 'port': 29500},
+    }
+    opt.update(extra)
+    return opt
+
+
+def write_yaml(path, opt):
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return str(path)
+
+
+def run_cli(args, cwd, timeout=300, check=True):
+    """Run a command with the repository importable; return the completed process."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args} failed with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+    return proc
+
+
+def run_module(module, *args, cwd, **kwargs):
+    return run_cli([sys.executable, '-m', module, *args], cwd=cwd, **kwargs)
+
+
+def read_train_log(experiment_dir):
+    logs = sorted(f for f in os.listdir(experiment_dir) if f.startswith('train_') and f.endswith('.log'))
+    with open(osp.join(experiment_dir, logs[-1])) as f:
+        return f.read()
+
+
+def make_basicsr_lmdb(img_dir, lmdb_path):
+    """An LMDB made exactly as BasicSR's scripts/data_preparation/create_lmdb.py makes it."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    names = sorted(os.listdir(img_dir))
+    make_lmdb_from_imgs(img_dir, str(lmdb_path), names, [osp.splitext(n)[0] for n in names])
+    return str(lmdb_path)
+
+
+@pytest.fixture(scope='session')
+def fixture_lmdbs(tmp_path_factory):
+    """GT and LQ (x4) LMDBs of the tracked fixtures."""
+    root = tmp_path_factory.mktemp('lmdb')
+    hr, lr = fixture_dirs(4)
+    return make_basicsr_lmdb(hr, root / 'hr.lmdb'), make_basicsr_lmdb(lr, root / 'lr_x4.lmdb')

@@ -1,0 +1,138 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from basicsr.archs import build_network
+from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.srresnet_arch import MSRResNet
+from basicsr.utils.registry import ARCH_REGISTRY
+from wbsr_plugin.archs.supernet_util import SupernetMixin
+
+SUPERNETS = sorted(name for name, cls in ARCH_REGISTRY if isinstance(cls, type) and issubclass(cls, SupernetMixin))
+TINY = {
+    'WBSRResNet': {'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]},
+    'WBSRRCAN': {'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]},
+}
+PLAIN = {'WBSRResNet': MSRResNet, 'WBSRRCAN': RCAN}
+
+
+def tiny(name, scale):
+    return build_network({'type': name, 'upscale': scale, **TINY[name]})
+
+
+def test_every_registered_supernet_has_a_tiny_config():
+    assert SUPERNETS == sorted(TINY)
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_every_subnet_trains_and_round_trips(name, scale, tmp_path):
+    net = tiny(name, scale)
+    lq = torch.rand(2, 3, 7, 9)
+    for subnet in net.subnets:
+        net.zero_grad()
+        out = net(lq, subnet=subnet.index)
+        assert out.shape == (2, 3, 7 * scale, 9 * scale)
+        out.abs().mean().backward()
+        assert torch.isfinite(out).all()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    path = tmp_path / 'net.pth'
+    torch.save({'params': net.state_dict()}, path)
+    loaded = tiny(name, scale)
+    loaded.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['params'])
+    with torch.no_grad():
+        assert torch.equal(loaded(lq, subnet=0), net(lq, subnet=0))
+
+
+@pytest.mark.parametrize('name,expected', [('WBSRResNet', 1.52e6), ('WBSRRCAN', 15.59e6)])
+def test_same_parameters_and_keys_as_the_plain_network(name, expected):
+    net = build_network({'type': name})
+    plain = MSRResNet() if name == 'WBSRResNet' else RCAN(3, 3, num_block=20)
+    assert list(net.state_dict()) == list(plain.state_dict())
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(expected, rel=5e-3)
+    assert net.full_subnet.params == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize('param_key', ['params', 'params_ema'])
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_basicsr_checkpoint_loads_and_full_network_reproduces_it(name, param_key, tmp_path):
+    options = {k: v for k, v in TINY[name].items() if k not in ('widths', 'depths')}
+    plain = PLAIN[name](num_in_ch=3, num_out_ch=3, upscale=4, **options).eval()
+    for p in plain.parameters():  # RCAN's default init leaves biases near zero; make every weight matter
+        p.data.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / 'plain.pth'
+    torch.save({param_key: plain.state_dict()}, path)
+
+    net = tiny(name, 4).eval()
+    net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)[param_key], strict=True)
+    lq = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(net(lq), plain(lq), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net(lq, subnet=net.full_subnet), plain(lq), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_subnets_are_slices_of_the_shared_weights(name):
+    net = tiny(name, 4).eval()
+    for p in net.parameters():
+        p.data.add_(torch.randn_like(p) * 0.01)
+    lq = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        outputs = [net(lq, subnet=s) for s in net.subnets]
+        for subnet, out in zip(net.subnets, outputs):
+            torch.testing.assert_close(net.extract_subnet(subnet)(lq), out, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(outputs[0], outputs[-1])
+        # channels beyond the smallest width do not touch the smallest subnet
+        net.conv_first.weight[net.widths[0]:] += 1
+        torch.testing.assert_close(net(lq, subnet=0), outputs[0])
+        net.conv_first.weight[:net.widths[0]] += 1
+        assert not torch.allclose(net(lq, subnet=0), outputs[0])
+
+
+@pytest.mark.parametrize('name,full_gflops', [('WBSRResNet', (5.19, 5.20)), ('WBSRRCAN', (32.59, 32.61))])
+def test_flops_match_the_flop_counter(name, full_gflops):
+    with torch.device('meta'):
+        net = build_network({'type': name})
+        lq = torch.empty(1, 3, 32, 32)
+    assert full_gflops[0] <= net.flops(32) / 1e9 <= full_gflops[1]
+    assert [s.flops for s in net.subnets] == sorted(s.flops for s in net.subnets)
+    for subnet in net.subnets:
+        with FlopCounterMode(display=False) as counter:
+            net(lq, subnet=subnet)
+        assert counter.get_total_flops() == net.flops(32, subnet=subnet) == subnet.flops
+    with FlopCounterMode(display=False) as counter:
+        net(torch.empty(1, 3, 17, 23, device='meta'), subnet=3)
+    assert counter.get_total_flops() == net.flops(17, 23, subnet=3)
+
+
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_default_subnets_are_three_widths_by_three_depths(name):
+    with torch.device('meta'):
+        net = build_network({'type': name})
+    assert net.widths == [36, 52, 64]
+    assert len(net.subnets) == 9 and net.full_subnet.width == 64
+
+
+@pytest.mark.parametrize('options,message', [
+    ({'widths': [52, 36, 64]}, 'widths must be strictly ascending'),
+    ({'widths': [36, 52, 80]}, r'widths must lie in \[1, 64\] and end with num_feat'),
+    ({'depths': [4, 8, 20]}, 'depths must lie in .* end with num_block'),
+    ({'widths': []}, 'widths must be a non-empty list of integers'),
+    ({'num_feats': 64}, r"unknown option\(s\) \['num_feats'\]; allowed options are"),
+    ({'upscale': 5}, 'upscale must be one of'),
+])
+def test_bad_configuration_names_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_network({'type': 'WBSRResNet', **options})
+
+
+def test_rcan_widths_must_keep_a_channel_attention_channel():
+    with pytest.raises(ValueError, match=r'widths must lie in \[16, 64\]'):
+        build_network({'type': 'WBSRRCAN', 'widths': [8, 64]})
+
+
+def test_subnet_argument_is_validated():
+    net = tiny('WBSRResNet', 4)
+    with pytest.raises(ValueError, match='subnet must be None, a Subnet or an index'):
+        net(torch.rand(1, 3, 4, 4), subnet=4)

@@ -1,0 +1,83 @@
+"""BasicSR's train/test pipelines end to end through the plugin's entry points."""
+import glob
+import os
+import shutil
+import sys
+from os import path as osp
+
+import pytest
+import torch
+import yaml
+
+from basicsr.archs import build_network
+from basicsr.utils.options import ordered_yaml
+from conftest import REPO_ROOT, read_train_log, run_cli, run_module, train_options, write_yaml
+
+OPTION_FILES = sorted(glob.glob(osp.join(REPO_ROOT, 'options', '*.yml')))
+
+
+@pytest.mark.parametrize('path', OPTION_FILES, ids=osp.basename)
+def test_every_option_file_loads_and_builds_its_network(path):
+    with open(path) as f:
+        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    network = dict(opt['network_g'])
+    with torch.device('meta'):
+        net = build_network(network)
+    assert net.upscale == opt['scale']
+
+
+def test_train_then_test_on_folder_data(tmp_path):
+    opt = train_options('folder_run', total_iter=4)
+    run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train.yml', opt), cwd=tmp_path)
+    experiment = tmp_path / 'experiments' / 'folder_run'
+    assert (experiment / 'models' / 'net_g_latest.pth').is_file()
+    assert (experiment / 'training_states' / '4.state').is_file()
+    assert '# psnr:' in read_train_log(experiment)
+
+    test_opt = {k: opt[k] for k in ('name', 'model_type', 'scale', 'num_gpu', 'network_g')}
+    test_opt.update(
+        name='folder_test',
+        datasets={'test_1': opt['datasets']['val']},
+        path={'pretrain_network_g': str(experiment / 'models' / 'net_g_latest.pth'), 'param_key_g': 'params_ema',
+              'strict_load_g': True},
+        val={'save_img': True, 'suffix': None, 'metrics': opt['val']['metrics']})
+    run_cli([sys.executable, f'{REPO_ROOT}/wbsr_plugin/test.py', '-opt',
+             write_yaml(tmp_path / 'test.yml', test_opt)], cwd=tmp_path)
+    images = glob.glob(str(tmp_path / 'results' / 'folder_test' / 'visualization' / 'fixtures_val' / '*.png'))
+    assert len(images) == 4
+
+
+def test_train_on_basicsr_lmdb_with_workers_and_auto_resume(tmp_path, fixture_lmdbs):
+    gt_lmdb, lq_lmdb = fixture_lmdbs
+    lmdb_data = {'dataroot_gt': gt_lmdb, 'dataroot_lq': lq_lmdb, 'io_backend': {'type': 'lmdb'},
+                 'num_worker_per_gpu': 2, 'persistent_workers': True}
+    opt = train_options('lmdb_run', total_iter=6, train_dataset=lmdb_data)
+    opt['logger']['save_checkpoint_freq'] = 2
+    path = write_yaml(tmp_path / 'train.yml', opt)
+    # a run stopped after 4 of its 6 iterations, then resumed
+    run_module('wbsr_plugin.train', '-opt', path, '--force_yml', 'train:total_iter=4', cwd=tmp_path)
+    run_module('wbsr_plugin.train', '-opt', path, '--auto_resume', cwd=tmp_path)
+    log = read_train_log(tmp_path / 'experiments' / 'lmdb_run')
+    assert 'Resuming training from epoch' in log and 'iter: 4.' in log
+    assert (tmp_path / 'experiments' / 'lmdb_run' / 'training_states' / '6.state').is_file()
+
+
+def test_debug_and_force_yml_flags(tmp_path):
+    opt = train_options('flags_run', total_iter=8)
+    path = write_yaml(tmp_path / 'train.yml', opt)
+    script = shutil.which('wbsr-train') or f'{sys.executable} -m wbsr_plugin.train'
+    run_cli([*script.split(), '-opt', path, '--debug', '--force_yml', 'train:total_iter=2'], cwd=tmp_path)
+    log = read_train_log(tmp_path / 'experiments' / 'debug_flags_run')
+    assert 'total_iter: 2' in log
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='torchrun with gloo is exercised on Linux')
+def test_torchrun_two_cpu_processes(tmp_path):
+    opt = train_options('ddp_run', total_iter=2, train_dataset={'num_worker_per_gpu': 1})
+    opt['find_unused_parameters'] = False
+    path = write_yaml(tmp_path / 'train.yml', opt)
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533']
+    run_cli([*torchrun, f'{REPO_ROOT}/wbsr_plugin/train.py', '-opt', path, '--launcher', 'pytorch'], cwd=tmp_path)
+    log = read_train_log(tmp_path / 'experiments' / 'ddp_run')
+    assert 'world_size: 2' in log
+    assert (tmp_path / 'experiments' / 'ddp_run' / 'models' / 'net_g_latest.pth').is_file()

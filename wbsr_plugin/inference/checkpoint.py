@@ -1,0 +1,196 @@
+"""Checkpoints for inference: the supernet's weights plus what the projection needs.
+
+A checkpoint is BasicSR's ``{'params': ..., 'params_ema': ...}`` with one more top-level key,
+``'wbsr'`` (BasicSR's ``load_network`` reads only the params key and ignores it)::
+
+    'wbsr': {
+        'version': 1,
+        'network_g': {'type': 'WBSRResNet', 'upscale': 4, 'num_feat': 64, 'num_block': 16,
+                      'widths': [36, 52, 64], 'depths': [4, 8, 16], ...},   # build_network options
+        'thresholds': [t_1, ..., t_{K-1}],   # class thresholds on the scalar difficulty
+        'num_classes': K,
+        'patch_size': P,                     # LR patch side the thresholds were computed on
+        'difficulty': 'wbsr_plugin.data.difficulty.patch_difficulty',
+    }
+
+Without ``'wbsr'`` (a plain BasicSR ``MSRResNet``/``RCAN`` checkpoint, or a supernet saved
+without it) the architecture, size and scale are read from the tensor shapes and the paper's
+widths and depths are assumed; the engine then falls back to per-image quantile thresholds.
+"""
+import re
+
+import torch
+
+from basicsr.archs import build_network
+from wbsr_plugin.archs.supernet_util import SupernetMixin
+from .projection import DEFAULT_NUM_CLASSES, check_thresholds
+
+WBSR_KEY = 'wbsr'
+META_VERSION = 1
+DIFFICULTY_NAME = 'wbsr_plugin.data.difficulty.patch_difficulty'
+SUPERNETS = ('WBSRResNet', 'WBSRRCAN')
+PAPER_CHOICES = {'WBSRResNet': ((36, 52, 64), (4, 8, 16)), 'WBSRRCAN': ((36, 52, 64), (5, 10, 20))}
+PAPER_SIZES = {'WBSRResNet': (64, 16), 'WBSRRCAN': (64, 20)}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked."""
+
+
+def network_options(net):
+    """``build_network`` options that rebuild ``net`` (a WBSR supernet)."""
+    name = type(net).__name__
+    opt = {
+        'type': name,
+        'num_in_ch': net.conv_first.in_channels,
+        'num_out_ch': net.num_out_ch,
+        'num_feat': net.num_feat,
+        'num_block': net.num_block,
+        'upscale': net.upscale,
+        'widths': list(net.widths),
+        'depths': list(net.depths)
+    }
+    if name == 'WBSRRCAN':
+        opt.update(
+            num_group=net.num_group,
+            squeeze_factor=net.squeeze_factor,
+            res_scale=net.res_scale,
+            img_range=net.img_range,
+            rgb_mean=list(net.rgb_mean))
+    elif name != 'WBSRResNet':
+        raise ValueError(f'network_options: expected one of {SUPERNETS}, got {name}.')
+    return opt
+
+
+def make_wbsr_meta(net, thresholds, patch_size, num_classes=None):
+    """The ``'wbsr'`` entry of a checkpoint.
+
+    Args:
+        net (WBSRResNet | WBSRRCAN): The supernet (its options are stored).
+        thresholds (list[float] | None): K - 1 class thresholds (None: not known yet).
+        patch_size (int): LR patch side the thresholds were computed on.
+        num_classes (int | None): K; defaults to ``len(thresholds) + 1`` or 10.
+    """
+    if thresholds is not None:
+        thresholds = check_thresholds(thresholds)
+        num_classes = len(thresholds) + 1 if num_classes is None else num_classes
+        if num_classes != len(thresholds) + 1:
+            raise ValueError(f'{len(thresholds)} thresholds do not define num_classes={num_classes} classes.')
+    return {
+        'version': META_VERSION,
+        'network_g': network_options(net),
+        'thresholds': thresholds,
+        'num_classes': DEFAULT_NUM_CLASSES if num_classes is None else num_classes,
+        'patch_size': int(patch_size),
+        'difficulty': DIFFICULTY_NAME,
+    }
+
+
+def _count(keys, pattern):
+    found = {int(m.group(1)) for m in (re.match(pattern, k) for k in keys) if m}
+    return max(found) + 1 if found else 0
+
+
+def infer_network_options(state):
+    """Supernet options read from the tensor shapes of an MSRResNet/RCAN state dict."""
+    keys = list(state)
+    if 'conv_first.weight' not in state:
+        raise CheckpointError('the weights have no conv_first.weight: not an MSRResNet/RCAN (WBSR) checkpoint.')
+    num_feat, num_in_ch = state['conv_first.weight'].shape[:2]
+    num_out_ch = state['conv_last.weight'].shape[0] if 'conv_last.weight' in state else 3
+    if 'body.0.residual_group.0.rcab.0.weight' in state:
+        arch = 'WBSRRCAN'
+        num_block = _count(keys, r'body\.0\.residual_group\.(\d+)\.rcab\.0\.weight$')
+        squeezed = state['body.0.residual_group.0.rcab.3.attention.1.weight'].shape[0]
+        ups = sorted(int(m.group(1)) for m in (re.match(r'upsample\.(\d+)\.weight$', k) for k in keys) if m)
+        if len(ups) == 1 and state[f'upsample.{ups[0]}.weight'].shape[0] == 9 * num_feat:
+            upscale = 3
+        else:
+            upscale = 2**len(ups)
+        extra = {'num_group': _count(keys, r'body\.(\d+)\.residual_group\.0\.rcab\.0\.weight$'),
+                 'squeeze_factor': num_feat // squeezed}
+    elif 'body.0.conv1.weight' in state and 'conv_hr.weight' in state:
+        arch = 'WBSRResNet'
+        num_block = _count(keys, r'body\.(\d+)\.conv1\.weight$')
+        if 'upconv2.weight' in state:
+            upscale = 4
+        else:
+            upscale = round((state['upconv1.weight'].shape[0] / num_feat)**0.5)
+        extra = {}
+    else:
+        raise CheckpointError('the weights are neither an MSRResNet nor an RCAN (WBSRResNet / WBSRRCAN).')
+    if (num_feat, num_block) != PAPER_SIZES[arch]:
+        raise CheckpointError(f'the checkpoint holds a {arch} with num_feat={num_feat}, num_block={num_block} '
+                              f"and no '{WBSR_KEY}' metadata, so its subnet widths and depths are unknown; "
+                              'pass the training options (--opt).')
+    widths, depths = PAPER_CHOICES[arch]
+    return {'type': arch, 'num_in_ch': num_in_ch, 'num_out_ch': num_out_ch, 'num_feat': num_feat,
+            'num_block': num_block, 'upscale': upscale, 'widths': list(widths), 'depths': list(depths), **extra}
+
+
+def read_checkpoint(path):
+    """Weights (``params_ema`` preferred, then ``params``, else the dict itself) and the ``'wbsr'`` entry."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f'no such checkpoint: {path}') from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f'cannot read the checkpoint {path}: {err}') from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'{path}: expected a dict of weights, got {type(ckpt).__name__}.')
+    meta = ckpt.get(WBSR_KEY) or {}
+    for key in ('params_ema', 'params'):
+        if key in ckpt:
+            state = ckpt[key]
+            break
+    else:
+        state = {k: v for k, v in ckpt.items() if k != WBSR_KEY}
+    if not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path}: no weights found ('params_ema', 'params' or a state dict).")
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    return state, meta
+
+
+def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'):
+    """Build the supernet of a checkpoint and load its weights.
+
+    Args:
+        path (str): Checkpoint file.
+        arch (str | None): Expected supernet type ('WBSRResNet' or 'WBSRRCAN'); a checkpoint of
+            another architecture is an error. Default: None (any).
+        scale (int | None): Expected upscale factor; another one is an error. Default: None (any).
+        network_opt (dict | None): ``network_g`` options (from training YAML); otherwise the
+            checkpoint's ``'wbsr'`` entry, otherwise the tensor shapes. Default: None.
+        device (str | torch.device): Where to put the network. Default: 'cpu'.
+
+    Returns:
+        tuple[nn.Module, dict]: The supernet in eval mode and the ``'wbsr'`` entry ({} if absent).
+    """
+    state, meta = read_checkpoint(path)
+    if network_opt is not None:
+        opt = dict(network_opt)
+    elif meta.get('network_g'):
+        opt = dict(meta['network_g'])
+    else:
+        opt = infer_network_options(state)
+    found = opt.get('type')
+    if found not in SUPERNETS:
+        raise CheckpointError(f'network type {found!r} is not a WBSR supernet; expected one of {SUPERNETS}.')
+    if arch is not None and arch != found:
+        raise CheckpointError(f'{path} holds a {found}, not a {arch}.')
+    if scale is not None and opt.get('upscale', 4) != scale:
+        raise CheckpointError(f"{path} holds a x{opt.get('upscale', 4)} {found}, not x{scale}.")
+    net = build_network(opt)
+    if not isinstance(net, SupernetMixin):
+        raise CheckpointError(f'{found} is not a supernet.')
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(f'{path} does not match {found} x{net.upscale}: missing keys {missing[:3]}, '
+                              f'unexpected keys {unexpected[:3]}, other shapes {mismatched[:3]}.')
+    net.load_state_dict(state, strict=True)
+    if meta.get('thresholds') is not None:
+        check_thresholds(meta['thresholds'])
+    return net.to(device).eval(), meta

@@ -1,0 +1,129 @@
+"""Gradient projection: patch difficulty -> class -> subnet (WBSR Sec. 4.2, Eq. 15-16).
+
+Classes are numbered 1..K, subnets 0..M-1 in cost order (0 is the cheapest), as in
+``SupernetMixin.subnets``; the paper's 1-based subnet number ``m`` is ``index + 1``.
+
+* Eq. 15 (no budget): ``m = ceil(k M / K)``.
+* Eq. 16 (a cost target ``C_t`` and a trade-off ``alpha``). Read literally,
+  ``m = argmin_m |alpha k C_m / K - C_t|`` gives the hardest patches the cheapest subnets
+  (``C_m ~ K C_t / (alpha k)``), the opposite of Eq. 15 and of the paper's intent. We use the
+  reading that keeps the projection monotone: ``m = argmin_m |C_m - alpha k C_t / K|``, i.e.
+  class ``k`` aims at the cost ``alpha k C_t / K``.
+* Budget (our user-facing knob): a fraction of the FLOPs of the full network on the whole
+  image. Per image, the largest ``alpha`` of Eq. 16 (with ``C_t`` = the full subnet's cost)
+  whose spending stays within the budget is chosen; the remaining budget upgrades the hardest
+  patches (by scalar difficulty) of the class whose next step would overshoot. The spending is
+  then at most the budget and below it by less than one patch's upgrade step.
+"""
+import math
+
+import torch
+
+DEFAULT_NUM_CLASSES = 10
+
+
+def quantile_thresholds(difficulties, num_classes=DEFAULT_NUM_CLASSES):
+    """Class thresholds ``t_k = sorted(d)[floor(k N / K)]``, k = 1..K-1 (Sec. 4.1.1).
+
+    Used on the training candidates and, for checkpoints without stored thresholds, on the
+    patches of the image being processed (then every class holds about N / K patches).
+
+    Args:
+        difficulties (Tensor | Sequence[float]): Scalar difficulties of N >= 1 patches.
+        num_classes (int): K. Default: 10.
+
+    Returns:
+        list[float]: K - 1 non-decreasing thresholds.
+    """
+    values = torch.as_tensor(difficulties, dtype=torch.float64).flatten().sort().values
+    if values.numel() == 0:
+        raise ValueError('quantile_thresholds needs at least one difficulty value.')
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+    n = values.numel()
+    return [float(values[min(k * n // num_classes, n - 1)]) for k in range(1, num_classes)]
+
+
+def check_thresholds(thresholds):
+    """Validate stored thresholds (a non-decreasing list of finite floats); returns them as floats."""
+    values = [float(t) for t in thresholds]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f'thresholds must be finite numbers, got {values}.')
+    if any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f'thresholds must be non-decreasing, got {values}.')
+    return values
+
+
+def classify(difficulty, thresholds):
+    """Class ``k`` in 1..K of every difficulty value: ``k - 1`` thresholds are <= the value."""
+    boundaries = torch.as_tensor(thresholds, dtype=torch.float64, device=difficulty.device)
+    return torch.bucketize(difficulty.double(), boundaries, right=True) + 1
+
+
+def class_to_subnet(classes, num_classes, num_subnets):
+    """Eq. 15: subnet index ``ceil(k M / K) - 1`` of every class ``k`` in 1..K."""
+    return (classes * num_subnets + num_classes - 1) // num_classes - 1
+
+
+def cost_target_subnets(classes, costs, target_cost, alpha, num_classes):
+    """Eq. 16 (monotone reading): ``argmin_m |C_m - alpha k C_t / K|`` for every class ``k``.
+
+    Args:
+        classes (Tensor): Classes in 1..K (any shape).
+        costs (Sequence[float]): Cost C_m of every subnet in cost order (any unit).
+        target_cost (float): C_t in the unit of ``costs``.
+        alpha (float): Quality/cost trade-off (larger spends more).
+        num_classes (int): K.
+
+    Returns:
+        Tensor: Subnet indices, shape of ``classes``; ties go to the cheaper subnet.
+    """
+    costs = torch.as_tensor(costs, dtype=torch.float64, device=classes.device)
+    aim = alpha * classes.double() * target_cost / num_classes
+    return (aim.unsqueeze(-1) - costs).abs().argmin(dim=-1)
+
+
+def budget_subnets(classes, difficulty, costs, budget_cost, num_classes):
+    """Subnet of every patch spending at most ``budget_cost`` (the per-image operating point).
+
+    Args:
+        classes (Tensor): Classes in 1..K, shape (N,).
+        difficulty (Tensor): Scalar difficulties, shape (N,) (breaks ties inside a class).
+        costs (Sequence[float]): Cost of one patch through each subnet, in cost order.
+        budget_cost (float): Total cost allowed for the N patches.
+        num_classes (int): K.
+
+    Returns:
+        tuple[Tensor, float]: Subnet indices (N,) and the chosen ``alpha`` of Eq. 16 with
+        ``C_t`` = the full subnet's cost (``inf`` when every patch gets the full subnet).
+    """
+    costs_t = torch.as_tensor(costs, dtype=torch.float64)
+    num_subnets = costs_t.numel()
+    classes = classes.flatten().cpu()
+    counts = torch.bincount(classes, minlength=num_classes + 1)[1:].double()
+    levels = torch.zeros(num_classes, dtype=torch.long)  # subnet of each class at the current alpha
+    spent = float((counts * costs_t[0]).sum())
+    if spent > budget_cost or num_subnets == 1:
+        return torch.zeros_like(classes), 0.
+    # Class k moves from subnet j to j + 1 when alpha k C_full / K passes (C_j + C_{j+1}) / 2.
+    full = float(costs_t[-1])
+    steps = [((float(costs_t[j] + costs_t[j + 1]) / 2) * num_classes / (k * full), k, j)
+             for k in range(1, num_classes + 1) for j in range(num_subnets - 1)]
+    steps.sort()
+    alpha = 0.
+    for step_alpha, k, j in steps:
+        if levels[k - 1] != j:
+            continue
+        extra = float(counts[k - 1] * (costs_t[j + 1] - costs_t[j]))
+        if spent + extra > budget_cost:
+            subnets = levels[classes - 1]
+            upgrades = int((budget_cost - spent) // float(costs_t[j + 1] - costs_t[j]))
+            if upgrades > 0:
+                members = (classes == k).nonzero().flatten()
+                hardest = members[difficulty.flatten().cpu()[members].argsort(descending=True, stable=True)]
+                subnets[hardest[:upgrades]] = j + 1
+            return subnets, alpha
+        spent += extra
+        levels[k - 1] = j + 1
+        alpha = step_alpha
+    return levels[classes - 1], math.inf

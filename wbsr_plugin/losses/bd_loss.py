@@ -1,0 +1,318 @@
+"""Balanced Diversity Loss (BDLoss) of WBSR.
+
+Paper: Rethinking Imbalance in Image Super-Resolution for Efficient Inference (NeurIPS 2024),
+Sec. 4.1.2, Eq. 9-14; the integral is closed as in Balanced MSE (Ren et al., CVPR 2022).
+Per element, with prediction ``yhat``, target ``y`` and noise scale ``sigma``::
+
+    L = -log K(y; yhat, sigma) + log INT K(y'; yhat, sigma) p_train(y') dy'
+
+(``log p_train(y)`` of the paper's Eq. 11 does not depend on the network and is dropped.)
+``K`` is a Gaussian (``kernel='gaussian'``, the paper's form) or a Laplace density of scale
+``sigma`` (``kernel='laplace'``, the "probability form of L1"). The integral is estimated by
+
+* ``gai``: ``p_train`` is a GMM ``sum_i phi_i N(mu_i, S_i)`` fitted offline (``fit_gmm_prior``);
+  the integral is then exact: ``sum_i phi_i N(yhat; mu_i, S_i + sigma^2)`` for the Gaussian
+  kernel, and a sum of Gaussian-Laplace convolutions (closed form through ``erfcx``) for the
+  Laplace kernel. Cost O(K) per element.
+* ``bmc``: Monte Carlo over the batch: ``1/(M+1) (K(y_i; yhat_i) + sum_j K(r_j; yhat_i))`` with
+  ``M = bmc_num_refs`` reference targets ``r_j`` drawn uniformly with replacement from all
+  elements of the batch's targets, plus the element's own target (as the diagonal of Balanced
+  MSE's BMC; it keeps the loss of every element >= -log(M+1) and the estimate finite). With
+  the own term and the constants, ``L`` is the cross-entropy of Balanced MSE's BMC minus
+  ``log(M+1)``, so ``gai`` and ``bmc`` estimate the same quantity. Cost O(M) per element,
+  computed in chunks by a custom autograd function that stores O(1) per element.
+
+The loss of each element is multiplied by the detached ``2 sigma^2`` (Gaussian) or ``sigma``
+(Laplace), as Balanced MSE does, so that its likelihood term has the scale of the squared /
+absolute error and ``loss_weight`` means what it means for MSELoss / L1Loss.
+
+Space of ``y`` (our decision): every element (pixel and channel) is one scalar, and its value
+for the balancing term is its high-frequency residual ``y - L(y)`` where ``L`` is a fixed
+low-pass of the *target*: area-downsampling by the SR scale followed by bilinear upsampling
+(``space='residual'``). The prediction enters as ``yhat - L(y)`` with the same ``L(y)``, so the
+likelihood term, which depends on ``y - yhat`` only, is exactly that of the plain loss, and
+only the balancing term sees the new space. Why: the imbalance the paper targets is flat
+versus textured content. Plain intensities (``space='pixel'``) measure how rare a colour is
+(dark sky versus mid-grey), which says nothing about reconstruction difficulty; residuals
+are near 0 in flat regions (the dominant mode of ``p_train``) and large in edges and
+textures, so the balancing term reweights exactly that imbalance. ``L(y)`` is what an SR
+network can read off its LR input, so ``y - L(y)`` is the part it must invent. Scalars keep
+the prior a 1-D GMM (cheap EM fit, O(K) per element at train time); patch vectors would need
+a high-dimensional prior and an N x N BMC.
+
+The paper's ``lambda ||theta||^2`` term is not part of this loss: it is the coupled L2 weight
+decay of the optimizer. Set ``train.optim_g.weight_decay`` to ``2 * lambda`` with ``Adam``
+(whose ``weight_decay`` adds ``weight_decay * theta`` to the gradient); ``AdamW`` decays
+decoupled from the loss and is not the same objective. This costs nothing extra per step.
+"""
+import math
+import numbers
+
+import torch
+from torch import nn
+
+from basicsr.losses.loss_util import weight_reduce_loss
+from basicsr.utils.registry import LOSS_REGISTRY
+from wbsr_plugin.registry_util import register
+from .gmm_prior_util import SPACES, load_gmm_prior, target_lowpass
+
+ESTIMATORS = ('gai', 'bmc')
+KERNELS = ('gaussian', 'laplace')
+REDUCTIONS = ('none', 'mean', 'sum')
+RECOMMENDED_SIGMA_LR = 1e-2
+_OPTIONS = ('loss_weight', 'reduction', 'estimator', 'prior_path', 'kernel', 'space', 'scale', 'learn_sigma',
+            'init_noise_sigma', 'bmc_num_refs')
+_CPU_CHUNK_ELEMENTS = 1 << 18
+_DEVICE_CHUNK_ELEMENTS = 1 << 25
+
+
+def _choice(option, value, allowed):
+    if value not in allowed:
+        raise ValueError(f'BDLoss: {option} must be one of {list(allowed)}, got {value!r}.')
+    return value
+
+
+def _positive_number(option, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f'BDLoss: {option} must be a finite number > 0, got {value!r}.')
+    return float(value)
+
+
+def _positive_int(option, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'BDLoss: {option} must be an integer >= 1, got {value!r}.')
+    return value
+
+
+def _kernel_rho(diff, kernel):
+    """Distance of the kernel exponent, ``-log K = a * rho + const``, and ``d rho / d diff``."""
+    if kernel == 'gaussian':
+        return diff * diff, 2 * diff
+    elif kernel == 'laplace':
+        return diff.abs(), diff.sign()
+    else:
+        raise ValueError(f'kernel must be one of {list(KERNELS)}, got {kernel!r}.')
+
+
+class _ReferenceLogSumExp(torch.autograd.Function):
+    """``log(exp(-a rho(x_i - own_i)) + sum_j exp(-a rho(x_i - r_j)))`` per element, in chunks.
+
+    Only the per-element derivatives with respect to ``x`` and ``a`` are kept for the backward
+    pass, so memory is O(P) instead of O(P x M).
+    """
+
+    @staticmethod
+    def forward(ctx, x, own, refs, a, kernel, chunk_rows):
+        out = torch.empty_like(x)
+        grad_x = torch.empty_like(x)
+        grad_a = torch.empty_like(x)
+        for start in range(0, x.numel(), chunk_rows):
+            stop = min(start + chunk_rows, x.numel())
+            x_chunk = x[start:stop, None]
+            diff = torch.cat([x_chunk - own[start:stop, None], x_chunk - refs[None, :]], dim=1)
+            rho, drho = _kernel_rho(diff, kernel)
+            logits = rho * -a
+            lse = torch.logsumexp(logits, dim=1)
+            prob = logits.sub_(lse[:, None]).exp_()
+            out[start:stop] = lse
+            grad_x[start:stop] = -a * (prob * drho).sum(1)
+            grad_a[start:stop] = -(prob * rho).sum(1)
+        ctx.save_for_backward(grad_x, grad_a)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_a = ctx.saved_tensors
+        return grad_out * grad_x, None, None, (grad_out * grad_a).sum(), None, None
+
+
+def _log_normal(x, mean, var):
+    return -0.5 * torch.log(2 * math.pi * var) - 0.5 * (x - mean)**2 / var
+
+
+def _log_laplace_conv_normal(x, mean, var, b):
+    """log of (Laplace(0, b) * N(mean, var))(x), stable for all ratios of sqrt(var) to b."""
+    std = var.sqrt()
+    d = x - mean
+
+    def log_half(d):
+        # log of exp(var/(2b^2) - d/b) erfc(u) / (4b), u = (std/b - d/std)/sqrt(2)
+        u = (std / b - d / std) / math.sqrt(2)
+        u_pos = u.clamp(min=0)
+        u_neg = u.clamp(max=0)
+        large = -d * d / (2 * var) + torch.log(torch.special.erfcx(u_pos))
+        small = var / (2 * b * b) - d / b + torch.log(torch.special.erfc(u_neg))
+        return torch.where(u >= 0, large, small) - torch.log(4 * b)
+
+    return torch.logaddexp(log_half(d), log_half(-d))
+
+
+@register(LOSS_REGISTRY)
+class BDLoss(nn.Module):
+    """Balanced Diversity Loss (BDLoss) of WBSR.
+
+    Paper: Rethinking Imbalance in Image Super-Resolution for Efficient Inference (NeurIPS 2024);
+    balancing integral as in Balanced MSE (CVPR 2022). See the module docstring for the formula,
+    the estimators and the space of ``y``.
+
+    The noise scale sigma is a parameter of this module (``log_sigma``, so sigma stays positive).
+    BasicSR's ``SRModel`` optimises ``net_g`` only: a model that learns sigma must add
+    ``{'params': cri_pix.sigma_parameters(), 'lr': 1e-2, 'weight_decay': 0}`` as a parameter group
+    of its optimizer (``RECOMMENDED_SIGMA_LR``) and save ``cri_pix.state_dict()`` with its
+    training state. The paper's ``lambda ||theta||^2`` is the optimizer's weight decay
+    (``weight_decay = 2 * lambda`` with Adam), not an option of this loss.
+
+    Args:
+        loss_weight (float): Loss weight. Default: 1.0.
+        reduction (str): 'none' | 'mean' | 'sum'. Default: 'mean'.
+        estimator (str): 'gai' (closed form with a fitted GMM prior) or 'bmc' (Monte Carlo over
+            the batch's targets, no prior). Default: 'gai'.
+        prior_path (str): File written by ``save_gmm_prior`` / ``python -m wbsr_plugin.fit_prior``.
+            Required by 'gai', refused by 'bmc'. Default: None.
+        kernel (str): 'gaussian' (MSE-like likelihood) or 'laplace' (L1-like). Default: 'gaussian'.
+        space (str): Values the balancing term sees: 'residual' (``y - L(y)``) or 'pixel'.
+            Must match the prior's. Default: 'residual'.
+        scale (int): SR scale, the factor of the low-pass ``L``; must match the prior's. Default: 4.
+        learn_sigma (bool): Learn sigma (a parameter) or keep it fixed (a buffer). Default: True.
+        init_noise_sigma (float): Initial sigma, in units of [0, 1] images. Default: 0.05.
+        bmc_num_refs (int): Reference targets M drawn per batch by 'bmc'. Default: 64.
+    """
+
+    def __init__(self,
+                 loss_weight=1.0,
+                 reduction='mean',
+                 *,
+                 estimator='gai',
+                 prior_path=None,
+                 kernel='gaussian',
+                 space='residual',
+                 scale=4,
+                 learn_sigma=True,
+                 init_noise_sigma=0.05,
+                 bmc_num_refs=64,
+                 **unknown):
+        super().__init__()
+        if unknown:
+            hint = ''
+            if {'weight_decay', 'lambda', 'lambda_wd'} & set(unknown):
+                hint = ' (the weight-decay term lambda belongs in train.optim_g.weight_decay = 2 * lambda)'
+            raise ValueError(f'BDLoss: unknown option(s) {sorted(unknown)}{hint}; '
+                             f'allowed options are {sorted(_OPTIONS)}.')
+        if isinstance(loss_weight, bool) or not isinstance(loss_weight, numbers.Real) or not math.isfinite(
+                loss_weight):
+            raise ValueError(f'BDLoss: loss_weight must be a finite number, got {loss_weight!r}.')
+        self.loss_weight = float(loss_weight)
+        self.reduction = _choice('reduction', reduction, REDUCTIONS)
+        self.estimator = _choice('estimator', estimator, ESTIMATORS)
+        self.kernel = _choice('kernel', kernel, KERNELS)
+        self.space = _choice('space', space, SPACES)
+        self.scale = _positive_int('scale', scale)
+        if not isinstance(learn_sigma, bool):
+            raise ValueError(f'BDLoss: learn_sigma must be one of [True, False], got {learn_sigma!r}.')
+        self.learn_sigma = learn_sigma
+        log_sigma = torch.tensor(math.log(_positive_number('init_noise_sigma', init_noise_sigma)))
+        if learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer('log_sigma', log_sigma)
+        self.bmc_num_refs = _positive_int('bmc_num_refs', bmc_num_refs)
+        self.prior_path = prior_path
+
+        if self.estimator == 'gai':
+            if prior_path is None:
+                raise ValueError("BDLoss: estimator 'gai' needs prior_path (fit one with "
+                                 '`python -m wbsr_plugin.fit_prior -i HR_DIR -o PRIOR.pth -s SCALE`), '
+                                 "or use estimator 'bmc'.")
+            if not isinstance(prior_path, str):
+                raise ValueError(f'BDLoss: prior_path must be a string, got {prior_path!r}.')
+            prior = load_gmm_prior(prior_path)
+            for key, value in (('space', self.space), ('scale', self.scale)):
+                if prior[key] != value and not (key == 'scale' and self.space == 'pixel'):
+                    raise ValueError(f"BDLoss: {key} is {value!r} but the prior '{prior_path}' was fitted with "
+                                     f'{key} {prior[key]!r}; refit it or set {key}: {prior[key]!r}.')
+            self.register_buffer('gmm_weights', prior['weights'].float(), persistent=False)
+            self.register_buffer('gmm_means', prior['means'].float(), persistent=False)
+            self.register_buffer('gmm_variances', prior['variances'].float(), persistent=False)
+        elif self.estimator == 'bmc':
+            if prior_path is not None:
+                raise ValueError("BDLoss: prior_path is used by estimator 'gai' only; remove it for 'bmc'.")
+        else:
+            raise ValueError(f'BDLoss: estimator must be one of {list(ESTIMATORS)}, got {estimator!r}.')
+
+    @property
+    def sigma(self):
+        """The current noise scale sigma (a tensor, differentiable when learnt)."""
+        return self.log_sigma.exp()
+
+    def sigma_parameters(self):
+        """Parameters for the model's own optimizer group (lr ``RECOMMENDED_SIGMA_LR``); empty if fixed."""
+        return [self.log_sigma] if self.learn_sigma else []
+
+    def extra_repr(self):
+        return (f'estimator={self.estimator!r}, kernel={self.kernel!r}, space={self.space!r}, scale={self.scale}, '
+                f'loss_weight={self.loss_weight}, reduction={self.reduction!r}, learn_sigma={self.learn_sigma}')
+
+    def elementwise_terms(self, pred, target):
+        """The two terms of the loss per element (N, C, H, W), both already scaled by the detached factor.
+
+        Returns:
+            tuple[Tensor, Tensor]: ``(likelihood, balancing)``: ``-log K(y; yhat, sigma)`` and the
+            log of the estimated integral. Their sum is the loss before ``weight``, reduction and
+            ``loss_weight``.
+        """
+        if pred.shape != target.shape or pred.dim() != 4:
+            raise ValueError(f'BDLoss expects pred and target of the same shape (N, C, H, W), got '
+                             f'{tuple(pred.shape)} and {tuple(target.shape)}.')
+        dtype = torch.promote_types(pred.dtype, torch.float32)
+        pred = pred.to(dtype)
+        target = target.to(dtype)
+        log_sigma = self.log_sigma.to(dtype)
+        sigma = log_sigma.exp()
+        if self.kernel == 'gaussian':
+            var = sigma * sigma
+            a = 0.5 / var
+            log_norm = 0.5 * math.log(2 * math.pi) + log_sigma
+            factor = (2 * var).detach()
+        elif self.kernel == 'laplace':
+            a = 1 / sigma
+            log_norm = math.log(2) + log_sigma
+            factor = sigma.detach()
+        else:
+            raise ValueError(f'kernel must be one of {list(KERNELS)}, got {self.kernel!r}.')
+
+        rho, _ = _kernel_rho(target - pred, self.kernel)
+        likelihood = a * rho + log_norm
+
+        lowpass = target_lowpass(target, self.scale, self.space)
+        x = pred - lowpass
+        if self.estimator == 'gai':
+            weights = self.gmm_weights.to(dtype)
+            means = self.gmm_means.to(dtype)
+            variances = self.gmm_variances.to(dtype)
+            x = x.unsqueeze(-1)
+            if self.kernel == 'gaussian':
+                log_components = _log_normal(x, means, variances + var)
+            else:
+                log_components = _log_laplace_conv_normal(x, means, variances, sigma)
+            balancing = torch.logsumexp(log_components + weights.log(), dim=-1)
+        elif self.estimator == 'bmc':
+            own = (target - lowpass).flatten()
+            refs = own[torch.randint(own.numel(), (self.bmc_num_refs, ), device=own.device)]
+            chunk_elements = _CPU_CHUNK_ELEMENTS if pred.device.type == 'cpu' else _DEVICE_CHUNK_ELEMENTS
+            chunk_rows = max(1, chunk_elements // (self.bmc_num_refs + 1))
+            lse = _ReferenceLogSumExp.apply(x.flatten(), own, refs, a, self.kernel, chunk_rows)
+            balancing = lse.view_as(x) - math.log(self.bmc_num_refs + 1) - log_norm
+        else:
+            raise ValueError(f'estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}.')
+        return likelihood * factor, balancing * factor
+
+    def forward(self, pred, target, weight=None):
+        """
+        Args:
+            pred (Tensor): Prediction (N, C, H, W).
+            target (Tensor): Ground truth (N, C, H, W).
+            weight (Tensor, optional): Element-wise weights (N, C or 1, H, W). Default: None.
+        """
+        likelihood, balancing = self.elementwise_terms(pred, target)
+        loss = weight_reduce_loss(likelihood + balancing, weight, self.reduction)
+        return self.loss_weight * loss

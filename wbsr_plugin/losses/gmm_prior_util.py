@@ -1,0 +1,289 @@
+"""The target space of BDLoss and the 1-D Gaussian mixture prior fitted on it.
+
+``target_lowpass`` defines the space that BDLoss balances (see ``bd_loss.py``): the value of
+an element of ``y`` is its high-frequency residual ``y - L(y)``, where ``L`` area-downsamples
+the target by the SR scale and upsamples it back bilinearly. ``fit_gmm_prior`` reads HR
+training images (an image folder or a BasicSR LMDB folder), samples residual values from
+them and fits ``p_train`` with EM; ``save_gmm_prior`` / ``load_gmm_prior`` store it as a dict
+of plain tensors that ``torch.load(..., weights_only=True)`` reads.
+"""
+import math
+import os
+import tempfile
+from os import path as osp
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+PRIOR_FORMAT_VERSION = 1
+SPACES = ('residual', 'pixel')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+_PRIOR_TENSOR_KEYS = ('weights', 'means', 'variances')
+
+
+def check_space(space):
+    if space not in SPACES:
+        raise ValueError(f'space must be one of {list(SPACES)}, got {space!r}.')
+    return space
+
+
+def check_scale(scale):
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f'scale must be a positive integer, got {scale!r}.')
+    return scale
+
+
+def target_lowpass(target, scale, space='residual'):
+    """The fixed low-pass ``L(y)`` of a target batch (N, C, H, W); no gradient flows through it.
+
+    ``space='residual'``: area-downsample by ``scale`` and upsample back bilinearly, i.e. the
+    smooth image an x``scale`` SR network can read off its LR input. ``space='pixel'``: zeros,
+    so values are plain intensities.
+    """
+    check_space(space)
+    target = target.detach()
+    if space == 'pixel':
+        return torch.zeros_like(target)
+    height, width = target.shape[-2:]
+    if scale == 1:
+        return torch.zeros_like(target)
+    low = F.avg_pool2d(target, scale, ceil_mode=True)
+    return F.interpolate(low, size=(height, width), mode='bilinear', align_corners=False)
+
+
+def _paths_in_folder(folder):
+    paths = sorted(
+        osp.join(root, name) for root, _, names in os.walk(folder) for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under '{folder}'.")
+    return paths
+
+
+def _read_image(path):
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot read image '{path}'.")
+    return img
+
+
+class _LmdbImages:
+    """Images of a BasicSR LMDB folder (``data.mdb`` + ``meta_info.txt``), keys in meta-info order."""
+
+    def __init__(self, folder):
+        import lmdb
+
+        meta_info = osp.join(folder, 'meta_info.txt')
+        with open(meta_info) as f:
+            self.keys = [line.split(' ')[0] for line in f if line.strip()]
+        if not self.keys:
+            raise ValueError(f"'{meta_info}' lists no keys.")
+        self.folder = folder
+        self.env = lmdb.open(folder, readonly=True, lock=False, readahead=False, meminit=False)
+
+    def read(self, key):
+        with self.env.begin(write=False) as txn:
+            buf = txn.get(key.encode('ascii'))
+        if buf is None:
+            raise ValueError(f"key '{key}' of meta_info.txt is missing from the LMDB '{self.folder}'.")
+        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ValueError(f"cannot decode key '{key}' of the LMDB '{self.folder}'.")
+        return img
+
+
+def image_source(hr_paths_or_folder):
+    """``(names, read)``: the HR images of a folder, a BasicSR LMDB folder or a list of paths."""
+    if isinstance(hr_paths_or_folder, (str, os.PathLike)):
+        folder = os.fspath(hr_paths_or_folder)
+        if folder.endswith('.lmdb') or osp.isfile(osp.join(folder, 'data.mdb')):
+            if not osp.isfile(osp.join(folder, 'meta_info.txt')):
+                raise ValueError(f"LMDB folder '{folder}' has no meta_info.txt.")
+            lmdb_images = _LmdbImages(folder)
+            return lmdb_images.keys, lmdb_images.read
+        if osp.isdir(folder):
+            return _paths_in_folder(folder), _read_image
+        raise ValueError(f"'{folder}' is neither an image folder nor a BasicSR LMDB folder.")
+    paths = [os.fspath(p) for p in hr_paths_or_folder]
+    if not paths:
+        raise ValueError('the list of HR images is empty.')
+    return paths, _read_image
+
+
+def image_to_tensor(img):
+    """A cv2 image (H, W[, C], uint8/uint16/float) as a float64 tensor (1, C, H, W) in [0, 1]."""
+    if img.dtype == np.uint8:
+        array = img.astype(np.float64) / 255.
+    elif img.dtype == np.uint16:
+        array = img.astype(np.float64) / 65535.
+    else:
+        array = img.astype(np.float64)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[2] == 4:
+        array = array[..., :3]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def residual_values(img, scale, space='residual'):
+    """All values ``y - L(y)`` of one HR image (cropped to a multiple of ``scale``), flattened."""
+    target = image_to_tensor(img)
+    height, width = target.shape[-2:]
+    target = target[..., :height - height % scale, :width - width % scale]
+    if target.numel() == 0:
+        raise ValueError(f'image of size {height}x{width} is smaller than the scale {scale}.')
+    return (target - target_lowpass(target, scale, space)).flatten()
+
+
+def fit_gmm_1d(values, num_components=8, num_iters=300, tol=1e-8, min_variance=1e-6, seed=0):
+    """Fit a 1-D Gaussian mixture to ``values`` with EM (float64).
+
+    Means start at evenly spaced quantiles, so a sharp peak gets several components of
+    different widths (a scale mixture), which is what a heavy-tailed residual density needs.
+
+    Returns:
+        dict: ``weights``, ``means``, ``variances`` (float64 tensors of shape (K,)) and the
+        final mean log-likelihood ``log_likelihood`` (float).
+    """
+    if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
+        raise ValueError(f'num_components must be a positive integer, got {num_components!r}.')
+    if not min_variance > 0:
+        raise ValueError(f'min_variance must be positive, got {min_variance!r}.')
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    x = x[torch.isfinite(x)]
+    if x.numel() < 2:
+        raise ValueError(f'need at least 2 finite values to fit a prior, got {x.numel()}.')
+    generator = torch.Generator().manual_seed(seed)
+    jitter = torch.rand(num_components, generator=generator, dtype=torch.float64) * 1e-3
+    levels = (torch.arange(num_components, dtype=torch.float64) + 0.5 + jitter) / num_components
+    means = torch.quantile(x[torch.randperm(x.numel(), generator=generator)[:1_000_000]], levels.clamp(0, 1))
+    variances = torch.full((num_components, ), max(x.var().item(), min_variance), dtype=torch.float64)
+    weights = torch.full((num_components, ), 1. / num_components, dtype=torch.float64)
+    previous = -math.inf
+    log_likelihood = -math.inf
+    for _ in range(num_iters):
+        log_joint = (weights.log() - 0.5 * torch.log(2 * math.pi * variances) - 0.5 *
+                     (x[:, None] - means)**2 / variances)
+        log_norm = torch.logsumexp(log_joint, dim=1, keepdim=True)
+        log_likelihood = log_norm.mean().item()
+        resp = torch.exp(log_joint - log_norm)
+        counts = resp.sum(0).clamp(min=1e-12)
+        weights = (counts / x.numel()).clamp(min=1e-12)
+        weights = weights / weights.sum()
+        means = (resp * x[:, None]).sum(0) / counts
+        variances = ((resp * (x[:, None] - means)**2).sum(0) / counts).clamp(min=min_variance)
+        if abs(log_likelihood - previous) < tol * max(1., abs(log_likelihood)):
+            break
+        previous = log_likelihood
+    order = torch.argsort(means)
+    return {
+        'weights': weights[order],
+        'means': means[order],
+        'variances': variances[order],
+        'log_likelihood': float(log_likelihood)
+    }
+
+
+def fit_gmm_prior(hr_paths_or_folder,
+                  scale,
+                  num_components=8,
+                  max_pixels=2_000_000,
+                  space='residual',
+                  num_iters=300,
+                  min_variance=1e-6,
+                  seed=0,
+                  progress=False):
+    """Fit BDLoss's GMM prior ``p_train`` on the values of HR training images.
+
+    Args:
+        hr_paths_or_folder (str | list[str]): An image folder (searched recursively), a BasicSR
+            LMDB folder (``data.mdb`` + ``meta_info.txt``) or a list of image paths.
+        scale (int): SR scale; sets the low-pass of the residual space.
+        num_components (int): Mixture components K. Default: 8.
+        max_pixels (int): Values sampled in total, spread evenly over the images. Default: 2000000.
+        space (str): 'residual' (``y - L(y)``) or 'pixel' (plain values). Default: 'residual'.
+        num_iters (int): Maximum EM iterations. Default: 300.
+        min_variance (float): Floor on component variances. Default: 1e-6.
+        seed (int): Seed of the pixel sampling and the initialisation. Default: 0.
+        progress (bool): Show a tqdm progress bar over the images. Default: False.
+
+    Returns:
+        dict: The prior, ready for ``save_gmm_prior``.
+    """
+    check_scale(scale)
+    check_space(space)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 2:
+        raise ValueError(f'max_pixels must be an integer >= 2, got {max_pixels!r}.')
+    names, read = image_source(hr_paths_or_folder)
+    per_image = max(1, math.ceil(max_pixels / len(names)))
+    generator = torch.Generator().manual_seed(seed)
+    iterator = names
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(names, desc='reading HR images', unit='img')
+    samples = []
+    for name in iterator:
+        values = residual_values(read(name), scale, space)
+        if values.numel() > per_image:
+            values = values[torch.randperm(values.numel(), generator=generator)[:per_image]]
+        samples.append(values)
+    values = torch.cat(samples)
+    gmm = fit_gmm_1d(values, num_components, num_iters=num_iters, min_variance=min_variance, seed=seed)
+    gmm.update({
+        'format_version': PRIOR_FORMAT_VERSION,
+        'scale': scale,
+        'space': space,
+        'num_images': len(names),
+        'num_values': int(values.numel()),
+    })
+    return gmm
+
+
+def check_gmm_prior(prior, where='prior'):
+    """Validate a prior dict; returns it with float64 tensors."""
+    if not isinstance(prior, dict):
+        raise ValueError(f'{where}: expected a dict, got {type(prior).__name__}.')
+    missing = [key for key in (*_PRIOR_TENSOR_KEYS, 'scale', 'space') if key not in prior]
+    if missing:
+        raise ValueError(f'{where}: missing keys {missing}.')
+    checked = dict(prior)
+    for key in _PRIOR_TENSOR_KEYS:
+        checked[key] = torch.as_tensor(prior[key], dtype=torch.float64).flatten()
+    sizes = {checked[key].numel() for key in _PRIOR_TENSOR_KEYS}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f'{where}: weights, means and variances must be non-empty and of equal length.')
+    if not all(torch.isfinite(checked[key]).all() for key in _PRIOR_TENSOR_KEYS):
+        raise ValueError(f'{where}: non-finite values.')
+    if (checked['weights'] <= 0).any() or (checked['variances'] <= 0).any():
+        raise ValueError(f'{where}: weights and variances must be positive.')
+    checked['weights'] = checked['weights'] / checked['weights'].sum()
+    check_scale(prior['scale'])
+    check_space(prior['space'])
+    return checked
+
+
+def save_gmm_prior(prior, path):
+    """Write a prior with ``torch.save`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    prior = check_gmm_prior(prior)
+    path = os.fspath(path)
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(prior, f)
+        os.replace(tmp_path, path)
+    finally:
+        if osp.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def load_gmm_prior(path):
+    """Read a prior written by ``save_gmm_prior`` (on the CPU, ``weights_only=True``)."""
+    path = os.fspath(path)
+    if not osp.isfile(path):
+        raise ValueError(f"GMM prior file '{path}' does not exist; fit one with "
+                         '`python -m wbsr_plugin.fit_prior -i HR_DIR -o PRIOR.pth -s SCALE`.')
+    return check_gmm_prior(torch.load(path, map_location='cpu', weights_only=True), where=f"prior '{path}'")
