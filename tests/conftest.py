@@ -103,3 +103,18 @@ def fixture_lmdbs(tmp_path_factory):
     root = tmp_path_factory.mktemp('lmdb')
     hr, lr = fixture_dirs(4)
     return make_basicsr_lmdb(hr, root / 'hr.lmdb'), make_basicsr_lmdb(lr, root / 'lr_x4.lmdb')
+
+
+def parsed_options(opt, root):
+    """What ``basicsr.utils.options.parse_options`` adds for a non-distributed training run."""
+    opt = dict(opt, dist=False, rank=0, world_size=1, is_train=True, auto_resume=False, root_path=str(root))
+    experiments = osp.join(str(root), 'experiments', opt['name'])
+    opt['path'] = dict(opt['path'], experiments_root=experiments, models=osp.join(experiments, 'models'),
+                       training_states=osp.join(experiments, 'training_states'), log=experiments,
+                       visualization=osp.join(experiments, 'visualization'))
+    for folder in ('models', 'training_states'):
+        os.makedirs(opt['path'][folder], exist_ok=True)
+    for phase, dataset in opt['datasets'].items():
+        dataset['phase'] = phase.split('_')[0]
+        dataset['scale'] = opt['scale']
+    return opt

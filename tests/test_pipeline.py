@@ -73,8 +73,9 @@ def test_debug_and_force_yml_flags(tmp_path):
 
 @pytest.mark.skipif(sys.platform != 'linux', reason='torchrun with gloo is exercised on Linux')
 def test_torchrun_two_cpu_processes(tmp_path):
-    opt = train_options('ddp_run', total_iter=2, train_dataset={'num_worker_per_gpu': 1})
-    opt['find_unused_parameters'] = False
+    # DynamicSRModel's sandwich rule runs three subnets per step: DDP must accumulate without syncing
+    opt = train_options('ddp_run', total_iter=2, model_type='DynamicSRModel', train_dataset={'num_worker_per_gpu': 1})
+    opt['wbsr'] = {'subnet_sampling': 'sandwich', 'inference': {'patch_size': 12, 'overlap': 2}}
     path = write_yaml(tmp_path / 'train.yml', opt)
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533']
     run_cli([*torchrun, f'{REPO_ROOT}/wbsr_plugin/train.py', '-opt', path, '--launcher', 'pytorch'], cwd=tmp_path)

@@ -1,0 +1,87 @@
+import copy
+import re
+
+import pytest
+import torch
+
+from basicsr.archs import build_network
+from basicsr.models import build_model
+from conftest import parsed_options, read_train_log, run_module, train_options, write_yaml
+from wbsr_plugin.compat import load_training_state
+from wbsr_plugin.inference.checkpoint import load_supernet
+from wbsr_plugin.models.subnet_sampling import SubnetSampler
+from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+
+
+def dynamic_options(name, **kwargs):
+    opt = train_options(name, model_type='DynamicSRModel', **kwargs)
+    opt['wbsr'] = {'subnet_sampling': 'sandwich', 'inference': {'patch_size': 12, 'overlap': 2}}
+    return opt
+
+
+def random_batch(scale=4, n=2, size=8):
+    return {'lq': torch.rand(n, 3, size, size), 'gt': torch.rand(n, 3, size * scale, size * scale)}
+
+
+def test_train_pipeline_logs_full_and_dynamic_validation(tmp_path):
+    opt = dynamic_options('dynamic_run', total_iter=2)
+    run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train.yml', opt), cwd=tmp_path)
+    experiment = tmp_path / 'experiments' / 'dynamic_run'
+    log = read_train_log(experiment)
+    assert re.search(r'Validation fixtures_val\n\s+# psnr: [\d.]+', log)
+    assert re.search(r'Validation fixtures_val_dynamic\n\s+# psnr: [\d.]+', log)
+    flops = re.findall(r'Dynamic inference on fixtures_val_dynamic: ([\d.]+) % of the full network FLOPs', log)
+    assert flops and 0 < float(flops[-1])
+
+    net, meta = load_supernet(str(experiment / 'models' / 'net_g_latest.pth'))
+    assert meta['network_g']['type'] == 'WBSRResNet' and meta['patch_size'] == 12
+    assert [s.width for s in net.subnets] == [8, 8, 16, 16]
+
+
+@pytest.mark.parametrize('rule', ['uniform', 'sandwich', 'cost_weighted'])
+def test_resume_restores_the_subnet_sampler_and_optimizer(rule, tmp_path):
+    opt = dynamic_options('resume', total_iter=10)
+    opt['wbsr']['subnet_sampling'] = rule
+    model = build_model(parsed_options(copy.deepcopy(opt), tmp_path))
+    for it in range(1, 4):
+        model.feed_data(random_batch())
+        model.optimize_parameters(it)
+    model.save(epoch=0, current_iter=3)
+    expected = [model.subnet_sampler.sample() for _ in range(5)]
+
+    resumed = build_model(parsed_options(copy.deepcopy(opt), tmp_path))
+    state = load_training_state(tmp_path / 'experiments' / 'resume' / 'training_states' / '3.state')
+    resumed.resume_training(state)
+    assert [resumed.subnet_sampler.sample() for _ in range(5)] == expected
+    assert resumed.optimizer_g.state_dict()['state'][0]['step'] == 3
+
+
+def test_sampling_rules():
+    net = build_network({'type': 'WBSRResNet'})
+    draws = [SubnetSampler(net.subnets, 'sandwich', seed=1).sample() for _ in range(3)]
+    assert all(d[:2] == [8, 0] and 0 < d[2] < 8 for d in draws)
+    sampler = SubnetSampler(net.subnets, 'cost_weighted', seed=1)
+    counts = torch.bincount(torch.tensor([sampler.sample()[0] for _ in range(4000)]), minlength=9).double()
+    expected = sampler.cost_weights * 4000
+    chi2 = float(((counts - expected)**2 / expected).sum())
+    assert chi2 < 26.1  # chi-square, 8 degrees of freedom, p = 0.001
+    uniform = SubnetSampler(net.subnets, 'uniform', seed=1)
+    assert {uniform.sample()[0] for _ in range(200)} == set(range(9))
+    with pytest.raises(ValueError, match=r"wbsr.subnet_sampling must be one of \['uniform', 'sandwich'"):
+        SubnetSampler(net.subnets, 'random')
+
+
+@pytest.mark.parametrize('section,message', [
+    ({'subnet_sampler': 'uniform'}, r"wbsr: unknown key\(s\) \['subnet_sampler'\]"),
+    ({'inference': {'patch': 32}}, r"wbsr.inference: unknown key\(s\) \['patch'\]"),
+    ({'loss_lr': '1e-2'}, 'wbsr.loss_lr must be a positive number'),
+])
+def test_wbsr_options_are_strict(section, message):
+    with pytest.raises(ValueError, match=message):
+        parse_wbsr_options(section)
+
+
+def test_model_refuses_a_plain_network(tmp_path):
+    opt = dynamic_options('plain', network={'type': 'MSRResNet', 'num_feat': 16, 'num_block': 2})
+    with pytest.raises(ValueError, match='is not one'):
+        build_model(parsed_options(opt, tmp_path))

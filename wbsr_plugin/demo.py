@@ -1,0 +1,160 @@
+"""End-to-end demo on real photographs bundled with scikit-image (nothing is downloaded).
+
+    python -m wbsr_plugin.demo [--out demo_output] [--iters 300]
+
+Prepares LR/HR pairs with BasicSR's MATLAB-bicubic ``imresize``, trains a ``WBSRResNet``
+supernet through BasicSR's ``train_pipeline``, tests it with ``test_pipeline`` and prints
+PSNR/SSIM next to bicubic upsampling, and where the outputs are.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from os import path as osp
+
+import cv2
+import numpy as np
+import yaml
+from skimage import data as skimage_data
+
+import wbsr_plugin  # noqa: F401
+from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.utils.matlab_functions import imresize
+
+# Photographs shipped inside scikit-image; licenses in datasets/README.md.
+DEMO_PHOTOS = {'train': ('astronaut', 'coffee', 'rocket'), 'val': ('chelsea', )}
+SCALE = 4
+
+
+def bicubic_downscale(img, scale):
+    """MATLAB-bicubic downscale of a uint8 image (as BasicSR's data preparation scripts do)."""
+    lr = imresize(img.astype(np.float32) / 255., 1 / scale)
+    return np.clip(np.round(lr * 255.), 0, 255).astype(np.uint8)
+
+
+def prepare_demo_data(root, scale=SCALE):
+    """Write ``root/{train,val}/{hr,lr_x<scale>}/<photo>.png``; return the folders by split."""
+    folders = {}
+    for split, names in DEMO_PHOTOS.items():
+        hr_dir, lr_dir = osp.join(root, split, 'hr'), osp.join(root, split, f'lr_x{scale}')
+        os.makedirs(hr_dir, exist_ok=True)
+        os.makedirs(lr_dir, exist_ok=True)
+        for name in names:
+            rgb = getattr(skimage_data, name)()
+            h, w = rgb.shape[0] - rgb.shape[0] % scale, rgb.shape[1] - rgb.shape[1] % scale
+            hr = np.ascontiguousarray(rgb[:h, :w, ::-1])
+            cv2.imwrite(osp.join(hr_dir, f'{name}.png'), hr)
+            cv2.imwrite(osp.join(lr_dir, f'{name}.png'), bicubic_downscale(hr, scale))
+        folders[split] = (hr_dir, lr_dir)
+    return folders
+
+
+def bicubic_baseline(hr_dir, lr_dir, scale=SCALE):
+    """Mean PSNR/SSIM (Y channel) of MATLAB-bicubic upsampling."""
+    psnrs, ssims = [], []
+    for name in sorted(os.listdir(hr_dir)):
+        hr = cv2.imread(osp.join(hr_dir, name))
+        lr = cv2.imread(osp.join(lr_dir, name)).astype(np.float32) / 255.
+        up = np.clip(np.round(imresize(lr, scale) * 255.), 0, 255)
+        psnrs.append(calculate_psnr(up, hr, crop_border=scale, test_y_channel=True))
+        ssims.append(calculate_ssim(up, hr, crop_border=scale, test_y_channel=True))
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+def demo_options(folders, iters):
+    """Training and test options for the demo (BasicSR's YAML layout)."""
+    (train_hr, train_lr), (val_hr, val_lr) = folders['train'], folders['val']
+    metrics = {
+        'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE, 'test_y_channel': True},
+        'ssim': {'type': 'calculate_ssim', 'crop_border': SCALE, 'test_y_channel': True},
+    }
+    val_set = {'name': 'chelsea', 'type': 'PairedImageDataset', 'dataroot_gt': val_hr, 'dataroot_lq': val_lr,
+               'io_backend': {'type': 'disk'}}
+    network = {'type': 'WBSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_block': 16,
+               'upscale': SCALE, 'widths': [36, 52, 64], 'depths': [4, 8, 16]}
+    train = {
+        'name': 'wbsr_demo_x4',
+        'model_type': 'SRModel',
+        'scale': SCALE,
+        'num_gpu': 'auto',
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'skimage_photos', 'type': 'PairedImageDataset', 'dataroot_gt': train_hr,
+                'dataroot_lq': train_lr, 'io_backend': {'type': 'disk'}, 'gt_size': 96, 'use_hflip': True,
+                'use_rot': True, 'num_worker_per_gpu': 1, 'batch_size_per_gpu': 4, 'dataset_enlarge_ratio': 100,
+                'prefetch_mode': None
+            },
+            'val': val_set,
+        },
+        'network_g': network,
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {
+            'ema_decay': 0.99,
+            'optim_g': {'type': 'Adam', 'lr': 5.0e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]},
+            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'restart_weights': [1],
+                          'eta_min': 1.0e-6},
+            'total_iter': iters, 'warmup_iter': -1,
+            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+        },
+        'val': {'val_freq': iters, 'save_img': False, 'metrics': metrics},
+        'logger': {'print_freq': max(iters // 10, 1), 'save_checkpoint_freq': iters, 'use_tb_logger': False,
+                   'wandb': None},
+    }
+    test = {
+        'name': 'wbsr_demo_x4_test',
+        'model_type': train['model_type'],
+        'scale': SCALE,
+        'num_gpu': 'auto',
+        'datasets': {'test_1': val_set},
+        'network_g': network,
+        'path': {'pretrain_network_g': 'experiments/wbsr_demo_x4/models/net_g_latest.pth',
+                 'param_key_g': 'params_ema', 'strict_load_g': True},
+        'val': {'save_img': True, 'suffix': None, 'metrics': metrics},
+    }
+    return train, test
+
+
+def _run(module, option_file, cwd):
+    subprocess.run([sys.executable, '-m', module, '-opt', option_file], cwd=cwd, check=True)
+
+
+def _last_metrics(log_file):
+    with open(log_file) as f:
+        text = f.read()
+    return {name: float(value) for name, value in re.findall(r'# (\w+): ([-\d.]+)', text)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default='demo_output', help='output folder (default: demo_output)')
+    parser.add_argument('--iters', type=int, default=300, help='training iterations (default: 300)')
+    args = parser.parse_args(argv)
+    if args.iters < 1:
+        parser.error('--iters must be at least 1')
+
+    start = time.time()
+    out = osp.abspath(args.out)
+    folders = prepare_demo_data(osp.join(out, 'data'))
+    train_opt, test_opt = demo_options(folders, args.iters)
+    for opt, file_name in ((train_opt, 'train_wbsr_demo_x4.yml'), (test_opt, 'test_wbsr_demo_x4.yml')):
+        with open(osp.join(out, file_name), 'w') as f:
+            yaml.safe_dump(opt, f, sort_keys=False)
+    _run('wbsr_plugin.train', 'train_wbsr_demo_x4.yml', out)
+    _run('wbsr_plugin.test', 'test_wbsr_demo_x4.yml', out)
+
+    results = osp.join(out, 'results', test_opt['name'])
+    log = sorted(f for f in os.listdir(results) if f.endswith('.log'))[-1]
+    metrics = _last_metrics(osp.join(results, log))
+    bicubic_psnr, bicubic_ssim = bicubic_baseline(*folders['val'])
+    print(f'\nWBSR demo (x{SCALE}, {args.iters} iterations, {time.time() - start:.0f} s)')
+    print(f"  test photo 'chelsea': PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
+          f'(bicubic: {bicubic_psnr:.2f} dB, {bicubic_ssim:.4f})')
+    print(f'  model:   {osp.join(out, "experiments", train_opt["name"], "models", "net_g_latest.pth")}')
+    print(f'  outputs: {osp.join(results, "visualization")}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,188 @@
+import copy
+from collections import OrderedDict
+from contextlib import nullcontext
+from os import path as osp
+
+import torch
+
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+from wbsr_plugin.archs.supernet_util import SupernetMixin
+from wbsr_plugin.file_util import atomic_torch_save
+from wbsr_plugin.inference import DynamicInferenceEngine
+from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+from wbsr_plugin.registry_util import register
+from .subnet_sampling import SubnetSampler
+from .wbsr_options import parse_wbsr_options, training_thresholds
+
+
+@register(MODEL_REGISTRY)
+class DynamicSRModel(SRModel):
+    """SRModel for WBSR supernets: trains subnets, validates full and dynamic inference.
+
+    Paper: Rethinking Imbalance in Image Super-Resolution for Efficient Inference (NeurIPS 2024).
+    Differences from BasicSR's ``SRModel`` (everything else, EMA included, is inherited):
+
+    * each iteration trains the subnet(s) drawn by ``wbsr.subnet_sampling`` (their losses are
+      averaged, so learning rates mean what they mean for SRModel);
+    * a loss with learnable parameters (``BDLoss``'s noise scale) gets its own optimizer
+      parameter group with ``wbsr.loss_lr``, and its state is part of the training state;
+    * validation logs the full network under the dataset's name, then dynamic inference
+      (per-patch subnets chosen by difficulty, ``wbsr.inference``) under ``<name>_dynamic``
+      with its FLOPs as % of the full network;
+    * checkpoints carry the class thresholds and network options (key ``'wbsr'``), so
+      inference needs nothing else; checkpoints and training states are written atomically.
+
+    The plugin's options live in the top-level ``wbsr`` section (see ``wbsr_options.py``).
+    """
+
+    def __init__(self, opt):
+        self.wbsr_opt = parse_wbsr_options(opt.get('wbsr'))
+        if opt['dist']:
+            if opt.get('find_unused_parameters') is False:
+                raise ValueError('find_unused_parameters: False cannot train a supernet with DDP (a subnet leaves '
+                                 'the other channels and blocks unused); remove it or set it to True.')
+            opt['find_unused_parameters'] = True
+        arch = ARCH_REGISTRY.get(opt['network_g']['type'])
+        if not (isinstance(arch, type) and issubclass(arch, SupernetMixin)):
+            raise ValueError(f"DynamicSRModel trains WBSR supernets; network_g.type {opt['network_g']['type']!r} "
+                             'is not one (use WBSRResNet or WBSRRCAN).')
+        super().__init__(opt)
+        self.thresholds, self.threshold_patch_size = training_thresholds(opt, self.wbsr_opt)
+        self.dynamic_reports = []
+        self._engine = None
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    def init_training_settings(self):
+        subnets = self.get_bare_model(self.net_g).subnets
+        self.subnet_sampler = SubnetSampler(subnets, self.wbsr_opt['subnet_sampling'], self.opt['manual_seed'])
+        super().init_training_settings()
+
+    def setup_optimizers(self):
+        train_opt = self.opt['train']
+        optim_opt = copy.deepcopy(train_opt['optim_g'])
+        optim_type = optim_opt.pop('type')
+        groups = [{'params': [p for p in self.net_g.parameters() if p.requires_grad]}]
+        loss_params = [p for p in self.cri_pix.parameters() if p.requires_grad] if self.cri_pix else []
+        if loss_params:
+            groups.append({'params': loss_params, 'lr': self.wbsr_opt['loss_lr'], 'weight_decay': 0})
+        self.optimizer_g = self.get_optimizer(optim_type, groups, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
+
+    def _pixel_losses(self, output):
+        losses = OrderedDict()
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(output, self.gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(output, self.gt)
+            if l_percep is not None:
+                losses['l_percep'] = l_percep
+            if l_style is not None:
+                losses['l_style'] = l_style
+        return losses
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        subnets = self.subnet_sampler.sample()
+        loss_dict = OrderedDict()
+        for i, subnet in enumerate(subnets):
+            # DDP reduces gradients once, after the last subnet's backward
+            last = i == len(subnets) - 1
+            sync = nullcontext() if last or not self.opt['dist'] else self.net_g.no_sync()
+            with sync:
+                self.output = self.net_g(self.lq, subnet=subnet)
+                losses = self._pixel_losses(self.output)
+                (sum(losses.values()) / len(subnets)).backward()
+            for name, value in losses.items():
+                loss_dict[name] = loss_dict.get(name, 0) + value.detach() / len(subnets)
+        self.optimizer_g.step()
+
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.log_dict['subnet'] = float(subnets[-1])
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ------------------------------------------------------------------------------------------
+    # validation
+    def _inference_net(self):
+        return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+
+    def test(self):
+        if self._engine is None:
+            return super().test()
+        net = self._inference_net()
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output, report = self._engine.run(self.lq)
+        net.train(was_training)
+        self.dynamic_reports.append(report)
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        if not self.wbsr_opt['dynamic_val']:
+            return
+        dataset_opt = dataloader.dataset.opt
+        name = dataset_opt['name']
+        dataset_opt['name'] = f'{name}_dynamic'
+        self._engine = DynamicInferenceEngine(
+            self._inference_net(), thresholds=self.thresholds, **self.wbsr_opt['inference'])
+        self.dynamic_reports = []
+        try:
+            super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            dataset_opt['name'] = name
+            self._engine = None
+        self._log_dynamic_flops(f'{name}_dynamic', current_iter, tb_logger)
+
+    def _log_dynamic_flops(self, dataset_name, current_iter, tb_logger):
+        reports = self.dynamic_reports
+        flops = sum(r.flops for r in reports)
+        full = sum(r.full_flops for r in reports)
+        percent = 100. * flops / full
+        histogram = [sum(counts) for counts in zip(*(r.histogram for r in reports))]
+        self.dynamic_flops_percent = percent
+        get_root_logger().info(f'Dynamic inference on {dataset_name}: {percent:.1f} % of the full network FLOPs '
+                               f'({flops / 1e9:.2f} of {full / 1e9:.2f} GFLOPs); patches per subnet {histogram}')
+        if tb_logger:
+            tb_logger.add_scalar(f'metrics/{dataset_name}/flops_percent', percent, current_iter)
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints and training states
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        if current_iter == -1:
+            current_iter = 'latest'
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        checkpoint = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            checkpoint[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
+        checkpoint[WBSR_KEY] = make_wbsr_meta(self.get_bare_model(nets[0]), self.thresholds,
+                                              self.threshold_patch_size)
+        atomic_torch_save(checkpoint, osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth'))
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+            'subnet_sampler': self.subnet_sampler.state_dict(),
+            'pixel_loss': self.cri_pix.state_dict() if self.cri_pix else {},
+        }
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        if 'subnet_sampler' in resume_state:
+            self.subnet_sampler.load_state_dict(resume_state['subnet_sampler'])
+        if self.cri_pix and resume_state.get('pixel_loss'):
+            self.cri_pix.load_state_dict(resume_state['pixel_loss'])
