@@ -33,6 +33,10 @@ setup(
             'wbsr-train = wbsr_plugin.train:main',
             'wbsr-test = wbsr_plugin.test:main',
             'wbsr-subnets = wbsr_plugin.subnets:main',
+            'wbsr-prepare = wbsr_plugin.prepare:main',
+            'wbsr-infer = wbsr_plugin.infer:main',
+            'wbsr-curve = wbsr_plugin.curve:main',
+            'wbsr-fit-prior = wbsr_plugin.fit_prior:main',
         ],
     },
 )

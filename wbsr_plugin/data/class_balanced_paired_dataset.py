@@ -62,7 +62,8 @@ class ClassBalancedPairedDataset(PairedImageDataset):
         for key in self.hes:
             opt.pop(key, None)
         self.hes_enabled = bool(self.hes['hes_enabled']) and opt.get('phase', 'train') == 'train'
-        list_pairs(opt)  # clear errors for missing folders, LMDBs and files before training starts
+        if self.hes_enabled or opt['io_backend']['type'] in ('disk', 'lmdb'):
+            list_pairs(opt)  # clear errors for missing folders, LMDBs and files before training starts
         self._reader_opt = deepcopy(opt)  # PairedImageDataset pops io_backend.type on first use
         super().__init__(opt)
         if not self.hes_enabled:
@@ -121,10 +122,13 @@ class ClassBalancedPairedDataset(PairedImageDataset):
     def _log_phase(self, current, total):
         switch = switch_iteration(self.hes, total)
         phase = CLASS_LEVEL if switch is not None and current >= switch else SAMPLE_LEVEL
-        if phase != self._logged_phase:
-            self._logged_phase = phase
+        if self._logged_phase is None:
+            get_root_logger().info(f'HES: {phase} sampling at iteration {current} of {total} '
+                                   f'(class-level after iteration {switch}).')
+        elif phase != self._logged_phase:
             get_root_logger().info(f'HES: {phase} sampling from iteration {current + 1} '
                                    f'(switch after iteration {switch} of {total}).')
+        self._logged_phase = phase
 
     def __getstate__(self):
         state = self.__dict__.copy()

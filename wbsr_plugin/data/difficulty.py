@@ -27,22 +27,23 @@ def rgb_to_luma(img):
         return img[..., 0, :, :] * 255.
     if img.shape[-3] != 3:
         raise ValueError(f'expected 1 or 3 channels, got shape {tuple(img.shape)}')
-    weights = img.new_tensor(LUMA_WEIGHTS_RGB).view(3, 1, 1)
-    return (img * weights).sum(dim=-3) * 255.
+    red, green, blue = LUMA_WEIGHTS_RGB
+    return (img[..., 0, :, :] * red + img[..., 1, :, :] * green + img[..., 2, :, :] * blue) * 255.
 
 
 def bgr_image_to_luma(img):
     """Luma in [0, 255] (float64 tensor, H x W) of a BasicSR/OpenCV image: HWC BGR or HW, float in [0, 1]."""
     array = np.asarray(img, dtype=np.float64)
     if array.ndim == 3 and array.shape[2] == 3:
-        array = array[..., ::-1].transpose(2, 0, 1).copy()
+        red, green, blue = LUMA_WEIGHTS_RGB
+        luma = (array[..., 2] * red + array[..., 1] * green + array[..., 0] * blue) * 255.
     elif array.ndim == 3 and array.shape[2] == 1:
-        array = array.transpose(2, 0, 1)
+        luma = array[..., 0] * 255.
     elif array.ndim == 2:
-        array = array[None]
+        luma = array * 255.
     else:
         raise ValueError(f'expected an H x W or H x W x 1/3 image, got shape {array.shape}')
-    return rgb_to_luma(torch.from_numpy(array))
+    return torch.from_numpy(np.ascontiguousarray(luma))
 
 
 def grid_positions(length, patch_size, stride):

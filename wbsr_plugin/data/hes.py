@@ -369,7 +369,7 @@ def build_index(opt, index_path, stride=None, progress=False):
         image_ids.append(np.full(scores.size, i, dtype=np.int32))
         tops_all.append(grid_t.ravel().astype(np.int32))
         lefts_all.append(grid_l.ravel().astype(np.int32))
-        scores_all.append(scores.ravel().astype(np.float32))
+        scores_all.append(scores.ravel().astype(np.float64))
         shapes.append(img.shape[:2])
     meta = {
         'version': INDEX_VERSION,
@@ -410,7 +410,7 @@ class HESIndex:
         lq_paths, gt_paths (ndarray[str]): The pairs, in dataset order.
         lq_shapes (ndarray): (num_images, 2) LR heights and widths.
         image, top, left (ndarray[int32]): Image number and LR top-left corner of each candidate.
-        score (ndarray[float32]): Difficulty of each candidate.
+        score (ndarray[float64]): Difficulty of each candidate.
     """
 
     def __init__(self, index_path):
@@ -597,3 +597,27 @@ class ClassLevelDrawer:
         candidate = int(queue[self.positions[cls]])
         self.positions[cls] += 1
         return cls, candidate
+
+
+def index_path_for_dataset(dataset_opt):
+    """The index file a ``ClassBalancedPairedDataset`` with these options uses (it may not exist yet)."""
+    hes = parse_hes_options(dataset_opt)
+    if hes['hes_index_path'] is not None:
+        return hes['hes_index_path']
+    patch_size = lq_patch_size(dataset_opt['gt_size'], dataset_opt['scale'])
+    stride = hes['hes_stride'] if hes['hes_stride'] is not None else max(1, patch_size // 2)
+    return default_index_path(dataset_opt, patch_size, stride)
+
+
+def index_thresholds_for_dataset(dataset_opt):
+    """``(thresholds, patch_size)`` of the HES index of a training dataset's options, or None.
+
+    None when HES is off or the index does not exist yet. K is the dataset's ``hes_num_classes``.
+    """
+    hes = parse_hes_options(dataset_opt)
+    if not hes['hes_enabled']:
+        return None
+    index_path = index_path_for_dataset(dataset_opt)
+    if not osp.isfile(index_path):
+        return None
+    return load_thresholds(index_path, hes['hes_num_classes'])

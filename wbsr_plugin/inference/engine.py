@@ -1,8 +1,8 @@
 """Dynamic inference of a WBSR supernet: tile, project, run each subnet batched, blend.
 
-1. The LR image is covered by square patches of ``patch_size`` LR pixels; neighbours overlap
-   by at least ``overlap`` pixels (positions are spread evenly, so no patch sticks out and the
-   last one is not squeezed against the border).
+1. The LR image is covered by square patches of at most ``patch_size`` LR pixels (shrunk to
+   the smallest size that needs no more patches); neighbours overlap by at least ``overlap``
+   pixels (positions are spread evenly, so the last patch is not squeezed against the border).
 2. Every patch's difficulty comes from :func:`wbsr_plugin.data.difficulty.patch_difficulty`
    in one vectorised pass; the projection (:mod:`.projection`) turns it into a subnet.
 3. Each subnet used runs once per chunk of its patches, through a stand-alone copy of its
@@ -116,6 +116,22 @@ def patch_positions(length, patch_size, overlap):
     return [round(i * (length - patch_size) / (count - 1)) for i in range(count)]
 
 
+def fitted_patch_size(h, w, patch_size, overlap):
+    """The smallest square patch, at most ``patch_size``, that covers the image with as few patches.
+
+    A grid of ``patch_size`` patches rarely fits an image exactly; shrinking the patch to fit
+    spends fewer FLOPs on overlaps without adding patches.
+    """
+    sides = []
+    for length in (h, w):
+        if length <= patch_size:
+            sides.append(length)
+        else:
+            count = math.ceil((length - overlap) / (patch_size - overlap))
+            sides.append(math.ceil((length - overlap) / count) + overlap)
+    return min(max(sides), h, w)
+
+
 def blend_weights(positions, length, patch_size, scale, trim):
     """1-D blending weights (len(positions), patch_size * scale) that sum to one along the axis.
 
@@ -153,10 +169,10 @@ class DynamicInferenceEngine:
             the extracted subnets are rebuilt when a parameter changes, or on :meth:`refresh`.
         thresholds (list[float] | None): K - 1 class thresholds on the scalar difficulty (from the
             checkpoint). None: per-image quantiles of the patch difficulties. Default: None.
-        patch_size (int): Patch side in LR pixels. Default: 64.
+        patch_size (int): Largest patch side in LR pixels (see :func:`fitted_patch_size`). Default: 64.
         overlap (int): Least overlap of neighbouring patches in LR pixels. Default: 4.
-        trim (int): LR pixels next to a patch edge inside an overlap that get no weight.
-            Needs ``overlap >= 2 * trim + 1``. Default: 1.
+        trim (int): LR pixels next to a patch edge inside an overlap that get no weight; lowered
+            to ``(overlap - 1) // 2`` when the overlap is smaller than ``2 * trim + 1``. Default: 1.
         num_classes (int): K; with ``thresholds`` it must equal ``len(thresholds) + 1``. Default: 10.
         budget (float | None): Target fraction in (0, 1] of the FLOPs of the full network on the
             whole image, met per image. Default: None.
@@ -187,9 +203,8 @@ class DynamicInferenceEngine:
             raise ValueError(f'patch_size must be an integer >= 2, got {patch_size!r}.')
         if not isinstance(overlap, int) or not 0 <= overlap < patch_size:
             raise ValueError(f'overlap must be an integer in [0, patch_size), got {overlap!r}.')
-        if not isinstance(trim, int) or trim < 0 or (overlap > 0 and overlap < 2 * trim + 1):
-            raise ValueError(f'trim must be an integer >= 0 with overlap >= 2 * trim + 1, got trim={trim!r}, '
-                             f'overlap={overlap!r}.')
+        if not isinstance(trim, int) or trim < 0:
+            raise ValueError(f'trim must be an integer >= 0, got {trim!r}.')
         if sum(option is not None for option in (budget, target_gflops, subnet)) > 1:
             raise ValueError('set at most one of budget, target_gflops and subnet.')
         if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget <= 1):
@@ -256,7 +271,7 @@ class DynamicInferenceEngine:
         if lq.dim() != 4 or lq.shape[0] != 1:
             raise ValueError(f'expected an LR tensor of shape (1, c, h, w), got {tuple(lq.shape)}.')
         h, w = lq.shape[-2:]
-        patch = min(self.patch_size, h, w)
+        patch = fitted_patch_size(h, w, self.patch_size, self.overlap)
         overlap = min(self.overlap, patch // 2)
         trim = min(self.trim, max(0, (overlap - 1) // 2))
         tops = patch_positions(h, patch, overlap)

@@ -110,6 +110,9 @@ def write_image_atomic(path, img):
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data.tobytes())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if osp.exists(tmp):
@@ -122,7 +125,7 @@ def subnet_map_overlay(img_bgr, plan, scale, num_subnets, opacity=0.45):
 
     Cheapest subnet blue, full network red (OpenCV's JET colour map); patch borders are drawn.
     """
-    (h, w), p = plan.lq_size, plan.patch_size
+    p = plan.patch_size
     height, width = img_bgr.shape[:2]
 
     def owners(positions, length):

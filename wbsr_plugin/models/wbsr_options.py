@@ -15,7 +15,7 @@
 import copy
 
 from basicsr.utils import get_root_logger
-from wbsr_plugin.data.hes import load_or_build_index, parse_hes_options
+from wbsr_plugin.data.hes import index_thresholds_for_dataset
 from wbsr_plugin.inference.checkpoint import read_checkpoint
 from wbsr_plugin.inference.engine import DEFAULT_PATCH_SIZE
 
@@ -64,10 +64,9 @@ def training_thresholds(opt, wbsr_opt):
         return [float(t) for t in wbsr_opt['thresholds']], patch_size
     train_set = opt.get('datasets', {}).get('train')
     if opt.get('is_train') and train_set and train_set.get('type') == 'ClassBalancedPairedDataset':
-        hes = parse_hes_options(train_set)
-        if hes['hes_enabled']:
-            index = load_or_build_index(train_set, hes)
-            return [float(t) for t in index.thresholds(hes['hes_num_classes'])], index.patch_size
+        found = index_thresholds_for_dataset(train_set)
+        if found is not None:
+            return found
     pretrained = opt['path'].get('pretrain_network_g')
     if pretrained:
         meta = read_checkpoint(pretrained)[1]
