@@ -17,7 +17,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset
 from wbsr_plugin.data.difficulty import bgr_image_to_luma, patch_difficulty
-from wbsr_plugin.data.hes import classify
+from wbsr_plugin.data.difficulty import difficulty_classes
 from wbsr_plugin.data.training_progress import (publish_training_progress, read_training_progress,
                                                 reset_training_progress)
 
@@ -60,7 +60,7 @@ def patch_class(dataset, lq, expected=None):
     """Class of a returned LR patch; a score within rounding of a threshold may fall either side."""
     img = lq.permute(1, 2, 0).numpy()[..., ::-1]  # RGB CHW -> BGR HWC
     score = patch_difficulty(bgr_image_to_luma(img), lq.shape[-1], [0], [0]).numpy()
-    cls = int(classify(score, dataset.thresholds)[0, 0])
+    cls = int(difficulty_classes(score, dataset.thresholds)[0, 0])
     if expected is not None and cls != expected:
         if np.isclose(score, dataset.thresholds, rtol=1e-9, atol=1e-9).any():
             return expected

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from wbsr_plugin.data.hes import (HES_OPTIONS, ClassLevelDrawer, class_histogram, class_probabilities, classify,
-                                  compute_thresholds, lq_patch_size, parse_hes_options, switch_iteration)
+from wbsr_plugin.data.difficulty import difficulty_classes, quantile_thresholds
+from wbsr_plugin.data.hes import (HES_OPTIONS, ClassLevelDrawer, class_histogram, class_probabilities, lq_patch_size,
+                                  parse_hes_options, switch_iteration)
 
 # 0.999 quantiles of the chi-square distribution, by degrees of freedom
 CHI2_999 = {4: 18.47, 9: 27.88}
@@ -64,11 +65,11 @@ def test_lq_patch_size():
 
 def test_thresholds_are_quantiles_and_classes_equal():
     scores = np.random.default_rng(0).permutation(100).astype(np.float32)
-    thresholds = compute_thresholds(scores, 10)
-    assert list(thresholds) == [10, 20, 30, 40, 50, 60, 70, 80, 90]
+    thresholds = quantile_thresholds(scores, 10)
+    assert thresholds == [10, 20, 30, 40, 50, 60, 70, 80, 90]
     assert list(class_histogram(scores, thresholds, 10)) == [10] * 10
-    assert classify(np.array([-1.0, 9.99, 10.0, 95.0]), thresholds).tolist() == [0, 0, 1, 9]
-    as_tensor = classify(torch.tensor([-1.0, 9.99, 10.0, 95.0]), thresholds)
+    assert difficulty_classes(np.array([-1.0, 9.99, 10.0, 95.0]), thresholds).tolist() == [0, 0, 1, 9]
+    as_tensor = difficulty_classes(torch.tensor([-1.0, 9.99, 10.0, 95.0]), thresholds)
     assert as_tensor.tolist() == [0, 0, 1, 9]
 
 

@@ -12,8 +12,9 @@ from basicsr.utils import bgr2ycbcr, get_root_logger, img2tensor
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import DATASET_REGISTRY
 from wbsr_plugin.registry_util import register
-from .hes import (ClassLevelDrawer, PairReader, class_histogram, class_probabilities, classify, list_pairs,
-                  load_or_build_index, lq_patch_size, parse_hes_options, switch_iteration)
+from .difficulty import difficulty_classes
+from .hes import (ClassLevelDrawer, PairReader, class_histogram, class_probabilities, list_pairs, load_or_build_index,
+                  lq_patch_size, parse_hes_options, switch_iteration)
 from .training_progress import add_progress_listener, progress_tensor, read_training_progress
 
 SAMPLE_LEVEL = 'sample-level'
@@ -74,7 +75,7 @@ class ClassBalancedPairedDataset(PairedImageDataset):
         self.index_path = index.path
         num_classes = self.hes['hes_num_classes']
         self.thresholds = index.thresholds(num_classes)
-        classes = classify(index.score, self.thresholds).astype(np.int16)
+        classes = difficulty_classes(index.score, self.thresholds).astype(np.int16)
         self.class_sizes = class_histogram(index.score, self.thresholds, num_classes)
         self.class_probabilities = class_probabilities(self.class_sizes, self.hes['hes_delta'])
         order = np.argsort(classes, kind='stable')

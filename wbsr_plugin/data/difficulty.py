@@ -103,3 +103,35 @@ def difficulty_from_vectors(vectors):
 def patch_difficulty(luma, patch_size, tops, lefts):
     """Scalar difficulty of every patch on the grid ``tops`` x ``lefts``; shape (..., len(tops), len(lefts))."""
     return difficulty_from_vectors(gradient_vectors(luma, patch_size, tops, lefts))
+
+
+def quantile_thresholds(scores, num_classes):
+    """Class thresholds ``t_k = s[floor(k N / K)]``, k = 1..K-1, on the sorted scores ``s`` (Eq. 7).
+
+    Used on the training candidates (HES) and, for checkpoints without stored thresholds, on the
+    patches of the image being processed (inference).
+
+    Args:
+        scores (array-like | Tensor): Scalar difficulties of N >= 1 patches.
+        num_classes (int): K >= 1.
+
+    Returns:
+        list[float]: K - 1 non-decreasing thresholds.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+    if torch.is_tensor(scores):
+        scores = scores.detach().cpu()
+    ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if ordered.size == 0:
+        raise ValueError('cannot compute thresholds of an empty set of scores.')
+    return [float(ordered[k * ordered.size // num_classes]) for k in range(1, num_classes)]
+
+
+def difficulty_classes(scores, thresholds):
+    """Class in 0..K-1 of every score: the number of thresholds at or below it (numpy or torch)."""
+    if torch.is_tensor(scores):
+        bounds = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device)
+        return torch.bucketize(scores, bounds, right=True)
+    return np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.asarray(scores, dtype=np.float64),
+                           side='right')

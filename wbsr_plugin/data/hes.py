@@ -8,8 +8,8 @@ Sec. 4.1.1, Eq. 7-8.
 * Difficulty: :func:`wbsr_plugin.data.difficulty.patch_difficulty` of each candidate, computed once
   and cached in an index file (``.npz``) beside the LR data.
 * Classes: thresholds ``t_k = s[floor(k N / K)]``, k = 1..K-1, on the sorted scores ``s`` of the N
-  candidates; a patch belongs to class ``#{k: t_k <= score}`` in 0..K-1 (:func:`classify`, the same
-  rule inference uses).
+  candidates; a patch belongs to class ``#{k: t_k <= score}`` in 0..K-1 (:func:`~wbsr_plugin.data.difficulty.difficulty_classes`,
+  the rule inference uses too).
 * Eq. 8: class k (1-based) is drawn with probability proportional to ``1 / (N_k delta^k)``;
   empty classes get probability 0.
 
@@ -29,7 +29,7 @@ from PIL import Image
 
 from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_lmdb, paired_paths_from_meta_info_file
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
-from .difficulty import bgr_image_to_luma, grid_positions, patch_difficulty
+from .difficulty import bgr_image_to_luma, difficulty_classes, grid_positions, patch_difficulty, quantile_thresholds
 
 INDEX_VERSION = 1
 INDEX_SUFFIX = '.npz'
@@ -438,7 +438,7 @@ class HESIndex:
         return len(self.score)
 
     def thresholds(self, num_classes):
-        return compute_thresholds(self.score, num_classes)
+        return quantile_thresholds(self.score, num_classes)
 
     def mismatch(self, opt, paths, stride):
         """Why this index does not describe the data and grid of ``opt``, or None when it does."""
@@ -509,33 +509,6 @@ def load_thresholds(index_path, num_classes=10):
 # Classes and Eq. 8
 
 
-def compute_thresholds(scores, num_classes):
-    """``t_k = s[floor(k N / K)]`` for k = 1..K-1 on the sorted scores ``s`` (float64 array)."""
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}.')
-    ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    if ordered.size == 0:
-        raise ValueError('cannot compute thresholds of an empty set of scores.')
-    positions = [k * ordered.size // num_classes for k in range(1, num_classes)]
-    return ordered[positions]
-
-
-def classify(scores, thresholds):
-    """Class in 0..K-1 of each score: the number of thresholds it reaches (``t_k <= score``).
-
-    Works on numpy arrays and torch tensors (``torch.bucketize(..., right=True)``).
-    """
-    try:
-        import torch
-        if torch.is_tensor(scores):
-            bounds = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device)
-            return torch.bucketize(scores, bounds, right=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.asarray(scores, dtype=np.float64),
-                           side='right')
-
-
 def class_probabilities(class_sizes, delta):
     """Eq. 8: ``P_k = (sum_j 1/N_j) / (N_k delta^k)`` (k = 1..K), normalised; empty classes get 0."""
     sizes = np.asarray(class_sizes, dtype=np.float64)
@@ -553,7 +526,7 @@ def class_probabilities(class_sizes, delta):
 
 def class_histogram(scores, thresholds, num_classes):
     """Number of candidates in each class."""
-    return np.bincount(classify(scores, thresholds), minlength=num_classes)
+    return np.bincount(difficulty_classes(scores, thresholds), minlength=num_classes)
 
 
 class ClassLevelDrawer:

@@ -16,7 +16,8 @@ from tqdm import tqdm
 from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
-from .hes import HESIndex, PairReader, class_histogram, compute_thresholds
+from .difficulty import difficulty_classes, quantile_thresholds
+from .hes import HESIndex, PairReader, class_histogram
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -228,7 +229,7 @@ def class_stats(index_path, num_classes=10, flat_below=20.0, edge_from=60.0):
         dict: thresholds, counts, fractions, flat, edge, num_candidates, quantiles.
     """
     index = HESIndex(index_path)
-    thresholds = compute_thresholds(index.score, num_classes)
+    thresholds = quantile_thresholds(index.score, num_classes)
     counts = class_histogram(index.score, thresholds, num_classes)
     scores = index.score.astype(np.float64)
     return {
@@ -245,9 +246,8 @@ def class_stats(index_path, num_classes=10, flat_below=20.0, edge_from=60.0):
 
 def example_grid(index, thresholds, save_path, per_class=8, seed=0, zoom=2):
     """Save a grid image: one row of example LR patches per class (easiest class on top)."""
-    from .hes import classify
     rng = np.random.default_rng(seed)
-    classes = classify(index.score, thresholds)
+    classes = difficulty_classes(index.score, thresholds)
     meta = index.meta
     opt = {'io_backend': {'type': meta['io_backend']}, 'dataroot_lq': meta['dataroot_lq'],
            'dataroot_gt': meta['dataroot_gt']}

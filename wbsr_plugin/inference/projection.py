@@ -19,29 +19,9 @@ import math
 
 import torch
 
+from wbsr_plugin.data.difficulty import difficulty_classes, quantile_thresholds  # noqa: F401
+
 DEFAULT_NUM_CLASSES = 10
-
-
-def quantile_thresholds(difficulties, num_classes=DEFAULT_NUM_CLASSES):
-    """Class thresholds ``t_k = sorted(d)[floor(k N / K)]``, k = 1..K-1 (Sec. 4.1.1).
-
-    Used on the training candidates and, for checkpoints without stored thresholds, on the
-    patches of the image being processed (then every class holds about N / K patches).
-
-    Args:
-        difficulties (Tensor | Sequence[float]): Scalar difficulties of N >= 1 patches.
-        num_classes (int): K. Default: 10.
-
-    Returns:
-        list[float]: K - 1 non-decreasing thresholds.
-    """
-    values = torch.as_tensor(difficulties, dtype=torch.float64).flatten().sort().values
-    if values.numel() == 0:
-        raise ValueError('quantile_thresholds needs at least one difficulty value.')
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
-    n = values.numel()
-    return [float(values[min(k * n // num_classes, n - 1)]) for k in range(1, num_classes)]
 
 
 def check_thresholds(thresholds):
@@ -55,9 +35,8 @@ def check_thresholds(thresholds):
 
 
 def classify(difficulty, thresholds):
-    """Class ``k`` in 1..K of every difficulty value: ``k - 1`` thresholds are <= the value."""
-    boundaries = torch.as_tensor(thresholds, dtype=torch.float64, device=difficulty.device)
-    return torch.bucketize(difficulty.double(), boundaries, right=True) + 1
+    """The paper's class ``k`` in 1..K of every difficulty value (``k - 1`` thresholds are <= it)."""
+    return difficulty_classes(difficulty.double(), thresholds) + 1
 
 
 def class_to_subnet(classes, num_classes, num_subnets):
