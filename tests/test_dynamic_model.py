@@ -85,3 +85,23 @@ def test_model_refuses_a_plain_network(tmp_path):
     opt = dynamic_options('plain', network={'type': 'MSRResNet', 'num_feat': 16, 'num_block': 2})
     with pytest.raises(ValueError, match='is not one'):
         build_model(parsed_options(opt, tmp_path))
+
+
+def test_loss_sigma_trains_in_its_own_group_and_resumes(tmp_path):
+    opt = dynamic_options('sigma', total_iter=10)
+    opt['train']['pixel_opt'] = {'type': 'BDLoss', 'estimator': 'bmc', 'scale': 4, 'learn_sigma': True,
+                                 'init_noise_sigma': 0.05}
+    opt['wbsr']['loss_lr'] = 0.05
+    model = build_model(parsed_options(copy.deepcopy(opt), tmp_path))
+    groups = model.optimizer_g.param_groups
+    assert len(groups) == 2 and groups[1]['lr'] == 0.05 and groups[1]['params'] == model.cri_pix.sigma_parameters()
+    for it in range(1, 4):
+        model.feed_data(random_batch())
+        model.optimize_parameters(it)
+    sigma = float(model.cri_pix.sigma)
+    assert sigma != pytest.approx(0.05, abs=1e-6)
+    model.save(epoch=0, current_iter=3)
+
+    resumed = build_model(parsed_options(copy.deepcopy(opt), tmp_path))
+    resumed.resume_training(load_training_state(tmp_path / 'experiments' / 'sigma' / 'training_states' / '3.state'))
+    assert float(resumed.cri_pix.sigma) == sigma

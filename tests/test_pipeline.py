@@ -1,6 +1,5 @@
 """BasicSR's train/test pipelines end to end through the plugin's entry points."""
 import glob
-import os
 import shutil
 import sys
 from os import path as osp
@@ -10,20 +9,50 @@ import torch
 import yaml
 
 from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 from basicsr.utils.options import ordered_yaml
-from conftest import REPO_ROOT, read_train_log, run_cli, run_module, train_options, write_yaml
+from conftest import REPO_ROOT, fixture_dirs, read_train_log, run_cli, run_module, train_options, write_yaml
+from wbsr_plugin.data.hes import parse_hes_options
+from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
+from wbsr_plugin.models.wbsr_options import parse_wbsr_options
 
 OPTION_FILES = sorted(glob.glob(osp.join(REPO_ROOT, 'options', '*.yml')))
 
 
+@pytest.fixture(scope='module')
+def priors(tmp_path_factory):
+    """GMM priors of the fixtures, standing in for the DIV2K priors the option files point to."""
+    root = tmp_path_factory.mktemp('priors')
+    paths = {}
+    for scale in (2, 4):
+        paths[scale] = str(root / f'prior_x{scale}.pth')
+        save_gmm_prior(fit_gmm_prior(fixture_dirs()[0], scale, num_components=2, num_iters=20), paths[scale])
+    return paths
+
+
 @pytest.mark.parametrize('path', OPTION_FILES, ids=osp.basename)
-def test_every_option_file_loads_and_builds_its_network(path):
+def test_every_option_file_is_valid(path, priors):
     with open(path) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
-    network = dict(opt['network_g'])
+    scale = opt['scale']
+    assert MODEL_REGISTRY.get(opt['model_type']) is not None
     with torch.device('meta'):
-        net = build_network(network)
-    assert net.upscale == opt['scale']
+        net = build_network(dict(opt['network_g']))
+    assert net.upscale == scale and len(net.subnets) == 9
+    parse_wbsr_options(opt.get('wbsr'))
+    for dataset in opt['datasets'].values():
+        assert DATASET_REGISTRY.get(dataset['type']) is not None
+        if dataset['type'] == 'ClassBalancedPairedDataset':
+            parse_hes_options(dataset)
+    assert all(metric['crop_border'] == scale for metric in opt['val']['metrics'].values())
+    if 'train' in opt:
+        pixel_opt = dict(opt['train']['pixel_opt'])
+        if pixel_opt['type'] == 'BDLoss':
+            assert pixel_opt['scale'] == scale
+            pixel_opt['prior_path'] = priors[scale]
+        build_loss(pixel_opt)
+        assert isinstance(opt['train']['optim_g']['lr'], float)
 
 
 def test_train_then_test_on_folder_data(tmp_path):

@@ -25,6 +25,7 @@ import wbsr_plugin  # noqa: F401
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
+from wbsr_plugin.file_util import atomic_path, atomic_write_text
 from wbsr_plugin.infer import network_options_from_yaml, select_device
 from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
@@ -78,13 +79,6 @@ def evaluate(run, pairs, scale):
         'gflops_per_32x32': flops / 1e9 * REFERENCE_LQ_SIZE**2 / pixels,
         'time_s': seconds
     }
-
-
-def write_atomic(path, text):
-    tmp = f'{path}.part'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -157,7 +151,7 @@ def main(argv=None):
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(osp.join(args.output, 'curve.csv'), buffer.getvalue())
+    atomic_write_text(osp.join(args.output, 'curve.csv'), buffer.getvalue())
     lines = [f'{type(net).__name__} x{net.upscale}, {len(pairs)} image(s) from {args.hr}, patch {args.patch_size}, '
              f'overlap {args.overlap}, thresholds: {"checkpoint" if thresholds is not None else "per-image quantiles"}',
              '', '| setting | PSNR-Y (dB) | SSIM-Y | FLOPs (% of full) | GFLOPs / 32x32 LR | time (s) |',
@@ -165,7 +159,7 @@ def main(argv=None):
     lines += [f"| {r['setting']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['flops_percent']:.1f} | "
               f"{r['gflops_per_32x32']:.2f} | {r['time_s']:.2f} |" for r in rows]
     table = '\n'.join(lines) + '\n'
-    write_atomic(osp.join(args.output, 'curve.md'), table)
+    atomic_write_text(osp.join(args.output, 'curve.md'), table)
     print(table)
     try:
         import matplotlib
@@ -185,9 +179,8 @@ def main(argv=None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = osp.join(args.output, '.curve.png.part')
-    fig.savefig(tmp, format='png', dpi=120)
-    os.replace(tmp, osp.join(args.output, 'curve.png'))
+    with atomic_path(osp.join(args.output, 'curve.png')) as tmp:
+        fig.savefig(tmp, format='png', dpi=120)
     return 0
 
 

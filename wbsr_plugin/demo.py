@@ -2,9 +2,11 @@
 
     python -m wbsr_plugin.demo [--out demo_output] [--iters 300]
 
-Prepares LR/HR pairs with BasicSR's MATLAB-bicubic ``imresize``, trains a ``WBSRResNet``
-supernet through BasicSR's ``train_pipeline``, tests it with ``test_pipeline`` and prints
-PSNR/SSIM next to bicubic upsampling, and where the outputs are.
+Prepares LR/HR pairs with BasicSR's MATLAB-bicubic ``imresize`` and the GMM prior of BDLoss,
+trains a ``WBSRResNet`` supernet with ``DynamicSRModel`` (HES sampling, BDLoss) through BasicSR's
+``train_pipeline``, tests the full network and dynamic inference with ``test_pipeline``, draws
+which subnet served each patch with ``wbsr_plugin.infer --save-map``, and prints PSNR/SSIM next to
+bicubic upsampling, the FLOPs dynamic inference spent, and where the outputs are.
 """
 import argparse
 import os
@@ -22,10 +24,14 @@ from skimage import data as skimage_data
 import wbsr_plugin  # noqa: F401
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
+from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 
 # Photographs shipped inside scikit-image; licenses in datasets/README.md.
 DEMO_PHOTOS = {'train': ('astronaut', 'coffee', 'rocket'), 'val': ('chelsea', )}
 SCALE = 4
+GT_SIZE = 64
+BATCH_SIZE = 4
+INFERENCE = {'patch_size': 32, 'overlap': 4}  # the test photo is small: 75x112 LR pixels
 
 
 def bicubic_downscale(img, scale):
@@ -63,7 +69,7 @@ def bicubic_baseline(hr_dir, lr_dir, scale=SCALE):
     return float(np.mean(psnrs)), float(np.mean(ssims))
 
 
-def demo_options(folders, iters):
+def demo_options(folders, prior_path, iters):
     """Training and test options for the demo (BasicSR's YAML layout)."""
     (train_hr, train_lr), (val_hr, val_lr) = folders['train'], folders['val']
     metrics = {
@@ -76,15 +82,16 @@ def demo_options(folders, iters):
                'upscale': SCALE, 'widths': [36, 52, 64], 'depths': [4, 8, 16]}
     train = {
         'name': 'wbsr_demo_x4',
-        'model_type': 'SRModel',
+        'model_type': 'DynamicSRModel',
         'scale': SCALE,
         'num_gpu': 'auto',
         'manual_seed': 0,
         'datasets': {
             'train': {
-                'name': 'skimage_photos', 'type': 'PairedImageDataset', 'dataroot_gt': train_hr,
-                'dataroot_lq': train_lr, 'io_backend': {'type': 'disk'}, 'gt_size': 96, 'use_hflip': True,
-                'use_rot': True, 'num_worker_per_gpu': 1, 'batch_size_per_gpu': 4, 'dataset_enlarge_ratio': 100,
+                'name': 'skimage_photos', 'type': 'ClassBalancedPairedDataset', 'dataroot_gt': train_hr,
+                'dataroot_lq': train_lr, 'io_backend': {'type': 'disk'}, 'gt_size': GT_SIZE, 'use_hflip': True,
+                'use_rot': True, 'hes_num_classes': 10, 'hes_delta': 0.9, 'hes_switch_ratio': 0.7,
+                'num_worker_per_gpu': 1, 'batch_size_per_gpu': BATCH_SIZE, 'dataset_enlarge_ratio': 100,
                 'prefetch_mode': None
             },
             'val': val_set,
@@ -97,8 +104,10 @@ def demo_options(folders, iters):
             'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'restart_weights': [1],
                           'eta_min': 1.0e-6},
             'total_iter': iters, 'warmup_iter': -1,
-            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+            'pixel_opt': {'type': 'BDLoss', 'loss_weight': 1.0, 'reduction': 'mean', 'estimator': 'gai',
+                          'prior_path': prior_path, 'kernel': 'gaussian', 'scale': SCALE},
         },
+        'wbsr': {'subnet_sampling': 'sandwich', 'dynamic_val': True, 'inference': INFERENCE},
         'val': {'val_freq': iters, 'save_img': False, 'metrics': metrics},
         'logger': {'print_freq': max(iters // 10, 1), 'save_checkpoint_freq': iters, 'use_tb_logger': False,
                    'wandb': None},
@@ -112,25 +121,32 @@ def demo_options(folders, iters):
         'network_g': network,
         'path': {'pretrain_network_g': 'experiments/wbsr_demo_x4/models/net_g_latest.pth',
                  'param_key_g': 'params_ema', 'strict_load_g': True},
+        'wbsr': {'dynamic_val': True, 'inference': INFERENCE},
         'val': {'save_img': True, 'suffix': None, 'metrics': metrics},
     }
     return train, test
 
 
-def _run(module, option_file, cwd):
-    subprocess.run([sys.executable, '-m', module, '-opt', option_file], cwd=cwd, check=True)
+def _run(module, *args, cwd):
+    subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, check=True)
 
 
-def _last_metrics(log_file):
+def read_test_log(log_file):
+    """PSNR/SSIM of the full network and of dynamic inference, and the dynamic FLOPs %, from a test log."""
     with open(log_file) as f:
         text = f.read()
-    return {name: float(value) for name, value in re.findall(r'# (\w+): ([-\d.]+)', text)}
+    results = {}
+    for dataset, body in re.findall(r'Validation (\S+)\n((?:\s+# \w+: [-\d.]+.*\n)+)', text):
+        results[dataset] = {name: float(value) for name, value in re.findall(r'# (\w+): ([-\d.]+)', body)}
+    for dataset, percent in re.findall(r'Dynamic inference on (\S+): ([\d.]+) % of the full network FLOPs', text):
+        results[dataset]['flops_percent'] = float(percent)
+    return results
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='demo_output', help='output folder (default: demo_output)')
-    parser.add_argument('--iters', type=int, default=300, help='training iterations (default: 300)')
+    parser.add_argument('--iters', type=int, default=400, help='training iterations (default: 400)')
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error('--iters must be at least 1')
@@ -138,22 +154,32 @@ def main(argv=None):
     start = time.time()
     out = osp.abspath(args.out)
     folders = prepare_demo_data(osp.join(out, 'data'))
-    train_opt, test_opt = demo_options(folders, args.iters)
+    prior_path = osp.join(out, 'data', 'train', f'prior_x{SCALE}.pth')
+    save_gmm_prior(fit_gmm_prior(folders['train'][0], SCALE), prior_path)
+    train_opt, test_opt = demo_options(folders, prior_path, args.iters)
     for opt, file_name in ((train_opt, 'train_wbsr_demo_x4.yml'), (test_opt, 'test_wbsr_demo_x4.yml')):
         with open(osp.join(out, file_name), 'w') as f:
             yaml.safe_dump(opt, f, sort_keys=False)
-    _run('wbsr_plugin.train', 'train_wbsr_demo_x4.yml', out)
-    _run('wbsr_plugin.test', 'test_wbsr_demo_x4.yml', out)
+    _run('wbsr_plugin.train', '-opt', 'train_wbsr_demo_x4.yml', cwd=out)
+    _run('wbsr_plugin.test', '-opt', 'test_wbsr_demo_x4.yml', cwd=out)
+    model = osp.join(out, 'experiments', train_opt['name'], 'models', 'net_g_latest.pth')
+    subnet_maps = osp.join(out, 'results', 'subnet_maps')
+    _run('wbsr_plugin.infer', '-i', folders['val'][1], '-o', subnet_maps, '--model', model, '--save-map', '--tile',
+         str(INFERENCE['patch_size']), '--overlap', str(INFERENCE['overlap']), cwd=out)
 
     results = osp.join(out, 'results', test_opt['name'])
     log = sorted(f for f in os.listdir(results) if f.endswith('.log'))[-1]
-    metrics = _last_metrics(osp.join(results, log))
+    metrics = read_test_log(osp.join(results, log))
+    full, dynamic = metrics['chelsea'], metrics['chelsea_dynamic']
     bicubic_psnr, bicubic_ssim = bicubic_baseline(*folders['val'])
-    print(f'\nWBSR demo (x{SCALE}, {args.iters} iterations, {time.time() - start:.0f} s)')
-    print(f"  test photo 'chelsea': PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
-          f'(bicubic: {bicubic_psnr:.2f} dB, {bicubic_ssim:.4f})')
-    print(f'  model:   {osp.join(out, "experiments", train_opt["name"], "models", "net_g_latest.pth")}')
-    print(f'  outputs: {osp.join(results, "visualization")}')
+    print(f'\nWBSR demo (x{SCALE}, {args.iters} iterations, {time.time() - start:.0f} s), test photo "chelsea":')
+    print(f'  bicubic:           PSNR {bicubic_psnr:.2f} dB, SSIM {bicubic_ssim:.4f}')
+    print(f"  full network:      PSNR {full['psnr']:.2f} dB, SSIM {full['ssim']:.4f}, 100 % FLOPs")
+    print(f"  dynamic inference: PSNR {dynamic['psnr']:.2f} dB, SSIM {dynamic['ssim']:.4f}, "
+          f"{dynamic['flops_percent']:.1f} % FLOPs")
+    print(f'  model:       {model}')
+    print(f'  SR images:   {osp.join(results, "visualization")}')
+    print(f'  subnet maps: {subnet_maps}')
 
 
 if __name__ == '__main__':

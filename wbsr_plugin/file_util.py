@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, index or image."""
+"""Atomic file writes: a reader never sees a half-written checkpoint, index, image or table."""
 import os
 import tempfile
 from contextlib import contextmanager
@@ -7,16 +7,27 @@ from os import path as osp
 import torch
 
 
+def _default_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the extension, since writers such as ``cv2.imwrite``, ``np.savez``
+    and ``savefig`` choose the format by it.
+    """
+    path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    suffix = osp.splitext(path)[1]  # keep the extension: writers such as cv2.imwrite choose the format by it
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix=f'.tmp{suffix}', dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix=f'.tmp{osp.splitext(path)[1]}', dir=folder)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
@@ -27,3 +38,17 @@ def atomic_torch_save(obj, path):
     """``torch.save`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(data)

@@ -29,6 +29,7 @@ from PIL import Image
 
 from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_lmdb, paired_paths_from_meta_info_file
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
+from wbsr_plugin.file_util import atomic_path
 from .difficulty import bgr_image_to_luma, difficulty_classes, grid_positions, patch_difficulty, quantile_thresholds
 
 INDEX_VERSION = 1
@@ -305,15 +306,8 @@ def check_pair_shapes(lq_shape, gt_shape, scale, lq_name, gt_name, patch_size=No
 
 
 def _atomic_save_npz(path, arrays):
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(path)}.{os.getpid()}.tmp.npz')
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def build_index(opt, index_path, stride=None, progress=False):

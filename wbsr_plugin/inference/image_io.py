@@ -11,13 +11,14 @@
   ``os.replace``, so a failure never leaves a half-written image.
 """
 import os
-import tempfile
 from dataclasses import dataclass
 from os import path as osp
 
 import cv2
 import numpy as np
 import torch
+
+from wbsr_plugin.file_util import atomic_write_bytes
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
 
@@ -105,19 +106,7 @@ def write_image_atomic(path, img):
     ok, data = cv2.imencode(ext, img)
     if not ok:
         raise OSError(f'cannot encode an image as {ext!r} for {path}.')
-    folder = osp.dirname(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.part', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data.tobytes())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(path, data.tobytes())
 
 
 def subnet_map_overlay(img_bgr, plan, scale, num_subnets, opacity=0.45):

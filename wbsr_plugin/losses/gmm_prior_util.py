@@ -9,13 +9,15 @@ of plain tensors that ``torch.load(..., weights_only=True)`` reads.
 """
 import math
 import os
-import tempfile
 from os import path as osp
 
 import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from wbsr_plugin.file_util import atomic_torch_save
+
 
 PRIOR_FORMAT_VERSION = 1
 SPACES = ('residual', 'pixel')
@@ -35,22 +37,23 @@ def check_scale(scale):
     return scale
 
 
-def target_lowpass(target, scale, space='residual'):
-    """The fixed low-pass ``L(y)`` of a target batch (N, C, H, W); no gradient flows through it.
+def lowpass(img, scale, space='residual'):
+    """The fixed linear low-pass ``L`` of a batch (N, C, H, W), differentiable.
 
     ``space='residual'``: area-downsample by ``scale`` and upsample back bilinearly, i.e. the
     smooth image an x``scale`` SR network can read off its LR input. ``space='pixel'``: zeros,
     so values are plain intensities.
     """
     check_space(space)
-    target = target.detach()
-    if space == 'pixel':
-        return torch.zeros_like(target)
-    height, width = target.shape[-2:]
-    if scale == 1:
-        return torch.zeros_like(target)
-    low = F.avg_pool2d(target, scale, ceil_mode=True)
-    return F.interpolate(low, size=(height, width), mode='bilinear', align_corners=False)
+    if space == 'pixel' or scale == 1:
+        return torch.zeros_like(img)
+    low = F.avg_pool2d(img, scale, ceil_mode=True)
+    return F.interpolate(low, size=img.shape[-2:], mode='bilinear', align_corners=False)
+
+
+def target_lowpass(target, scale, space='residual'):
+    """``lowpass`` of a target batch; no gradient flows through it."""
+    return lowpass(target.detach(), scale, space)
 
 
 def _paths_in_folder(folder):
@@ -285,18 +288,7 @@ def check_gmm_prior(prior, where='prior'):
 
 def save_gmm_prior(prior, path):
     """Write a prior with ``torch.save`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    prior = check_gmm_prior(prior)
-    path = os.fspath(path)
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(prior, f)
-        os.replace(tmp_path, path)
-    finally:
-        if osp.exists(tmp_path):
-            os.remove(tmp_path)
+    atomic_torch_save(check_gmm_prior(prior), path)
 
 
 def load_gmm_prior(path):

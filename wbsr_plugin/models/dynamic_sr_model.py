@@ -102,6 +102,8 @@ class DynamicSRModel(SRModel):
 
         self.log_dict = self.reduce_loss_dict(loss_dict)
         self.log_dict['subnet'] = float(subnets[-1])
+        if torch.is_tensor(getattr(self.cri_pix, 'sigma', None)):
+            self.log_dict['sigma'] = float(self.cri_pix.sigma)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 

@@ -1,0 +1,270 @@
+"""Evaluation of every row: whole-image networks, WBSR dynamic inference, ARM and ClassSR.
+
+Every dynamic method tiles the LR image the same way (:mod:`wbsr_plugin.inference.engine`'s
+tiling and blending, ``patch_size`` 32 and ``overlap`` 4 by default) and reports its FLOPs as
+a fraction of the plain network on the whole image. PSNR/SSIM and the per-image bookkeeping
+are those of :mod:`wbsr_plugin.curve` (Y channel, ``crop_border = scale``).
+"""
+import math
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from basicsr.archs import build_network
+from wbsr_plugin.archs.classsr_arch import msrresnet_flops
+from wbsr_plugin.curve import evaluate, load_pairs
+from wbsr_plugin.data.difficulty import rgb_to_luma
+from wbsr_plugin.inference.checkpoint import load_supernet, read_checkpoint
+from wbsr_plugin.inference.engine import DynamicInferenceEngine, blend_weights, fitted_patch_size, patch_positions
+
+ARM_NUM_BINS = 10
+ARM_TOLERANCE_DB = 0.05
+ARM_ETAS = np.logspace(-2, 4, 121)
+BISECTION_STEPS = 40
+LAPLACIAN = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]]).view(1, 1, 3, 3)
+
+
+def load_plain(path, network_opt):
+    """A BasicSR network (MSRResNet, RCAN, ClassSRNet) from a checkpoint, in eval mode on the CPU."""
+    state, _ = read_checkpoint(path)
+    net = build_network(dict(network_opt))
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def plain_flops(network_opt, lq_h, lq_w):
+    """FLOPs of the plain network of ``network_opt`` (MSRResNet or RCAN options) on an LR image."""
+    name = network_opt['type']
+    if name == 'MSRResNet':
+        return msrresnet_flops(network_opt['num_feat'], network_opt['num_block'], network_opt['upscale'], lq_h, lq_w)
+    if name == 'RCAN':
+        opt = {k: v for k, v in network_opt.items() if k != 'type'}
+        with torch.device('meta'):
+            net = build_network({'type': 'WBSRRCAN', **opt, 'widths': [opt['num_feat']],
+                                 'depths': [opt['num_block']]})
+        return net.flops(lq_h, lq_w)
+    raise ValueError(f'plain_flops: expected one of MSRResNet, RCAN, got {name!r}.')
+
+
+def whole_image_runner(net, flops_fn):
+    """``run(lq) -> (sr, report)`` of a network on the whole image."""
+
+    def run(lq):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            sr = net(lq)
+        flops = flops_fn(*lq.shape[-2:])
+        return sr, {'flops': flops, 'full_flops': flops, 'time_s': time.perf_counter() - start}
+
+    return run
+
+
+def engine_runner(net, thresholds, patch_size, overlap, **kwargs):
+    """``run(lq) -> (sr, report)`` of WBSR's dynamic inference engine."""
+    engine = DynamicInferenceEngine(net, thresholds=thresholds, num_classes=len(thresholds) + 1,
+                                    patch_size=patch_size, overlap=overlap, **kwargs)
+
+    def run(lq):
+        sr, report = engine.run(lq)
+        return sr, {'flops': report.flops, 'full_flops': report.full_flops, 'time_s': report.time_s,
+                    'histogram': report.histogram}
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiling shared by ARM and ClassSR (the engine's tiling and blending)
+def tile(lq, patch_size, overlap, trim=1):
+    """Patches (n, c, p, p) of ``lq`` (1, c, h, w) and the geometry to stitch them back."""
+    h, w = lq.shape[-2:]
+    patch = fitted_patch_size(h, w, patch_size, overlap)
+    overlap = min(overlap, patch // 2)
+    trim = min(trim, max(0, (overlap - 1) // 2))
+    tops, lefts = patch_positions(h, patch, overlap), patch_positions(w, patch, overlap)
+    patches = torch.stack([lq[0, :, t:t + patch, x:x + patch] for t in tops for x in lefts])
+    return patches, (h, w, patch, tops, lefts, trim)
+
+
+def stitch(outputs, geometry, scale):
+    """Blend SR patches (n, c, p*s, p*s) in grid order into (1, c, h*s, w*s)."""
+    h, w, p, tops, lefts, trim = geometry
+    wy = blend_weights(tops, h, p, scale, trim).float()
+    wx = blend_weights(lefts, w, p, scale, trim).float()
+    sr = torch.zeros(outputs.shape[1], h * scale, w * scale)
+    n = 0
+    for i, top in enumerate(tops):
+        for j, left in enumerate(lefts):
+            sr[:, top * scale:(top + p) * scale, left * scale:(left + p) * scale] += outputs[n] * (
+                wy[i].view(-1, 1) * wx[j].view(1, -1))
+            n += 1
+    return sr.unsqueeze(0)
+
+
+def run_assigned(patches, choice, forward):
+    """Run every patch through the option ``choice[i]`` with ``forward(option, batch)``."""
+    outputs = None
+    for option in torch.unique(choice).tolist():
+        ids = (choice == option).nonzero().flatten()
+        out = forward(option, patches[ids])
+        if outputs is None:
+            outputs = torch.empty(patches.shape[0], *out.shape[1:])
+        outputs[ids] = out
+    return outputs
+
+
+def bisect_knob(cost_of, allowed, low, high):
+    """The largest knob in [low, high] with ``cost_of(knob) <= allowed`` (cost non-decreasing in the knob)."""
+    if cost_of(high) <= allowed:
+        return high
+    if cost_of(low) > allowed:
+        return low
+    for _ in range(BISECTION_STEPS):
+        mid = (low + high) / 2
+        if cost_of(mid) <= allowed:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+# ----------------------------------------------------------------------------------------------
+# ARM (Chen et al., ECCV 2022): edge score -> per-subnet PSNR table -> argmax eta * PSNR - cost
+def edge_scores(patches):
+    """ARM's edge score: mean absolute Laplacian of the luma (0-255) of every LR patch (n, c, p, p)."""
+    luma = rgb_to_luma(patches.float()).unsqueeze(1)
+    return F.conv2d(luma, LAPLACIAN.to(luma.dtype)).abs().mean(dim=(1, 2, 3))
+
+
+def arm_choice(edges, table, costs, eta):
+    """Subnet index per patch: ``argmax_m eta * PSNR_m(bin(edge)) - cost_m``."""
+    bins = np.searchsorted(table['edges'], edges.numpy(), side='right')
+    gain = eta * table['psnr'][bins] - np.asarray(costs)[None, :]
+    return torch.from_numpy(gain.argmax(axis=1))
+
+
+def build_arm_table(net, val_pairs, patch_size, overlap, num_bins=ARM_NUM_BINS, tolerance_db=ARM_TOLERANCE_DB):
+    """ARM's edge-to-PSNR table on held-out training images, and its default eta.
+
+    Each validation LR image is tiled as at test time; every patch runs through every subnet
+    and its PSNR (Y channel, against the HR patch) is recorded with its edge score. The edge
+    scores are cut into ``num_bins`` quantile bins; the table holds the mean PSNR of every
+    subnet per bin. The default eta is the smallest (on a log grid) whose choice keeps the
+    validation PSNR (pooled MSE of the patches) within ``tolerance_db`` of the full subnet.
+
+    Returns:
+        dict: ``edges`` (bin boundaries), ``psnr`` (bins x subnets), ``costs`` (fraction of the
+        full subnet), ``eta`` (default), ``val_patches``.
+    """
+    engine = DynamicInferenceEngine(net, subnet=0)
+    scale = net.upscale
+    all_edges, all_mse = [], []
+    for _, lq, hr in val_pairs:
+        patches, (h, w, p, tops, lefts, _) = tile(lq, patch_size, overlap)
+        hr_rgb = torch.from_numpy(hr[:, :, ::-1].astype(np.float32) / 255.).permute(2, 0, 1)
+        hr_patches = torch.stack([hr_rgb[:, t * scale:(t + p) * scale, x * scale:(x + p) * scale]
+                                  for t in tops for x in lefts])
+        hr_y = rgb_to_luma(hr_patches)
+        mse = []
+        with torch.inference_mode():
+            for spec in net.subnets:
+                sr = engine.subnet_module(spec.index)(patches).clamp(0, 1)
+                sr_y = (rgb_to_luma(sr) * 219. / 255. + 16.).round()
+                mse.append(((sr_y - (hr_y * 219. / 255. + 16.).round())**2).mean(dim=(1, 2)))
+        all_edges.append(edge_scores(patches))
+        all_mse.append(torch.stack(mse, dim=1))
+    edges = torch.cat(all_edges).numpy()
+    mse = torch.cat(all_mse).double().numpy()
+    psnr = 10 * np.log10(255.**2 / np.maximum(mse, 1e-10))
+    num_bins = max(1, min(num_bins, len(edges)))
+    boundaries = np.quantile(edges, np.arange(1, num_bins) / num_bins) if num_bins > 1 else np.array([])
+    bins = np.searchsorted(boundaries, edges, side='right')
+    overall = psnr.mean(axis=0)
+    table = np.stack([psnr[bins == b].mean(axis=0) if (bins == b).any() else overall for b in range(num_bins)])
+    full = net.full_subnet.flops
+    costs = [s.flops / full for s in net.subnets]
+    result = {'edges': boundaries, 'psnr': table, 'costs': costs, 'val_patches': int(len(edges))}
+    reference = 10 * math.log10(255.**2 / mse[:, -1].mean())
+    eta = float(ARM_ETAS[-1])
+    for candidate in ARM_ETAS:
+        choice = arm_choice(torch.from_numpy(edges), result, costs, candidate).numpy()
+        pooled = mse[np.arange(len(choice)), choice].mean()
+        if 10 * math.log10(255.**2 / pooled) >= reference - tolerance_db:
+            eta = float(candidate)
+            break
+    result['eta'] = eta
+    return result
+
+
+def arm_runner(net, table, patch_size, overlap, eta=None, budget=None):
+    """``run(lq) -> (sr, report)`` of ARM's subnet choice at ``eta`` or within a FLOPs ``budget`` per image."""
+    engine = DynamicInferenceEngine(net, subnet=0)
+
+    def run(lq):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            patches, geometry = tile(lq, patch_size, overlap)
+            p = geometry[2]
+            patch_costs = np.array([net.flops(p, p, subnet=s) for s in net.subnets], dtype=np.float64)
+            edges = edge_scores(patches)
+
+            def cost_of(log_eta):
+                return float(patch_costs[arm_choice(edges, table, table['costs'], math.exp(log_eta)).numpy()].sum())
+
+            if budget is None:
+                chosen_eta = eta
+            else:
+                chosen_eta = math.exp(bisect_knob(cost_of, budget * net.flops(*lq.shape[-2:]), math.log(1e-4),
+                                                  math.log(1e6)))
+            choice = arm_choice(edges, table, table['costs'], chosen_eta)
+            outputs = run_assigned(patches, choice, lambda m, batch: engine.subnet_module(m)(batch))
+            sr = stitch(outputs, geometry, net.upscale)
+        histogram = torch.bincount(choice, minlength=len(net.subnets)).tolist()
+        return sr, {'flops': float(patch_costs[choice.numpy()].sum()), 'full_flops': net.flops(*lq.shape[-2:]),
+                    'time_s': time.perf_counter() - start, 'histogram': histogram}
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# ClassSR (Kong et al., CVPR 2021): classifier argmax per patch
+def classsr_runner(net, patch_size, overlap, budget=None):
+    """``run(lq) -> (sr, report)`` of ClassSR: argmax class per patch, or a logit bias fitted to a budget.
+
+    The budget form adds ``beta * [0, 1, ..., M-1]`` to the logits and takes the largest ``beta``
+    whose FLOPs (classifier included) stay within ``budget`` times the plain network's.
+    """
+    num_branches = len(net.widths)
+    ramp = torch.arange(num_branches, dtype=torch.float32)
+
+    def full_flops(h, w):
+        return msrresnet_flops(net.widths[-1], net.num_block, net.upscale, h, w)
+
+    def run(lq):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            patches, geometry = tile(lq, patch_size, overlap)
+            p = geometry[2]
+            patch_costs = np.array([net.flops(p, p, b) for b in range(num_branches)], dtype=np.float64)
+            logits = net.classify(patches)
+
+            def choose(beta):
+                return (logits + beta * ramp).argmax(dim=1)
+
+            beta = 0.
+            if budget is not None:
+                beta = bisect_knob(lambda b: float(patch_costs[choose(b).numpy()].sum()),
+                                   budget * full_flops(*lq.shape[-2:]), -1e3, 1e3)
+            choice = choose(beta)
+            outputs = run_assigned(patches, choice, lambda b, batch: net.branch_forward(batch, b))
+            sr = stitch(outputs, geometry, net.upscale)
+        histogram = torch.bincount(choice, minlength=num_branches).tolist()
+        return sr, {'flops': float(patch_costs[choice.numpy()].sum()), 'full_flops': full_flops(*lq.shape[-2:]),
+                    'time_s': time.perf_counter() - start, 'histogram': histogram}
+
+    return run
+
+
+__all__ = ['load_plain', 'plain_flops', 'whole_image_runner', 'engine_runner', 'build_arm_table', 'arm_runner',
+           'classsr_runner', 'evaluate', 'load_pairs', 'load_supernet']
