@@ -29,8 +29,9 @@ def test_unknown_preset_option_is_refused():
 def test_toy_preset_end_to_end(tmp_path):
     hr = f'{FIXTURES}/hr'
     out = tmp_path / 'out'
+    # a relative --out, as users type it: training runs in subprocesses with their own working folder
     proc = run_module('wbsr_plugin.reproduce', '--preset', 'toy', '--train-hr', hr, '--test', f'fixtures={hr}',
-                      '--out', str(out), '--iters', '2', '--seeds', '0', cwd=tmp_path, timeout=300)
+                      '--out', 'out', '--iters', '2', '--seeds', '0', cwd=tmp_path, timeout=300)
     text = (out / 'results.md').read_text()
     for label in ('SRResNet (uniform + L1)', '+ClassSR', '+ARM', '+HES', '+BDLoss', '+WBSR', '+WBSR-dagger'):
         assert label in text

@@ -45,6 +45,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.iters is not None and args.iters < 1:
         parser.error(f'--iters must be at least 1, got {args.iters}')
+    # training runs in subprocesses with their own working folder: every path must be absolute
+    args.out, args.train_hr = osp.abspath(args.out), osp.abspath(args.train_hr)
+    args.test = [(name, osp.abspath(folder)) for name, folder in args.test]
     test_sets = dict(args.test)
     if len(test_sets) != len(args.test):
         parser.error('test set names must be unique')
