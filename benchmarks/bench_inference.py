@@ -58,7 +58,8 @@ def timed(fn, repeat):
 def plain_network(net):
     """BasicSR's own network class with the supernet's weights."""
     opt = {'type': 'MSRResNet' if type(net).__name__ == 'WBSRResNet' else 'RCAN', 'upscale': net.upscale,
-           'num_feat': net.num_feat, 'num_block': net.num_block}
+           'num_in_ch': net.conv_first.in_channels, 'num_out_ch': net.num_out_ch, 'num_feat': net.num_feat,
+           'num_block': net.num_block}
     if opt['type'] == 'RCAN':
         opt.update(num_group=net.num_group, squeeze_factor=net.squeeze_factor)
     plain = build_network(opt)

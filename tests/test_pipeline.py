@@ -102,12 +102,18 @@ def test_debug_and_force_yml_flags(tmp_path):
 
 @pytest.mark.skipif(sys.platform != 'linux', reason='torchrun with gloo is exercised on Linux')
 def test_torchrun_two_cpu_processes(tmp_path):
-    # DynamicSRModel's sandwich rule runs three subnets per step: DDP must accumulate without syncing
-    opt = train_options('ddp_run', total_iter=2, model_type='DynamicSRModel', train_dataset={'num_worker_per_gpu': 1})
+    # DynamicSRModel's sandwich rule runs three subnets per step: DDP must accumulate without syncing;
+    # HES draws class-level from the start, each rank from its own shard
+    data = tmp_path / 'data'
+    for folder in fixture_dirs():
+        shutil.copytree(folder, data / osp.basename(folder))
+    hes = {'type': 'ClassBalancedPairedDataset', 'dataroot_gt': str(data / 'hr'), 'dataroot_lq': str(data / 'lr_x4'),
+           'hes_switch_iter': 0, 'num_worker_per_gpu': 1}
+    opt = train_options('ddp_run', total_iter=2, model_type='DynamicSRModel', train_dataset=hes)
     opt['wbsr'] = {'subnet_sampling': 'sandwich', 'inference': {'patch_size': 12, 'overlap': 2}}
     path = write_yaml(tmp_path / 'train.yml', opt)
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533']
     run_cli([*torchrun, f'{REPO_ROOT}/wbsr_plugin/train.py', '-opt', path, '--launcher', 'pytorch'], cwd=tmp_path)
     log = read_train_log(tmp_path / 'experiments' / 'ddp_run')
-    assert 'world_size: 2' in log
+    assert 'world_size: 2' in log and 'class-level' in log
     assert (tmp_path / 'experiments' / 'ddp_run' / 'models' / 'net_g_latest.pth').is_file()

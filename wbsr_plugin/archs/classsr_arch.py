@@ -56,7 +56,7 @@ class ClassSRClassifier(nn.Module):
 
 
 @register(ARCH_REGISTRY)
-class ClassSRNet(nn.Module):
+class WBSRClassSRNet(nn.Module):
     """ClassSR: a classifier sends each LR patch to one of several SR branches of rising width.
 
     Paper: ClassSR: A General Framework to Accelerate Super-Resolution Networks by Data
@@ -76,7 +76,7 @@ class ClassSRNet(nn.Module):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or widths != sorted(set(widths)):
-            raise ValueError(f'ClassSRNet: widths must be at least two ascending distinct integers, got {widths!r}.')
+            raise ValueError(f'WBSRClassSRNet: widths must be at least two ascending distinct integers, got {widths!r}.')
         self.widths = widths
         self.num_block = num_block
         self.upscale = upscale

@@ -47,8 +47,8 @@ def average_loss(probs):
 
 
 @register(MODEL_REGISTRY)
-class ClassSRModel(SRModel):
-    """SRModel for ``ClassSRNet``: branch pre-training, then joint training with the classifier.
+class WBSRClassSRModel(SRModel):
+    """SRModel for ``WBSRClassSRNet``: branch pre-training, then joint training with the classifier.
 
     Paper: ClassSR: A General Framework to Accelerate Super-Resolution Networks by Data
     Characteristic (CVPR 2021). Options, in the top-level ``classsr`` section:
@@ -65,8 +65,8 @@ class ClassSRModel(SRModel):
 
     def __init__(self, opt):
         self.classsr_opt = parse_classsr_options(opt.get('classsr'))
-        if opt['network_g']['type'] != 'ClassSRNet':
-            raise ValueError(f"ClassSRModel trains ClassSRNet, got network_g.type {opt['network_g']['type']!r}.")
+        if opt['network_g']['type'] != 'WBSRClassSRNet':
+            raise ValueError(f"WBSRClassSRModel trains WBSRClassSRNet, got network_g.type {opt['network_g']['type']!r}.")
         super().__init__(opt)
 
     def optimize_parameters(self, current_iter):

@@ -12,7 +12,7 @@ RUN_KINDS = {
     'hes': ('DynamicSRModel', 'hes', 'l1'),
     'bdloss': ('DynamicSRModel', 'uniform', 'bdloss'),
     'wbsr': ('DynamicSRModel', 'hes', 'bdloss'),
-    'classsr': ('ClassSRModel', 'uniform', 'l1'),
+    'classsr': ('WBSRClassSRModel', 'uniform', 'l1'),
 }
 
 # table row -> (run kind, evaluation method), in the order of the paper's tables
@@ -69,7 +69,7 @@ def network_options(preset, backbone, kind):
     if kind == 'classsr':
         if backbone != 'srresnet':
             raise ValueError(f'ClassSR runs with SRResNet branches only, not {backbone!r}.')
-        return {'type': 'ClassSRNet', 'num_in_ch': 3, 'num_out_ch': 3, 'widths': list(preset['classsr_widths']),
+        return {'type': 'WBSRClassSRNet', 'num_in_ch': 3, 'num_out_ch': 3, 'widths': list(preset['classsr_widths']),
                 'num_block': arch['num_block'], 'upscale': scale}
     if kind == 'plain':
         arch.pop('widths')
@@ -144,7 +144,7 @@ def training_options(preset, backbone, kind, seed, data):
         opt['wbsr'] = {'subnet_sampling': preset['subnet_sampling'], 'loss_lr': 1.0e-2, 'dynamic_val': False,
                        'thresholds': [float(t) for t in data['thresholds']],
                        'inference': {'patch_size': preset['patch_size'], 'overlap': preset['overlap']}}
-    elif model_type == 'ClassSRModel':
+    elif model_type == 'WBSRClassSRModel':
         opt['classsr'] = {'branch_ratio': preset['classsr_branch_ratio'],
                           'thresholds': [float(t) for t in data['classsr_thresholds']],
                           'class_loss_weight': 5.0e-4, 'average_loss_weight': 3.0e-3}
