@@ -1,10 +1,13 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, index, image or table."""
+"""File helpers: the image types the tools read, and atomic writes (a reader never sees a half-written
+checkpoint, index, image or table)."""
 import os
 import tempfile
 from contextlib import contextmanager
 from os import path as osp
 
 import torch
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
 
 
 def _default_mode():

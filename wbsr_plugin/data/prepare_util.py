@@ -16,10 +16,9 @@ from tqdm import tqdm
 from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
+from wbsr_plugin.file_util import IMAGE_EXTENSIONS
 from .difficulty import difficulty_classes, quantile_thresholds
 from .hes import HESIndex, PairReader, class_histogram
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 class PreparationError(RuntimeError):

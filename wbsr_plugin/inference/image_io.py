@@ -18,9 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from wbsr_plugin.file_util import atomic_write_bytes
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
+from wbsr_plugin.file_util import IMAGE_EXTENSIONS, atomic_write_bytes
 
 
 class ImageReadError(ValueError):

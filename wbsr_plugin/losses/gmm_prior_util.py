@@ -16,12 +16,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from wbsr_plugin.file_util import atomic_torch_save
-
+from wbsr_plugin.file_util import IMAGE_EXTENSIONS, atomic_torch_save
 
 PRIOR_FORMAT_VERSION = 1
 SPACES = ('residual', 'pixel')
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 _PRIOR_TENSOR_KEYS = ('weights', 'means', 'variances')
 
 
