@@ -21,7 +21,7 @@ from .difficulty import difficulty_classes, quantile_thresholds
 from .hes import HESIndex, PairReader, class_histogram
 
 
-class PreparationError(RuntimeError):
+class PreparationError(ValueError):
     """A preparation step cannot run (bad input or a partial output)."""
 
 
@@ -39,7 +39,8 @@ def list_images(folder):
     return names
 
 
-def _read(path):
+def read_image_file(path):
+    """An image as OpenCV reads it (unchanged depth and channels); PreparationError if unreadable."""
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise PreparationError(f"'{path}' cannot be read as an image.")
@@ -85,7 +86,7 @@ def _image_shape(path):
 
 def _subimages_worker(args):
     path, save_folder, name, crop_size, step, thresh_size, compression = args
-    img = _read(path)
+    img = read_image_file(path)
     base = osp.splitext(name)[0]
     tops = crop_positions(img.shape[0], crop_size, step, thresh_size)
     lefts = crop_positions(img.shape[1], crop_size, step, thresh_size)
@@ -145,7 +146,7 @@ def _run(jobs, worker, n_thread, desc):
 
 def _downsample_worker(args):
     path, out, scale = args
-    img = _read(path)
+    img = read_image_file(path)
     if img.dtype != np.uint8:
         raise PreparationError(f"'{path}' is {img.dtype}, not 8-bit; convert it first.")
     if img.ndim != 3 or img.shape[2] != 3:

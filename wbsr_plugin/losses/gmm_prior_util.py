@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from wbsr_plugin.file_util import IMAGE_EXTENSIONS, atomic_torch_save
+from wbsr_plugin.data.prepare_util import list_images, read_image_file
+from wbsr_plugin.file_util import atomic_torch_save
 
 PRIOR_FORMAT_VERSION = 1
 SPACES = ('residual', 'pixel')
@@ -52,22 +53,6 @@ def lowpass(img, scale, space='residual'):
 def target_lowpass(target, scale, space='residual'):
     """``lowpass`` of a target batch; no gradient flows through it."""
     return lowpass(target.detach(), scale, space)
-
-
-def _paths_in_folder(folder):
-    paths = sorted(
-        osp.join(root, name) for root, _, names in os.walk(folder) for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under '{folder}'.")
-    return paths
-
-
-def _read_image(path):
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"cannot read image '{path}'.")
-    return img
 
 
 class _LmdbImages:
@@ -106,12 +91,12 @@ def image_source(hr_paths_or_folder):
             lmdb_images = _LmdbImages(folder)
             return lmdb_images.keys, lmdb_images.read
         if osp.isdir(folder):
-            return _paths_in_folder(folder), _read_image
+            return [osp.join(folder, name) for name in list_images(folder)], read_image_file
         raise ValueError(f"'{folder}' is neither an image folder nor a BasicSR LMDB folder.")
     paths = [os.fspath(p) for p in hr_paths_or_folder]
     if not paths:
         raise ValueError('the list of HR images is empty.')
-    return paths, _read_image
+    return paths, read_image_file
 
 
 def image_to_tensor(img):
