@@ -9,7 +9,6 @@ of a stand-alone network all derive from that one list.
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 # FLOPs are reported for this LR patch size, the convention of ClassSR, ARM and WBSR.
@@ -167,7 +166,3 @@ class SupernetMixin:
 
 def leaky_relu(x):
     return F.leaky_relu(x, negative_slope=0.1)
-
-
-def num_params(module: nn.Module):
-    return sum(p.numel() for p in module.parameters())

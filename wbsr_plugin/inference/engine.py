@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin
-from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
+from wbsr_plugin.data.difficulty import patch_difficulty, quantile_thresholds, rgb_to_luma
 from .projection import (DEFAULT_NUM_CLASSES, budget_subnets, check_thresholds, class_to_subnet, classify,
-                         cost_target_subnets, quantile_thresholds)
+                         cost_target_subnets)
 
 DEFAULT_PATCH_SIZE = 64
 DEFAULT_OVERLAP = 4
@@ -157,6 +157,30 @@ def blend_weights(positions, length, patch_size, scale, trim):
     return torch.stack([weight / total[pos * scale:(pos + patch_size) * scale] for pos, weight in zip(positions, raw)])
 
 
+def tile_geometry(h, w, patch_size, overlap, trim):
+    """``(patch, tops, lefts, trim)`` of an h x w LR image: the fitted patch side, the patch offsets
+    along each axis and the blending trim, lowered for small patches."""
+    patch = fitted_patch_size(h, w, patch_size, overlap)
+    overlap = min(overlap, patch // 2)
+    trim = min(trim, max(0, (overlap - 1) // 2))
+    return patch, patch_positions(h, patch, overlap), patch_positions(w, patch, overlap), trim
+
+
+def stitch_patches(outputs, lq_size, patch, tops, lefts, trim, scale):
+    """Blend SR patches (N, c, p*s, p*s) in grid order into the SR image (1, c, h*s, w*s)."""
+    (h, w), p, s = lq_size, patch, scale
+    wy = blend_weights(tops, h, p, s, trim).to(device=outputs.device, dtype=torch.float32)
+    wx = blend_weights(lefts, w, p, s, trim).to(device=outputs.device, dtype=torch.float32)
+    sr = torch.zeros(outputs.shape[1], h * s, w * s, device=outputs.device, dtype=torch.float32)
+    n = 0
+    for i, top in enumerate(tops):
+        for j, left in enumerate(lefts):
+            window = wy[i].view(-1, 1) * wx[j].view(1, -1)
+            sr[:, top * s:(top + p) * s, left * s:(left + p) * s] += outputs[n].float() * window
+            n += 1
+    return sr.unsqueeze(0)
+
+
 class DynamicInferenceEngine:
     """Gradient-projection dynamic inference of a WBSR supernet (WBSR Sec. 4.2).
 
@@ -272,11 +296,7 @@ class DynamicInferenceEngine:
         if lq.dim() != 4 or lq.shape[0] != 1:
             raise ValueError(f'expected an LR tensor of shape (1, c, h, w), got {tuple(lq.shape)}.')
         h, w = lq.shape[-2:]
-        patch = fitted_patch_size(h, w, self.patch_size, self.overlap)
-        overlap = min(self.overlap, patch // 2)
-        trim = min(self.trim, max(0, (overlap - 1) // 2))
-        tops = patch_positions(h, patch, overlap)
-        lefts = patch_positions(w, patch, overlap)
+        patch, tops, lefts, trim = tile_geometry(h, w, self.patch_size, self.overlap, self.trim)
         if patch >= 2:
             difficulty = patch_difficulty(rgb_to_luma(lq[0].detach().float().cpu()), patch, tops, lefts)
         else:
@@ -335,17 +355,7 @@ class DynamicInferenceEngine:
 
     def stitch(self, outputs, plan):
         """Blend SR patches (N, c, p*s, p*s) in grid order into the SR image (1, c, h*s, w*s)."""
-        (h, w), p, s = plan.lq_size, plan.patch_size, self.scale
-        wy = blend_weights(plan.tops, h, p, s, plan.trim).to(device=outputs.device, dtype=torch.float32)
-        wx = blend_weights(plan.lefts, w, p, s, plan.trim).to(device=outputs.device, dtype=torch.float32)
-        sr = torch.zeros(outputs.shape[1], h * s, w * s, device=outputs.device, dtype=torch.float32)
-        n = 0
-        for i, top in enumerate(plan.tops):
-            for j, left in enumerate(plan.lefts):
-                window = wy[i].view(-1, 1) * wx[j].view(1, -1)
-                sr[:, top * s:(top + p) * s, left * s:(left + p) * s] += outputs[n].float() * window
-                n += 1
-        return sr.unsqueeze(0)
+        return stitch_patches(outputs, plan.lq_size, plan.patch_size, plan.tops, plan.lefts, plan.trim, self.scale)
 
     def flops(self, plan):
         """FLOPs spent by ``plan`` (every patch counted in full, overlaps included)."""

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from wbsr_plugin.data.difficulty import difficulty_classes, quantile_thresholds  # noqa: F401
+from wbsr_plugin.data.difficulty import difficulty_classes
 
 DEFAULT_NUM_CLASSES = 10
 

@@ -17,7 +17,7 @@ from wbsr_plugin.archs.classsr_arch import msrresnet_flops
 from wbsr_plugin.curve import evaluate, load_pairs
 from wbsr_plugin.data.difficulty import rgb_to_luma
 from wbsr_plugin.inference.checkpoint import load_supernet, read_checkpoint
-from wbsr_plugin.inference.engine import DynamicInferenceEngine, blend_weights, fitted_patch_size, patch_positions
+from wbsr_plugin.inference.engine import DynamicInferenceEngine, stitch_patches, tile_geometry
 
 ARM_NUM_BINS = 10
 ARM_TOLERANCE_DB = 0.05
@@ -79,10 +79,7 @@ def engine_runner(net, thresholds, patch_size, overlap, **kwargs):
 def tile(lq, patch_size, overlap, trim=1):
     """Patches (n, c, p, p) of ``lq`` (1, c, h, w) and the geometry to stitch them back."""
     h, w = lq.shape[-2:]
-    patch = fitted_patch_size(h, w, patch_size, overlap)
-    overlap = min(overlap, patch // 2)
-    trim = min(trim, max(0, (overlap - 1) // 2))
-    tops, lefts = patch_positions(h, patch, overlap), patch_positions(w, patch, overlap)
+    patch, tops, lefts, trim = tile_geometry(h, w, patch_size, overlap, trim)
     patches = torch.stack([lq[0, :, t:t + patch, x:x + patch] for t in tops for x in lefts])
     return patches, (h, w, patch, tops, lefts, trim)
 
@@ -90,16 +87,7 @@ def tile(lq, patch_size, overlap, trim=1):
 def stitch(outputs, geometry, scale):
     """Blend SR patches (n, c, p*s, p*s) in grid order into (1, c, h*s, w*s)."""
     h, w, p, tops, lefts, trim = geometry
-    wy = blend_weights(tops, h, p, scale, trim).float()
-    wx = blend_weights(lefts, w, p, scale, trim).float()
-    sr = torch.zeros(outputs.shape[1], h * scale, w * scale)
-    n = 0
-    for i, top in enumerate(tops):
-        for j, left in enumerate(lefts):
-            sr[:, top * scale:(top + p) * scale, left * scale:(left + p) * scale] += outputs[n] * (
-                wy[i].view(-1, 1) * wx[j].view(1, -1))
-            n += 1
-    return sr.unsqueeze(0)
+    return stitch_patches(outputs, (h, w), p, tops, lefts, trim, scale)
 
 
 def run_assigned(patches, choice, forward):
