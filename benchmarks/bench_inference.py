@@ -1,16 +1,21 @@
-"""Wall-clock speed of dynamic inference against the plain network, in one process.
+"""Wall-clock speed of dynamic inference against the plain network, side by side in one process.
 
-    python benchmarks/bench_inference.py --image photo.jpg --threads 2 --lq-size 256x192
+    python benchmarks/bench_inference.py --device cpu                     # 2-core sizes (see --lq-sizes)
+    python benchmarks/bench_inference.py --device cuda                    # 480x270 and 960x540, fp16 and fp32
+    python benchmarks/bench_inference.py --device cpu --image photo.jpg --arch WBSRRCAN --widths 32 48 64
 
-On the same LR image(s) it times
-  (a) the plain BasicSR network (MSRResNet / RCAN) with the supernet's weights on the whole image,
-  (b) the supernet's full subnet, tiled by the engine,
-  (c) dynamic inference at several budgets,
-and prints Markdown tables: time ratio against (a), FLOPs ratio, and efficiency = achieved
-speedup / ideal speedup (1 / FLOPs ratio). ``--section tiling`` sweeps patch size and overlap;
-``--section widths`` times every subnet of the paper's widths and of hardware-aligned ones on
-the whole image. Weights are random (speed does not depend on their values); thresholds are the
-per-image quantiles unless a checkpoint is given.
+For every network (SRResNet / RCAN x4 with the paper's widths [36, 52, 64] and the aligned widths
+[32, 48, 64]), LR size and precision it times on the same LR image:
+  plain        BasicSR's MSRResNet / RCAN with the supernet's weights on the whole image (channels-last),
+  tiled full   the engine's full subnet on every patch (tiling forced: what the overlaps cost),
+  Eq. 15       the engine's default projection (its whole-image rule included),
+  budget b     the engine with ``budget=b``,
+and prints the time, the speedup over plain (plain time / time), the FLOPs ratio, the efficiency
+(speedup x FLOPs ratio: 1 = as fast as the FLOPs promise) and where the engine's time goes: plan
+(tiling, difficulty, projection), patch gathering, subnet forwards and stitch (overhead: all but the
+forwards, as a share of the four). Weights are random (speed does not depend on their values);
+thresholds are per-image quantiles (``--model`` gives a checkpoint's). ``--section tiling`` sweeps patch size and overlap;
+``--section widths`` times every subnet on the whole image.
 """
 import argparse
 import platform
@@ -23,36 +28,64 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from basicsr.archs import build_network
-from basicsr.utils.matlab_functions import imresize
-from wbsr_plugin.inference.checkpoint import load_supernet
+from wbsr_plugin.inference.checkpoint import engine_thresholds, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 
 SECTIONS = ('main', 'tiling', 'widths', 'all')
+PAPER_WIDTHS, ALIGNED_WIDTHS = [36, 52, 64], [32, 48, 64]
+DEFAULT_LQ_SIZES = {
+    'cpu': {'WBSRResNet': [(256, 192)], 'WBSRRCAN': [(128, 96)]},
+    'cuda': {'WBSRResNet': [(480, 270), (960, 540)], 'WBSRRCAN': [(480, 270), (960, 540)]},
+}
 
 
-def load_lq(path, lq_size, scale):
-    """The photo downscaled (MATLAB bicubic) to ``lq_size`` (w, h): a natural LR input."""
+def load_photo(path):
+    """An RGB float image in [0, 1], HWC: ``path``, or scikit-image's astronaut when None."""
+    if path is None:
+        from skimage import data
+        return data.astronaut().astype(np.float32) / 255.
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
         raise SystemExit(f'error: cannot read {path}')
-    if lq_size is not None:
-        w, h = lq_size
-        img_h, img_w = img.shape[:2]
-        crop_h, crop_w = min(img_h, h * scale), min(img_w, w * scale)
-        top, left = (img_h - crop_h) // 2, (img_w - crop_w) // 2
-        img = img[top:top + crop_h, left:left + crop_w]
-    lq = imresize(img.astype(np.float32) / 255., 1 / scale)
-    return torch.from_numpy(np.ascontiguousarray(lq[:, :, ::-1].transpose(2, 0, 1))).float().unsqueeze(0).clamp(0, 1)
+    return img[:, :, ::-1].astype(np.float32) / 255.
 
 
-def timed(fn, repeat):
-    fn()  # warm-up
+def make_lq(photo, lq_size):
+    """The photo resized to ``lq_size`` (w, h): natural LR content at any size."""
+    w, h = lq_size
+    lq = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(np.ascontiguousarray(lq.transpose(2, 0, 1))).unsqueeze(0).clamp(0, 1)
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, repeat, device):
+    """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after one warm-up."""
+    fn()
+    synchronize(device)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed_pair(fn_a, fn_b, repeat, device):
+    """Median seconds of ``fn_a()`` and ``fn_b()`` run alternately (a shared machine's drift hits both)."""
+    times = ([], [])
+    for attempt in range(repeat + 1):
+        for fn, found in zip((fn_a, fn_b), times):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if attempt:  # the first round warms up
+                found.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def plain_network(net):
@@ -67,123 +100,201 @@ def plain_network(net):
     return plain.eval()
 
 
-def main_section(net, thresholds, images, args):
-    plain = plain_network(net)
-    rows = []
-    for path, lq in images:
+def engine_breakdown(engine, lq, repeat, device):
+    """Median seconds of the engine's stages on ``lq``, run one after another as ``run`` does: plan, patch
+    gathering, subnet forwards (writing their outputs included) and stitch."""
+    stages = {'plan': [], 'gather': [], 'forwards': [], 'stitch': []}
+    with torch.inference_mode():
+        lq = lq.to(device=device, dtype=torch.float32)
+        for attempt in range(repeat + 1):
+            marks = [time.perf_counter()]
+            plan = engine.plan(lq)
+            synchronize(device)
+            marks.append(time.perf_counter())
+            if plan.whole_image_subnet is not None:
+                synchronize(device)
+                marks.append(time.perf_counter())
+                engine.run_whole(lq, plan.whole_image_subnet)
+                synchronize(device)
+                marks += [time.perf_counter()] * 2
+            else:
+                batches, outputs = engine.patch_batches(lq, plan)
+                synchronize(device)
+                marks.append(time.perf_counter())
+                for module, ids, batch in batches:
+                    outputs[ids] = module(batch)
+                synchronize(device)
+                marks.append(time.perf_counter())
+                engine.stitch(outputs, plan)
+                synchronize(device)
+                marks.append(time.perf_counter())
+            if attempt:  # the first round warms up
+                for key, begin, end in zip(stages, marks, marks[1:]):
+                    stages[key].append(end - begin)
+    return {key: statistics.median(values) for key, values in stages.items()}
+
+
+def main_section(configs, photo, args, device):
+    print('| network | widths | LR | dtype | setting | FLOPs ratio | ms | speedup vs plain (same moment) | efficiency | '
+          'plan ms | gather ms | forwards ms | stitch ms | overhead |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for arch, widths, lq_size, dtype, model in configs:
+        net, thresholds = build_supernet(arch, widths, model, args.scale)
+        net = net.to(device=device, dtype=dtype)
+        lq = make_lq(photo, lq_size).to(device)
         h, w = lq.shape[-2:]
-        full_flops = net.flops(h, w)
-        # with --channels-last the plain network runs channels-last too: (a) is always the best plain run
-        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        plain_lq = lq.contiguous(memory_format=memory_format)
-        plain = plain.to(memory_format=memory_format)
+        plain = plain_network(net).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+        plain_lq = lq.to(dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            base = timed(lambda: plain(plain_lq), args.repeat)
-        rows.append((path, f'{w}x{h}', '(a) plain network, whole image', 1.0, base, 1.0, 1.0))
-        settings = [('(b) full subnet, tiled', {'subnet': -1})]
-        settings += [(f'(c) budget {b:g}', {'budget': b}) for b in args.budgets]
+            base = timed(lambda: plain(plain_lq), args.repeat, device)
+        name = 'SRResNet' if arch == 'WBSRResNet' else 'RCAN'
+        prefix = f'| {name} x{args.scale} | {widths} | {w}x{h} | {str(dtype).replace("torch.", "")}'
+        print(f'{prefix} | plain, whole image | 1.000 | {1e3 * base:.1f} | 1.00x | 1.00 | - | - | - | - | - |',
+              flush=True)
+        settings = [('tiled full subnet', {'subnet': -1, 'whole_image_fallback': False}), ('Eq. 15', {})]
+        settings += [(f'budget {b:g}', {'budget': b}) for b in args.budgets]
+        if device.type == 'cuda' and args.cuda_graphs != 'off':
+            graphed = [(f'{label}, CUDA graphs', {**kwargs, 'cuda_graphs': True}) for label, kwargs in settings]
+            settings = graphed if args.cuda_graphs == 'on' else settings + graphed
         for label, kwargs in settings:
-            engine = DynamicInferenceEngine(net, thresholds=thresholds, patch_size=args.patch_size,
-                                            overlap=args.overlap, channels_last=args.channels_last, **kwargs)
-            _, report = engine.run(lq)
-            elapsed = timed(lambda: engine.run(lq), args.repeat)
-            ratio = report.flops / full_flops
-            speedup = base / elapsed
-            rows.append((path, f'{w}x{h}', label, ratio, elapsed, speedup, speedup * ratio))
-    print('| image | LR size | setting | FLOPs ratio | time (s) | speedup vs (a) | efficiency |')
-    print('|---|---|---|---|---|---|---|')
-    for path, size, label, ratio, elapsed, speedup, eff in rows:
-        print(f'| {path.split("/")[-1]} | {size} | {label} | {ratio:.3f} | {elapsed:.2f} | {speedup:.2f}x | {eff:.2f} |')
+            try:
+                ratio, plain_s, elapsed, parts, whole = time_setting(net, plain, plain_lq, thresholds, lq, kwargs, args,
+                                                                     device)
+            except (RuntimeError, ValueError) as err:  # one failing setting does not stop the others
+                print(f'{prefix} | {label} | error: {str(err).splitlines()[0][:120]} |', flush=True)
+                continue
+            total = sum(parts.values())
+            overhead = (total - parts['forwards']) / total if total else 0.
+            speedup = plain_s / elapsed
+            label = f'{label} (whole image)' if whole else label
+            print(f'{prefix} | {label} | {ratio:.3f} | {1e3 * elapsed:.1f} | {speedup:.2f}x | {speedup * ratio:.2f} | '
+                  f"{1e3 * parts['plan']:.1f} | {1e3 * parts['gather']:.1f} | {1e3 * parts['forwards']:.1f} | "
+                  f"{1e3 * parts['stitch']:.1f} | {100 * overhead:.1f}% |", flush=True)
+        del net, plain
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
 
 
-def tiling_section(net, images, args):
-    plain = plain_network(net)
-    print('| image | patch | overlap | FLOPs ratio | time (s) | efficiency vs whole image | patches |')
-    print('|---|---|---|---|---|---|---|')
-    for path, lq in images:
+def time_setting(net, plain, plain_lq, thresholds, lq, kwargs, args, device):
+    """(FLOPs ratio, plain seconds, engine seconds, stage breakdown, whole image?) of one engine setting; the
+    plain network and the engine run alternately, so the speedup compares runs of the same moment."""
+    engine = DynamicInferenceEngine(net, thresholds=thresholds, patch_size=args.patch_size, overlap=args.overlap,
+                                    max_batch_pixels=args.max_batch_pixels, **kwargs)
+    _, report = engine.run(lq)
+    with torch.inference_mode():
+        plain_s, elapsed = timed_pair(lambda: plain(plain_lq), lambda: engine.run(lq), args.repeat, device)
+    parts = engine_breakdown(engine, lq, max(1, args.repeat // 3), device)
+    return report.flops_ratio, plain_s, elapsed, parts, report.whole_image
+
+
+def tiling_section(configs, photo, args, device):
+    print('| network | LR | patch | overlap | FLOPs ratio | ms | efficiency vs whole image | patches |')
+    print('|---|---|---|---|---|---|---|---|')
+    for arch, widths, lq_size, dtype, model in configs:
+        net = build_supernet(arch, widths, model, args.scale)[0].to(device=device, dtype=dtype)
+        lq = make_lq(photo, lq_size).to(device)
         h, w = lq.shape[-2:]
-        # with --channels-last the plain network runs channels-last too: (a) is always the best plain run
-        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        plain_lq = lq.contiguous(memory_format=memory_format)
-        plain = plain.to(memory_format=memory_format)
+        plain = plain_network(net).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+        plain_lq = lq.to(dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            base = timed(lambda: plain(plain_lq), args.repeat)
+            base = timed(lambda: plain(plain_lq), args.repeat, device)
         for patch in args.patch_sizes:
             for overlap in args.overlaps:
-                engine = DynamicInferenceEngine(net, patch_size=patch, overlap=overlap, subnet=-1)
+                engine = DynamicInferenceEngine(net, patch_size=patch, overlap=overlap, subnet=-1,
+                                                whole_image_fallback=False, max_batch_pixels=args.max_batch_pixels)
                 _, report = engine.run(lq)
-                elapsed = timed(lambda: engine.run(lq), args.repeat)
-                ratio = report.flops / net.flops(h, w)
-                print(f'| {path.split("/")[-1]} | {patch} | {overlap} | {ratio:.3f} | {elapsed:.2f} | '
-                      f'{base / elapsed * ratio:.2f} | {report.num_patches} |')
-        print(f'| {path.split("/")[-1]} | whole image | - | 1.000 | {base:.2f} | 1.00 | 1 |')
+                elapsed = timed(lambda: engine.run(lq), args.repeat, device)
+                print(f'| {arch} {widths} | {w}x{h} | {patch} | {overlap} | {report.flops_ratio:.3f} | '
+                      f'{1e3 * elapsed:.1f} | {base / elapsed * report.flops_ratio:.2f} | {report.num_patches} |')
+        print(f'| {arch} {widths} | {w}x{h} | whole image | - | 1.000 | {1e3 * base:.1f} | 1.00 | 1 |')
 
 
-def widths_section(images, args):
-    print('| widths | subnet (width/depth) | FLOPs ratio | time ratio | efficiency |')
-    print('|---|---|---|---|---|')
-    for widths in ([36, 52, 64], [32, 48, 64]):
-        net = build_network({'type': args.arch, 'upscale': args.scale, 'widths': widths}).eval()
-        for path, lq in images[:1]:
-            h, w = lq.shape[-2:]
-            full = net.extract_subnet(-1)
-            with torch.inference_mode():
-                base = timed(lambda: full(lq), args.repeat)
-                for spec in net.subnets:
-                    sub = net.extract_subnet(spec)
-                    elapsed = timed(lambda: sub(lq), args.repeat)
-                    ratio = net.flops(h, w, subnet=spec) / net.flops(h, w)
-                    print(f'| {widths} | w{spec.width}/d{spec.depth} | {ratio:.3f} | {elapsed / base:.3f} | '
-                          f'{ratio / (elapsed / base):.2f} |')
+def widths_section(configs, photo, args, device):
+    print('| network | widths | LR | subnet | FLOPs ratio | time ratio | efficiency |')
+    print('|---|---|---|---|---|---|---|')
+    for arch, widths, lq_size, dtype, model in configs:
+        net = build_supernet(arch, widths, model, args.scale)[0].to(device=device, dtype=dtype)
+        lq = make_lq(photo, lq_size).to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        h, w = lq.shape[-2:]
+        with torch.inference_mode():
+            full = net.extract_subnet(-1).to(memory_format=torch.channels_last)
+            base = timed(lambda: full(lq), args.repeat, device)
+            for spec in net.subnets:
+                sub = net.extract_subnet(spec).to(memory_format=torch.channels_last)
+                elapsed = timed(lambda: sub(lq), args.repeat, device)
+                ratio = net.flops(h, w, subnet=spec) / net.flops(h, w)
+                print(f'| {arch} | {widths} | {w}x{h} | w{spec.width}/d{spec.depth} | {ratio:.3f} | '
+                      f'{elapsed / base:.3f} | {ratio / (elapsed / base):.2f} |')
+
+
+def build_supernet(arch, widths, model, scale):
+    """A random supernet (seeded) and no thresholds, or a checkpoint's network and thresholds."""
+    if model:
+        net, meta = load_supernet(model, arch=arch, scale=scale)
+        return net, engine_thresholds(meta)
+    torch.manual_seed(0)
+    return build_network({'type': arch, 'upscale': scale, 'widths': widths}).eval(), None
 
 
 def parse_size(text):
-    w, h = (int(v) for v in text.lower().split('x'))
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected WxH, got {text!r}') from None
     return w, h
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--image', nargs='+', required=True, help='HR photo(s); downscaled to make the LR input')
-    parser.add_argument('--lq-size', type=parse_size, default=(256, 192), help='LR W x H (centre crop). Default: 256x192')
-    parser.add_argument('--arch', choices=('WBSRResNet', 'WBSRRCAN'), default='WBSRResNet')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    parser.add_argument('--image', help="photo to resize to the LR sizes. Default: scikit-image's astronaut")
+    parser.add_argument('--arch', nargs='+', choices=('WBSRResNet', 'WBSRRCAN'), default=['WBSRResNet', 'WBSRRCAN'])
+    parser.add_argument('--widths', type=int, nargs='+', help='one widths list. Default: paper and aligned')
+    parser.add_argument('--lq-sizes', type=parse_size, nargs='+', help='LR WxH. Default: by device and network')
+    parser.add_argument('--dtype', nargs='+', choices=('fp32', 'fp16', 'bf16'),
+                        help='Default: fp32 on CPU, fp16 and fp32 on CUDA')
     parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4), default=4)
-    parser.add_argument('--widths', type=int, nargs='+', help='supernet widths. Default: the architecture\'s')
     parser.add_argument('--model', help='checkpoint (weights and thresholds) instead of random weights')
-    parser.add_argument('--budgets', type=float, nargs='+', default=[0.9, 0.75, 0.6, 0.5])
+    parser.add_argument('--budgets', type=float, nargs='+', default=[0.75, 0.6, 0.5])
     parser.add_argument('--patch-size', type=int, default=DEFAULT_PATCH_SIZE)
     parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
-    parser.add_argument('--patch-sizes', type=int, nargs='+', default=[32, 48, 64, 96])
-    parser.add_argument('--overlaps', type=int, nargs='+', default=[2, 4, 8])
-    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--max-batch-pixels', type=int, help="engine's max_batch_pixels. Default: the engine's")
+    parser.add_argument('--patch-sizes', type=int, nargs='+', default=[32, 48, 64, 96, 128])
+    parser.add_argument('--overlaps', type=int, nargs='+', default=[4])
+    parser.add_argument('--cuda-graphs', choices=('off', 'on', 'both'), default='both',
+                        help='CUDA only: engine settings without and/or with CUDA graphs. Default: both')
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--repeat', type=int, help='timed runs per setting (median). Default: 3 on CPU, 5 on CUDA')
     parser.add_argument('--section', choices=SECTIONS, default='main')
     args = parser.parse_args(argv)
 
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.exit(2, 'error: --device cuda but CUDA is not available; use --device cpu.\n')
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f'# torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, '
-          f'{args.arch} x{args.scale}, LR {args.lq_size[0]}x{args.lq_size[1]}, median of {args.repeat}\n')
-    images = [(path, load_lq(path, args.lq_size, args.scale)) for path in args.image]
-    if args.model:
-        net, meta = load_supernet(args.model, arch=args.arch, scale=args.scale)
-        thresholds = meta.get('thresholds')
-    else:
-        opt = {'type': args.arch, 'upscale': args.scale}
-        if args.widths:
-            opt['widths'] = args.widths
-        net, thresholds = build_network(opt).eval(), None
+    args.repeat = args.repeat or (5 if device.type == 'cuda' else 3)
+    dtypes = args.dtype or (['fp16', 'fp32'] if device.type == 'cuda' else ['fp32'])
+    dtypes = [{'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[d] for d in dtypes]
+    widths_sets = [args.widths] if args.widths else [PAPER_WIDTHS, ALIGNED_WIDTHS]
+    configs = [(arch, widths, size, dtype, args.model) for arch in args.arch for widths in widths_sets
+               for size in (args.lq_sizes or DEFAULT_LQ_SIZES[device.type][arch]) for dtype in dtypes]
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or
+                                                                             platform.machine())
+    print(f'# torch {torch.__version__}, {name}, {args.threads} CPU thread(s), x{args.scale}, patch '
+          f'{args.patch_size}, overlap {args.overlap}, median of {args.repeat}, image '
+          f"{args.image or 'skimage astronaut'}\n")
+    photo = load_photo(args.image)
+    start = time.perf_counter()
     if args.section in ('main', 'all'):
-        main_section(net, thresholds, images, args)
+        main_section(configs, photo, args, device)
         print()
     if args.section in ('tiling', 'all'):
-        tiling_section(net, images, args)
+        tiling_section(configs, photo, args, device)
         print()
     if args.section in ('widths', 'all'):
-        widths_section(images, args)
-    if args.section not in SECTIONS:
-        raise ValueError(f'unknown section {args.section!r}; expected one of {SECTIONS}.')
+        widths_section(configs, photo, args, device)
+        print()
+    print(f'# {time.perf_counter() - start:.0f} s')
 
 
 if __name__ == '__main__':

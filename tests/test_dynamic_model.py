@@ -8,7 +8,8 @@ from basicsr.archs import build_network
 from basicsr.models import build_model
 from conftest import parsed_options, read_train_log, run_module, train_options, write_yaml
 from wbsr_plugin.compat import load_training_state
-from wbsr_plugin.inference.checkpoint import load_supernet
+from wbsr_plugin.data.difficulty import thresholds_at
+from wbsr_plugin.inference.checkpoint import engine_thresholds, load_supernet
 from wbsr_plugin.models.subnet_sampling import SubnetSampler
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
 
@@ -35,6 +36,10 @@ def test_train_pipeline_logs_full_and_dynamic_validation(tmp_path):
 
     net, meta = load_supernet(str(experiment / 'models' / 'net_g_latest.pth'))
     assert meta['network_g']['type'] == 'WBSRResNet' and meta['patch_size'] == 12
+    # thresholds per LR patch size, from the training LR images; 'thresholds' are those of the engine's patch
+    table = engine_thresholds(meta)
+    assert isinstance(table, dict) and 16 in table and all(len(t) == 9 for t in table.values())
+    assert meta['thresholds'] == pytest.approx(thresholds_at(table, 12))
     assert [s.width for s in net.subnets] == [8, 8, 16, 16]
 
 
@@ -105,3 +110,98 @@ def test_loss_sigma_trains_in_its_own_group_and_resumes(tmp_path):
     resumed = build_model(parsed_options(copy.deepcopy(opt), tmp_path))
     resumed.resume_training(load_training_state(tmp_path / 'experiments' / 'sigma' / 'training_states' / '3.state'))
     assert float(resumed.cri_pix.sigma) == sigma
+
+
+def _record_mse(monkeypatch):
+    """Record (output, target) of every MSE term (with an L1 pixel loss: the distillation terms)."""
+    from wbsr_plugin.models import dynamic_sr_model
+    calls = []
+    mse = dynamic_sr_model.F.mse_loss
+
+    def recording(output, target, *args, **kwargs):
+        calls.append((output, target))
+        return mse(output, target, *args, **kwargs)
+
+    monkeypatch.setattr(dynamic_sr_model.F, 'mse_loss', recording)
+    return calls
+
+
+def _record_subnets(model):
+    order, outputs = [], []
+    forward = model.net_g.forward
+
+    def recording(x, subnet=None):
+        order.append(subnet)
+        outputs.append(forward(x, subnet=subnet))
+        return outputs[-1]
+
+    model.net_g.forward = recording
+    return order, outputs
+
+
+def test_distillation_uses_the_detached_full_output_of_the_same_step(tmp_path, monkeypatch):
+    opt = dynamic_options('distill', total_iter=10)
+    opt['wbsr']['distill_weight'] = 0.5
+    model = build_model(parsed_options(opt, tmp_path))
+    calls = _record_mse(monkeypatch)
+    order, outputs = _record_subnets(model)
+    model.feed_data(random_batch())
+    model.optimize_parameters(1)
+    full = model.full_subnet
+    assert order[0] == full and len(order) == 3 and full not in order[1:]
+    assert len(calls) == 2  # the smaller subnets only
+    for (output, target), student in zip(calls, outputs[1:]):
+        assert output is student and output.requires_grad
+        assert not target.requires_grad and torch.equal(target, outputs[0].detach())
+    expected = 0.5 * sum(float(torch.nn.functional.mse_loss(o, outputs[0])) for o in outputs[1:]) / 2
+    assert model.log_dict['l_distill'] == pytest.approx(expected, rel=1e-5)
+    assert set(model.log_dict) >= {'l_pix', 'l_distill'}
+
+
+def test_distillation_off_trains_as_before(tmp_path, monkeypatch):
+    opt = dynamic_options('no_distill', total_iter=10)
+    model = build_model(parsed_options(opt, tmp_path))
+    assert model.wbsr_opt['distill_weight'] == 0
+    calls = _record_mse(monkeypatch)
+    order, _ = _record_subnets(model)
+    expected_order = SubnetSampler(model.get_bare_model(model.net_g).subnets, 'sandwich', 10).sample()
+    model.feed_data(random_batch())
+    model.optimize_parameters(1)
+    assert order == expected_order and not calls and 'l_distill' not in model.log_dict
+
+
+def test_distillation_resumes_to_the_same_step(tmp_path):
+    opt = dynamic_options('distill_resume', total_iter=10)
+    opt['wbsr']['distill_weight'] = 1.0
+    batches = [random_batch() for _ in range(4)]
+    model = build_model(parsed_options(copy.deepcopy(opt), tmp_path))
+    for it, batch in enumerate(batches[:3], 1):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+    model.save(epoch=0, current_iter=3)
+    model.feed_data(batches[3])
+    model.optimize_parameters(4)
+
+    experiment = tmp_path / 'experiments' / 'distill_resume'
+    resumed = build_model(parsed_options(copy.deepcopy(opt), tmp_path))
+    resumed.load_network(resumed.net_g, str(experiment / 'models' / 'net_g_3.pth'), True)
+    resumed.resume_training(load_training_state(experiment / 'training_states' / '3.state'))
+    resumed.feed_data(batches[3])
+    resumed.optimize_parameters(4)
+    for key in ('l_pix', 'l_distill', 'subnet'):
+        assert resumed.log_dict[key] == pytest.approx(model.log_dict[key], rel=1e-6)
+    for p, q in zip(model.net_g.parameters(), resumed.net_g.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize('value', [-0.1, '0.5', True, float('nan'), float('inf')])
+def test_distill_weight_is_validated(value):
+    with pytest.raises(ValueError, match='wbsr.distill_weight must be a number >= 0'):
+        parse_wbsr_options({'distill_weight': value})
+
+
+def test_distillation_needs_the_sandwich(tmp_path):
+    opt = dynamic_options('distill_uniform')
+    opt['wbsr'].update(distill_weight=0.5, subnet_sampling='uniform')
+    with pytest.raises(ValueError, match='wbsr.subnet_sampling: sandwich'):
+        build_model(parsed_options(opt, tmp_path))

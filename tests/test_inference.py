@@ -62,18 +62,20 @@ def test_full_subnet_tiled_equals_whole_image():
     with torch.no_grad():
         whole = net(lq)
     margin = TINY_RECEPTIVE_MARGIN
-    engine = DynamicInferenceEngine(net, patch_size=32, overlap=2 * margin + 1, trim=margin, subnet=-1)
+    engine = DynamicInferenceEngine(net, patch_size=32, overlap=2 * margin + 1, trim=margin, subnet=-1,
+                                    whole_image_fallback=False)
     sr, report = engine.run(lq)
     assert report.num_patches > 4
     assert torch.allclose(sr, whole, atol=2e-6)
     # With the default (small) overlap, seams stay small but are not exact.
-    sr_default, _ = DynamicInferenceEngine(net, patch_size=32, subnet=-1).run(lq)
+    sr_default, _ = DynamicInferenceEngine(net, patch_size=32, subnet=-1, whole_image_fallback=False).run(lq)
     assert (sr_default - whole).abs().mean() < 0.01
 
 
 def test_rcan_runs_tiled():
     net = WBSRRCAN(num_feat=16, num_group=2, num_block=2, widths=[16], depths=[1, 2], upscale=2).eval()
-    sr, report = DynamicInferenceEngine(net, patch_size=8, overlap=2).run(torch.rand(1, 3, 13, 19))
+    engine = DynamicInferenceEngine(net, patch_size=8, overlap=2, whole_image_fallback=False)
+    sr, report = engine.run(torch.rand(1, 3, 13, 19))
     assert sr.shape == (1, 3, 26, 38)
     assert report.flops == sum(n * net.flops(8, 8, subnet=i) for i, n in enumerate(report.histogram))
 
@@ -81,7 +83,8 @@ def test_rcan_runs_tiled():
 def test_batched_equals_naive_per_patch_loop():
     net = tiny_net()
     lq = torch.rand(1, 3, 53, 61)
-    engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, max_batch_pixels=16 * 16 * 3)
+    engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, max_batch_pixels=16 * 16 * 3,
+                                    whole_image_fallback=False)
     sr, report = engine.run(lq)
     plan = report.plan
     assert len([n for n in report.histogram if n]) > 1
@@ -113,12 +116,21 @@ def test_budget_is_met(budget):
     _, report = engine.run(lq)
     costs = [net.flops(16, 16, subnet=s) for s in net.subnets]
     step = max(b - a for a, b in zip(costs, costs[1:]))
-    cheapest = report.num_patches * costs[0]
+    plan = report.plan
+    tiled_patches = sum(plan.histogram)
+    cheapest = tiled_patches * costs[0]
     allowed = budget * report.full_flops
+    assert report.flops <= report.full_flops
     if cheapest > allowed:
-        assert report.histogram[0] == report.num_patches
+        # Tiling cannot meet the budget: the whole image runs through the best subnet that fits.
+        assert report.whole_image and plan.tiled_flops > allowed
+        whole_costs = [net.flops(96, 128, subnet=s) for s in net.subnets]
+        fitting = [i for i, c in enumerate(whole_costs) if c <= allowed]
+        assert plan.whole_image_subnet == (fitting[-1] if fitting else 0)
+        assert report.flops == whole_costs[plan.whole_image_subnet]
     else:
         # Met from below, within one patch's upgrade step (or everything is already the full subnet).
+        assert not report.whole_image
         assert report.flops <= allowed
         assert report.flops > allowed - step or report.histogram[-1] == report.num_patches
     # Harder patches never get a cheaper subnet than easier patches of the same class.
@@ -151,7 +163,8 @@ def test_eq15_and_quantiles():
 def test_flops_reported_equal_analytic_counts():
     net = tiny_net()
     lq = torch.rand(1, 3, 45, 50)
-    engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, thresholds=[5, 10, 20, 30, 40, 50, 60, 70, 80])
+    engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, thresholds=[5, 10, 20, 30, 40, 50, 60, 70, 80],
+                                    whole_image_fallback=False)
     _, report = engine.run(lq)
     plan = report.plan
     expected = sum(net.flops(16, 16, subnet=int(s)) for s in plan.subnets.flatten())
@@ -159,7 +172,7 @@ def test_flops_reported_equal_analytic_counts():
     assert report.full_flops == net.flops(45, 50)
     assert sum(report.histogram) == report.num_patches == len(plan.tops) * len(plan.lefts)
     # Overlap is paid for: the tiled full subnet costs more than the whole image.
-    _, full = DynamicInferenceEngine(net, patch_size=16, overlap=4, subnet=-1).run(lq)
+    _, full = DynamicInferenceEngine(net, patch_size=16, overlap=4, subnet=-1, whole_image_fallback=False).run(lq)
     assert full.flops_ratio > 1
 
 
@@ -182,7 +195,10 @@ def test_engine_rejects_bad_options():
     with pytest.raises(ValueError, match='at most one'):
         DynamicInferenceEngine(net, budget=0.5, subnet=0)
     with pytest.raises(ValueError, match='thresholds'):
-        DynamicInferenceEngine(net, thresholds=[1., 2.])
+        DynamicInferenceEngine(net, thresholds=[1., 2.], num_classes=10)
+    assert DynamicInferenceEngine(net, thresholds=[1., 2.]).num_classes == 3
+    with pytest.raises(ValueError, match='num_classes'):
+        DynamicInferenceEngine(net, num_classes=0)
     with pytest.raises(ValueError, match='non-decreasing'):
         DynamicInferenceEngine(net, thresholds=[3., 2., 1., 4, 5, 6, 7, 8, 9])
     with pytest.raises(ValueError, match='overlap'):
@@ -235,7 +251,11 @@ def test_cli_on_fixtures(checkpoint, tmp_path):
     assert names == sorted([f'{n}_out.png' for n in ('astronaut', 'chelsea', 'coffee', 'rocket')] +
                            [f'{n}_map.png' for n in ('astronaut', 'chelsea', 'coffee', 'rocket')])
     for name in names:
-        assert cv2.imread(str(out / name)).shape == (96, 96, 3)
+        height, width = cv2.imread(str(out / name)).shape[:2]
+        if name.endswith('_map.png'):  # the map, with its legend below
+            assert height > 96 and width >= 96
+        else:
+            assert (height, width) == (96, 96)
 
 
 def test_cli_bad_inputs_skip_and_fail(checkpoint, tmp_path, capsys):
@@ -302,3 +322,166 @@ def test_unreadable_images_raise(tmp_path):
     (tmp_path / 'bad.jpg').write_bytes(b'garbage')
     with pytest.raises(ImageReadError, match='cannot decode'):
         read_image(str(tmp_path / 'bad.jpg'))
+
+
+# ------------------------------------------------------------------------------------------------
+# Stitching, the whole-image rule, thresholds per patch size
+
+
+def previous_stitch(outputs, lq_size, patch, tops, lefts, trim, scale):
+    """The per-patch blending loop the engine used before the vectorised stitch (reference)."""
+    from wbsr_plugin.inference.engine import blend_weights
+    (h, w), p, s = lq_size, patch, scale
+    wy = blend_weights(tops, h, p, s, trim).float()
+    wx = blend_weights(lefts, w, p, s, trim).float()
+    sr = torch.zeros(outputs.shape[1], h * s, w * s)
+    n = 0
+    for i, top in enumerate(tops):
+        for j, left in enumerate(lefts):
+            sr[:, top * s:(top + p) * s, left * s:(left + p) * s] += outputs[n].float() * (wy[i].view(-1, 1) * wx[j])
+            n += 1
+    return sr.unsqueeze(0)
+
+
+@pytest.mark.parametrize('size, scale, patch, overlap', [((37, 81), 4, 16, 4), ((65, 17), 2, 16, 6), ((9, 9), 3, 8, 2),
+                                                         ((270, 480), 4, 64, 4)])
+def test_stitch_equals_previous_per_patch_and_vectorised(size, scale, patch, overlap):
+    from wbsr_plugin.inference.engine import stitch_patches, tile_geometry
+    p, tops, lefts, trim = tile_geometry(*size, patch, overlap, 1)
+    outputs = torch.rand(len(tops) * len(lefts), 3, p * scale, p * scale)
+    expected = previous_stitch(outputs, size, p, tops, lefts, trim, scale)
+    for vectorised in (False, True):
+        got = stitch_patches(outputs, size, p, tops, lefts, trim, scale, vectorised=vectorised)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-5)
+    half = stitch_patches(outputs.half(), size, p, tops, lefts, trim, scale, vectorised=True)
+    assert half.dtype == torch.float32 and torch.allclose(half, expected, atol=2e-3)
+
+
+THRESHOLDS_ALL_HARD = [-3., -2.5, -2., -1.5, -1., -0.5, -0.2, -0.1, -0.05]  # every patch in class 10
+
+
+@pytest.mark.parametrize('size', [(5, 7), (24, 24), (37, 81), (70, 90), (97, 130)])
+def test_never_more_than_the_full_network(size):
+    net = tiny_net()
+    lq = torch.rand(1, 3, *size)
+    lq[..., :size[0] // 2, :] *= 0.05
+    with torch.no_grad():
+        whole = net(lq)
+    modes = [{}, {'thresholds': THRESHOLDS_ALL_HARD}, {'target_gflops': 1e3}, {'subnet': -1}, {'subnet': 0},
+             {'budget': 0.25}, {'budget': 0.6}, {'budget': 1.0}]
+    for mode in modes:
+        engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, **mode)
+        sr, report = engine.run(lq)
+        assert sr.shape == whole.shape
+        assert report.flops <= report.full_flops, (mode, report.summary())
+        plan = report.plan
+        allowed = report.full_flops * mode.get('budget', 1.)
+        assert report.whole_image == (plan.tiled_flops > allowed)
+        if report.whole_image:
+            assert 'whole image through' in report.summary()
+            assert report.histogram[plan.whole_image_subnet] == report.num_patches == 1
+            whole_costs = [net.flops(*size, subnet=s) for s in net.subnets]
+            assert report.flops == whole_costs[plan.whole_image_subnet]
+            if 'budget' in mode:
+                assert report.flops <= allowed or plan.whole_image_subnet == 0
+            elif 'subnet' in mode:
+                assert plan.whole_image_subnet == engine.subnet
+            else:
+                assert plan.whole_image_subnet == len(net.subnets) - 1
+                assert torch.allclose(sr, whole, atol=1e-5)
+    # The tiled full subnet always costs more than the whole image, so it never runs tiled by default.
+    _, report = DynamicInferenceEngine(net, patch_size=16, overlap=4, subnet=-1).run(lq)
+    assert report.whole_image or report.plan.tiled_flops == report.full_flops
+
+
+def test_threshold_table_interpolates_between_patch_sizes():
+    from wbsr_plugin.data.difficulty import bgr_image_to_luma, threshold_table, thresholds_at
+    lumas = [bgr_image_to_luma(cv2.imread(osp.join(FIXTURES, name)).astype(np.float32) / 255.)
+             for name in sorted(os.listdir(FIXTURES))]
+    table = threshold_table(lumas, 4, patch_sizes=(4, 8, 16, 1000))
+    assert sorted(table) == [4, 8, 16]  # 1000 exceeds the smallest image
+    assert thresholds_at(table, 8) == table[8]
+    assert thresholds_at(table, 2) == table[4] and thresholds_at(table, 64) == table[16]
+    middle = thresholds_at(table, 11)
+    assert all(min(a, b) <= m <= max(a, b) for a, b, m in zip(table[8], table[16], middle))
+    net = tiny_net()
+    engine = DynamicInferenceEngine(net, thresholds=table, num_classes=4, patch_size=12, overlap=2)
+    _, report = engine.run(torch.rand(1, 3, 40, 40))
+    assert report.plan.threshold_source == 'model-by-patch-size'
+    assert report.plan.thresholds == thresholds_at(table, report.plan.patch_size)
+    with pytest.raises(ValueError, match='same number'):
+        DynamicInferenceEngine(net, thresholds={8: [1., 2.], 16: [1.]}, num_classes=3)
+
+
+def test_checkpoint_stores_thresholds_per_patch_size(tmp_path):
+    from wbsr_plugin.inference.checkpoint import engine_thresholds
+    net = tiny_net()
+    table = {16: [1., 2., 3.], 32: [2., 4., 6.], 64: [4., 6., 8.]}
+    meta = make_wbsr_meta(net, table, 45)
+    t = np.log(45 / 32) / np.log(2)  # linear in log patch size between 32 and 64
+    assert meta['thresholds'] == pytest.approx([2 + 2 * t, 4 + 2 * t, 6 + 2 * t])
+    path = str(tmp_path / 'net.pth')
+    torch.save({'params': net.state_dict(), WBSR_KEY: meta}, path)
+    _, loaded = load_supernet(path)
+    assert engine_thresholds(loaded) == table
+    assert engine_thresholds({'thresholds': [1., 2.]}) == [1., 2.] and engine_thresholds({}) is None
+
+
+def test_cuda_only_options_fall_back_on_cpu():
+    from wbsr_plugin.inference.cuda_graphs import batch_bucket
+    assert [batch_bucket(n, 16) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert batch_bucket(20, 24) == 24
+    net = tiny_net()
+    lq = torch.rand(1, 3, 45, 50)
+    eager, _ = DynamicInferenceEngine(net, patch_size=16, budget=0.6).run(lq)
+    engine = DynamicInferenceEngine(net, patch_size=16, budget=0.6, cuda_graphs=True)
+    graphed, report = engine.run(lq)
+    assert torch.equal(graphed, eager) and not engine._graphs
+    assert engine.subnet_runner(0, 4) is engine.subnet_module(0)
+
+
+def test_batch_size_falls_back_to_the_cpu_default():
+    from wbsr_plugin.inference.engine import DEFAULT_MAX_BATCH_PIXELS
+    engine = DynamicInferenceEngine(tiny_net(), patch_size=16)
+    param = next(engine.net.parameters())
+    assert engine.batch_patches(0, 16, param) == DEFAULT_MAX_BATCH_PIXELS // 256
+    assert DynamicInferenceEngine(tiny_net(), max_batch_pixels=512).batch_patches(0, 16, param) == 2
+
+
+@pytest.fixture
+def one_thread():
+    """Many small tensors: one thread is fastest, and robust to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SHARED_PHOTOS = osp.join(ROOT, '..', 'shared', 'data', 'train', 'sun_hays80')
+
+
+@pytest.mark.skipif(not osp.isdir(SHARED_PHOTOS), reason='the shared training photos are not here')
+def test_classes_are_balanced_at_the_engine_patch_size(one_thread):
+    """Thresholds from training images fit held-out images tiled as the engine tiles them (10-fold)."""
+    from wbsr_plugin.data.difficulty import (THRESHOLD_PATCH_SIZES, bgr_image_to_luma, grid_difficulty,
+                                             patch_difficulty, quantile_thresholds, thresholds_at)
+    from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, tile_geometry
+    from wbsr_plugin.inference.projection import classify
+    lumas = []
+    for name in sorted(os.listdir(SHARED_PHOTOS)):
+        img = cv2.imread(osp.join(SHARED_PHOTOS, name), cv2.IMREAD_COLOR).astype(np.float32) / 255.
+        lq = cv2.resize(img, (img.shape[1] // 4, img.shape[0] // 4), interpolation=cv2.INTER_AREA)
+        lumas.append(bgr_image_to_luma(lq))
+    smallest = min(min(y.shape) for y in lumas)
+    sizes = [p for p in THRESHOLD_PATCH_SIZES if p <= smallest]
+    scores = {p: [grid_difficulty(y, p) for y in lumas] for p in sizes}  # what threshold_table computes, once
+    counts = np.zeros(10)
+    for fold in range(10):
+        table = {p: quantile_thresholds(torch.cat([s for i, s in enumerate(scores[p]) if i % 10 != fold]), 10)
+                 for p in sizes}
+        for luma in lumas[fold::10]:
+            patch, tops, lefts, _ = tile_geometry(*luma.shape, DEFAULT_PATCH_SIZE, DEFAULT_OVERLAP, 1)
+            classes = classify(patch_difficulty(luma, patch, tops, lefts), thresholds_at(table, patch))
+            counts += np.bincount(classes.flatten().numpy(), minlength=11)[1:]
+    shares = 100 * counts / counts.sum()
+    assert np.abs(shares - 10).max() <= 3, shares

@@ -105,6 +105,11 @@ def patch_difficulty(luma, patch_size, tops, lefts):
     return difficulty_from_vectors(gradient_vectors(luma, patch_size, tops, lefts))
 
 
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+
+
 def quantile_thresholds(scores, num_classes):
     """Class thresholds ``t_k = s[floor(k N / K)]``, k = 1..K-1, on the sorted scores ``s`` (Eq. 7).
 
@@ -118,14 +123,23 @@ def quantile_thresholds(scores, num_classes):
     Returns:
         list[float]: K - 1 non-decreasing thresholds.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+    _check_num_classes(num_classes)
     if torch.is_tensor(scores):
-        scores = scores.detach().cpu()
+        return quantile_threshold_tensor(scores, num_classes).tolist()
     ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     if ordered.size == 0:
         raise ValueError('cannot compute thresholds of an empty set of scores.')
     return [float(ordered[k * ordered.size // num_classes]) for k in range(1, num_classes)]
+
+
+def quantile_threshold_tensor(scores, num_classes):
+    """:func:`quantile_thresholds` of a tensor, as a float64 tensor on its device (no host transfer)."""
+    _check_num_classes(num_classes)
+    ordered = scores.detach().flatten().double().sort().values
+    if ordered.numel() == 0:
+        raise ValueError('cannot compute thresholds of an empty set of scores.')
+    positions = [k * ordered.numel() // num_classes for k in range(1, num_classes)]
+    return ordered[torch.tensor(positions, dtype=torch.long, device=ordered.device)]
 
 
 def difficulty_classes(scores, thresholds):
@@ -135,3 +149,62 @@ def difficulty_classes(scores, thresholds):
         return torch.bucketize(scores, bounds, right=True)
     return np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.asarray(scores, dtype=np.float64),
                            side='right')
+
+
+# LR patch sides at which a checkpoint stores class thresholds (the engine interpolates between them).
+THRESHOLD_PATCH_SIZES = (16, 24, 32, 48, 64, 96, 128)
+
+
+def grid_difficulty(luma, patch_size):
+    """Difficulties (flattened) of the patches of one image on a grid of stride ``patch_size // 2``."""
+    h, w = luma.shape[-2:]
+    stride = max(1, patch_size // 2)
+    return patch_difficulty(luma, patch_size, grid_positions(h, patch_size, stride),
+                            grid_positions(w, patch_size, stride)).flatten()
+
+
+def threshold_table(lumas, num_classes, patch_sizes=THRESHOLD_PATCH_SIZES):
+    """Class thresholds (Eq. 7) of the same images at several patch sizes.
+
+    The difficulty's mean and std are taken per patch, so its distribution narrows as patches grow
+    (on sun_hays80 x4 the first threshold is 9.5 at 32 pixels and 18.1 at 64): thresholds hold only
+    at the patch size they were computed on. Every image is scored on a grid of stride ``p // 2`` for
+    every size ``p``; sizes larger than the smallest image side are left out.
+
+    Args:
+        lumas (Iterable[Tensor]): Luma images (H, W) in [0, 255], each visited once.
+        num_classes (int): K.
+        patch_sizes (Sequence[int]): LR patch sides. Default: :data:`THRESHOLD_PATCH_SIZES`.
+
+    Returns:
+        dict[int, list[float]]: K - 1 thresholds per patch side.
+    """
+    scores = {int(p): [] for p in patch_sizes}
+    smallest = None
+    for luma in lumas:
+        h, w = luma.shape[-2:]
+        smallest = min(h, w) if smallest is None else min(smallest, h, w)
+        for p, found in scores.items():
+            if p <= min(h, w):
+                found.append(grid_difficulty(luma, p))
+    if smallest is None:
+        raise ValueError('cannot compute thresholds without images.')
+    table = {p: quantile_thresholds(torch.cat(found), num_classes) for p, found in scores.items()
+             if found and p <= smallest}
+    if not table:
+        raise ValueError(f'every image side is smaller than the smallest patch size {min(scores)}.')
+    return table
+
+
+def thresholds_at(table, patch_size):
+    """Thresholds for ``patch_size`` from a :func:`threshold_table`: linear in log patch size between the
+    two nearest stored sizes, the nearest stored size outside their range."""
+    sizes = sorted(table)
+    if patch_size <= sizes[0]:
+        return list(table[sizes[0]])
+    if patch_size >= sizes[-1]:
+        return list(table[sizes[-1]])
+    upper = next(i for i, size in enumerate(sizes) if size >= patch_size)
+    low, high = sizes[upper - 1], sizes[upper]
+    t = (np.log(patch_size) - np.log(low)) / (np.log(high) - np.log(low))
+    return [float((1 - t) * a + t * b) for a, b in zip(table[low], table[high])]

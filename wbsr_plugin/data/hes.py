@@ -30,7 +30,8 @@ from PIL import Image
 from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_lmdb, paired_paths_from_meta_info_file
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
 from wbsr_plugin.file_util import atomic_path
-from .difficulty import bgr_image_to_luma, difficulty_classes, grid_positions, patch_difficulty, quantile_thresholds
+from .difficulty import (bgr_image_to_luma, difficulty_classes, grid_positions, patch_difficulty, quantile_thresholds,
+                         threshold_table)
 
 INDEX_VERSION = 1
 INDEX_SUFFIX = '.npz'
@@ -576,15 +577,32 @@ def index_path_for_dataset(dataset_opt):
     return default_index_path(dataset_opt, patch_size, stride)
 
 
-def index_thresholds_for_dataset(dataset_opt):
-    """``(thresholds, patch_size)`` of the HES index of a training dataset's options, or None.
+# Images read for the per-patch-size thresholds of a checkpoint (evenly spread over larger datasets).
+THRESHOLD_TABLE_MAX_IMAGES = 2000
 
-    None when HES is off or the index does not exist yet. K is the dataset's ``hes_num_classes``.
+
+def dataset_threshold_table(dataset_opt, num_classes, max_images=THRESHOLD_TABLE_MAX_IMAGES):
+    """Class thresholds per LR patch size (:func:`~wbsr_plugin.data.difficulty.threshold_table`) of the LR
+    images of a paired dataset (``PairedImageDataset`` options: disk or LMDB).
+
+    Args:
+        dataset_opt (dict): Dataset options (``dataroot_lq``, ``dataroot_gt``, ``io_backend``, ...).
+        num_classes (int): K.
+        max_images (int): At most this many images, evenly spread over the dataset, are read (once each).
+            Default: 2000.
+
+    Returns:
+        dict[int, list[float]]: K - 1 thresholds per LR patch side.
     """
-    hes = parse_hes_options(dataset_opt)
-    if not hes['hes_enabled']:
-        return None
-    index_path = index_path_for_dataset(dataset_opt)
-    if not osp.isfile(index_path):
-        return None
-    return load_thresholds(index_path, hes['hes_num_classes'])
+    paths = list_pairs(dataset_opt)
+    if not paths:
+        raise ValueError(f"No image pairs found in '{dataset_opt['dataroot_lq']}'.")
+    reader = PairReader(dataset_opt)
+    step = -(-len(paths) // max_images)
+
+    def lumas():
+        for pair in paths[::step]:
+            path = pair['lq_path']
+            yield bgr_image_to_luma(reader.decode(reader.get(path, 'lq'), path, 'lq'))
+
+    return threshold_table(lumas(), num_classes)

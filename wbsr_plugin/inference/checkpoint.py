@@ -10,6 +10,8 @@ A checkpoint is BasicSR's ``{'params': ..., 'params_ema': ...}`` with one more t
         'thresholds': [t_1, ..., t_{K-1}],   # class thresholds on the scalar difficulty
         'num_classes': K,
         'patch_size': P,                     # LR patch side the thresholds were computed on
+        'thresholds_by_patch_size': {16: [...], ..., 128: [...]},   # optional: per LR patch side
+        'iter': N,                           # optional: training iterations done
         'difficulty': 'wbsr_plugin.data.difficulty.patch_difficulty',
     }
 
@@ -23,6 +25,8 @@ import torch
 
 from basicsr.archs import build_network
 from wbsr_plugin.archs.supernet_util import SupernetMixin
+from wbsr_plugin.data.difficulty import thresholds_at
+from .engine import check_threshold_table
 from .projection import DEFAULT_NUM_CLASSES, check_thresholds
 
 WBSR_KEY = 'wbsr'
@@ -62,21 +66,28 @@ def network_options(net):
     return opt
 
 
-def make_wbsr_meta(net, thresholds, patch_size, num_classes=None):
+def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=None):
     """The ``'wbsr'`` entry of a checkpoint.
 
     Args:
         net (WBSRResNet | WBSRRCAN): The supernet (its options are stored).
-        thresholds (list[float] | None): K - 1 class thresholds (None: not known yet).
-        patch_size (int): LR patch side the thresholds were computed on.
-        num_classes (int | None): K; defaults to ``len(thresholds) + 1`` or 10.
+        thresholds (list[float] | dict[int, list[float]] | None): K - 1 class thresholds, or a table of
+            them per LR patch side (stored as ``'thresholds_by_patch_size'``; ``'thresholds'`` then holds
+            those of ``patch_size``). None: not known yet.
+        patch_size (int): LR patch side of ``'thresholds'`` (the engine's patch size).
+        num_classes (int | None): K; defaults to the number of thresholds + 1, or 10.
+        iteration (int | None): Training iterations done, stored as ``'iter'`` when given.
     """
+    table = None
+    if isinstance(thresholds, dict):
+        table = check_threshold_table(thresholds)
+        thresholds = thresholds_at(table, patch_size)
     if thresholds is not None:
         thresholds = check_thresholds(thresholds)
         num_classes = len(thresholds) + 1 if num_classes is None else num_classes
         if num_classes != len(thresholds) + 1:
             raise ValueError(f'{len(thresholds)} thresholds do not define num_classes={num_classes} classes.')
-    return {
+    meta = {
         'version': META_VERSION,
         'network_g': network_options(net),
         'thresholds': thresholds,
@@ -84,6 +95,19 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None):
         'patch_size': int(patch_size),
         'difficulty': DIFFICULTY_NAME,
     }
+    if table is not None:
+        meta['thresholds_by_patch_size'] = table
+    if iteration is not None:
+        meta['iter'] = int(iteration)
+    return meta
+
+
+def engine_thresholds(meta):
+    """What a checkpoint's ``'wbsr'`` entry gives :class:`DynamicInferenceEngine` as ``thresholds``: the
+    table per patch size when stored, else the single list (None when neither is stored)."""
+    if meta.get('thresholds_by_patch_size'):
+        return check_threshold_table(meta['thresholds_by_patch_size'])
+    return meta.get('thresholds')
 
 
 def _count(keys, pattern):
@@ -193,4 +217,6 @@ def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'
     net.load_state_dict(state, strict=True)
     if meta.get('thresholds') is not None:
         check_thresholds(meta['thresholds'])
+    if meta.get('thresholds_by_patch_size'):
+        check_threshold_table(meta['thresholds_by_patch_size'])
     return net.to(device).eval(), meta

@@ -62,6 +62,66 @@ def cost_target_subnets(classes, costs, target_cost, alpha, num_classes):
     return (aim.unsqueeze(-1) - costs).abs().argmin(dim=-1)
 
 
+def class_subnet_table(num_classes, num_subnets, costs=None, target_cost=None, alpha=1.):
+    """Subnet index of every class 1..K (a list): Eq. 15, or Eq. 16 when ``target_cost`` is given."""
+    classes = torch.arange(1, num_classes + 1)
+    if target_cost is None:
+        return class_to_subnet(classes, num_classes, num_subnets).tolist()
+    return cost_target_subnets(classes, costs, target_cost, alpha, num_classes).tolist()
+
+
+def budget_levels(class_counts, costs, budget_cost):
+    """The per-image operating point of a budget, from the class histogram alone (no per-patch work).
+
+    Args:
+        class_counts (Sequence[int]): Patches in each class 1..K.
+        costs (Sequence[float]): Cost of one patch through each subnet, in cost order.
+        budget_cost (float): Total cost allowed for all patches.
+
+    Returns:
+        tuple[list[int], tuple | None, float]: The subnet of every class; ``(k, j, n)`` when the ``n``
+        hardest patches of class ``k`` (1-based) move up from subnet ``j`` to ``j + 1`` with the rest of
+        the budget (else None); and the chosen ``alpha`` of Eq. 16 with ``C_t`` = the full subnet's cost
+        (``inf`` when every patch gets the full subnet).
+    """
+    costs = [float(c) for c in costs]
+    num_classes, num_subnets = len(class_counts), len(costs)
+    levels = [0] * num_classes
+    spent = sum(class_counts) * costs[0]
+    if spent > budget_cost or num_subnets == 1:
+        return levels, None, 0.
+    # Class k moves from subnet j to j + 1 when alpha k C_full / K passes (C_j + C_{j+1}) / 2.
+    full = costs[-1]
+    steps = sorted(((costs[j] + costs[j + 1]) / 2 * num_classes / (k * full), k, j)
+                   for k in range(1, num_classes + 1) for j in range(num_subnets - 1))
+    alpha = 0.
+    for step_alpha, k, j in steps:
+        if levels[k - 1] != j:
+            continue
+        extra = class_counts[k - 1] * (costs[j + 1] - costs[j])
+        if spent + extra > budget_cost:
+            upgrades = int((budget_cost - spent) // (costs[j + 1] - costs[j]))
+            return levels, ((k, j, upgrades) if upgrades > 0 else None), alpha
+        spent += extra
+        levels[k - 1] = j + 1
+        alpha = step_alpha
+    return levels, None, math.inf
+
+
+def apply_levels(classes, difficulty, levels, upgrade=None):
+    """Subnet of every patch from per-class ``levels`` and an optional partial ``upgrade`` ``(k, j, n)``
+    (:func:`budget_levels`); runs where ``classes`` lives (no host transfer)."""
+    subnets = torch.as_tensor(levels, dtype=torch.long, device=classes.device)[classes - 1]
+    if upgrade is not None:
+        k, j, count = upgrade
+        flat = subnets.view(-1)
+        key = torch.where(classes.reshape(-1) == k, difficulty.reshape(-1).double(),
+                          torch.tensor(-math.inf, dtype=torch.float64, device=classes.device))
+        hardest = key.argsort(descending=True, stable=True)[:count]
+        flat[hardest] = j + 1
+    return subnets
+
+
 def budget_subnets(classes, difficulty, costs, budget_cost, num_classes):
     """Subnet of every patch spending at most ``budget_cost`` (the per-image operating point).
 
@@ -76,33 +136,7 @@ def budget_subnets(classes, difficulty, costs, budget_cost, num_classes):
         tuple[Tensor, float]: Subnet indices (N,) and the chosen ``alpha`` of Eq. 16 with
         ``C_t`` = the full subnet's cost (``inf`` when every patch gets the full subnet).
     """
-    costs_t = torch.as_tensor(costs, dtype=torch.float64)
-    num_subnets = costs_t.numel()
-    classes = classes.flatten().cpu()
-    counts = torch.bincount(classes, minlength=num_classes + 1)[1:].double()
-    levels = torch.zeros(num_classes, dtype=torch.long)  # subnet of each class at the current alpha
-    spent = float((counts * costs_t[0]).sum())
-    if spent > budget_cost or num_subnets == 1:
-        return torch.zeros_like(classes), 0.
-    # Class k moves from subnet j to j + 1 when alpha k C_full / K passes (C_j + C_{j+1}) / 2.
-    full = float(costs_t[-1])
-    steps = [((float(costs_t[j] + costs_t[j + 1]) / 2) * num_classes / (k * full), k, j)
-             for k in range(1, num_classes + 1) for j in range(num_subnets - 1)]
-    steps.sort()
-    alpha = 0.
-    for step_alpha, k, j in steps:
-        if levels[k - 1] != j:
-            continue
-        extra = float(counts[k - 1] * (costs_t[j + 1] - costs_t[j]))
-        if spent + extra > budget_cost:
-            subnets = levels[classes - 1]
-            upgrades = int((budget_cost - spent) // float(costs_t[j + 1] - costs_t[j]))
-            if upgrades > 0:
-                members = (classes == k).nonzero().flatten()
-                hardest = members[difficulty.flatten().cpu()[members].argsort(descending=True, stable=True)]
-                subnets[hardest[:upgrades]] = j + 1
-            return subnets, alpha
-        spent += extra
-        levels[k - 1] = j + 1
-        alpha = step_alpha
-    return levels[classes - 1], math.inf
+    classes = classes.flatten()
+    counts = torch.bincount(classes, minlength=num_classes + 1)[1:].tolist()
+    levels, upgrade, alpha = budget_levels(counts, costs, budget_cost)
+    return apply_levels(classes, difficulty.flatten(), levels, upgrade), alpha

@@ -4,6 +4,7 @@
 
     wbsr:
       subnet_sampling: sandwich   # uniform | sandwich | cost_weighted (see SubnetSampler)
+      distill_weight: 0.0         # in-place distillation: weight of MSE(smaller subnet, full output), 0 = off
       loss_lr: 1.0e-2             # lr of a loss's own parameters (BDLoss noise scale)
       dynamic_val: true           # validate dynamic inference next to the full network
       thresholds: ~               # K-1 class thresholds; default: from the HES index of datasets.train
@@ -15,19 +16,25 @@
 import copy
 
 from basicsr.utils import get_root_logger
-from wbsr_plugin.data.hes import index_thresholds_for_dataset
-from wbsr_plugin.inference.checkpoint import read_checkpoint
+from wbsr_plugin.data.hes import dataset_threshold_table, parse_hes_options
+from wbsr_plugin.inference.checkpoint import engine_thresholds, read_checkpoint
 from wbsr_plugin.inference.engine import DEFAULT_PATCH_SIZE
+from wbsr_plugin.inference.projection import DEFAULT_NUM_CLASSES
+
+# Training dataset types whose LR images give the class thresholds of dynamic inference.
+PAIRED_DATASETS = ('ClassBalancedPairedDataset', 'PairedImageDataset')
 
 DEFAULTS = {
     'subnet_sampling': 'sandwich',
+    'distill_weight': 0.0,
     'loss_lr': 1.0e-2,
     'dynamic_val': True,
     'thresholds': None,
     'inference': {},
 }
 INFERENCE_KEYS = ('patch_size', 'overlap', 'trim', 'num_classes', 'budget', 'target_gflops', 'alpha', 'subnet',
-                  'max_batch_pixels', 'channels_last')
+                  'max_batch_pixels', 'channels_last', 'whole_image_fallback',
+                  'cuda_graphs')
 
 
 def parse_wbsr_options(section):
@@ -44,6 +51,12 @@ def parse_wbsr_options(section):
     opt['inference'] = inference
     if not isinstance(opt['loss_lr'], (int, float)) or opt['loss_lr'] <= 0:
         raise ValueError(f"wbsr.loss_lr must be a positive number (write 1.0e-2, not 1e-2), got {opt['loss_lr']!r}.")
+    distill_weight = opt['distill_weight']
+    if isinstance(distill_weight, bool) or not isinstance(distill_weight, (int, float)) or not (
+            0 <= distill_weight < float('inf')):
+        raise ValueError(f'wbsr.distill_weight must be a number >= 0 (0 = no distillation; write 0.5, not 5e-1), '
+                         f'got {distill_weight!r}.')
+    opt['distill_weight'] = float(distill_weight)
     if not isinstance(opt['dynamic_val'], bool):
         raise ValueError(f"wbsr.dynamic_val must be true or false, got {opt['dynamic_val']!r}.")
     thresholds = opt['thresholds']
@@ -53,24 +66,39 @@ def parse_wbsr_options(section):
 
 
 def training_thresholds(opt, wbsr_opt):
-    """Class thresholds for dynamic inference and the LR patch size they were measured on.
+    """Class thresholds for dynamic inference and the LR patch size of the engine.
 
-    In order: ``wbsr.thresholds``; the HES index of ``datasets.train`` when it is a
-    ``ClassBalancedPairedDataset``; the ``'wbsr'`` entry of ``path.pretrain_network_g``;
-    otherwise ``(None, patch_size)``, and inference falls back to per-image quantiles.
+    In order: ``wbsr.thresholds`` (one list, used at every patch size); a table of thresholds per LR
+    patch size computed from the LR images of ``datasets.train`` (a paired dataset: the engine then
+    classifies every patch with the thresholds of its own size, docs/inference.md); the thresholds of
+    ``path.pretrain_network_g``'s ``'wbsr'`` entry; otherwise ``(None, patch_size)``, and inference falls
+    back to per-image quantiles.
+
+    Returns:
+        tuple[list[float] | dict[int, list[float]] | None, int]: The thresholds (or table) and the
+        engine's patch size.
     """
     patch_size = wbsr_opt['inference'].get('patch_size', DEFAULT_PATCH_SIZE)
     if wbsr_opt['thresholds'] is not None:
         return [float(t) for t in wbsr_opt['thresholds']], patch_size
     train_set = opt.get('datasets', {}).get('train')
-    if opt.get('is_train') and train_set and train_set.get('type') == 'ClassBalancedPairedDataset':
-        found = index_thresholds_for_dataset(train_set)
-        if found is not None:
-            return found
+    logger = get_root_logger()
+    if opt.get('is_train') and train_set and train_set.get('type') in PAIRED_DATASETS:
+        num_classes = wbsr_opt['inference'].get('num_classes')
+        if num_classes is None:
+            num_classes = (parse_hes_options(train_set)['hes_num_classes']
+                           if train_set['type'] == 'ClassBalancedPairedDataset' else DEFAULT_NUM_CLASSES)
+        try:
+            table = dataset_threshold_table(train_set, num_classes)
+        except ValueError as err:
+            logger.warning(f'Class thresholds per patch size could not be computed from datasets.train: {err}')
+        else:
+            logger.info(f'Class thresholds for LR patch sizes {sorted(table)} computed from datasets.train.')
+            return table, patch_size
     pretrained = opt['path'].get('pretrain_network_g')
     if pretrained:
-        meta = read_checkpoint(pretrained)[1]
-        if meta.get('thresholds') is not None:
-            return list(meta['thresholds']), meta['patch_size']
-    get_root_logger().info('Dynamic inference uses per-image quantile thresholds (no HES index, no wbsr.thresholds).')
+        thresholds = engine_thresholds(read_checkpoint(pretrained)[1])
+        if thresholds is not None:
+            return thresholds, patch_size
+    logger.info('Dynamic inference uses per-image quantile thresholds (no paired training data, no wbsr.thresholds).')
     return None, patch_size
