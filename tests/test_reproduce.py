@@ -1,11 +1,13 @@
-"""The reproduction of Tables 1-2 end to end at toy size (python -m wbsr_plugin.reproduce --preset toy)."""
+"""The reproduction of Tables 1-2 end to end at toy size (python -m wbsr_plugin.reproduce --preset toy), its
+rows, ``--rows``, ``--jobs`` and ``--time-budget``."""
 import json
 
 import pytest
+import yaml
 
 from conftest import FIXTURES, run_module
 from wbsr_plugin.reproduce_util.presets import PRESETS, get_preset
-from wbsr_plugin.reproduce_util.rows import TABLE_ROWS, run_kinds, training_options
+from wbsr_plugin.reproduce_util.rows import PAPER_ROWS, TABLE_ROWS, run_kinds, training_options
 
 DATA = {'train_hr': 'hr', 'train_lr': 'lr', 'prior': 'prior.pth', 'thresholds': [float(t) for t in range(1, 10)],
         'classsr_thresholds': [10.0, 30.0]}
@@ -31,15 +33,15 @@ def test_toy_preset_end_to_end(tmp_path):
     out = tmp_path / 'out'
     # a relative --out, as users type it: training runs in subprocesses with their own working folder
     proc = run_module('wbsr_plugin.reproduce', '--preset', 'toy', '--train-hr', hr, '--test', f'fixtures={hr}',
-                      '--out', 'out', '--iters', '2', '--seeds', '0', cwd=tmp_path, timeout=300)
+                      '--out', 'out', '--iters', '2', '--seeds', '0', '--jobs', '2', cwd=tmp_path, timeout=300)
     text = (out / 'results.md').read_text()
     for label in ('SRResNet (uniform + L1)', '+ClassSR', '+ARM', '+HES', '+BDLoss', '+WBSR', '+WBSR-dagger'):
         assert label in text
     assert 'matched FLOPs' in text
     assert (out / 'psnr_vs_flops.png').is_file() or 'matplotlib is not installed' in proc.stderr
     result = json.loads((out / 'eval' / 'srresnet_s0.json').read_text())
-    assert set(result['rows']) == set(TABLE_ROWS)
-    for kind in run_kinds('srresnet'):
+    assert set(result['rows']) == set(PAPER_ROWS)  # the preset's rows
+    for kind in run_kinds('srresnet', PAPER_ROWS):
         assert (out / 'runs' / 'options' / f'srresnet_{kind}_s0.yml').is_file()
         assert (out / 'runs' / 'experiments' / f'srresnet_{kind}_s0' / 'models' / 'net_g_latest.pth').is_file()
     matched = result['rows']['arm']['matched']['fixtures']['flops_percent']
@@ -51,3 +53,103 @@ def test_toy_preset_end_to_end(tmp_path):
     proc = run_module('wbsr_plugin.reproduce', '--preset', 'toy', '--train-hr', hr, '--test', f'fixtures={hr}',
                       '--out', str(out), '--iters', '2', '--seeds', '0', cwd=tmp_path, timeout=120)
     assert 'done before, skipped' in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# rows that separate the causes, --rows, --jobs, --time-budget
+def test_mse_and_distillation_rows_build_valid_options():
+    from basicsr.archs import build_network
+    from basicsr.losses import build_loss
+    from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+
+    p = get_preset('toy', {'rows': list(TABLE_ROWS)})
+    for kind in ('plain_mse', 'uniform_mse', 'wbsr_distill'):
+        opt = training_options(p, 'srresnet', kind, 0, DATA)
+        assert opt['name'] == f'srresnet_{kind}_s0'
+        build_network(dict(opt['network_g']))
+        if kind != 'wbsr_distill':
+            assert opt['train']['pixel_opt']['type'] == 'MSELoss'
+            build_loss(dict(opt['train']['pixel_opt']))
+        if opt['model_type'] == 'DynamicSRModel':
+            wbsr = parse_wbsr_options(opt['wbsr'])
+            assert wbsr.get('distill_weight', 0) == (p['distill_weight'] if kind == 'wbsr_distill' else 0)
+    assert training_options(p, 'srresnet', 'plain_mse', 0, DATA)['model_type'] == 'SRModel'
+    wbsr = training_options(p, 'srresnet', 'wbsr', 0, DATA)
+    distill = training_options(p, 'srresnet', 'wbsr_distill', 0, DATA)
+    # the distillation row is +WBSR with one more option
+    assert distill['datasets'] == wbsr['datasets'] and distill['train'] == wbsr['train']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--rows', 'plain', 'mse'], "unknown row(s) ['mse']; expected some of ['plain', 'classsr'"),
+    (['--iters', '2', '--time-budget', '10'], 'not allowed with argument'),
+    (['--jobs', '0'], 'expected a positive int'),
+])
+def test_bad_reproduce_arguments_are_refused(args, message, capsys, tmp_path):
+    from wbsr_plugin.reproduce import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--preset', 'toy', '--train-hr', str(tmp_path), '--test', f'x={tmp_path}', '--out', str(tmp_path),
+              *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_time_budget_plan():
+    from wbsr_plugin.reproduce_util.time_budget import iteration_times, makespan, plan_total_iter, seconds_per_iteration
+
+    log = '\n'.join(f'2026-11-28 05:00:{10 + i:02d},500 INFO: [probe..][epoch:  0, iter:{i:8,d}, lr:(5.000e-04,)] '
+                    f'[eta: 0:00:01, time (data): 1.000 (0.001)] l_pix: 1.0e-01' for i in range(1, 9))
+    assert seconds_per_iteration(iteration_times(log)) == pytest.approx(1.0)
+    costs = [(10., 0.5)] * 5  # five runs, 10 s start-up, 0.5 s per iteration
+    total_iter, planned = plan_total_iter(costs, 2, 100.)  # three waves on two slots
+    assert planned <= 90. < makespan(costs, total_iter + 1, 2)
+    assert total_iter == 40
+    with pytest.raises(ValueError, match='too short'):
+        plan_total_iter(costs, 2, 30.)
+
+
+def test_failed_job_names_its_log(tmp_path):
+    import sys
+
+    from wbsr_plugin.reproduce_util.jobs import Job, JobsFailed, run_jobs, share_of_machine
+
+    assert share_of_machine(4, 8, cpus=16) == (2, 4)  # loader workers and threads per run
+    assert share_of_machine(2, 0, cpus=2) == (0, 1) and share_of_machine(4, 2, cpus=2) == (1, 1)
+
+    jobs = [Job('ok', [sys.executable, '-c', 'print("fine")'], str(tmp_path / 'ok.log')),
+            Job('bad', [sys.executable, '-c', 'import sys; print("boom"); sys.exit(3)'], str(tmp_path / 'bad.log'))]
+    with pytest.raises(JobsFailed) as failure:
+        run_jobs(jobs, 2, str(tmp_path), None, log=lambda m: None)
+    text = str(failure.value)
+    assert 'bad failed (exit 3)' in text and str(tmp_path / 'bad.log') in text and 'boom' in text
+    assert (tmp_path / 'ok.log').read_text() == 'fine\n'
+
+
+def test_rows_jobs_and_time_budget_on_toy(tmp_path):
+    hr = f'{FIXTURES}/hr'
+    out = tmp_path / 'out'
+    proc = run_module('wbsr_plugin.reproduce', '--preset', 'toy', '--train-hr', hr, '--test', f'fixtures={hr}',
+                      '--out', str(out), '--rows', 'plain_mse', 'uniform_mse', '--jobs', '2', '--time-budget', '45',
+                      cwd=tmp_path, timeout=300)
+    preset = json.loads((out / 'preset.json').read_text())
+    plan = preset['time_budget']
+    assert preset['rows'] == ['plain_mse', 'uniform_mse'] and preset['jobs'] == 2
+    assert preset['total_iter'] == plan['total_iter'] >= 1 and plan['planned_s'] <= 45
+    assert plan['backbones']['srresnet']['kind'] == 'uniform_mse'  # the costlier of the two rows was probed
+    assert len(plan['backbones']['srresnet']['probes']) == 2  # one probe per job, side by side
+    options = sorted((out / 'runs' / 'options').iterdir())
+    assert [o.name for o in options] == ['srresnet_plain_mse_s0.yml', 'srresnet_uniform_mse_s0.yml']
+    assert {yaml.safe_load(o.read_text())['train']['total_iter'] for o in options} == {plan['total_iter']}
+    for name in ('plain_mse', 'uniform_mse'):
+        assert (out / 'runs' / 'logs' / f'srresnet_{name}_s0.log').is_file()
+    assert f"total_iter {plan['total_iter']}" in proc.stdout
+    text = (out / 'results.md').read_text()
+    assert 'SRResNet (uniform + MSE)' in text and 'supernet, uniform + MSE, Eq. 15' in text
+    assert '+WBSR' not in text and 'separating the causes' not in text  # no comparison has both of its rows
+    assert f"fit {plan['total_iter']} iterations" in text
+    # a rerun with the same budget reuses the plan (no second probe) and skips the finished runs
+    proc = run_module('wbsr_plugin.reproduce', '--preset', 'toy', '--train-hr', hr, '--test', f'fixtures={hr}',
+                      '--out', str(out), '--rows', 'plain_mse', 'uniform_mse', '--jobs', '2', '--time-budget', '45',
+                      cwd=tmp_path, timeout=120)
+    assert f"chose total_iter {plan['total_iter']}; reused" in proc.stdout and 'done before, skipped' in proc.stdout

@@ -23,10 +23,19 @@ Per element, with prediction ``yhat``, target ``y`` and noise scale ``sigma``::
 
 Cost: the balancing term depends on an element only through its scalar ``x = yhat - L(yhat)``
 (plus, for 'bmc', the element's own kernel value, computed directly). That function of ``x``
-is evaluated on a lattice of nodes (spacing a power of two <= 1/16 of the narrowest kernel
-width, a few hundred to a few thousand nodes) with autograd, and every element reads it
-through a C1 cubic Hermite interpolation: O(K x nodes + pixels) instead of O(K x pixels),
-gradients for sigma included; the interpolation error is below 1e-6 in practice.
+is tabulated on a lattice of nodes (spacing a power of two <= 1/16 of the narrowest kernel
+width) over a fixed range (``TABLE_RANGES``; for 'gai' with the Laplace kernel widened to where
+the function turns linear), values and slopes from autograd, and every element reads it through
+a C1 cubic Hermite interpolation: O(K x nodes + pixels) instead of O(K x pixels), gradients for
+sigma included; the interpolation error is below 1e-6 in practice. Beyond the range the table
+continues by the quadratic of its end node, which is exact where the function is quadratic or
+linear there (the Gaussian 'gai' integral far out is the widest component's log-density). The
+'gai' table depends on the prior and sigma only: with a fixed sigma it is built once per prior,
+device and dtype and reused by every call; a learnt sigma, or 'bmc' (whose references change
+with the batch), rebuilds it per call. Forward and backward never read a tensor on the host,
+so they never wait for the device: the lattice is chosen from host-side values, the prior and
+sigma as constructed or last loaded with ``load_state_dict`` (a learnt sigma keeps that lattice
+while it trains).
 
 The loss of each element is multiplied by the detached ``2 sigma^2`` (Gaussian) or ``sigma``
 (Laplace), as Balanced MSE does, so that its likelihood term has the scale of the squared /
@@ -69,6 +78,7 @@ import numbers
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from basicsr.losses.loss_util import weight_reduce_loss
 from basicsr.utils.registry import LOSS_REGISTRY
@@ -79,6 +89,9 @@ ESTIMATORS = ('gai', 'bmc')
 KERNELS = ('gaussian', 'laplace')
 REDUCTIONS = ('none', 'mean', 'sum')
 RECOMMENDED_SIGMA_LR = 1e-2
+# x range tabulated per space; beyond it the table continues by quadratics (see _hermite_coefficients)
+TABLE_RANGES = {'residual': (-1.5, 1.5), 'pixel': (-1.0, 2.0)}
+MAX_TABLE_WIDENING = 4.0
 _OPTIONS = ('loss_weight', 'reduction', 'estimator', 'prior_path', 'kernel', 'space', 'scale', 'learn_sigma',
             'init_noise_sigma', 'bmc_num_refs')
 
@@ -111,30 +124,75 @@ def _kernel_rho(diff, kernel):
         raise ValueError(f'kernel must be one of {list(KERNELS)}, got {kernel!r}.')
 
 
-def _hermite_table(func, x, spacing):
-    """``func(x)`` through a cubic Hermite table of the 1-D function ``func``.
+class _TableLookup(torch.autograd.Function):
+    """``x -> p_row(t)`` for the per-row cubics of ``_hermite_coefficients`` (see there).
 
-    Nodes lie on the fixed lattice ``k * spacing`` covering ``x``; values and slopes at the
-    nodes come from ``func`` with autograd, so parameters inside ``func`` (sigma) still get
-    gradients. The interpolant is C1, so its autograd gradient in ``x`` is exact for the
-    function it computes; its error is O(spacing^4) times the fourth derivative of ``func``.
+    With ``pos = x / spacing - first``, ``k = clamp(floor(pos), -1, num_nodes - 1)``, row ``k + 1``
+    is evaluated at ``t = pos - k``. The forward is four gathers and a few in-place element-wise
+    passes and also computes the derivative in ``x``, so the backward is one multiplication;
+    gradients reach the coefficients (hence sigma) when they require them.
     """
-    flat = x.reshape(-1)
-    with torch.no_grad():
-        first = math.floor(flat.min().item() / spacing) - 1
-        last = math.ceil(flat.max().item() / spacing) + 1
-    nodes = (torch.arange(first, last + 1, device=x.device, dtype=x.dtype) * spacing).requires_grad_()
+
+    @staticmethod
+    def forward(ctx, x, coeffs, first, inv_spacing):
+        t = x * inv_spacing
+        t.sub_(first)
+        k = t.floor().clamp_(-1, coeffs.shape[1] - 2)
+        t.sub_(k)
+        row = k.add_(1).long().reshape(-1)
+        c0, c1, c2, c3 = (column.index_select(0, row).view_as(x) for column in coeffs)
+        out = torch.addcmul(c2, c3, t).mul_(t).add_(c1).mul_(t).add_(c0)
+        slope = None
+        if ctx.needs_input_grad[0]:
+            slope = torch.addcmul(c2.mul_(2), c3.mul_(3), t).mul_(t).add_(c1).mul_(inv_spacing)
+        ctx.save_for_backward(slope, *((row, t) if ctx.needs_input_grad[1] else ()))
+        ctx.num_rows = coeffs.shape[1]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        slope, *row_t = ctx.saved_tensors
+        grad_x = grad_out * slope if ctx.needs_input_grad[0] else None
+        grad_coeffs = None
+        if ctx.needs_input_grad[1]:
+            row, t = row_t
+            grad = grad_out.reshape(-1)
+            t = t.reshape(-1)
+            powers = torch.stack([grad, grad * t, grad * t * t, grad * t * t * t])
+            grad_coeffs = powers.new_zeros(4, ctx.num_rows).index_add_(1, row, powers)
+        return grad_x, grad_coeffs, None, None
+
+
+def _hermite_coefficients(func, first, num_nodes, spacing, device, dtype, differentiable):
+    """Per-row cubics of the C1 cubic Hermite interpolant of the 1-D function ``func``.
+
+    Nodes lie on the lattice ``k * spacing``, ``k = first .. first + num_nodes - 1``; values and
+    slopes at the nodes come from ``func`` with autograd (``differentiable``: with a graph, so
+    parameters inside ``func``, sigma, get gradients). Row ``j`` holds the interval from node
+    ``j - 1`` to node ``j`` in the local variable ``t`` in [0, 1); row 0 continues the table below
+    its first node and the last row above its last node, each by the quadratic with the end
+    node's value, slope and (finite-difference) curvature. The interpolant is C1, so its
+    derivative in ``x`` is exact for the function it computes; its error is O(spacing^4) times
+    the fourth derivative of ``func``.
+
+    Returns:
+        Tensor: (4, num_nodes + 1), the coefficients of ``1, t, t^2, t^3`` of every row.
+    """
+    nodes = (torch.arange(first, first + num_nodes, device=device, dtype=dtype) * spacing).requires_grad_()
     with torch.enable_grad():
         values = func(nodes)
-        slopes, = torch.autograd.grad(values.sum(), nodes, create_graph=True)
-    position = flat / spacing - first
-    index = position.detach().floor().clamp_(0, nodes.numel() - 2).long()
-    t = position - index
-    t2 = t * t
-    t3 = t2 * t
-    out = ((2 * t3 - 3 * t2 + 1) * values[index] + (t3 - 2 * t2 + t) * (spacing * slopes[index]) +
-           (3 * t2 - 2 * t3) * values[index + 1] + (t3 - t2) * (spacing * slopes[index + 1]))
-    return out.view_as(x)
+        slopes, = torch.autograd.grad(values.sum(), nodes, create_graph=differentiable)
+    if not differentiable:
+        values = values.detach()
+    p0, p1, m0, m1 = values[:-1], values[1:], spacing * slopes[:-1], spacing * slopes[1:]
+    inner = torch.stack([p0, m0, 3 * (p1 - p0) - 2 * m0 - m1, 2 * (p0 - p1) + m0 + m1])
+    zero = values.new_zeros(())
+    # below: value + slope * (t - 1) + curvature * (t - 1)^2 with t = pos + 1 <= 0 (origin at node -1)
+    curvature = 0.5 * (m1[0] - m0[0])
+    below = torch.stack([values[0] - m0[0] + curvature, m0[0] - 2 * curvature, curvature, zero])
+    above = torch.stack([values[-1], m1[-1], 0.5 * (m1[-1] - m0[-1]), zero])
+    return torch.cat([below[:, None], inner, above[:, None]], dim=1)
 
 
 def _table_spacing(width):
@@ -233,6 +291,8 @@ class BDLoss(nn.Module):
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer('log_sigma', log_sigma)
+        self._sigma_host = math.exp(float(log_sigma))  # chooses the table spacing; updated when loading
+        self._table_cache = None
         self.bmc_num_refs = _positive_int('bmc_num_refs', bmc_num_refs)
         self.prior_path = prior_path
 
@@ -251,6 +311,7 @@ class BDLoss(nn.Module):
             self.register_buffer('gmm_weights', prior['weights'].float(), persistent=False)
             self.register_buffer('gmm_means', prior['means'].float(), persistent=False)
             self.register_buffer('gmm_variances', prior['variances'].float(), persistent=False)
+            self._prior_host = list(zip(self.gmm_means.tolist(), self.gmm_variances.tolist()))
         elif self.estimator == 'bmc':
             if prior_path is not None:
                 raise ValueError("BDLoss: prior_path is used by estimator 'gai' only; remove it for 'bmc'.")
@@ -265,6 +326,61 @@ class BDLoss(nn.Module):
     def sigma_parameters(self):
         """Parameters for the model's own optimizer group (lr ``RECOMMENDED_SIGMA_LR``); empty if fixed."""
         return [self.log_sigma] if self.learn_sigma else []
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        log_sigma = state_dict.get(prefix + 'log_sigma')
+        if torch.is_tensor(log_sigma) and log_sigma.numel() == 1:
+            self._sigma_host = math.exp(float(log_sigma))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _spacing(self):
+        """Lattice spacing of the balancing table, from host-side values only (no device sync)."""
+        sigma = self._sigma_host
+        if self.estimator == 'bmc':
+            width = sigma
+        elif self.kernel == 'gaussian':
+            width = math.sqrt(min(v for _, v in self._prior_host) + sigma * sigma)
+        else:
+            width = min(sigma, math.sqrt(min(v for _, v in self._prior_host)))
+        return _table_spacing(width)
+
+    def _table_range(self):
+        """``TABLE_RANGES[space]``; for 'gai' + 'laplace', widened to where the function is linear.
+
+        Beyond the range the table continues quadratically, exact where the function is: far out
+        the Gaussian 'gai' integral is the widest component's log-density (a quadratic), the 'bmc'
+        sums are dominated by the outermost reference, and the Laplace 'gai' integral of a
+        component ``N(mu, S)`` becomes linear (slope ``-+1/sigma``) beyond ``mu -+ S / sigma``.
+        """
+        lo, hi = TABLE_RANGES[self.space]
+        if self.estimator == 'gai' and self.kernel == 'laplace':
+            sigma = self._sigma_host
+            base_lo, base_hi = lo, hi
+            for mean, var in self._prior_host:
+                reach = var / sigma + 4 * (math.sqrt(var) + sigma)
+                lo, hi = min(lo, mean - reach), max(hi, mean + reach)
+            lo, hi = max(lo, base_lo - MAX_TABLE_WIDENING), min(hi, base_hi + MAX_TABLE_WIDENING)
+        return lo, hi
+
+    def _tabulated(self, func, x, differentiable, cacheable):
+        """``func(x)`` element-wise through a Hermite table on ``TABLE_RANGES[space]``.
+
+        ``cacheable``: ``func`` depends on nothing but the prior and sigma, so a table without
+        gradients is built once and reused until sigma, the device or the dtype changes.
+        """
+        spacing = self._spacing()
+        lo, hi = self._table_range()
+        first = math.floor(lo / spacing)
+        num_nodes = math.ceil(hi / spacing) - first + 1
+        key = (x.device, x.dtype, spacing, self.log_sigma._version)
+        cache = self._table_cache
+        if cacheable and not differentiable and cache is not None and cache[0] == key and cache[1] is self.log_sigma:
+            coeffs = cache[2]
+        else:
+            coeffs = _hermite_coefficients(func, first, num_nodes, spacing, x.device, x.dtype, differentiable)
+            if cacheable and not differentiable:
+                self._table_cache = (key, self.log_sigma, coeffs)
+        return _TableLookup.apply(x, coeffs, float(first), 1 / spacing)
 
     def extra_repr(self):
         return (f'estimator={self.estimator!r}, kernel={self.kernel!r}, space={self.space!r}, scale={self.scale}, '
@@ -307,24 +423,23 @@ class BDLoss(nn.Module):
         likelihood = a * rho + log_norm
 
         x = pred - lowpass(pred, self.scale, self.space)
+        differentiable = log_sigma.requires_grad and torch.is_grad_enabled()
         if self.estimator == 'gai':
             weights = self.gmm_weights.to(dtype)
             means = self.gmm_means.to(dtype)
             variances = self.gmm_variances.to(dtype)
             if self.kernel == 'gaussian':
-                width = math.sqrt(variances.min().item() + var.item())
 
                 def log_integral(nodes):
                     log_components = _log_normal(nodes[:, None], means, variances + var)
                     return torch.logsumexp(log_components + weights.log(), dim=-1)
             else:
-                width = min(sigma.item(), math.sqrt(variances.min().item()))
 
                 def log_integral(nodes):
                     log_components = _log_laplace_conv_normal(nodes[:, None], means, variances, sigma)
                     return torch.logsumexp(log_components + weights.log(), dim=-1)
 
-            balancing = _hermite_table(log_integral, x, _table_spacing(width))
+            balancing = self._tabulated(log_integral, x, differentiable, cacheable=True)
         elif self.estimator == 'bmc':
             num_refs = self.bmc_num_refs
             flat = (target - target_lowpass(target, self.scale, self.space)).reshape(-1)
@@ -334,7 +449,7 @@ class BDLoss(nn.Module):
                 rho_refs, _ = _kernel_rho(nodes[:, None] - refs, self.kernel)
                 return torch.logsumexp(-a * rho_refs, dim=-1)
 
-            log_refs = _hermite_table(log_sum_refs, x, _table_spacing(sigma.item()))
+            log_refs = self._tabulated(log_sum_refs, x, differentiable, cacheable=False)
             own = -a * rho
             balancing = torch.logsumexp(torch.stack([own, log_refs]), dim=0) - math.log(num_refs + 1) - log_norm
         else:
@@ -348,6 +463,6 @@ class BDLoss(nn.Module):
             target (Tensor): Ground truth (N, C, H, W).
             weight (Tensor, optional): Element-wise weights (N, C or 1, H, W). Default: None.
         """
-        likelihood, balancing = self.elementwise_terms(pred, target)
-        loss = weight_reduce_loss(likelihood + balancing, weight, self.reduction)
+        likelihood, balancing, factor = self.log_likelihood_terms(pred, target)
+        loss = weight_reduce_loss((likelihood + balancing) * factor, weight, self.reduction)
         return self.loss_weight * loss

@@ -7,6 +7,7 @@ training images (an image folder or a BasicSR LMDB folder), samples residual val
 them and fits ``p_train`` with EM; ``save_gmm_prior`` / ``load_gmm_prior`` store it as a dict
 of plain tensors that ``torch.load(..., weights_only=True)`` reads.
 """
+import functools
 import math
 import os
 from os import path as osp
@@ -36,16 +37,52 @@ def check_scale(scale):
     return scale
 
 
+# Largest side for which ``lowpass`` runs as matrix products (faster than pooling and interpolation,
+# backward included, while the side is small against the cost per pixel, which grows with it).
+LOWPASS_MATMUL_MAX_SIDE = 512
+
+
+@functools.lru_cache(maxsize=32)
+def _lowpass_matrices(size, scale, device, dtype):
+    """``(pool, up)``: area-downsampling (ceil(size/scale), size) and bilinear upsampling back.
+
+    ``pool`` averages the valid elements of each window (as ``avg_pool2d(ceil_mode=True)``);
+    ``up`` interpolates as ``interpolate(mode='bilinear', align_corners=False)`` to ``size``.
+    """
+    low = math.ceil(size / scale)
+    pool = torch.zeros(low, size, dtype=torch.float64)
+    for i in range(low):
+        start, end = i * scale, min((i + 1) * scale, size)
+        pool[i, start:end] = 1 / (end - start)
+    source = ((torch.arange(size, dtype=torch.float64) + 0.5) * (low / size) - 0.5).clamp(min=0)
+    lower = source.floor().long().clamp(max=low - 1)
+    upper = (lower + 1).clamp(max=low - 1)
+    weight = source - lower
+    up = torch.zeros(size, low, dtype=torch.float64)
+    rows = torch.arange(size)
+    up.index_put_((rows, lower), 1 - weight, accumulate=True)
+    up.index_put_((rows, upper), weight, accumulate=True)
+    return pool.to(device=device, dtype=dtype), up.to(device=device, dtype=dtype)
+
+
 def lowpass(img, scale, space='residual'):
     """The fixed linear low-pass ``L`` of a batch (N, C, H, W), differentiable.
 
     ``space='residual'``: area-downsample by ``scale`` and upsample back bilinearly, i.e. the
     smooth image an x``scale`` SR network can read off its LR input. ``space='pixel'``: zeros,
-    so values are plain intensities.
+    so values are plain intensities. Patches up to ``LOWPASS_MATMUL_MAX_SIDE`` run it as four
+    matrix products (separable, the same operator to rounding), larger images as
+    ``avg_pool2d`` + ``interpolate``.
     """
     check_space(space)
     if space == 'pixel' or scale == 1:
         return torch.zeros_like(img)
+    height, width = img.shape[-2:]
+    if max(height, width) <= LOWPASS_MATMUL_MAX_SIDE and img.dtype in (torch.float32, torch.float64):
+        pool_h, up_h = _lowpass_matrices(height, scale, img.device, img.dtype)
+        pool_w, up_w = _lowpass_matrices(width, scale, img.device, img.dtype)
+        with torch.autocast(img.device.type, enabled=False):  # in the image's precision, as pooling is
+            return up_h @ (pool_h @ img @ pool_w.t()) @ up_w.t()
     low = F.avg_pool2d(img, scale, ceil_mode=True)
     return F.interpolate(low, size=img.shape[-2:], mode='bilinear', align_corners=False)
 

@@ -4,6 +4,7 @@ from contextlib import nullcontext
 from os import path as osp
 
 import torch
+from torch.nn import functional as F
 
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
@@ -27,6 +28,13 @@ class DynamicSRModel(SRModel):
 
     * each iteration trains the subnet(s) drawn by ``wbsr.subnet_sampling`` (their losses are
       averaged, so learning rates mean what they mean for SRModel);
+    * with ``wbsr.distill_weight > 0`` (in-place distillation, as in slimmable networks and
+      BigNAS), the full subnet of the sandwich runs first and every smaller subnet also learns
+      ``distill_weight * MSE(output, full output)``, the full output of the same step detached
+      (log key ``l_distill``, the mean over the smaller subnets), beside its pixel loss; the full
+      subnet learns from the ground truth alone. MSE, not L1: the subnets share their weights, and
+      L1's gradient, which keeps its size as a subnet nears the full output, pinned all subnets
+      together and stopped training (docs/RESULTS.md);
     * a loss with learnable parameters (``BDLoss``'s noise scale) gets its own optimizer
       parameter group with ``wbsr.loss_lr``, and its state is part of the training state;
     * validation logs the full network under the dataset's name, then dynamic inference
@@ -59,6 +67,11 @@ class DynamicSRModel(SRModel):
     def init_training_settings(self):
         subnets = self.get_bare_model(self.net_g).subnets
         self.subnet_sampler = SubnetSampler(subnets, self.wbsr_opt['subnet_sampling'], self.opt['manual_seed'])
+        self.full_subnet = len(subnets) - 1
+        if self.wbsr_opt['distill_weight'] > 0 and self.wbsr_opt['subnet_sampling'] != 'sandwich':
+            raise ValueError(f"wbsr.distill_weight > 0 distils the full subnet into the smaller subnets of the "
+                             f"sandwich; it needs wbsr.subnet_sampling: sandwich, got "
+                             f"{self.wbsr_opt['subnet_sampling']!r} (or set wbsr.distill_weight: 0).")
         super().init_training_settings()
 
     def setup_optimizers(self):
@@ -87,6 +100,11 @@ class DynamicSRModel(SRModel):
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
         subnets = self.subnet_sampler.sample()
+        distill_weight = self.wbsr_opt['distill_weight']
+        if distill_weight > 0:  # the full subnet first: its output is the others' target
+            subnets = sorted(subnets, key=lambda subnet: subnet != self.full_subnet)
+        num_students = sum(subnet != self.full_subnet for subnet in subnets)
+        teacher = None
         loss_dict = OrderedDict()
         for i, subnet in enumerate(subnets):
             # DDP reduces gradients once, after the last subnet's backward
@@ -95,14 +113,19 @@ class DynamicSRModel(SRModel):
             with sync:
                 self.output = self.net_g(self.lq, subnet=subnet)
                 losses = self._pixel_losses(self.output)
+                if distill_weight > 0 and subnet == self.full_subnet:
+                    teacher = self.output.detach()
+                elif teacher is not None:
+                    losses['l_distill'] = distill_weight * F.mse_loss(self.output, teacher)
                 (sum(losses.values()) / len(subnets)).backward()
             for name, value in losses.items():
-                loss_dict[name] = loss_dict.get(name, 0) + value.detach() / len(subnets)
+                share = num_students if name == 'l_distill' else len(subnets)
+                loss_dict[name] = loss_dict.get(name, 0) + value.detach() / share
         self.optimizer_g.step()
 
         self.log_dict = self.reduce_loss_dict(loss_dict)
         self.log_dict['subnet'] = float(subnets[-1])
-        if torch.is_tensor(getattr(self.cri_pix, 'sigma', None)):
+        if getattr(self.cri_pix, 'learn_sigma', False):  # reading it waits for the device
             self.log_dict['sigma'] = float(self.cri_pix.sigma)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
@@ -156,6 +179,8 @@ class DynamicSRModel(SRModel):
     # checkpoints and training states
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
+        # BasicSR saves with current_iter=-1 ('latest') once all train.total_iter iterations are done
+        iteration = self.opt.get('train', {}).get('total_iter') if current_iter == -1 else current_iter
         if current_iter == -1:
             current_iter = 'latest'
         nets = net if isinstance(net, list) else [net]
@@ -165,7 +190,7 @@ class DynamicSRModel(SRModel):
             state = self.get_bare_model(net_).state_dict()
             checkpoint[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
         checkpoint[WBSR_KEY] = make_wbsr_meta(self.get_bare_model(nets[0]), self.thresholds,
-                                              self.threshold_patch_size)
+                                              self.threshold_patch_size, iteration=iteration)
         atomic_torch_save(checkpoint, osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth'))
 
     @master_only

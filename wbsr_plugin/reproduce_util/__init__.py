@@ -1,1 +1,2 @@
-"""Library behind ``python -m wbsr_plugin.reproduce``: presets, option files, evaluation, report."""
+"""Library behind ``python -m wbsr_plugin.reproduce``: presets, rows and option files, training runs side by
+side (``jobs``), the time-budget probe and plan, evaluation, report."""

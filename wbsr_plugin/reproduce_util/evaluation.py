@@ -2,8 +2,10 @@
 
 Every dynamic method tiles the LR image the same way (:mod:`wbsr_plugin.inference.engine`'s
 tiling and blending, ``patch_size`` 32 and ``overlap`` 4 by default) and reports its FLOPs as
-a fraction of the plain network on the whole image. PSNR/SSIM and the per-image bookkeeping
-are those of :mod:`wbsr_plugin.curve` (Y channel, ``crop_border = scale``).
+a fraction of the plain network on the whole image. Networks run on their own device (the
+reproduction evaluates on CUDA when it is available); tiling, choices and stitching run on the CPU. PSNR/SSIM, the per-image bookkeeping and
+the whole-image and engine runners are those of :mod:`wbsr_plugin.inference.evaluation` (Y channel,
+``crop_border = scale``).
 """
 import math
 import time
@@ -14,10 +16,10 @@ from torch.nn import functional as F
 
 from basicsr.archs import build_network
 from wbsr_plugin.archs.classsr_arch import msrresnet_flops
-from wbsr_plugin.curve import evaluate, load_pairs
 from wbsr_plugin.data.difficulty import rgb_to_luma
 from wbsr_plugin.inference.checkpoint import load_supernet, read_checkpoint
 from wbsr_plugin.inference.engine import DynamicInferenceEngine, stitch_patches, tile_geometry
+from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 
 ARM_NUM_BINS = 10
 ARM_TOLERANCE_DB = 0.05
@@ -26,12 +28,16 @@ BISECTION_STEPS = 40
 LAPLACIAN = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]]).view(1, 1, 3, 3)
 
 
-def load_plain(path, network_opt):
-    """A BasicSR network (MSRResNet, RCAN, WBSRClassSRNet) from a checkpoint, in eval mode on the CPU."""
+def load_plain(path, network_opt, device='cpu'):
+    """A BasicSR network (MSRResNet, RCAN, WBSRClassSRNet) from a checkpoint, in eval mode on ``device``."""
     state, _ = read_checkpoint(path)
     net = build_network(dict(network_opt))
     net.load_state_dict(state, strict=True)
-    return net.eval()
+    return net.eval().to(device)
+
+
+def device_of(net):
+    return next(net.parameters()).device
 
 
 def plain_flops(network_opt, lq_h, lq_w):
@@ -46,32 +52,6 @@ def plain_flops(network_opt, lq_h, lq_w):
                                  'depths': [opt['num_block']]})
         return net.flops(lq_h, lq_w)
     raise ValueError(f'plain_flops: expected one of MSRResNet, RCAN, got {name!r}.')
-
-
-def whole_image_runner(net, flops_fn):
-    """``run(lq) -> (sr, report)`` of a network on the whole image."""
-
-    def run(lq):
-        start = time.perf_counter()
-        with torch.inference_mode():
-            sr = net(lq)
-        flops = flops_fn(*lq.shape[-2:])
-        return sr, {'flops': flops, 'full_flops': flops, 'time_s': time.perf_counter() - start}
-
-    return run
-
-
-def engine_runner(net, thresholds, patch_size, overlap, **kwargs):
-    """``run(lq) -> (sr, report)`` of WBSR's dynamic inference engine."""
-    engine = DynamicInferenceEngine(net, thresholds=thresholds, num_classes=len(thresholds) + 1,
-                                    patch_size=patch_size, overlap=overlap, **kwargs)
-
-    def run(lq):
-        sr, report = engine.run(lq)
-        return sr, {'flops': report.flops, 'full_flops': report.full_flops, 'time_s': report.time_s,
-                    'histogram': report.histogram}
-
-    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,11 +71,11 @@ def stitch(outputs, geometry, scale):
 
 
 def run_assigned(patches, choice, forward):
-    """Run every patch through the option ``choice[i]`` with ``forward(option, batch)``."""
+    """Run every patch through the option ``choice[i]`` with ``forward(option, batch)``; outputs on the CPU."""
     outputs = None
     for option in torch.unique(choice).tolist():
         ids = (choice == option).nonzero().flatten()
-        out = forward(option, patches[ids])
+        out = forward(option, patches[ids]).float().cpu()
         if outputs is None:
             outputs = torch.empty(patches.shape[0], *out.shape[1:])
         outputs[ids] = out
@@ -146,7 +126,7 @@ def build_arm_table(net, val_pairs, patch_size, overlap, num_bins=ARM_NUM_BINS, 
         full subnet), ``eta`` (default), ``val_patches``.
     """
     engine = DynamicInferenceEngine(net, subnet=0)
-    scale = net.upscale
+    scale, device = net.upscale, device_of(net)
     all_edges, all_mse = [], []
     for _, lq, hr in val_pairs:
         patches, (h, w, p, tops, lefts, _) = tile(lq, patch_size, overlap)
@@ -157,7 +137,7 @@ def build_arm_table(net, val_pairs, patch_size, overlap, num_bins=ARM_NUM_BINS, 
         mse = []
         with torch.inference_mode():
             for spec in net.subnets:
-                sr = engine.subnet_module(spec.index)(patches).clamp(0, 1)
+                sr = engine.subnet_module(spec.index)(patches.to(device)).float().cpu().clamp(0, 1)
                 sr_y = (rgb_to_luma(sr) * 219. / 255. + 16.).round()
                 mse.append(((sr_y - (hr_y * 219. / 255. + 16.).round())**2).mean(dim=(1, 2)))
         all_edges.append(edge_scores(patches))
@@ -188,6 +168,7 @@ def build_arm_table(net, val_pairs, patch_size, overlap, num_bins=ARM_NUM_BINS, 
 def arm_runner(net, table, patch_size, overlap, eta=None, budget=None):
     """``run(lq) -> (sr, report)`` of ARM's subnet choice at ``eta`` or within a FLOPs ``budget`` per image."""
     engine = DynamicInferenceEngine(net, subnet=0)
+    device = device_of(net)
 
     def run(lq):
         start = time.perf_counter()
@@ -206,7 +187,7 @@ def arm_runner(net, table, patch_size, overlap, eta=None, budget=None):
                 chosen_eta = math.exp(bisect_knob(cost_of, budget * net.flops(*lq.shape[-2:]), math.log(1e-4),
                                                   math.log(1e6)))
             choice = arm_choice(edges, table, table['costs'], chosen_eta)
-            outputs = run_assigned(patches, choice, lambda m, batch: engine.subnet_module(m)(batch))
+            outputs = run_assigned(patches, choice, lambda m, batch: engine.subnet_module(m)(batch.to(device)))
             sr = stitch(outputs, geometry, net.upscale)
         histogram = torch.bincount(choice, minlength=len(net.subnets)).tolist()
         return sr, {'flops': float(patch_costs[choice.numpy()].sum()), 'full_flops': net.flops(*lq.shape[-2:]),
@@ -225,6 +206,7 @@ def classsr_runner(net, patch_size, overlap, budget=None):
     """
     num_branches = len(net.widths)
     ramp = torch.arange(num_branches, dtype=torch.float32)
+    device = device_of(net)
 
     def full_flops(h, w):
         return msrresnet_flops(net.widths[-1], net.num_block, net.upscale, h, w)
@@ -235,7 +217,7 @@ def classsr_runner(net, patch_size, overlap, budget=None):
             patches, geometry = tile(lq, patch_size, overlap)
             p = geometry[2]
             patch_costs = np.array([net.flops(p, p, b) for b in range(num_branches)], dtype=np.float64)
-            logits = net.classify(patches)
+            logits = net.classify(patches.to(device)).float().cpu()
 
             def choose(beta):
                 return (logits + beta * ramp).argmax(dim=1)
@@ -245,7 +227,7 @@ def classsr_runner(net, patch_size, overlap, budget=None):
                 beta = bisect_knob(lambda b: float(patch_costs[choose(b).numpy()].sum()),
                                    budget * full_flops(*lq.shape[-2:]), -1e3, 1e3)
             choice = choose(beta)
-            outputs = run_assigned(patches, choice, lambda b, batch: net.branch_forward(batch, b))
+            outputs = run_assigned(patches, choice, lambda b, batch: net.branch_forward(batch.to(device), b))
             sr = stitch(outputs, geometry, net.upscale)
         histogram = torch.bincount(choice, minlength=num_branches).tolist()
         return sr, {'flops': float(patch_costs[choice.numpy()].sum()), 'full_flops': full_flops(*lq.shape[-2:]),

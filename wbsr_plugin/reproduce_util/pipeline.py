@@ -1,7 +1,7 @@
 """The steps of the reproduction: data, training runs, evaluation. Each step skips finished work."""
 import json
 import os
-import subprocess
+import shutil
 import sys
 import time
 from os import path as osp
@@ -13,11 +13,15 @@ import yaml
 
 import wbsr_plugin
 from wbsr_plugin.data.difficulty import bgr_image_to_luma, grid_positions, patch_difficulty, quantile_thresholds
+from wbsr_plugin.data.hes import load_or_build_index, parse_hes_options
 from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, list_images
 from wbsr_plugin.file_util import atomic_write_text
+from wbsr_plugin.inference.sharding import available_cpus
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 from . import evaluation as ev
-from .rows import RUN_KINDS, TABLE_ROWS, run_kinds, run_name, table_rows, training_options
+from .jobs import Job, run_jobs, share_of_machine
+from .rows import COST_ORDER, DYNAMIC_METHODS, RUN_KINDS, TABLE_ROWS, run_kinds, run_name, table_rows, training_options
+from .time_budget import SAFETY, plan_total_iter, probe_measurement
 
 PACKAGE_PARENT = osp.dirname(osp.dirname(osp.abspath(wbsr_plugin.__file__)))
 
@@ -74,7 +78,7 @@ def prepare_data(preset, train_hr, out_dir):
         ``thresholds`` (K - 1, on ``patch_size`` LR patches), ``classsr_thresholds`` (on training patches).
     """
     data_dir = osp.join(out_dir, 'data')
-    scale = preset['scale']
+    scale, threads = preset['scale'], min(8, available_cpus())
     train_names, val_names = split_training_images(train_hr, preset['val_every'])
     link_images(train_hr, train_names, osp.join(data_dir, 'src_train'))
     link_images(train_hr, val_names, osp.join(data_dir, 'src_val'))
@@ -82,8 +86,8 @@ def prepare_data(preset, train_hr, out_dir):
              'val_hr': osp.join(data_dir, 'src_val'), 'prior': osp.join(data_dir, f'bdloss_prior_x{scale}.pth')}
     steps = [('sub-images', lambda: extract_subimages(osp.join(data_dir, 'src_train'), paths['train_hr'],
                                                       preset['subimage_crop'], preset['subimage_step'], 0,
-                                                      n_thread=2)),
-             ('downsample', lambda: downsample(paths['train_hr'], paths['train_lr'], scale, n_thread=2))]
+                                                      n_thread=threads)),
+             ('downsample', lambda: downsample(paths['train_hr'], paths['train_lr'], scale, n_thread=threads))]
     for label, step in steps:
         try:
             log(f'{label}: {step()} images')
@@ -113,97 +117,231 @@ def checkpoint_path(out_dir, name):
     return osp.join(out_dir, 'runs', 'experiments', name, 'models', 'net_g_latest.pth')
 
 
-def train_all(preset, data, out_dir):
-    """Train every run of the preset through BasicSR's pipeline (``python -m wbsr_plugin.train``).
+def training_runs(preset, order=None):
+    """``[(backbone, seed, kind), ...]`` of the preset's rows, backbones in ``order`` (default: the preset's)."""
+    backbones = list(order or preset['backbones'])
+    return [(backbone, seed, kind) for backbone in backbones for seed in preset['seeds']
+            for kind in run_kinds(backbone, preset['rows'])]
 
-    The options of each run are written to ``<out>/runs/options/<name>.yml``; a run whose
-    final checkpoint exists is skipped. Returns ``{name: seconds}`` of the runs trained now.
+
+def machine_share(preset, jobs):
+    """(loader workers, CPU threads or None) of each run: the preset's own with one job, else split."""
+    return share_of_machine(jobs, preset['num_worker']) if jobs > 1 else (preset['num_worker'], None)
+
+
+def subprocess_env(threads=None):
+    """Environment of a training subprocess: the package importable and, if given, ``threads`` CPU threads."""
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def build_hes_index(preset, data):
+    """Build the HES index of the training data once, before runs that sample by HES start side by side."""
+    backbone = next(iter(preset['backbones']))
+    dataset = dict(training_options(preset, backbone, 'hes', 0, data)['datasets']['train'], scale=preset['scale'],
+                   phase='train')
+    load_or_build_index(dataset, parse_hes_options(dataset))
+
+
+def training_job(opt, folder):
+    """Write ``opt`` to ``<folder>/options/<name>.yml``; the :class:`Job` that trains it (log in ``<folder>/logs``)."""
+    opt_path = osp.join(folder, 'options', f"{opt['name']}.yml")
+    atomic_write_text(opt_path, yaml.safe_dump(opt, sort_keys=False))
+    return Job(opt['name'], [sys.executable, '-m', 'wbsr_plugin.train', '-opt', opt_path],
+               osp.join(folder, 'logs', f"{opt['name']}.log"))
+
+
+def train_jobs(preset, data, out_dir, jobs, runs):
+    """Write the options of ``runs`` and train those without a final checkpoint, ``jobs`` at a time.
+
+    Each run is ``python -m wbsr_plugin.train -opt <out>/runs/options/<name>.yml`` (BasicSR's
+    pipeline) with its output in ``<out>/runs/logs/<name>.log``. With ``jobs`` > 1 the preset's
+    loader workers and the CPU threads are split between the runs (:func:`share_of_machine`).
+    Returns ``{name: seconds}`` of the runs trained now.
     """
     runs_dir = osp.join(out_dir, 'runs')
-    os.makedirs(osp.join(runs_dir, 'options'), exist_ok=True)
-    os.makedirs(osp.join(runs_dir, 'logs'), exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    timings = {}
-    for backbone in preset['backbones']:
-        for seed in preset['seeds']:
-            for kind in run_kinds(backbone):
-                name = run_name(backbone, kind, seed)
-                opt_path = osp.join(runs_dir, 'options', f'{name}.yml')
-                atomic_write_text(opt_path, yaml.safe_dump(training_options(preset, backbone, kind, seed, data),
-                                                    sort_keys=False))
-                if osp.isfile(checkpoint_path(out_dir, name)):
-                    log(f'train {name}: done before, skipped')
-                    continue
-                log(f'train {name} ({RUN_KINDS[kind][0]}, {preset["total_iter"]} iterations)')
-                start = time.perf_counter()
-                with open(osp.join(runs_dir, 'logs', f'{name}.log'), 'w', encoding='utf-8') as log_file:
-                    proc = subprocess.run([sys.executable, '-m', 'wbsr_plugin.train', '-opt', opt_path], cwd=runs_dir,
-                                          env=env, stdout=log_file, stderr=subprocess.STDOUT)
-                if proc.returncode != 0 or not osp.isfile(checkpoint_path(out_dir, name)):
-                    with open(osp.join(runs_dir, 'logs', f'{name}.log'), encoding='utf-8') as f:
-                        tail = f.read()[-3000:]
-                    raise RuntimeError(f'training {name} failed (exit {proc.returncode}):\n{tail}')
-                timings[name] = time.perf_counter() - start
-                log(f'train {name}: {timings[name]:.0f} s')
-    return timings
+    workers, threads = machine_share(preset, jobs)
+    run_preset = dict(preset, num_worker=workers)
+    todo = []
+    for backbone, seed, kind in runs:
+        job = training_job(training_options(run_preset, backbone, kind, seed, data), runs_dir)
+        if osp.isfile(checkpoint_path(out_dir, job.name)):
+            log(f'train {job.name}: done before, skipped')
+            continue
+        todo.append(job)
+    if not todo:
+        return {}
+    if any(RUN_KINDS[kind].sampling == 'hes' for _, _, kind in runs):
+        build_hes_index(preset, data)
+    log(f"train {len(todo)} run(s), {preset['total_iter']} iterations each, {jobs} at a time"
+        + (f' ({workers} loader worker(s) and {threads} CPU thread(s) each)' if jobs > 1 else ''))
+    seconds = run_jobs(todo, jobs, runs_dir, subprocess_env(threads), log=lambda m: log(f'train {m}'))
+    for job in todo:
+        if not osp.isfile(checkpoint_path(out_dir, job.name)):
+            raise RuntimeError(f'training {job.name} ended without {checkpoint_path(out_dir, job.name)}; '
+                               f'log: {job.log_path}')
+    return seconds
+
+
+def train_all(preset, data, out_dir, jobs=1, order=None):
+    """Train every run of the preset's rows and seeds (see :func:`train_jobs`); ``{name: seconds}``."""
+    return train_jobs(preset, data, out_dir, jobs, training_runs(preset, order))
+
+
+def costliest_kind(backbone, rows):
+    kinds = run_kinds(backbone, rows)
+    return next(k for k in COST_ORDER if k in kinds)
+
+
+def probe_speed(preset, data, out_dir, jobs, kinds=None):
+    """Train the most expensive run of each backbone ``probe_iter`` iterations, ``jobs`` copies at once.
+
+    Args:
+        kinds (dict | None): ``{backbone: run kind}`` to probe instead (only these backbones).
+            Default: None (every backbone, its most expensive selected kind).
+
+    Returns:
+        dict: ``{backbone: {'kind', 'seconds_per_iter', 'startup_s', 'probes': [...]}}``, the
+        slowest copy of each backbone (see :mod:`wbsr_plugin.reproduce_util.time_budget`).
+    """
+    probe_dir = osp.join(out_dir, 'probe')
+    shutil.rmtree(probe_dir, ignore_errors=True)  # the runs of an earlier probe
+    probe_iter = preset['probe_iter']
+    workers, threads = machine_share(preset, jobs)
+    probe_preset = dict(preset, total_iter=probe_iter, num_worker=workers)
+    kinds = kinds or {b: costliest_kind(b, preset['rows']) for b in preset['backbones']}
+    backbones = list(kinds)
+    if any(RUN_KINDS[k].sampling == 'hes' for k in kinds.values()):
+        build_hes_index(preset, data)
+    todo = []
+    for i in range(max(jobs, len(backbones))):
+        backbone = backbones[i % len(backbones)]
+        opt = training_options(probe_preset, backbone, kinds[backbone], i, data)
+        opt['name'] = f'probe_{run_name(backbone, kinds[backbone], i)}'
+        opt['logger']['print_freq'] = 1
+        todo.append(training_job(opt, probe_dir))
+    log(f'time-budget probe: {len(todo)} run(s) of {probe_iter} iterations, {jobs} at a time '
+        f"({', '.join(f'{b} {k}' for b, k in kinds.items())})")
+    seconds = run_jobs(todo, jobs, probe_dir, subprocess_env(threads), log=lambda m: log(f'probe {m}'))
+    speeds = {}
+    for i, job in enumerate(todo):
+        backbone = backbones[i % len(backbones)]
+        with open(job.log_path, encoding='utf-8', errors='replace') as f:
+            measured = dict(probe_measurement(f.read(), seconds[job.name], probe_iter), run=job.name)
+        entry = speeds.setdefault(backbone, {'kind': kinds[backbone], 'seconds_per_iter': 0., 'startup_s': 0.,
+                                             'probes': []})
+        entry['probes'].append(measured)
+        entry['seconds_per_iter'] = max(entry['seconds_per_iter'], measured['seconds_per_iter'])
+        entry['startup_s'] = max(entry['startup_s'], measured['startup_s'])
+        log(f"probe {job.name}: {1 / measured['seconds_per_iter']:.1f} it/s after warm-up, start-up and saving "
+            f"{measured['startup_s']:.1f} s")
+    return speeds
+
+
+def fit_time_budget(preset, data, out_dir, jobs, budget_s):
+    """Set ``preset['total_iter']`` so that all runs train within ``budget_s`` (a probe measures the speed).
+
+    Returns:
+        dict: What was measured and planned (written to preset.json and results.md): ``budget_s``,
+        ``jobs``, ``safety``, ``probe_iter``, ``backbones`` (per-backbone speed, see
+        :func:`probe_speed`), ``order`` (backbones, slowest first), ``runs``, ``total_iter``, ``planned_s``.
+    """
+    speeds = probe_speed(preset, data, out_dir, jobs)
+    order = sorted(preset['backbones'], key=lambda b: -speeds[b]['seconds_per_iter'])
+    runs = training_runs(preset, order)
+    costs = [(speeds[b]['startup_s'], speeds[b]['seconds_per_iter']) for b, _, _ in runs]
+    total_iter, planned = plan_total_iter(costs, jobs, budget_s)
+    preset['total_iter'] = total_iter
+    log(f'time budget {budget_s:g} s, {len(runs)} run(s), {jobs} at a time: total_iter {total_iter} '
+        f'(planned {planned:.0f} s = {100 * SAFETY:.0f} % of the budget at most)')
+    return {'budget_s': budget_s, 'jobs': jobs, 'safety': SAFETY, 'probe_iter': preset['probe_iter'],
+            'backbones': speeds, 'order': order, 'runs': len(runs), 'total_iter': total_iter, 'planned_s': planned}
 
 
 # ----------------------------------------------------------------------------------------------
+def matched_reference(rows):
+    """The row whose default FLOPs set the matched budget: +WBSR, else the first dynamic row (or None)."""
+    if 'wbsr' in rows:
+        return 'wbsr'
+    return next((r for r in rows if TABLE_ROWS[r][1] in DYNAMIC_METHODS), None)
+
+
 def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
-    """Every table row of one backbone and seed on every test set; cached in ``<out>/eval``."""
+    """Every selected table row of one backbone and seed on every test set; cached in ``<out>/eval``.
+
+    A cached result is reused when it holds every selected row.
+    """
     path = osp.join(out_dir, 'eval', f'{backbone}_s{seed}.json')
+    rows = table_rows(backbone, preset['rows'])
     if osp.isfile(path):
-        log(f'evaluate {backbone} seed {seed}: done before, skipped')
-        return read_json(path)
+        cached = read_json(path)
+        if set(rows) <= set(cached['rows']):
+            log(f'evaluate {backbone} seed {seed}: done before, skipped')
+            return cached
     scale, patch, overlap = preset['scale'], preset['patch_size'], preset['overlap']
     thresholds = data['thresholds']
-    opts = {kind: training_options(preset, backbone, kind, seed, data) for kind in run_kinds(backbone)}
+    opts = {kind: training_options(preset, backbone, kind, seed, data) for kind in run_kinds(backbone, rows)}
     ckpt = {kind: checkpoint_path(out_dir, run_name(backbone, kind, seed)) for kind in opts}
-    result = {'rows': {}, 'matched_fraction': {}, 'options': {k: osp.join(out_dir, 'runs', 'options',
-                                                                          f'{run_name(backbone, k, seed)}.yml')
-                                                                for k in opts}}
+    reference = matched_reference(rows)
+    result = {'rows': {}, 'matched_fraction': {}, 'matched_reference': reference,
+              'options': {k: osp.join(out_dir, 'runs', 'options', f'{run_name(backbone, k, seed)}.yml') for k in opts}}
+    nets, arm_tables = {}, {}
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+    def network(kind):
+        if kind not in nets:
+            if RUN_KINDS[kind].model_type == 'DynamicSRModel':
+                nets[kind] = ev.load_supernet(ckpt[kind], network_opt=opts[kind]['network_g'], device=device)[0]
+            else:
+                nets[kind] = ev.load_plain(ckpt[kind], opts[kind]['network_g'], device=device)
+        return nets[kind]
+
+    def arm_table(kind):
+        if kind not in arm_tables:
+            arm_tables[kind] = ev.build_arm_table(network(kind), val_pairs, patch, overlap)
+        return arm_tables[kind]
+
+    def runner(row, budget=None):
+        kind, method = TABLE_ROWS[row]
+        net = network(kind)
+        if method == 'whole':
+            if RUN_KINDS[kind].model_type == 'DynamicSRModel':
+                return ev.whole_image_runner(net)
+            net_opt = opts[kind]['network_g']
+            return ev.whole_image_runner(net, lambda h, w: ev.plain_flops(net_opt, h, w))
+        elif method == 'dynamic':
+            return ev.engine_runner(net, thresholds, patch_size=patch, overlap=overlap, budget=budget)
+        elif method == 'arm':
+            table = arm_table(kind)
+            return ev.arm_runner(net, table, patch, overlap, eta=table['eta'] if budget is None else None,
+                                 budget=budget)
+        elif method == 'classsr':
+            return ev.classsr_runner(net, patch, overlap, budget=budget)
+        else:
+            raise ValueError(f'unknown evaluation method {method!r}; expected one of whole, dynamic, arm, classsr.')
 
     def measure(run):
         return {name: ev.evaluate(run, pairs, scale) for name, pairs in test_pairs.items()}
 
-    def supernet(kind):
-        return ev.load_supernet(ckpt[kind], network_opt=opts[kind]['network_g'])[0]
-
-    log(f'evaluate {backbone} seed {seed}')
-    wbsr_net = supernet('wbsr')
-    rows = result['rows']
-    rows['wbsr'] = {'default': measure(ev.engine_runner(wbsr_net, thresholds, patch, overlap))}
-    # the budget of every method: what +WBSR spends by default, at most the plain network's FLOPs (tiling
-    # overlaps can push the default above 100 %; a budget is a fraction in (0, 1])
-    fractions = {name: min(r['flops_percent'] / 100, 1.0) for name, r in rows['wbsr']['default'].items()}
-    result['matched_fraction'] = fractions
-
-    def matched(make_runner):
-        return {name: ev.evaluate(make_runner(fractions[name]), pairs, scale) for name, pairs in test_pairs.items()}
-
-    rows['wbsr']['matched'] = matched(lambda f: ev.engine_runner(wbsr_net, thresholds, patch, overlap, budget=f))
-    rows['wbsr']['sweep'] = {
-        f'{b:g}': measure(ev.engine_runner(wbsr_net, thresholds, patch, overlap, budget=b))
-        for b in preset['sweep_budgets']}
-    rows['wbsr_dagger'] = {'default': measure(ev.whole_image_runner(wbsr_net, wbsr_net.flops))}
-    for row in ('hes', 'bdloss'):
-        net = supernet(TABLE_ROWS[row][0])
-        rows[row] = {'default': measure(ev.engine_runner(net, thresholds, patch, overlap)),
-                     'matched': matched(lambda f, net=net: ev.engine_runner(net, thresholds, patch, overlap,
-                                                                              budget=f))}
-    plain_opt = opts['plain']['network_g']
-    plain = ev.load_plain(ckpt['plain'], plain_opt)
-    rows['plain'] = {'default': measure(ev.whole_image_runner(plain, lambda h, w: ev.plain_flops(plain_opt, h, w)))}
-    uniform = supernet('uniform')
-    table = ev.build_arm_table(uniform, val_pairs, patch, overlap)
-    result['arm'] = {'eta': table['eta'], 'val_patches': table['val_patches'], 'edges': table['edges'].tolist(),
-                     'psnr_table': table['psnr'].tolist()}
-    rows['arm'] = {'default': measure(ev.arm_runner(uniform, table, patch, overlap, eta=table['eta'])),
-                   'matched': matched(lambda f: ev.arm_runner(uniform, table, patch, overlap, budget=f))}
-    if 'classsr' in table_rows(backbone):
-        classsr = ev.load_plain(ckpt['classsr'], opts['classsr']['network_g'])
-        rows['classsr'] = {'default': measure(ev.classsr_runner(classsr, patch, overlap)),
-                           'matched': matched(lambda f: ev.classsr_runner(classsr, patch, overlap, budget=f))}
+    log(f'evaluate {backbone} seed {seed} on {device.type}: {", ".join(rows)}')
+    for row in ([reference] if reference else []) + [r for r in rows if r != reference]:
+        entry = result['rows'][row] = {'default': measure(runner(row))}
+        if row == reference:
+            # the budget of every dynamic method: what the reference spends by default, at most the plain
+            # network's FLOPs (tiling overlaps can push the default above 100 %; a budget lies in (0, 1])
+            result['matched_fraction'] = {name: min(r['flops_percent'] / 100, 1.0)
+                                          for name, r in entry['default'].items()}
+        if TABLE_ROWS[row][1] in DYNAMIC_METHODS:
+            entry['matched'] = {name: ev.evaluate(runner(row, result['matched_fraction'][name]), pairs, scale)
+                                for name, pairs in test_pairs.items()}
+        if row == 'wbsr':
+            entry['sweep'] = {f'{b:g}': measure(runner(row, b)) for b in preset['sweep_budgets']}
+    if 'arm' in rows:
+        table = arm_table(TABLE_ROWS['arm'][0])
+        result['arm'] = {'eta': table['eta'], 'val_patches': table['val_patches'], 'edges': table['edges'].tolist(),
+                         'psnr_table': table['psnr'].tolist()}
     write_json(path, result)
     return result
 
@@ -215,7 +353,7 @@ def evaluate_all(preset, data, test_sets, out_dir):
     for name, pairs in test_pairs.items():
         if not pairs:
             raise ValueError(f'test set {name} ({test_sets[name]}) holds no images.')
-    val_pairs = ev.load_pairs(data['val_hr'], None, scale)
+    val_pairs = ev.load_pairs(data['val_hr'], None, scale) if 'arm' in preset['rows'] else []
     return {backbone: {seed: evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir)
                        for seed in preset['seeds']}
             for backbone in preset['backbones']}

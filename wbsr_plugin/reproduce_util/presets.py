@@ -4,6 +4,8 @@ Every row of a preset trains for the same ``total_iter`` x ``batch_size`` (the t
 """
 import copy
 
+from .rows import PAPER_ROWS, TABLE_ROWS, check_rows
+
 PAPER_SRRESNET = {'num_feat': 64, 'num_block': 16, 'widths': [36, 52, 64], 'depths': [4, 8, 16]}
 PAPER_RCAN = {'num_feat': 64, 'num_group': 10, 'num_block': 20, 'widths': [36, 52, 64], 'depths': [5, 10, 20]}
 
@@ -11,6 +13,7 @@ PAPER_RCAN = {'num_feat': 64, 'num_group': 10, 'num_block': 20, 'widths': [36, 5
 COMMON = {
     'scale': 4,
     'seeds': [0],
+    'rows': list(PAPER_ROWS),  # table rows trained and evaluated (rows.TABLE_ROWS)
     'backbones': {'srresnet': PAPER_SRRESNET},
     'classsr_widths': [36, 52, 64],
     'total_iter': 200000,
@@ -35,6 +38,8 @@ COMMON = {
     'overlap': 4,
     'sweep_budgets': [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
     'tie_tolerance_db': 0.0,
+    'distill_weight': 1.0,  # wbsr.distill_weight of the +WBSR + distillation row (docs/RESULTS.md)
+    'probe_iter': 100,  # iterations of each --time-budget probe run
 }
 
 PRESETS = {
@@ -55,33 +60,37 @@ PRESETS = {
         'prior_components': 2,
         'prior_max_pixels': 100000,
         'sweep_budgets': [0.5, 1.0],
+        'probe_iter': 4,
     },
-    # The whole table on 2 CPU cores in under an hour (docs/reproduce.md has the timing).
+    # The paper's rows, three seeds, on 2 CPU cores with --jobs 2 in about an hour (docs/reproduce.md has the timing).
     'tiny': {
-        'seeds': [0, 1],
-        'backbones': {'srresnet': {'num_feat': 16, 'num_block': 4, 'widths': [8, 12, 16], 'depths': [1, 2, 4]}},
-        'classsr_widths': [8, 12, 16],
-        'total_iter': 500,
+        'seeds': [0, 1, 2],
+        'backbones': {'srresnet': {'num_feat': 32, 'num_block': 4, 'widths': [16, 24, 32], 'depths': [1, 2, 4]}},
+        'classsr_widths': [16, 24, 32],
+        'total_iter': 1000,
         'batch_size': 4,
         'gt_size': 64,
         'lr': 5.0e-4,
         'ema_decay': 0,
         'num_worker': 0,
         'prior_max_pixels': 2000000,
-        'sweep_budgets': [0.5, 0.7, 1.0],
+        'sweep_budgets': [0.5, 0.6, 0.7, 1.0],
+        'probe_iter': 20,
     },
-    # One GPU, about 10 minutes for SRResNet (RCAN rows add about as much again).
+    # One GPU, every row (causes included): `--jobs 4 --time-budget 420` fits the training in 7 minutes.
     'small': {
         'seeds': [0, 1],
         'backbones': {
             'srresnet': PAPER_SRRESNET,
             'rcan': {'num_feat': 64, 'num_group': 4, 'num_block': 8, 'widths': [36, 52, 64], 'depths': [2, 4, 8]},
         },
+        'rows': list(TABLE_ROWS),
         'total_iter': 1000,
         'batch_size': 16,
         'lr': 5.0e-4,
         'ema_decay': 0,
-        'num_worker': 4,
+        'num_worker': 8,  # loader workers of the whole machine: --jobs N gives each run num_worker // N
+        'probe_iter': 50,
     },
     # The paper's configuration (Sec. 5.1): DIV2K, 200k iterations x batch 16, 128x128 patches.
     'paper': {
@@ -100,4 +109,5 @@ def get_preset(name, overrides=None):
             raise ValueError(f'unknown preset option {key!r}; allowed: {sorted(COMMON)}.')
         if value is not None:
             preset[key] = value
+    preset['rows'] = check_rows(preset['rows'])
     return preset

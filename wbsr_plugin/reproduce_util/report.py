@@ -6,9 +6,7 @@ import numpy as np
 
 from wbsr_plugin.file_util import atomic_path, atomic_write_text
 
-from .rows import NET_LABELS, ROW_LABELS, table_rows
-
-DYNAMIC_ROWS = ('classsr', 'arm', 'hes', 'bdloss', 'wbsr')
+from .rows import COMPARISONS, DYNAMIC_METHODS, NET_LABELS, ROW_LABELS, TABLE_ROWS, table_rows
 
 
 def spread(values):
@@ -27,57 +25,111 @@ def _cell(values, digits):
 
 
 def verdict(row_values, ref_values):
-    """'tie', 'better' or 'worse' than the reference: a gap within the larger half-range is a tie."""
+    """'tie', 'better' or 'worse' than the reference: a gap within the larger half-range (or below 0.0005 dB,
+    the precision shown) is a tie."""
     row_mean, row_half = spread(row_values)
     ref_mean, ref_half = spread(ref_values)
     gap = row_mean - ref_mean
     if len(row_values) < 2 or len(ref_values) < 2:
         return f'{gap:+.3f} dB (one seed: no spread)'
-    if abs(gap) <= max(row_half, ref_half):
+    if abs(gap) <= max(row_half, ref_half) or round(abs(gap), 3) == 0:
         return f'{gap:+.3f} dB: tie'
     return f'{gap:+.3f} dB: {"better" if gap > 0 else "worse"}'
 
 
-def backbone_tables(backbone, per_seed, tests):
-    """Markdown lines of one backbone: default operating points and matched FLOPs."""
+def evaluated_rows(backbone, results, selected, reference=None):
+    """Rows of ``selected`` (and the matched-FLOPs ``reference``) evaluated for every seed, in table order."""
+    wanted = set(selected) | ({reference} if reference else set())
+    return [r for r in table_rows(backbone) if r in wanted and all(r in seeds for seeds in results)]
+
+
+def _label(row, net):
+    return ROW_LABELS[row].format(net=net)
+
+
+def backbone_tables(backbone, per_seed, tests, selected):
+    """Markdown lines of one backbone: default operating points, matched FLOPs, causes."""
     results = [r['rows'] for r in per_seed.values()]
+    reference = next(iter(per_seed.values())).get('matched_reference', 'wbsr')
+    rows = evaluated_rows(backbone, results, selected, reference)
     net = NET_LABELS[backbone]
     head = '| method | ' + ' | '.join(f'{t} PSNR | {t} SSIM | {t} GFLOPs (%)' for t in tests) + ' |'
     rule = '|---|' + '---|---|---|' * len(tests)
     lines = [f'### {net}: each method at its own default', '', head, rule]
-    for row in table_rows(backbone):
+    for row in rows:
         cells = []
         for t in tests:
             cells += [_cell(gather(results, row, 'default', t, 'psnr'), 2),
                       _cell(gather(results, row, 'default', t, 'ssim'), 4),
                       f"{_cell(gather(results, row, 'default', t, 'gflops_per_32x32'), 2)} "
                       f"({np.mean(gather(results, row, 'default', t, 'flops_percent')):.0f} %)"]
-        lines.append(f'| {ROW_LABELS[row].format(net=net)} | ' + ' | '.join(cells) + ' |')
-    fractions = {t: [r['matched_fraction'][t] for r in per_seed.values()] for t in tests}
-    lines += ['', f'### {net}: dynamic methods at matched FLOPs',
-              '', 'Budget per image = the +WBSR default spending on that test set (seed by seed): ' +
-              ', '.join(f'{t} {100 * np.mean(f):.0f} %' for t, f in fractions.items()) +
-              '. Verdict: PSNR gap to +WBSR; a gap within the larger seed half-range is a tie.', '',
-              '| method | ' + ' | '.join(f'{t} PSNR | {t} SSIM | {t} GFLOPs (%) | {t} vs +WBSR' for t in tests) + ' |',
-              '|---|' + '---|---|---|---|' * len(tests)]
-    for row in [r for r in DYNAMIC_ROWS if r in table_rows(backbone)]:
-        cells = []
-        for t in tests:
-            psnr = gather(results, row, 'matched', t, 'psnr')
-            cells += [_cell(psnr, 2), _cell(gather(results, row, 'matched', t, 'ssim'), 4),
-                      f"{_cell(gather(results, row, 'matched', t, 'gflops_per_32x32'), 2)} "
-                      f"({np.mean(gather(results, row, 'matched', t, 'flops_percent')):.0f} %)",
-                      '-' if row == 'wbsr' else verdict(psnr, gather(results, 'wbsr', 'matched', t, 'psnr'))]
-        lines.append(f'| {ROW_LABELS[row]} | ' + ' | '.join(cells) + ' |')
-    arm = [r['arm'] for r in per_seed.values()]
-    lines += ['', 'ARM default eta (validation, per seed): ' + ', '.join(f"{a['eta']:.3g}" for a in arm) +
-              f"; "
-              f"table from {arm[0]['val_patches']} held-out training patches.", '']
+        lines.append(f'| {_label(row, net)} | ' + ' | '.join(cells) + ' |')
+    dynamic = [r for r in rows if TABLE_ROWS[r][1] in DYNAMIC_METHODS]
+    if reference in rows and dynamic:
+        ref_label = _label(reference, net)
+        fractions = {t: [r['matched_fraction'][t] for r in per_seed.values()] for t in tests}
+        lines += ['', f'### {net}: dynamic methods at matched FLOPs',
+                  '', f'Budget per image = the {ref_label} default spending on that test set (seed by seed): ' +
+                  ', '.join(f'{t} {100 * np.mean(f):.0f} %' for t, f in fractions.items()) +
+                  f'. Verdict: PSNR gap to {ref_label}; a gap within the larger seed half-range is a tie.', '',
+                  '| method | ' + ' | '.join(f'{t} PSNR | {t} SSIM | {t} GFLOPs (%) | {t} vs {ref_label}'
+                                            for t in tests) + ' |',
+                  '|---|' + '---|---|---|---|' * len(tests)]
+        for row in dynamic:
+            cells = []
+            for t in tests:
+                psnr = gather(results, row, 'matched', t, 'psnr')
+                cells += [_cell(psnr, 2), _cell(gather(results, row, 'matched', t, 'ssim'), 4),
+                          f"{_cell(gather(results, row, 'matched', t, 'gflops_per_32x32'), 2)} "
+                          f"({np.mean(gather(results, row, 'matched', t, 'flops_percent')):.0f} %)",
+                          '-' if row == reference else verdict(psnr, gather(results, reference, 'matched', t, 'psnr'))]
+            lines.append(f'| {_label(row, net)} | ' + ' | '.join(cells) + ' |')
+    lines += cause_lines(net, rows, results, tests)
+    if all('arm' in r for r in per_seed.values()):
+        arm = [r['arm'] for r in per_seed.values()]
+        lines += ['', 'ARM default eta (validation, per seed): ' + ', '.join(f"{a['eta']:.3g}" for a in arm) +
+                  f"; table from {arm[0]['val_patches']} held-out training patches."]
+    return lines + ['']
+
+
+def cause_lines(net, rows, results, tests):
+    """Markdown lines of the comparisons (:data:`rows.COMPARISONS`) whose two rows were evaluated.
+
+    Dynamic rows are compared at matched FLOPs, whole-image rows at their default.
+    """
+    found = [c for c in COMPARISONS if c[0] in rows and c[1] in rows]
+    if not found:
+        return []
+    lines = ['', f'### {net}: separating the causes', '',
+             'PSNR gap of a row to its reference (dynamic rows at matched FLOPs, whole-image rows on the whole '
+             'image); a gap within the larger seed half-range is a tie.', '',
+             '| what | row | reference | ' + ' | '.join(tests) + ' |', '|---|---|---|' + '---|' * len(tests)]
+    for row, ref, what in found:
+        dynamic = TABLE_ROWS[row][1] in DYNAMIC_METHODS and TABLE_ROWS[ref][1] in DYNAMIC_METHODS
+        setting = 'matched' if dynamic else 'default'
+        cells = [verdict(gather(results, row, setting, t, 'psnr'), gather(results, ref, setting, t, 'psnr'))
+                 for t in tests]
+        lines.append(f'| {what} | {_label(row, net)} | {_label(ref, net)} | ' + ' | '.join(cells) + ' |')
     return lines
 
 
-def write_results(path, preset, data, test_sets, all_results, command, timings):
-    """Write results.md atomically; returns its text."""
+def time_budget_lines(plan):
+    """Markdown lines on how ``--time-budget`` chose the iterations (``plan`` from ``fit_time_budget``)."""
+    probes = '; '.join(
+        f"{backbone}: {len(b['probes'])} probe run(s) of `{b['kind']}`, slowest {1 / b['seconds_per_iter']:.2f} it/s "
+        f"after warm-up, start-up and saving {b['startup_s']:.0f} s" for backbone, b in plan['backbones'].items())
+    return [f"Iterations chosen by `--time-budget {plan['budget_s']:g}` with {plan['jobs']} run(s) at a time: "
+            f"probe of {plan['probe_iter']} iterations ({probes}). Assuming every run of a backbone as slow as its "
+            f"probe, {plan['runs']} run(s) fit {plan['total_iter']} iterations in {plan['planned_s']:.0f} s "
+            f"(at most {100 * plan['safety']:.0f} % of the budget).", '']
+
+
+def write_results(path, preset, data, test_sets, all_results, command, timings, time_budget=None, train_s=None):
+    """Write results.md atomically; returns its text.
+
+    ``time_budget`` is the plan of ``--time-budget`` (or None); ``train_s`` the wall time of the
+    training step of this invocation (or None).
+    """
     tests = list(test_sets)
     lines = ['# Reproduction of WBSR Tables 1-2', '',
              f'Command: `{command}`', '',
@@ -86,17 +138,21 @@ def write_results(path, preset, data, test_sets, all_results, command, timings):
              f"HR patches), Adam lr {preset['lr']:g} cosine to {preset['eta_min']:g}, EMA {preset['ema_decay']}. "
              f"Training images: {len(data['train_images'])} (cropped {preset['subimage_crop']}/"
              f"{preset['subimage_step']}); held out for ARM's table: {len(data['held_out_images'])}. "
+             f"Rows: {', '.join(preset['rows'])}. "
              'Test sets (HR, LR by MATLAB bicubic): ' + ', '.join(f'{k} = {v}' for k, v in test_sets.items()) + '.',
              '',
              f"Dynamic inference: LR patches of {preset['patch_size']} px, overlap {preset['overlap']}; class "
              'thresholds from the training patches. PSNR/SSIM on Y, border = scale. GFLOPs per 32x32 LR patch '
              '(overlaps counted); % = of the plain network on the whole image. Values: mean ± half-range over '
              'seeds. Options of every run: `runs/options/`; per-seed numbers: `eval/`.', '']
+    if time_budget:
+        lines += time_budget_lines(time_budget)
     for backbone, per_seed in all_results.items():
-        lines += backbone_tables(backbone, per_seed, tests)
+        lines += backbone_tables(backbone, per_seed, tests, preset['rows'])
     if timings:
-        lines += ['Training time of the runs trained by this invocation: ' +
-                  ', '.join(f'{k} {v:.0f} s' for k, v in timings.items()), '']
+        lines += ['Training time of the runs trained by this invocation' +
+                  (f" ({train_s:.0f} s in all, {preset.get('jobs', 1)} at a time)" if train_s is not None else '') +
+                  ': ' + ', '.join(f'{k} {v:.0f} s' for k, v in timings.items()), '']
     text = '\n'.join(lines) + '\n'
     atomic_write_text(path, text)
     return text
@@ -124,6 +180,8 @@ def write_plot(path, all_results, test_sets):
                     if x:
                         ax.errorbar(np.mean(x), np.mean(y), yerr=spread(y)[1], fmt=marker,
                                     label=f'{NET_LABELS[backbone]} {ROW_LABELS[row].format(net="")} ({setting})')
+            if not all('sweep' in r.get('wbsr', {}) for r in results):
+                continue
             budgets = sorted(results[0]['wbsr']['sweep'], key=float)
             xs = [np.mean([r['wbsr']['sweep'][b][t]['gflops_per_32x32'] for r in results]) for b in budgets]
             ys = [np.mean([r['wbsr']['sweep'][b][t]['psnr'] for r in results]) for b in budgets]

@@ -1,21 +1,32 @@
 """The rows of the reproduction and the BasicSR training options of each.
 
 A *run* is one training (a row's network, one seed); several table rows can share a run:
-ARM evaluates the uniform + L1 supernet, WBSR-dagger the +WBSR supernet.
+ARM and the Eq. 15 row of the uniform + L1 supernet evaluate the same run, WBSR-dagger the
++WBSR supernet. Besides the paper's rows there are rows that separate the causes of a gain:
+MSE (the Gaussian kernel of BDLoss without its balancing term) on the plain network and on the
+supernet, the uniform + L1 supernet with Eq. 15, and +WBSR with distillation.
 """
+import collections
 import copy
 
-# run kind -> (model_type, sampling, loss); 'plain' trains the BasicSR network itself.
-RUN_KINDS = {
-    'plain': ('SRModel', 'uniform', 'l1'),
-    'uniform': ('DynamicSRModel', 'uniform', 'l1'),
-    'hes': ('DynamicSRModel', 'hes', 'l1'),
-    'bdloss': ('DynamicSRModel', 'uniform', 'bdloss'),
-    'wbsr': ('DynamicSRModel', 'hes', 'bdloss'),
-    'classsr': ('WBSRClassSRModel', 'uniform', 'l1'),
-}
+RunKind = collections.namedtuple('RunKind', ['model_type', 'sampling', 'loss', 'distill'])
 
-# table row -> (run kind, evaluation method), in the order of the paper's tables
+# run kind -> how it trains; 'plain*' trains the BasicSR network itself.
+RUN_KINDS = {
+    'plain': RunKind('SRModel', 'uniform', 'l1', False),
+    'plain_mse': RunKind('SRModel', 'uniform', 'mse', False),
+    'uniform': RunKind('DynamicSRModel', 'uniform', 'l1', False),
+    'uniform_mse': RunKind('DynamicSRModel', 'uniform', 'mse', False),
+    'hes': RunKind('DynamicSRModel', 'hes', 'l1', False),
+    'bdloss': RunKind('DynamicSRModel', 'uniform', 'bdloss', False),
+    'wbsr': RunKind('DynamicSRModel', 'hes', 'bdloss', False),
+    'wbsr_distill': RunKind('DynamicSRModel', 'hes', 'bdloss', True),
+    'classsr': RunKind('WBSRClassSRModel', 'uniform', 'l1', False),
+}
+# run kinds from the most to the least expensive step (the time-budget probe trains the first one selected)
+COST_ORDER = ('wbsr_distill', 'wbsr', 'bdloss', 'hes', 'uniform_mse', 'uniform', 'classsr', 'plain_mse', 'plain')
+
+# table row -> (run kind, evaluation method): the paper's tables first, then the rows that separate causes
 TABLE_ROWS = {
     'plain': ('plain', 'whole'),
     'classsr': ('classsr', 'classsr'),
@@ -24,7 +35,13 @@ TABLE_ROWS = {
     'bdloss': ('bdloss', 'dynamic'),
     'wbsr': ('wbsr', 'dynamic'),
     'wbsr_dagger': ('wbsr', 'whole'),
+    'plain_mse': ('plain_mse', 'whole'),
+    'uniform': ('uniform', 'dynamic'),
+    'uniform_mse': ('uniform_mse', 'dynamic'),
+    'wbsr_distill': ('wbsr_distill', 'dynamic'),
 }
+PAPER_ROWS = ('plain', 'classsr', 'arm', 'hes', 'bdloss', 'wbsr', 'wbsr_dagger')
+DYNAMIC_METHODS = ('classsr', 'arm', 'dynamic')
 ROW_LABELS = {
     'plain': '{net} (uniform + L1)',
     'classsr': '+ClassSR',
@@ -33,25 +50,49 @@ ROW_LABELS = {
     'bdloss': '+BDLoss',
     'wbsr': '+WBSR',
     'wbsr_dagger': '+WBSR-dagger (full supernet)',
+    'plain_mse': '{net} (uniform + MSE)',
+    'uniform': 'supernet, uniform + L1, Eq. 15',
+    'uniform_mse': 'supernet, uniform + MSE, Eq. 15',
+    'wbsr_distill': '+WBSR + distillation',
 }
+# (row, reference row, what the PSNR gap measures): the report shows those whose rows were both evaluated
+COMPARISONS = (
+    ('plain_mse', 'plain', 'MSE instead of L1, plain network'),
+    ('uniform_mse', 'uniform', 'MSE instead of L1, supernet (the kernel of BDLoss alone)'),
+    ('bdloss', 'uniform_mse', "BDLoss's balancing term (BDLoss vs. its Gaussian kernel alone)"),
+    ('bdloss', 'uniform', 'BDLoss instead of L1'),
+    ('hes', 'uniform', 'HES sampling instead of uniform'),
+    ('wbsr', 'uniform', 'HES + BDLoss together'),
+    ('wbsr_distill', 'wbsr', 'distillation added to +WBSR'),
+    ('wbsr_dagger', 'plain', 'full supernet vs. plain network (the cost of weight sharing)'),
+)
 PLAIN_TYPES = {'srresnet': 'MSRResNet', 'rcan': 'RCAN'}
 SUPERNET_TYPES = {'srresnet': 'WBSRResNet', 'rcan': 'WBSRRCAN'}
 NET_LABELS = {'srresnet': 'SRResNet', 'rcan': 'RCAN'}
 
 
-def table_rows(backbone):
-    """Table rows of a backbone (ClassSR only with SRResNet branches)."""
+def check_rows(rows):
+    """``rows`` in table order; ValueError naming the unknown ones and the known rows."""
+    unknown = [r for r in rows if r not in TABLE_ROWS]
+    if unknown:
+        raise ValueError(f'unknown row(s) {unknown}; expected some of {list(TABLE_ROWS)}.')
+    return [r for r in TABLE_ROWS if r in rows]
+
+
+def table_rows(backbone, rows=None):
+    """Table rows of a backbone among ``rows`` (default: all), in table order; ClassSR only with SRResNet."""
+    rows = list(TABLE_ROWS) if rows is None else check_rows(rows)
     if backbone == 'srresnet':
-        return list(TABLE_ROWS)
+        return rows
     if backbone == 'rcan':
-        return [r for r in TABLE_ROWS if r != 'classsr']
+        return [r for r in rows if r != 'classsr']
     raise ValueError(f'unknown backbone {backbone!r}; expected one of {sorted(PLAIN_TYPES)}.')
 
 
-def run_kinds(backbone):
-    """Training runs a backbone needs, in training order."""
+def run_kinds(backbone, rows=None):
+    """Training runs the rows of a backbone need, in table order."""
     kinds = []
-    for row in table_rows(backbone):
+    for row in table_rows(backbone, rows):
         kind = TABLE_ROWS[row][0]
         if kind not in kinds:
             kinds.append(kind)
@@ -64,20 +105,25 @@ def run_name(backbone, kind, seed):
 
 def network_options(preset, backbone, kind):
     """``network_g`` of a run."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f'unknown run kind {kind!r}; expected one of {sorted(RUN_KINDS)}.')
     arch = dict(preset['backbones'][backbone])
     scale = preset['scale']
-    if kind == 'classsr':
+    model_type = RUN_KINDS[kind].model_type
+    if model_type == 'WBSRClassSRModel':
         if backbone != 'srresnet':
             raise ValueError(f'ClassSR runs with SRResNet branches only, not {backbone!r}.')
         return {'type': 'WBSRClassSRNet', 'num_in_ch': 3, 'num_out_ch': 3, 'widths': list(preset['classsr_widths']),
                 'num_block': arch['num_block'], 'upscale': scale}
-    if kind == 'plain':
+    elif model_type == 'SRModel':
         arch.pop('widths')
         arch.pop('depths')
         return {'type': PLAIN_TYPES[backbone], 'num_in_ch': 3, 'num_out_ch': 3, **arch, 'upscale': scale}
-    if kind in RUN_KINDS:
+    elif model_type == 'DynamicSRModel':
         return {'type': SUPERNET_TYPES[backbone], 'num_in_ch': 3, 'num_out_ch': 3, **arch, 'upscale': scale}
-    raise ValueError(f'unknown run kind {kind!r}; expected one of {sorted(RUN_KINDS)}.')
+    else:
+        raise ValueError(f'unknown model type {model_type!r}; expected one of SRModel, DynamicSRModel, '
+                         'WBSRClassSRModel.')
 
 
 def training_options(preset, backbone, kind, seed, data):
@@ -93,7 +139,7 @@ def training_options(preset, backbone, kind, seed, data):
     """
     if kind not in RUN_KINDS:
         raise ValueError(f'unknown run kind {kind!r}; expected one of {sorted(RUN_KINDS)}.')
-    model_type, sampling, loss = RUN_KINDS[kind]
+    model_type, sampling, loss, distill = RUN_KINDS[kind]
     scale, total_iter = preset['scale'], preset['total_iter']
     dataset = {
         'name': 'train', 'type': 'PairedImageDataset', 'dataroot_gt': data['train_hr'],
@@ -113,11 +159,13 @@ def training_options(preset, backbone, kind, seed, data):
             raise ValueError(f'unknown sampling {sampling!r}; expected one of uniform, hes.')
     if loss == 'l1':
         pixel_opt = {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}
+    elif loss == 'mse':
+        pixel_opt = {'type': 'MSELoss', 'loss_weight': 1.0, 'reduction': 'mean'}
     elif loss == 'bdloss':
         pixel_opt = {'type': 'BDLoss', 'loss_weight': 1.0, 'reduction': 'mean', 'estimator': 'gai',
                      'prior_path': data['prior'], 'kernel': 'gaussian', 'scale': scale}
     else:
-        raise ValueError(f'unknown loss {loss!r}; expected one of l1, bdloss.')
+        raise ValueError(f'unknown loss {loss!r}; expected one of l1, mse, bdloss.')
     opt = {
         'name': run_name(backbone, kind, seed),
         'model_type': model_type,
@@ -144,6 +192,8 @@ def training_options(preset, backbone, kind, seed, data):
         opt['wbsr'] = {'subnet_sampling': preset['subnet_sampling'], 'loss_lr': 1.0e-2, 'dynamic_val': False,
                        'thresholds': [float(t) for t in data['thresholds']],
                        'inference': {'patch_size': preset['patch_size'], 'overlap': preset['overlap']}}
+        if distill:
+            opt['wbsr']['distill_weight'] = float(preset['distill_weight'])
     elif model_type == 'WBSRClassSRModel':
         opt['classsr'] = {'branch_ratio': preset['classsr_branch_ratio'],
                           'thresholds': [float(t) for t in data['classsr_thresholds']],

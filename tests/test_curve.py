@@ -1,0 +1,58 @@
+"""The evaluation library (wbsr_plugin.inference.evaluation) and the curve command built on it."""
+import csv
+from os import path as osp
+
+import pytest
+import torch
+
+from basicsr.archs import build_network
+from conftest import FIXTURES, TINY_RESNET
+from wbsr_plugin import curve
+from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, to_uint8_bgr, whole_image_runner
+
+HR, LR = osp.join(FIXTURES, 'hr'), osp.join(FIXTURES, 'lr_x4')
+THRESHOLDS = [2., 4., 6., 8., 10., 12., 14., 16., 18.]
+
+
+@pytest.fixture
+def supernet():
+    return build_network(dict(TINY_RESNET, upscale=4)).eval()
+
+
+def test_pairs_from_folder_or_bicubic():
+    given, made = load_pairs(HR, LR, 4), load_pairs(HR, None, 4)
+    assert [n for n, _, _ in given] == [n for n, _, _ in made] == ['astronaut', 'chelsea', 'coffee', 'rocket']
+    for (_, lq, hr), (_, lq_made, hr_made) in zip(given, made):
+        assert lq.shape == lq_made.shape == (1, 3, hr.shape[0] // 4, hr.shape[1] // 4)
+        assert (hr == hr_made).all() and hr.dtype == to_uint8_bgr(lq).dtype
+
+
+def test_evaluate_costs(supernet):
+    pairs = load_pairs(HR, LR, 4)
+    whole = evaluate(whole_image_runner(supernet), pairs, 4)
+    assert whole['flops_percent'] == pytest.approx(100)
+    cheapest = evaluate(engine_runner(supernet, THRESHOLDS, patch_size=16, overlap=2, subnet=0), pairs, 4)
+    assert cheapest['gflops_per_32x32'] < whole['gflops_per_32x32']
+    assert 0 < cheapest['psnr'] < 100 and 0 < cheapest['ssim'] <= 1
+
+
+def test_curve_cli(supernet, tmp_path):
+    path = str(tmp_path / 'net.pth')
+    torch.save({'params': supernet.state_dict(), WBSR_KEY: make_wbsr_meta(supernet, THRESHOLDS, 16)}, path)
+    hr, lr = tmp_path / 'hr', tmp_path / 'lr'
+    for folder, source in ((hr, HR), (lr, LR)):  # one image keeps the sweep fast
+        folder.mkdir()
+        (folder / 'rocket.png').symlink_to(osp.join(source, 'rocket.png'))
+    out = tmp_path / 'curve'
+    assert curve.main(['--hr', str(hr), '--lr', str(lr), '--model', path, '--budgets', '0.5', '1', '-t', '16', '--overlap', '2',
+                       '--device', 'cpu', '-o', str(out)]) == 0
+    with open(out / 'curve.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['setting'] for r in rows] == (['full network, whole image'] +
+                                            [r['setting'] for r in rows if r['setting'].startswith('subnet')] +
+                                            ['budget 0.5', 'budget 1', 'Eq. 15, stored thresholds'])
+    assert len(rows) == 1 + len(supernet.subnets) + 3
+    reference = evaluate(whole_image_runner(supernet), load_pairs(str(hr), str(lr), 4), 4)
+    assert float(rows[0]['psnr']) == pytest.approx(reference['psnr'])
+    assert (out / 'curve.md').is_file()

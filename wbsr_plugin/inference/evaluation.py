@@ -1,0 +1,139 @@
+"""PSNR/SSIM and FLOPs of a super-resolution method over a folder of LR/HR pairs.
+
+Used by ``python -m wbsr_plugin.curve`` and the reproduction (``wbsr_plugin.reproduce_util``).
+A method is a *runner*: ``run(lq) -> (sr, report)`` with ``lq`` (1, 3, h, w) RGB in [0, 1] and
+``report`` a dict with at least ``flops``, ``full_flops`` and ``time_s``. PSNR/SSIM are BasicSR's
+``calculate_psnr``/``calculate_ssim`` on the Y channel with ``crop_border = scale``. Without an LR
+folder, LR images are made from the HR ones by MATLAB bicubic (``basicsr.utils.matlab_functions
+.imresize``) after cropping HR to a multiple of the scale.
+"""
+import time
+from os import path as osp
+
+import numpy as np
+import torch
+
+from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.utils.matlab_functions import imresize
+from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
+from .engine import DynamicInferenceEngine
+from .image_io import ImageReadError, list_images, read_image
+
+
+def to_uint8_bgr(tensor):
+    """(1, 3, H, W) RGB in [0, 1] -> H x W x 3 BGR uint8 (as BasicSR's ``tensor2img``)."""
+    img = tensor[0].detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0)[:, :, ::-1]
+    return (img * 255.).round().astype(np.uint8)
+
+
+def load_pairs(hr_dir, lr_dir, scale):
+    """LR/HR pairs of a folder of HR images.
+
+    Args:
+        hr_dir (str): Folder of HR images.
+        lr_dir (str | None): Folder of LR images with the same names (or ``NAMEx{scale}``); None
+            makes them from HR by MATLAB bicubic.
+        scale (int): Upscale factor; HR is cropped to a multiple of it.
+
+    Returns:
+        list[tuple[str, Tensor, np.ndarray]]: ``(name, lq (1, 3, h, w) RGB in [0, 1], hr uint8 BGR)``
+        per HR image, sorted by file name.
+
+    Raises:
+        ImageReadError: An unreadable image, or an LR image missing or of the wrong size.
+    """
+    pairs = []
+    for hr_path in list_images(hr_dir):
+        name = osp.splitext(osp.basename(hr_path))[0]
+        hr, _ = read_image(hr_path)
+        h, w = hr.shape[-2:]
+        hr = hr[..., :h - h % scale, :w - w % scale]
+        if lr_dir:
+            candidates = [p for p in list_images(lr_dir) if osp.splitext(osp.basename(p))[0] in (name, f'{name}x{scale}')]
+            if not candidates:
+                raise ImageReadError(f'no LR image for {hr_path} in {lr_dir}')
+            lq, _ = read_image(candidates[0])
+            if tuple(lq.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
+                raise ImageReadError(f'{candidates[0]} is not {hr_path} / {scale}')
+        else:
+            lq = imresize(hr[0], 1 / scale).clamp(0, 1).unsqueeze(0)
+        pairs.append((name, lq, to_uint8_bgr(hr)))
+    return pairs
+
+
+def evaluate(run, pairs, scale):
+    """Mean PSNR/SSIM (Y, border = scale) and total cost of a runner over pairs.
+
+    Args:
+        run (callable): ``run(lq) -> (sr, report)`` (see the module docstring).
+        pairs (list): From :func:`load_pairs`.
+        scale (int): Upscale factor (the border cropped before PSNR/SSIM).
+
+    Returns:
+        dict: ``psnr``, ``ssim`` (means over images), ``flops_percent`` (FLOPs spent as % of
+        ``full_flops``), ``gflops_per_32x32`` (GFLOPs per 32x32 LR patch, the paper's unit) and
+        ``time_s`` (sum of the reports' times).
+    """
+    psnr, ssim, flops, full, seconds = [], [], 0, 0, 0.
+    for _, lq, hr in pairs:
+        sr, report = run(lq)
+        img = to_uint8_bgr(sr)
+        psnr.append(calculate_psnr(img, hr, crop_border=scale, test_y_channel=True))
+        ssim.append(calculate_ssim(img, hr, crop_border=scale, test_y_channel=True))
+        flops += report['flops']
+        full += report['full_flops']
+        seconds += report['time_s']
+    pixels = sum(lq.shape[-1] * lq.shape[-2] for _, lq, _ in pairs)
+    return {
+        'psnr': float(np.mean(psnr)),
+        'ssim': float(np.mean(ssim)),
+        'flops_percent': 100 * flops / full,
+        'gflops_per_32x32': flops / 1e9 * REFERENCE_LQ_SIZE**2 / pixels,
+        'time_s': seconds
+    }
+
+
+def whole_image_runner(net, flops_fn=None):
+    """Runner of a network on the whole image (on the network's device and dtype).
+
+    Args:
+        net (nn.Module): Any BasicSR SR network in eval mode.
+        flops_fn (callable | None): ``flops_fn(h, w)`` -> FLOPs on an ``h x w`` LR image.
+            Default: None (``net.flops``, as WBSR supernets have).
+    """
+    flops_fn = net.flops if flops_fn is None else flops_fn
+
+    def run(lq):
+        start = time.perf_counter()
+        param = next(net.parameters())
+        with torch.inference_mode():
+            sr = net(lq.to(device=param.device, dtype=param.dtype))
+            if sr.device.type == 'cuda':
+                torch.cuda.synchronize(sr.device)
+        flops = flops_fn(*lq.shape[-2:])
+        return sr, {'flops': flops, 'full_flops': flops, 'time_s': time.perf_counter() - start}
+
+    return run
+
+
+def engine_runner(net, thresholds=None, **engine_opt):
+    """Runner of WBSR's dynamic inference engine.
+
+    Args:
+        net (nn.Module): WBSR supernet.
+        thresholds (list[float] | dict[int, list[float]] | None): Class thresholds (K - 1), or a table of
+            them per LR patch side; None: per-image quantiles. Default: None.
+        **engine_opt: Further :class:`DynamicInferenceEngine` options (``patch_size``,
+            ``overlap``, ``budget``, ``subnet``, ...).
+    """
+    engine = DynamicInferenceEngine(net, thresholds=thresholds, **engine_opt)
+
+    def run(lq):
+        sr, report = engine.run(lq)
+        return sr, {'flops': report.flops, 'full_flops': report.full_flops, 'time_s': report.time_s,
+                    'histogram': report.histogram}
+
+    return run
+
+
+__all__ = ['to_uint8_bgr', 'load_pairs', 'evaluate', 'whole_image_runner', 'engine_runner']

@@ -1,0 +1,113 @@
+"""Training subprocesses, several at once (``reproduce --jobs N``), each with its own log file."""
+import collections
+import os
+import subprocess
+import time
+
+from wbsr_plugin.inference.sharding import available_cpus
+
+Job = collections.namedtuple('Job', ['name', 'args', 'log_path'])
+LOG_TAIL_LINES = 30
+POLL_SECONDS = 0.2
+TERMINATE_GRACE_SECONDS = 10
+
+
+class JobsFailed(RuntimeError):
+    """One or more subprocesses exited with an error (the message names each one's log file)."""
+
+
+def share_of_machine(jobs, num_worker, cpus=None):
+    """Loader workers and CPU threads of each of ``jobs`` runs sharing one machine.
+
+    Args:
+        jobs (int): Runs at once.
+        num_worker (int): Loader workers of the whole machine (a preset's ``num_worker``).
+        cpus (int | None): CPU cores. Default: None (those this process may use).
+
+    Returns:
+        tuple[int, int]: ``num_worker // jobs`` (at least 1 unless ``num_worker`` is 0) and
+        ``cpus // jobs`` threads (at least 1).
+    """
+    if jobs < 1:
+        raise ValueError(f'jobs must be at least 1, got {jobs}.')
+    cpus = available_cpus() if cpus is None else cpus
+    workers = 0 if num_worker == 0 else max(1, num_worker // jobs)
+    return workers, max(1, cpus // jobs)
+
+
+def _tail(path, lines=LOG_TAIL_LINES):
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            return ''.join(f.readlines()[-lines:])
+    except OSError as err:
+        return f'(log unreadable: {err})'
+
+
+def _stop(procs):
+    """Terminate running children, then kill those that outlive the grace period."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_jobs(jobs, parallel, cwd, env, log=print):
+    """Run every job (a subprocess writing stdout and stderr to its log), ``parallel`` at a time.
+
+    Jobs start in list order. After a failure no new job starts; the running ones finish (their
+    results stay usable on a rerun), then :class:`JobsFailed` names every failed job with its
+    exit status, log file and the log's last lines. On ``KeyboardInterrupt`` (Ctrl-C) or any
+    other exception the running children are terminated before it propagates.
+
+    Args:
+        jobs (list[Job]): ``name``, ``args`` (the command), ``log_path``.
+        parallel (int): Subprocesses at once (>= 1).
+        cwd (str): Working folder of every subprocess.
+        env (dict): Their environment.
+        log (callable): Progress messages. Default: print.
+
+    Returns:
+        dict: ``{name: seconds}`` of every job, from its start to its exit.
+    """
+    if parallel < 1:
+        raise ValueError(f'parallel must be at least 1, got {parallel}.')
+    pending = collections.deque(jobs)
+    running = {}  # Popen -> (job, start time, log file)
+    seconds, failures = {}, []
+    try:
+        while pending or running:
+            while pending and not failures and len(running) < parallel:
+                job = pending.popleft()
+                os.makedirs(os.path.dirname(os.path.abspath(job.log_path)), exist_ok=True)
+                log_file = open(job.log_path, 'w', encoding='utf-8')
+                proc = subprocess.Popen(job.args, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                running[proc] = (job, time.perf_counter(), log_file)
+            if failures:
+                pending.clear()
+            for proc in [p for p in running if p.poll() is not None]:
+                job, start, log_file = running.pop(proc)
+                log_file.close()
+                seconds[job.name] = time.perf_counter() - start
+                if proc.returncode != 0:
+                    failures.append((job, proc.returncode))
+                    log(f'{job.name} failed (exit {proc.returncode}); log: {job.log_path}')
+                else:
+                    log(f'{job.name}: {seconds[job.name]:.0f} s')
+            if running:
+                time.sleep(POLL_SECONDS)
+    except BaseException:
+        _stop(list(running))
+        for _, _, log_file in running.values():
+            log_file.close()
+        raise
+    if failures:
+        raise JobsFailed('\n'.join(f'{job.name} failed (exit {code}); log: {job.log_path}\n'
+                                   f'--- last lines of {job.log_path} ---\n{_tail(job.log_path)}'
+                                   for job, code in failures))
+    return seconds
