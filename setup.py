@@ -27,6 +27,7 @@ setup(
     extras_require={
         'test': ['pytest'],
         'plot': ['matplotlib'],
+        'export': ['onnx', 'onnxruntime'],
     },
     entry_points={
         'console_scripts': [
@@ -37,6 +38,7 @@ setup(
             'wbsr-infer = wbsr_plugin.infer:main',
             'wbsr-curve = wbsr_plugin.curve:main',
             'wbsr-fit-prior = wbsr_plugin.fit_prior:main',
+            'wbsr-export = wbsr_plugin.export:main',
         ],
     },
 )

@@ -5,24 +5,34 @@
 Each image is tiled, every patch is sent to the subnet its difficulty calls for (or chosen to
 meet ``--budget``, a fraction of the full network's FLOPs), and the outputs are blended.
 One summary line per image: size, subnet histogram, FLOPs and time. Unreadable inputs are
-skipped with a warning, and the exit status is 1 if any image failed.
+skipped with a warning, and the exit status is 1 if any image failed. ``--skip-existing`` leaves
+out inputs whose output is already written (see :mod:`wbsr_plugin.inference.output_names`).
+
+Under ``torchrun --nproc_per_node=N -m wbsr_plugin.infer ...`` the folder is shared between the N
+processes (:mod:`wbsr_plugin.inference.sharding`): each writes its own files, on its own GPU when
+there is one per process, else on the CPU; rank 0 prints the totals.
 """
 import argparse
 import os
 import sys
+import time
+from functools import partial
 from os import path as osp
 
 import torch
-import yaml
 from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, load_supernet
+from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_thresholds, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 from wbsr_plugin.inference.image_io import (ImageReadError, list_images, read_image, subnet_map_overlay, to_image,
-                                            ImageInfo, write_image_atomic)
-
-OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'tif', 'webp')
+                                            ImageInfo, subnet_map_legend, write_image_atomic)
+from wbsr_plugin.inference.options_util import network_options_from_yaml
+from wbsr_plugin.inference.output_names import (OUTPUT_EXTENSIONS, output_exists, output_extension, output_path,
+                                                shared_names)
+from wbsr_plugin.inference.sharding import (DistContext, RankTotals, barrier, broadcast_object, cpu_threads_per_rank,
+                                            dist_context_from_env, gather_objects, plan_work, process_group,
+                                            rank_device, totals_summary)
 
 
 def budget_fraction(text):
@@ -35,25 +45,21 @@ def budget_fraction(text):
     return value
 
 
-def select_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    elif name == 'cuda':
-        if not torch.cuda.is_available():
-            raise SystemExit('error: --device cuda but CUDA is not available.')
-        return torch.device('cuda')
-    elif name == 'cpu':
-        return torch.device('cpu')
-    else:
-        raise ValueError(f"unknown device {name!r}; expected one of ['auto', 'cpu', 'cuda'].")
+def select_device(name, ctx=DistContext()):
+    try:
+        return rank_device(name, ctx)
+    except ValueError as err:
+        raise SystemExit(f'error: --device: {err}') from None
 
 
-def network_options_from_yaml(path):
-    with open(path) as f:
-        opt = yaml.safe_load(f)
-    if not isinstance(opt, dict) or 'network_g' not in opt:
-        raise SystemExit(f'error: {path} has no network_g section.')
-    return dict(opt['network_g'])
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
+    return value
 
 
 def build_parser():
@@ -78,25 +84,64 @@ def build_parser():
     parser.add_argument('--suffix', default='out', help='output name suffix: NAME_SUFFIX.EXT. Default: out')
     parser.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
                         help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
+    parser.add_argument('--skip-existing', action='store_true',
+                        help='leave out inputs whose output (and map, with --save-map) already exists')
+    parser.add_argument('--threads', type=positive_int,
+                        help='CPU threads per process. Default: torch\'s, or the cores split between the '
+                        'processes of a torchrun launch on the CPU')
     return parser
 
 
-def output_extension(input_path, ext, info):
-    if ext == 'auto':
-        ext = osp.splitext(input_path)[1].lower().lstrip('.') or 'png'
-        if info.mode == 'rgba' or info.max_value > 255:
-            ext = ext if ext in ('png', 'tif', 'tiff') else 'png'
-        return ext
-    elif ext in OUTPUT_EXTENSIONS:
-        return ext
-    else:
-        raise ValueError(f'unknown extension {ext!r}; expected one of {OUTPUT_EXTENSIONS}.')
+def is_finished(input_path, args, shared=frozenset()):
+    """True if ``input_path``'s output (and map, with ``--save-map``) is in the output folder.
+
+    ``shared``: names that several inputs have (see :func:`output_exists`).
+    """
+    name = osp.splitext(osp.basename(input_path))[0]
+    return output_exists(args.output, input_path, args.suffix, args.ext, own_extension_only=name in shared) and (
+        not args.save_map or osp.isfile(output_path(args.output, input_path, 'map', 'png')))
+
+
+def super_resolve(paths, engine, net, args, totals, prefix=''):
+    """Run and write every image of ``paths``, counting into ``totals`` (a :class:`RankTotals`)."""
+    for path in tqdm(paths, unit='img', disable=len(paths) < 2 or bool(prefix)):
+        name = osp.splitext(osp.basename(path))[0]
+        try:
+            lq, info = read_image(path)
+            sr, report = engine.run(lq)
+            out = to_image(sr, info)
+            ext = output_extension(path, args.ext, info)
+            write_image_atomic(output_path(args.output, path, args.suffix, ext), out)
+            if args.save_map:
+                bgr = to_image(sr, ImageInfo('rgb', 255))
+                overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
+                                             legend=subnet_map_legend(report, net))
+                write_image_atomic(osp.join(args.output, f'{name}_map.png'), overlay)
+        except (ImageReadError, OSError) as err:
+            tqdm.write(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
+            totals.failed.append(path)
+            continue
+        except RuntimeError as err:
+            if 'out of memory' not in str(err):
+                raise
+            tqdm.write(f'{prefix}warning: skipped {path}: out of memory; try a smaller --tile.', file=sys.stderr)
+            totals.failed.append(path)
+            continue
+        totals.add(report)
+        tqdm.write(f'{prefix}{name}: {report.summary()}')
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = select_device(args.device)
+    try:
+        ctx = dist_context_from_env()
+    except ValueError as err:
+        parser.exit(2, f'error: {err}\n')
+    device = select_device(args.device, ctx)
+    threads = args.threads or cpu_threads_per_rank(ctx, device)
+    if threads:
+        torch.set_num_threads(threads)
     network_opt = network_options_from_yaml(args.opt) if args.opt else None
     try:
         net, meta = load_supernet(args.model, arch=args.arch, scale=args.scale, network_opt=network_opt,
@@ -106,8 +151,7 @@ def main(argv=None):
             net = net.half()
         engine = DynamicInferenceEngine(
             net,
-            thresholds=meta.get('thresholds'),
-            num_classes=len(meta['thresholds']) + 1 if meta.get('thresholds') is not None else 10,
+            thresholds=engine_thresholds(meta),
             patch_size=args.patch_size,
             overlap=args.overlap,
             budget=args.budget,
@@ -120,39 +164,40 @@ def main(argv=None):
         parser.exit(2, f'error: {err}\n')
     if not paths:
         parser.exit(2, f'error: no images in {args.input}\n')
-    if meta.get('thresholds') is None and args.subnet is None:
+    if ctx.is_main and meta.get('thresholds') is None and args.subnet is None:
         print('note: the checkpoint stores no class thresholds; using per-image quantiles of the patch '
               'difficulties.', file=sys.stderr)
     os.makedirs(args.output, exist_ok=True)
 
-    failed = []
-    for path in tqdm(paths, unit='img', disable=len(paths) < 2):
-        name = osp.splitext(osp.basename(path))[0]
+    totals = RankTotals(rank=ctx.rank)
+    is_done = partial(is_finished, args=args, shared=shared_names(paths)) if args.skip_existing else None
+    crash = None
+    with process_group(ctx, device):
+        shares, skipped = broadcast_object(plan_work(paths, ctx.world_size, is_done) if ctx.is_main else None, ctx)
+        if ctx.is_main and skipped:
+            print(f'{skipped} of {len(paths)} image(s) skipped: their output exists (--skip-existing).')
+        start = time.perf_counter()
         try:
-            lq, info = read_image(path)
-            sr, report = engine.run(lq)
-            out = to_image(sr, info)
-            ext = output_extension(path, args.ext, info)
-            write_image_atomic(osp.join(args.output, f'{name}_{args.suffix}.{ext}'), out)
-            if args.save_map:
-                bgr = to_image(sr, ImageInfo('rgb', 255))
-                overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets))
-                write_image_atomic(osp.join(args.output, f'{name}_map.png'), overlay)
-        except (ImageReadError, OSError) as err:
-            tqdm.write(f'warning: skipped {path}: {err}', file=sys.stderr)
-            failed.append(path)
-            continue
-        except RuntimeError as err:
-            if 'out of memory' not in str(err):
-                raise
-            tqdm.write(f'warning: skipped {path}: out of memory; try a smaller --tile.', file=sys.stderr)
-            failed.append(path)
-            continue
-        tqdm.write(f'{name}: {report.summary()}')
-    if failed:
-        print(f'{len(failed)} of {len(paths)} image(s) failed.', file=sys.stderr)
-        return 1
-    return 0
+            prefix = f'[rank {ctx.rank}] ' if ctx.distributed else ''
+            super_resolve(shares[ctx.rank], engine, net, args, totals, prefix)
+        except Exception as err:  # the other ranks still get this rank's totals; re-raised below
+            crash, totals.error = err, f'{type(err).__name__}: {err}'
+        totals.wall_s = time.perf_counter() - start
+        all_totals = gather_objects(totals, ctx)
+        failed = sum(len(t.failed) for t in all_totals)
+        if ctx.is_main:
+            if ctx.distributed or len(paths) > 1:
+                print(totals_summary(all_totals, skipped))
+            for t in all_totals:
+                if t.error is not None and ctx.distributed:
+                    print(f'error: rank {t.rank} stopped early: {t.error}', file=sys.stderr)
+            if failed:
+                print(f'{failed} of {len(paths)} image(s) failed.', file=sys.stderr)
+        sys.stdout.flush()
+        barrier(ctx)  # a failing rank exits only after rank 0 has reported (torchrun then stops the others)
+    if crash is not None:
+        raise crash
+    return 1 if failed or any(t.error is not None for t in all_totals) else 0
 
 
 if __name__ == '__main__':

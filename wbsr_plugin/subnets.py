@@ -1,42 +1,43 @@
-"""Print the subnets of a supernet ordered by cost.
+"""Print the subnets of a supernet ordered by cost, or the model card of a trained checkpoint.
 
     python -m wbsr_plugin.subnets --arch WBSRResNet -s 4
     python -m wbsr_plugin.subnets --opt options/train_wbsr_rcan_x4.yml --lq-size 64
+    python -m wbsr_plugin.subnets --model experiments/NAME/models/net_g_latest.pth
+
+The model card gives the architecture and scale, the class thresholds and the LR patch size they
+were computed on, the training iterations (when recorded) and the subnets with their FLOPs.
 """
 import argparse
-
-import yaml
 
 import wbsr_plugin  # noqa: F401
 from basicsr.archs import build_network
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin
+from wbsr_plugin.card_util import format_model_card, format_subnet_table
+from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, load_supernet
+from wbsr_plugin.inference.options_util import network_options_from_yaml
 
-SUPERNETS = ('WBSRResNet', 'WBSRRCAN')
-
-
-def format_subnet_table(net, lq_size=REFERENCE_LQ_SIZE):
-    """The subnet table of ``net`` as Markdown."""
-    lines = [
-        f'{type(net).__name__} x{net.upscale}, LR input {lq_size}x{lq_size}', '',
-        '| index | width | depth | params (M) | GFLOPs | % of full |', '|---|---|---|---|---|---|'
-    ]
-    for index, width, depth, params, gflops, percent in net.subnet_table(lq_size):
-        lines.append(f'| {index} | {width} | {depth} | {params / 1e6:.3f} | {gflops:.3f} | {percent:.1f} |')
-    return '\n'.join(lines)
+__all__ = ['format_subnet_table', 'main']
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', help='a trained checkpoint (.pth): print its model card')
+    parser.add_argument('--opt', help="a BasicSR YAML file; its network_g is used (with --model: for checkpoints "
+                        "without 'wbsr' metadata and non-default sizes)")
     parser.add_argument('--arch', choices=SUPERNETS, default='WBSRResNet', help='supernet type (without --opt)')
     parser.add_argument('-s', '--scale', type=int, default=4, help='upscale factor (without --opt)')
-    parser.add_argument('--opt', help='a BasicSR YAML file; its network_g is used')
     parser.add_argument('--lq-size', type=int, default=REFERENCE_LQ_SIZE, help='LR patch side for FLOPs')
     args = parser.parse_args(argv)
 
-    if args.opt:
-        with open(args.opt) as f:
-            network_opt = dict(yaml.safe_load(f)['network_g'])
-    else:
+    network_opt = network_options_from_yaml(args.opt) if args.opt else None
+    if args.model:
+        try:
+            net, meta = load_supernet(args.model, network_opt=network_opt)
+        except CheckpointError as err:
+            parser.exit(2, f'error: {err}\n')
+        print(format_model_card(net, meta, args.model, args.lq_size))
+        return
+    if network_opt is None:
         network_opt = {'type': args.arch, 'upscale': args.scale}
     net = build_network(network_opt)
     if not isinstance(net, SupernetMixin):

@@ -1,0 +1,242 @@
+"""Export the subnets of a WBSR supernet as stand-alone networks for other tools.
+
+Each subnet is exactly a BasicSR ``MSRResNet(num_feat=w, num_block=d)`` or
+``RCAN(num_feat=w, num_block=d)`` cut out of the supernet (``SupernetMixin.extract_subnet``):
+
+* a BasicSR checkpoint ``{'params': state_dict}`` that the plain network loads with
+  ``strict=True`` (BasicSR's ``test.py``, Real-ESRGAN-style scripts);
+* an ONNX model (float32, or float16 on request) with a dynamic batch, height and width,
+  input ``lq`` (n, 3, h, w) in [0, 1] RGB and output ``sr`` (n, 3, h * scale, w * scale).
+  Needs the ``export`` extra (``pip install -e ".[export]"``: onnx, onnxruntime).
+
+Every file is written to a temporary name and renamed, so an interrupted export never leaves
+a half-written file.
+"""
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from os import path as osp
+
+import torch
+
+from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
+from wbsr_plugin.card_util import format_subnet_table, subnet_name
+from wbsr_plugin.file_util import atomic_path, atomic_torch_save, atomic_write_text
+
+ONNX_OPSET = 17
+ONNX_INPUT, ONNX_OUTPUT = 'lq', 'sr'
+PLAIN_NETWORKS = {'WBSRResNet': 'MSRResNet', 'WBSRRCAN': 'RCAN'}
+INDEX_NAME = 'index'
+
+
+class ExportError(ValueError):
+    """An export that cannot be done as asked."""
+
+
+@dataclass
+class ExportedSubnet:
+    """One exported subnet.
+
+    Attributes:
+        index (int): Position in the supernet's cost order (0 is the cheapest).
+        name (str): ``'w{width}d{depth}'``.
+        width (int): Channels (``num_feat`` of the plain network).
+        depth (int): Blocks (``num_block`` of the plain network).
+        params (int): Parameters.
+        gflops (float): GFLOPs per 32x32 LR patch.
+        percent (float): FLOPs in % of the full network.
+        network_g (dict): BasicSR ``network_g`` options that build the plain network.
+        files (dict[str, str]): Format ('checkpoint', 'onnx') -> file name in the output folder.
+        sizes (dict[str, int]): Format -> file size in bytes.
+        seconds (dict[str, float]): Format -> seconds spent writing it.
+        onnx_max_error (float | None): Largest |ONNX - PyTorch| on the check input, if checked.
+    """
+    index: int
+    name: str
+    width: int
+    depth: int
+    params: int
+    gflops: float
+    percent: float
+    network_g: dict
+    files: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    onnx_max_error: float = None
+
+
+def resolve_subnet(net, key):
+    """The subnet named by ``key``: an index in cost order (int or digits) or a name like ``'w48d16'``."""
+    names = [subnet_name(s) for s in net.subnets]
+    if isinstance(key, int) and not isinstance(key, bool):
+        if 0 <= key < len(net.subnets):
+            return net.subnets[key]
+    elif isinstance(key, str):
+        text = key.strip()
+        if text.isdigit() and int(text) < len(net.subnets):
+            return net.subnets[int(text)]
+        if text in names:
+            return net.subnets[names.index(text)]
+    raise ExportError(f'unknown subnet {key!r}; expected an index in [0, {len(net.subnets) - 1}] '
+                      f'or one of {names}.')
+
+
+def plain_network_options(net, spec):
+    """BasicSR ``network_g`` options of the plain network that subnet ``spec`` is."""
+    name = type(net).__name__
+    if name not in PLAIN_NETWORKS:
+        raise ExportError(f'cannot export a {name}; expected one of {sorted(PLAIN_NETWORKS)}.')
+    opt = {'type': PLAIN_NETWORKS[name], 'num_in_ch': net.conv_first.in_channels, 'num_out_ch': net.num_out_ch,
+           'num_feat': spec.width, 'num_block': spec.depth, 'upscale': net.upscale}
+    if name == 'WBSRRCAN':
+        opt.update(num_group=net.num_group, squeeze_factor=net.squeeze_factor, res_scale=net.res_scale,
+                   img_range=net.img_range, rgb_mean=list(net.rgb_mean))
+    return opt
+
+
+def subnet_state_dict(net, spec):
+    """The plain network's state dict of subnet ``spec``: contiguous float32 CPU copies."""
+    module = net.extract_subnet(spec.index)
+    return OrderedDict((k, v.detach().to('cpu', torch.float32).contiguous()) for k, v in module.state_dict().items())
+
+
+def prepare_output_folder(folder):
+    """Create ``folder`` if needed and check that files can be written in it."""
+    if osp.exists(folder) and not osp.isdir(folder):
+        raise ExportError(f'output folder {folder} exists and is not a folder.')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ExportError(f'cannot write in the output folder {folder}: {err.strerror or err}.') from None
+
+
+def write_checkpoint(net, spec, path):
+    """Write subnet ``spec`` as a BasicSR checkpoint ``{'params': ...}`` (atomically)."""
+    atomic_torch_save({'params': subnet_state_dict(net, spec)}, path)
+
+
+def require_onnx():
+    """Import onnx and onnxruntime, or raise :class:`ExportError` saying how to install them."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ExportError(f'ONNX export needs onnx and onnxruntime ({err}); install them with '
+                          'pip install -e ".[export]" (or pip install onnx onnxruntime).') from None
+
+
+def write_onnx(net, spec, path, *, fp16=False, opset=ONNX_OPSET):
+    """Write subnet ``spec`` as ONNX with dynamic batch, height and width (atomically).
+
+    Args:
+        net (WBSRResNet | WBSRRCAN): The supernet.
+        spec (Subnet): The subnet.
+        path (str): Output ``.onnx`` file.
+        fp16 (bool): Half-precision weights, input and output. Default: False (float32).
+        opset (int): ONNX opset. Default: 17.
+    """
+    require_onnx()
+    import onnx
+    module = net.extract_subnet(spec.index).to('cpu', torch.float32).eval()
+    example = torch.rand(1, net.conv_first.in_channels, 16, 16)
+    if fp16:
+        module, example = module.half(), example.half()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=DeprecationWarning)  # the TorchScript exporter's notice
+        torch.onnx.export(
+            module, (example, ), tmp, dynamo=False, opset_version=opset, input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT], dynamic_axes={
+                ONNX_INPUT: {0: 'batch', 2: 'height', 3: 'width'},
+                ONNX_OUTPUT: {0: 'batch', 2: 'sr_height', 3: 'sr_width'}
+            })
+        onnx.checker.check_model(tmp)
+
+
+def onnx_max_error(path, net, spec, lq):
+    """Largest |ONNX Runtime - PyTorch| of subnet ``spec`` on ``lq`` (n, c, h, w) in [0, 1], on CPU."""
+    require_onnx()
+    import onnxruntime
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    expects_half = session.get_inputs()[0].type == 'tensor(float16)'
+    lq = lq.detach().to('cpu', torch.float32)
+    with torch.no_grad():
+        reference = net.extract_subnet(spec.index).to('cpu', torch.float32)(lq)
+    feed = lq.half() if expects_half else lq
+    result = torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: feed.numpy()})[0]).float()
+    if result.shape != reference.shape:
+        raise ExportError(f'{path}: ONNX output shape {tuple(result.shape)}, PyTorch {tuple(reference.shape)}.')
+    return (result - reference).abs().max().item()
+
+
+def file_stem(net, spec):
+    """File name without extension: ``MSRResNet_x4_w64d16``."""
+    return f'{PLAIN_NETWORKS[type(net).__name__]}_x{net.upscale}_{subnet_name(spec)}'
+
+
+def _timed_write(entry, kind, folder, name, write, *args, **kwargs):
+    path = osp.join(folder, name)
+    start = time.perf_counter()
+    write(*args, path, **kwargs)
+    entry.seconds[kind] = time.perf_counter() - start
+    entry.files[kind] = name
+    entry.sizes[kind] = osp.getsize(path)
+
+
+def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=False, check_lq=None):
+    """Write each subnet of ``subnets`` into ``folder``.
+
+    Args:
+        net (WBSRResNet | WBSRRCAN): The supernet.
+        subnets (list[int | str]): Subnets (indices or names, see :func:`resolve_subnet`).
+        folder (str): Output folder (created; must be writable).
+        checkpoint (bool): Write the BasicSR checkpoint ``STEM.pth``. Default: True.
+        onnx (bool): Write ``STEM.onnx`` (``STEM_fp16.onnx`` with ``fp16``). Default: False.
+        fp16 (bool): Half-precision ONNX. Default: False.
+        check_lq (Tensor | None): LR input on which every ONNX file is compared with PyTorch
+            (``onnx_max_error``). Default: None (no check).
+
+    Returns:
+        list[ExportedSubnet]: One entry per subnet, in the order asked.
+    """
+    specs = [resolve_subnet(net, key) for key in subnets]
+    if not checkpoint and not onnx:
+        raise ExportError('nothing to export: ask for the checkpoint, ONNX or both.')
+    if onnx:
+        require_onnx()
+    prepare_output_folder(folder)
+    table = net.subnet_table(REFERENCE_LQ_SIZE)
+    exported = []
+    for spec in specs:
+        _, width, depth, params, gflops, percent = table[spec.index]
+        entry = ExportedSubnet(spec.index, subnet_name(spec), width, depth, params, gflops, percent,
+                               plain_network_options(net, spec))
+        stem = file_stem(net, spec)
+        if checkpoint:
+            _timed_write(entry, 'checkpoint', folder, f'{stem}.pth', write_checkpoint, net, spec)
+        if onnx:
+            _timed_write(entry, 'onnx', folder, f'{stem}_fp16.onnx' if fp16 else f'{stem}.onnx', write_onnx, net,
+                         spec, fp16=fp16)
+        if onnx and check_lq is not None:
+            entry.onnx_max_error = onnx_max_error(osp.join(folder, entry.files['onnx']), net, spec, check_lq)
+        exported.append(entry)
+    return exported
+
+
+def write_index(net, exported, folder, source=None):
+    """Write ``index.json`` and ``index.md`` describing ``exported`` into ``folder``; return their paths."""
+    by_index = {e.index: e for e in exported}
+    records = [{k: v for k, v in asdict(e).items() if k != 'seconds'} for e in exported]
+    doc = {'supernet': type(net).__name__, 'upscale': net.upscale, 'source': source,
+           'flops_lq_size': REFERENCE_LQ_SIZE, 'subnets': records}
+    json_path, md_path = osp.join(folder, f'{INDEX_NAME}.json'), osp.join(folder, f'{INDEX_NAME}.md')
+    atomic_write_text(json_path, json.dumps(doc, indent=2) + '\n')
+    files = [', '.join(by_index[s.index].files.values()) if s.index in by_index else '' for s in net.subnets]
+    head = f'Exported from {source}\n\n' if source else ''
+    atomic_write_text(md_path, head + format_subnet_table(net, extra_columns={'files': files}) + '\n')
+    return json_path, md_path
