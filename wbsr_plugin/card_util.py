@@ -3,11 +3,6 @@ from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.inference.checkpoint import DIFFICULTY_NAME, WBSR_KEY
 
 
-def subnet_name(spec):
-    """The name of a subnet, ``'w{width}d{depth}'`` (as in the inference reports)."""
-    return f'w{spec.width}d{spec.depth}'
-
-
 def format_subnet_table(net, lq_size=REFERENCE_LQ_SIZE, extra_columns=None):
     """The subnet table of ``net`` as Markdown.
 
@@ -28,7 +23,7 @@ def format_subnet_table(net, lq_size=REFERENCE_LQ_SIZE, extra_columns=None):
     ]
     for row, (spec, (index, width, depth, params, gflops, percent)) in enumerate(
             zip(net.subnets, net.subnet_table(lq_size))):
-        cells = [index, width, depth, subnet_name(spec), f'{params / 1e6:.3f}', f'{gflops:.3f}', f'{percent:.1f}']
+        cells = [index, width, depth, spec.name, f'{params / 1e6:.3f}', f'{gflops:.3f}', f'{percent:.1f}']
         cells += [values[row] for values in extra_columns.values()]
         lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
     return '\n'.join(lines)

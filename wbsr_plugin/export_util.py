@@ -24,7 +24,7 @@ from os import path as osp
 import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
-from wbsr_plugin.card_util import format_subnet_table, subnet_name
+from wbsr_plugin.card_util import format_subnet_table
 from wbsr_plugin.file_util import atomic_path, atomic_torch_save, atomic_write_text
 
 ONNX_OPSET = 17
@@ -71,7 +71,7 @@ class ExportedSubnet:
 
 def resolve_subnet(net, key):
     """The subnet named by ``key``: an index in cost order (int or digits) or a name like ``'w48d16'``."""
-    names = [subnet_name(s) for s in net.subnets]
+    names = [s.name for s in net.subnets]
     if isinstance(key, int) and not isinstance(key, bool):
         if 0 <= key < len(net.subnets):
             return net.subnets[key]
@@ -176,7 +176,7 @@ def onnx_max_error(path, net, spec, lq):
 
 def file_stem(net, spec):
     """File name without extension: ``MSRResNet_x4_w64d16``."""
-    return f'{PLAIN_NETWORKS[type(net).__name__]}_x{net.upscale}_{subnet_name(spec)}'
+    return f'{PLAIN_NETWORKS[type(net).__name__]}_x{net.upscale}_{spec.name}'
 
 
 def _timed_write(entry, kind, folder, name, write, *args, **kwargs):
@@ -214,7 +214,7 @@ def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=Fa
     exported = []
     for spec in specs:
         _, width, depth, params, gflops, percent = table[spec.index]
-        entry = ExportedSubnet(spec.index, subnet_name(spec), width, depth, params, gflops, percent,
+        entry = ExportedSubnet(spec.index, spec.name, width, depth, params, gflops, percent,
                                plain_network_options(net, spec))
         stem = file_stem(net, spec)
         if checkpoint:

@@ -116,7 +116,7 @@ def super_resolve(paths, engine, net, args, totals, prefix=''):
                 bgr = to_image(sr, ImageInfo('rgb', 255))
                 overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
                                              legend=subnet_map_legend(report, net))
-                write_image_atomic(osp.join(args.output, f'{name}_map.png'), overlay)
+                write_image_atomic(output_path(args.output, path, 'map', 'png'), overlay)
         except (ImageReadError, OSError) as err:
             tqdm.write(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
             totals.failed.append(path)

@@ -59,6 +59,11 @@ class Subnet:
     flops: int
     params: int
 
+    @property
+    def name(self):
+        """``'w{width}d{depth}'``, as reports, maps and exported files call it."""
+        return f'w{self.width}d{self.depth}'
+
 
 def conv2d_sliced(conv, x, in_ch=None, out_ch=None):
     """Run ``conv`` on the first ``in_ch`` input and ``out_ch`` output channels."""

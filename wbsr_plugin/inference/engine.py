@@ -372,7 +372,7 @@ class DynamicInferenceEngine:
         self.whole_image_fallback = whole_image_fallback
         self.cuda_graphs = cuda_graphs
         self.scale = net.upscale
-        self.subnet_names = [f'w{s.width}d{s.depth}' for s in net.subnets]
+        self.subnet_names = [s.name for s in net.subnets]
         self._cache = {}
         self._graphs = {}
         self._graph_pool = None

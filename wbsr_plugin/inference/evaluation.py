@@ -43,18 +43,21 @@ def load_pairs(hr_dir, lr_dir, scale):
         ImageReadError: An unreadable image, or an LR image missing or of the wrong size.
     """
     pairs = []
+    lr_paths = {}
+    for path in (list_images(lr_dir) if lr_dir else []):
+        lr_paths.setdefault(osp.splitext(osp.basename(path))[0], path)
     for hr_path in list_images(hr_dir):
         name = osp.splitext(osp.basename(hr_path))[0]
         hr, _ = read_image(hr_path)
         h, w = hr.shape[-2:]
         hr = hr[..., :h - h % scale, :w - w % scale]
         if lr_dir:
-            candidates = [p for p in list_images(lr_dir) if osp.splitext(osp.basename(p))[0] in (name, f'{name}x{scale}')]
-            if not candidates:
+            lr_path = lr_paths.get(name) or lr_paths.get(f'{name}x{scale}')
+            if lr_path is None:
                 raise ImageReadError(f'no LR image for {hr_path} in {lr_dir}')
-            lq, _ = read_image(candidates[0])
+            lq, _ = read_image(lr_path)
             if tuple(lq.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
-                raise ImageReadError(f'{candidates[0]} is not {hr_path} / {scale}')
+                raise ImageReadError(f'{lr_path} is not {hr_path} / {scale}')
         else:
             lq = imresize(hr[0], 1 / scale).clamp(0, 1).unsqueeze(0)
         pairs.append((name, lq, to_uint8_bgr(hr)))

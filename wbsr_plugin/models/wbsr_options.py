@@ -83,6 +83,8 @@ def training_thresholds(opt, wbsr_opt):
         return [float(t) for t in wbsr_opt['thresholds']], patch_size
     train_set = opt.get('datasets', {}).get('train')
     logger = get_root_logger()
+    if opt.get('rank', 0) != 0:  # only rank 0 validates and saves checkpoints
+        return None, patch_size
     if opt.get('is_train') and train_set and train_set.get('type') in PAIRED_DATASETS:
         num_classes = wbsr_opt['inference'].get('num_classes')
         if num_classes is None:
