@@ -14,7 +14,7 @@ and prints the time, the speedup over plain (plain time / time), the FLOPs ratio
 (speedup x FLOPs ratio: 1 = as fast as the FLOPs promise) and where the engine's time goes: plan
 (tiling, difficulty, projection), patch gathering, subnet forwards and stitch (overhead: all but the
 forwards, as a share of the four). Weights are random (speed does not depend on their values);
-thresholds are per-image quantiles (``--model`` gives a checkpoint's). ``--section tiling`` sweeps patch size and overlap;
+thresholds are per-image quantiles (``--model`` gives a checkpoint's, and its class errors). ``--section tiling`` sweeps patch size and overlap;
 ``--section widths`` times every subnet on the whole image.
 """
 import argparse
@@ -28,7 +28,7 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from basicsr.archs import build_network
-from wbsr_plugin.inference.checkpoint import engine_thresholds, load_supernet
+from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 
 SECTIONS = ('main', 'tiling', 'widths', 'all')
@@ -139,7 +139,7 @@ def main_section(configs, photo, args, device):
           'plan ms | gather ms | forwards ms | stitch ms | overhead |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for arch, widths, lq_size, dtype, model in configs:
-        net, thresholds = build_supernet(arch, widths, model, args.scale)
+        net, stored = build_supernet(arch, widths, model, args.scale)
         net = net.to(device=device, dtype=dtype)
         lq = make_lq(photo, lq_size).to(device)
         h, w = lq.shape[-2:]
@@ -158,7 +158,7 @@ def main_section(configs, photo, args, device):
             settings = graphed if args.cuda_graphs == 'on' else settings + graphed
         for label, kwargs in settings:
             try:
-                ratio, plain_s, elapsed, parts, whole = time_setting(net, plain, plain_lq, thresholds, lq, kwargs, args,
+                ratio, plain_s, elapsed, parts, whole = time_setting(net, plain, plain_lq, stored, lq, kwargs, args,
                                                                      device)
             except (RuntimeError, ValueError) as err:  # one failing setting does not stop the others
                 print(f'{prefix} | {label} | error: {str(err).splitlines()[0][:120]} |', flush=True)
@@ -175,10 +175,10 @@ def main_section(configs, photo, args, device):
             torch.cuda.empty_cache()
 
 
-def time_setting(net, plain, plain_lq, thresholds, lq, kwargs, args, device):
+def time_setting(net, plain, plain_lq, stored, lq, kwargs, args, device):
     """(FLOPs ratio, plain seconds, engine seconds, stage breakdown, whole image?) of one engine setting; the
     plain network and the engine run alternately, so the speedup compares runs of the same moment."""
-    engine = DynamicInferenceEngine(net, thresholds=thresholds, patch_size=args.patch_size, overlap=args.overlap,
+    engine = DynamicInferenceEngine(net, **stored, patch_size=args.patch_size, overlap=args.overlap,
                                     max_batch_pixels=args.max_batch_pixels, **kwargs)
     _, report = engine.run(lq)
     with torch.inference_mode():
@@ -228,12 +228,13 @@ def widths_section(configs, photo, args, device):
 
 
 def build_supernet(arch, widths, model, scale):
-    """A random supernet (seeded) and no thresholds, or a checkpoint's network and thresholds."""
+    """A random supernet (seeded) and no stored engine options, or a checkpoint's network and its thresholds
+    and class errors."""
     if model:
         net, meta = load_supernet(model, arch=arch, scale=scale)
-        return net, engine_thresholds(meta)
+        return net, engine_options(meta)
     torch.manual_seed(0)
-    return build_network({'type': arch, 'upscale': scale, 'widths': widths}).eval(), None
+    return build_network({'type': arch, 'upscale': scale, 'widths': widths}).eval(), {}
 
 
 def parse_size(text):

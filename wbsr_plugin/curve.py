@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.file_util import atomic_path, atomic_write_text
-from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_thresholds, load_supernet
+from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.inference.image_io import ImageReadError
@@ -64,8 +64,8 @@ def main(argv=None):
         parser.exit(2, f'error: {err}\n')
     if not pairs:
         parser.exit(2, f'error: no images in {args.hr}\n')
-    thresholds = engine_thresholds(meta)
-    common = dict(thresholds=thresholds, patch_size=args.patch_size, overlap=args.overlap)
+    common = dict(**engine_options(meta), patch_size=args.patch_size, overlap=args.overlap)
+    thresholds = common['thresholds']
     settings = [('full network, whole image', whole_image_runner(net))]
     settings += [(f'subnet {s.index} (w{s.width} d{s.depth}), tiled', engine_runner(net, **common, subnet=s.index))
                  for s in net.subnets]

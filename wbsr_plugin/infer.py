@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_thresholds, load_supernet
+from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 from wbsr_plugin.inference.image_io import (ImageReadError, list_images, read_image, subnet_map_overlay, to_image,
                                             ImageInfo, subnet_map_legend, write_image_atomic)
@@ -151,7 +151,7 @@ def main(argv=None):
             net = net.half()
         engine = DynamicInferenceEngine(
             net,
-            thresholds=engine_thresholds(meta),
+            **engine_options(meta),
             patch_size=args.patch_size,
             overlap=args.overlap,
             budget=args.budget,

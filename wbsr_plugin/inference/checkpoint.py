@@ -12,6 +12,7 @@ A checkpoint is BasicSR's ``{'params': ..., 'params_ema': ...}`` with one more t
         'patch_size': P,                     # LR patch side the thresholds were computed on
         'thresholds_by_patch_size': {16: [...], ..., 128: [...]},   # optional: per LR patch side
         'iter': N,                           # optional: training iterations done
+        'class_errors': [[...], ...],        # optional: K x M expected error per class and subnet
         'difficulty': 'wbsr_plugin.data.difficulty.patch_difficulty',
     }
 
@@ -26,6 +27,7 @@ import torch
 from basicsr.archs import build_network
 from wbsr_plugin.archs.supernet_util import SupernetMixin
 from wbsr_plugin.data.difficulty import thresholds_at
+from .calibration import check_class_errors
 from .engine import check_threshold_table
 from .projection import DEFAULT_NUM_CLASSES, check_thresholds
 
@@ -66,7 +68,7 @@ def network_options(net):
     return opt
 
 
-def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=None):
+def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=None, class_errors=None):
     """The ``'wbsr'`` entry of a checkpoint.
 
     Args:
@@ -77,6 +79,8 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
         patch_size (int): LR patch side of ``'thresholds'`` (the engine's patch size).
         num_classes (int | None): K; defaults to the number of thresholds + 1, or 10.
         iteration (int | None): Training iterations done, stored as ``'iter'`` when given.
+        class_errors (list[list[float]] | None): Expected error of every class through every subnet
+            (``inference/calibration.py``), stored when given.
     """
     table = None
     if isinstance(thresholds, dict):
@@ -99,6 +103,8 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
         meta['thresholds_by_patch_size'] = table
     if iteration is not None:
         meta['iter'] = int(iteration)
+    if class_errors is not None:
+        meta['class_errors'] = check_class_errors(class_errors, meta['num_classes'], len(net.subnets))
     return meta
 
 
@@ -108,6 +114,12 @@ def engine_thresholds(meta):
     if meta.get('thresholds_by_patch_size'):
         return check_threshold_table(meta['thresholds_by_patch_size'])
     return meta.get('thresholds')
+
+
+def engine_options(meta):
+    """The :class:`DynamicInferenceEngine` options a checkpoint's ``'wbsr'`` entry gives: ``thresholds``
+    (:func:`engine_thresholds`) and ``class_errors`` (None when not stored)."""
+    return {'thresholds': engine_thresholds(meta), 'class_errors': meta.get('class_errors')}
 
 
 def _count(keys, pattern):
@@ -219,4 +231,6 @@ def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'
         check_thresholds(meta['thresholds'])
     if meta.get('thresholds_by_patch_size'):
         check_threshold_table(meta['thresholds_by_patch_size'])
+    if meta.get('class_errors') is not None:
+        check_class_errors(meta['class_errors'], meta.get('num_classes', DEFAULT_NUM_CLASSES), len(net.subnets))
     return net.to(device).eval(), meta

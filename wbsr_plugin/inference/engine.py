@@ -20,9 +20,10 @@ import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin
 from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma, thresholds_at
+from .calibration import check_class_errors
 from .cuda_graphs import GraphedSubnet
-from .projection import (DEFAULT_NUM_CLASSES, apply_levels, budget_levels, check_thresholds, class_subnet_table,
-                         classify)
+from .projection import (DEFAULT_NUM_CLASSES, apply_levels, budget_levels, calibrated_levels, check_thresholds,
+                         class_subnet_table, classify)
 
 DEFAULT_PATCH_SIZE = 64
 DEFAULT_OVERLAP = 4
@@ -52,7 +53,8 @@ class InferencePlan:
         histogram (list[int]): Patches per subnet of the tiled plan, in cost order.
         tiled_flops (int): FLOPs the tiled plan costs (overlaps counted every time they run).
         whole_image_subnet (int | None): When set, the tiled plan would cost more than allowed (the full
-            network on the whole image, or the budget) and the whole image runs through this subnet.
+            network on the whole image, or the budget), or is expected to do worse (``class_errors``), and
+            the whole image runs through this subnet.
     """
     lq_size: tuple
     patch_size: int
@@ -306,6 +308,11 @@ class DynamicInferenceEngine:
         cuda_graphs (bool): On CUDA, replay each subnet's forward as a CUDA graph (one launch instead
             of one per layer; batch sizes bucketed to powers of two). Ignored on other devices.
             Default: False.
+        class_errors (list[list[float]] | None): Expected error of each class (rows) through each subnet
+            (columns), as checkpoints store it (``inference/calibration.py``). With ``budget``, patches move
+            to bigger subnets by error saved per FLOP (:func:`~.projection.calibrated_levels`) instead of
+            by Eq. 16, and the whole image runs through one subnet when that is expected to do better
+            than the tiled plan (small images, where overlaps eat the budget). Default: None.
     """
 
     def __init__(self,
@@ -323,7 +330,8 @@ class DynamicInferenceEngine:
                  max_batch_pixels=None,
                  channels_last=True,
                  whole_image_fallback=True,
-                 cuda_graphs=False):
+                 cuda_graphs=False,
+                 class_errors=None):
         if not isinstance(net, SupernetMixin):
             raise TypeError(f'net must be a WBSR supernet (WBSRResNet or WBSRRCAN), got {type(net).__name__}.')
         if not isinstance(patch_size, int) or patch_size < 2:
@@ -371,6 +379,8 @@ class DynamicInferenceEngine:
         self.channels_last = channels_last
         self.whole_image_fallback = whole_image_fallback
         self.cuda_graphs = cuda_graphs
+        self.class_errors = None if class_errors is None else check_class_errors(class_errors, num_classes,
+                                                                                  len(net.subnets))
         self.scale = net.upscale
         self.subnet_names = [s.name for s in net.subnets]
         self._cache = {}
@@ -481,21 +491,26 @@ class DynamicInferenceEngine:
             class_counts = torch.bincount(classes.flatten(), minlength=self.num_classes + 1)[1:].tolist()
             if torch.is_tensor(thresholds):  # after the histogram's transfer, this waits for nothing
                 thresholds = thresholds.tolist()
-            upgrade = None
+            steps = []
             if self.budget is not None:
-                levels, upgrade, alpha = budget_levels(class_counts, costs, self.budget * full_flops)
+                if self.class_errors is not None:
+                    levels, steps, alpha = calibrated_levels(class_counts, costs, self.budget * full_flops,
+                                                             self.class_errors)
+                else:
+                    levels, steps, alpha = budget_levels(class_counts, costs, self.budget * full_flops)
             else:
                 levels = self._class_table
-            subnets = apply_levels(classes, difficulty, levels, upgrade)
+            subnets = apply_levels(classes, difficulty, levels, steps)
             histogram = [0] * num_subnets
             for level, count in zip(levels, class_counts):
                 histogram[level] += count
-            if upgrade is not None:
-                _, j, count = upgrade
-                histogram[j] -= count
-                histogram[j + 1] += count
+            for _, source, target, count in steps:
+                histogram[source] -= count
+                histogram[target] += count
         tiled_flops = sum(n * cost for n, cost in zip(histogram, costs))
         whole = self._whole_image_subnet(h, w, tiled_flops, full_flops)
+        if whole is None and self.budget is not None and self.class_errors is not None and classes is not None:
+            whole = self._better_whole_image_subnet(h, w, class_counts, levels, steps, full_flops)
         return InferencePlan((h, w), patch, tops, lefts, difficulty, classes, subnets, thresholds, source, trim, alpha,
                              histogram, tiled_flops, whole)
 
@@ -512,6 +527,24 @@ class DynamicInferenceEngine:
             return len(self.net.subnets) - 1
         fitting = [s for s in range(len(self.net.subnets)) if self.subnet_flops(h, w, s) <= allowed]
         return fitting[-1] if fitting else 0
+
+    def _better_whole_image_subnet(self, h, w, class_counts, levels, steps, full_flops):
+        """The subnet within the budget whose expected error on the whole image (``class_errors`` over the
+        patches) is below the tiled plan's, else None (small images: the tiling's overlaps eat the budget)."""
+        errors = self.class_errors
+        at_level = [{level: count} for level, count in zip(levels, class_counts)]
+        for k, source, target, count in steps:
+            at_level[k - 1][source] -= count
+            at_level[k - 1][target] = at_level[k - 1].get(target, 0) + count
+        tiled = sum(n * errors[k][m] for k, counts in enumerate(at_level) for m, n in counts.items())
+        allowed = self.budget * full_flops
+        best, best_error = None, tiled
+        for m in range(len(self.net.subnets)):
+            if self.subnet_flops(h, w, m) <= allowed:
+                error = sum(n * row[m] for n, row in zip(class_counts, errors))
+                if error < best_error:
+                    best, best_error = m, error
+        return best
 
     def extract_patches(self, lq, plan, indices=None):
         """Patches number ``indices`` (row-major over the grid; all when None) of ``lq``, shape (n, c, p, p)."""

@@ -79,17 +79,18 @@ def budget_levels(class_counts, costs, budget_cost):
         budget_cost (float): Total cost allowed for all patches.
 
     Returns:
-        tuple[list[int], tuple | None, float]: The subnet of every class; ``(k, j, n)`` when the ``n``
-        hardest patches of class ``k`` (1-based) move up from subnet ``j`` to ``j + 1`` with the rest of
-        the budget (else None); and the chosen ``alpha`` of Eq. 16 with ``C_t`` = the full subnet's cost
-        (``inf`` when every patch gets the full subnet).
+        tuple[list[int], list[tuple], float]: The subnet of every class; the partial upgrades (at most
+        one here, ``(k, j, j + 1, n)``: the ``n`` hardest patches of class ``k``, 1-based, move up from
+        subnet ``j`` to ``j + 1`` with the rest of the budget; see :func:`apply_levels`); and the chosen
+        ``alpha`` of Eq. 16 with ``C_t`` = the full subnet's cost (``inf`` when every patch gets the full
+        subnet).
     """
     costs = [float(c) for c in costs]
     num_classes, num_subnets = len(class_counts), len(costs)
     levels = [0] * num_classes
     spent = sum(class_counts) * costs[0]
     if spent > budget_cost or num_subnets == 1:
-        return levels, None, 0.
+        return levels, [], 0.
     # Class k moves from subnet j to j + 1 when alpha k C_full / K passes (C_j + C_{j+1}) / 2.
     full = costs[-1]
     steps = sorted(((costs[j] + costs[j + 1]) / 2 * num_classes / (k * full), k, j)
@@ -101,25 +102,98 @@ def budget_levels(class_counts, costs, budget_cost):
         extra = class_counts[k - 1] * (costs[j + 1] - costs[j])
         if spent + extra > budget_cost:
             upgrades = int((budget_cost - spent) // (costs[j + 1] - costs[j]))
-            return levels, ((k, j, upgrades) if upgrades > 0 else None), alpha
+            return levels, ([(k, j, j + 1, upgrades)] if upgrades > 0 else []), alpha
         spent += extra
         levels[k - 1] = j + 1
         alpha = step_alpha
-    return levels, None, math.inf
+    return levels, [], math.inf
 
 
-def apply_levels(classes, difficulty, levels, upgrade=None):
-    """Subnet of every patch from per-class ``levels`` and an optional partial ``upgrade`` ``(k, j, n)``
-    (:func:`budget_levels`); runs where ``classes`` lives (no host transfer)."""
-    subnets = torch.as_tensor(levels, dtype=torch.long, device=classes.device)[classes - 1]
-    if upgrade is not None:
-        k, j, count = upgrade
-        flat = subnets.view(-1)
-        key = torch.where(classes.reshape(-1) == k, difficulty.reshape(-1).double(),
-                          torch.tensor(-math.inf, dtype=torch.float64, device=classes.device))
-        hardest = key.argsort(descending=True, stable=True)[:count]
-        flat[hardest] = j + 1
-    return subnets
+def calibrated_levels(class_counts, costs, budget_cost, class_errors):
+    """Subnets with the least expected error within a budget, from the class histogram alone.
+
+    A greedy multiple-choice knapsack: every patch starts at the cheapest subnet; then, while the budget
+    allows, the class whose move to a better subnet saves the most error per FLOP (among the moves still
+    affordable) moves as many of its patches, the hardest first, as the remaining budget pays for. Only
+    the patches that moved last in a class move again, so a class's subnets fall with its patches'
+    difficulty. The spending is at most the budget.
+
+    Args:
+        class_counts (Sequence[int]): Patches in each class 1..K.
+        costs (Sequence[float]): Cost of one patch through each subnet, in cost order.
+        budget_cost (float): Total cost allowed for all patches.
+        class_errors (Sequence[Sequence[float]]): Expected error of a class-k patch through subnet m,
+            shape K x M (checkpoints store the mean squared error measured on training patches).
+
+    Returns:
+        tuple[list[int], list[tuple], float]: As :func:`budget_levels` (every class's level is the
+        cheapest subnet, the upgrades say the rest); the last value is the error saved per unit of cost
+        by the last move (0 when none was made).
+    """
+    costs = [float(c) for c in costs]
+    errors = [[float(e) for e in row] for row in class_errors]
+    levels = [0] * len(class_counts)
+    remaining = budget_cost - sum(class_counts) * costs[0]
+    reached = {k: (0, count) for k, count in enumerate(class_counts, start=1) if count > 0}  # (subnet, patches)
+    steps, gain = [], 0.
+    while remaining >= 0:
+        best = None
+        for k, (a, count) in reached.items():
+            for b in range(a + 1, len(costs)):
+                step_cost = costs[b] - costs[a]
+                if 0 < step_cost <= remaining and errors[k - 1][b] < errors[k - 1][a]:
+                    saving = (errors[k - 1][a] - errors[k - 1][b]) / step_cost
+                    if best is None or saving > best[0]:
+                        best = (saving, k, a, b, min(count, int(remaining // step_cost)))
+        if best is None:
+            break
+        gain, k, a, b, count = best
+        remaining -= count * (costs[b] - costs[a])
+        steps.append((k, a, b, count))
+        reached[k] = (b, count)
+    return levels, steps, gain
+
+
+def apply_levels(classes, difficulty, levels, steps=()):
+    """Subnet of every patch from per-class ``levels`` and partial upgrades (runs where ``classes`` lives).
+
+    Args:
+        classes (Tensor): Classes in 1..K (any shape).
+        difficulty (Tensor): Scalar difficulties, shape of ``classes``: the hardest patches of a class
+            are upgraded first.
+        levels (Sequence[int]): Subnet of every class.
+        steps (Sequence[tuple]): ``(k, j, j2, n)``: the ``n`` hardest patches of class ``k`` move from
+            subnet ``j`` to ``j2``; the steps of one class come in order, each on at most as many patches
+            as the one before (:func:`budget_levels`, :func:`calibrated_levels`).
+
+    Returns:
+        Tensor: Subnet indices, shape of ``classes``.
+    """
+    device = classes.device
+    subnets = torch.as_tensor(levels, dtype=torch.long, device=device)[classes - 1]
+    if not steps:
+        return subnets
+    flat_classes = classes.reshape(-1)
+    # rank of every patch inside its class, the hardest first
+    by_difficulty = difficulty.reshape(-1).double().argsort(descending=True, stable=True)
+    order = by_difficulty[flat_classes[by_difficulty].argsort(stable=True)]
+    counts = torch.bincount(flat_classes, minlength=len(levels) + 1)[1:]
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(flat_classes)
+    rank[order] = torch.arange(flat_classes.numel(), device=device) - starts[flat_classes[order] - 1]
+    # per class: the step counts (non-increasing) and the subnet after each step
+    width = max(sum(step[0] == k for step in steps) for k in range(1, len(levels) + 1))
+    step_counts = [[0] * width for _ in levels]
+    targets = [[level] * (width + 1) for level in levels]
+    taken = [0] * len(levels)
+    for k, _, target, count in steps:
+        step_counts[k - 1][taken[k - 1]] = count
+        targets[k - 1][taken[k - 1] + 1:] = [target] * (width - taken[k - 1])
+        taken[k - 1] += 1
+    step_counts = torch.tensor(step_counts, dtype=torch.long, device=device)[flat_classes - 1]
+    targets = torch.tensor(targets, dtype=torch.long, device=device)[flat_classes - 1]
+    done = (rank.unsqueeze(-1) < step_counts).sum(-1, keepdim=True)
+    return targets.gather(-1, done).view_as(subnets)
 
 
 def budget_subnets(classes, difficulty, costs, budget_cost, num_classes):
@@ -138,5 +212,5 @@ def budget_subnets(classes, difficulty, costs, budget_cost, num_classes):
     """
     classes = classes.flatten()
     counts = torch.bincount(classes, minlength=num_classes + 1)[1:].tolist()
-    levels, upgrade, alpha = budget_levels(counts, costs, budget_cost)
-    return apply_levels(classes, difficulty.flatten(), levels, upgrade), alpha
+    levels, steps, alpha = budget_levels(counts, costs, budget_cost)
+    return apply_levels(classes, difficulty.flatten(), levels, steps), alpha

@@ -13,10 +13,11 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from wbsr_plugin.archs.supernet_util import SupernetMixin
 from wbsr_plugin.file_util import atomic_torch_save
 from wbsr_plugin.inference import DynamicInferenceEngine
+from wbsr_plugin.inference.calibration import class_error_table
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.registry_util import register
 from .subnet_sampling import SubnetSampler
-from .wbsr_options import parse_wbsr_options, training_thresholds
+from .wbsr_options import calibration_patches, parse_wbsr_options, pretrained_class_errors, training_thresholds
 
 
 @register(MODEL_REGISTRY)
@@ -40,8 +41,10 @@ class DynamicSRModel(SRModel):
     * validation logs the full network under the dataset's name, then dynamic inference
       (per-patch subnets chosen by difficulty, ``wbsr.inference``) under ``<name>_dynamic``
       with its FLOPs as % of the full network;
-    * checkpoints carry the class thresholds and network options (key ``'wbsr'``), so
-      inference needs nothing else; checkpoints and training states are written atomically.
+    * checkpoints carry the class thresholds, the network options and every subnet's error per
+      class on ``wbsr.calibration_patches`` training patches (key ``'wbsr'``; a budget spends its
+      FLOPs by it), so inference needs nothing else; checkpoints and training states are written
+      atomically.
 
     The plugin's options live in the top-level ``wbsr`` section (see ``wbsr_options.py``).
     """
@@ -59,6 +62,8 @@ class DynamicSRModel(SRModel):
                              'is not one (use WBSRResNet or WBSRRCAN).')
         super().__init__(opt)
         self.thresholds, self.threshold_patch_size = training_thresholds(opt, self.wbsr_opt)
+        self.calibration = calibration_patches(opt, self.wbsr_opt, self.thresholds, self.threshold_patch_size)
+        self._class_errors = (None, None if self.calibration else pretrained_class_errors(opt, self.thresholds))
         self.dynamic_reports = []
         self._engine = None
 
@@ -135,6 +140,15 @@ class DynamicSRModel(SRModel):
     def _inference_net(self):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
 
+    def class_errors(self, iteration):
+        """Every subnet's error per class on the calibration patches at ``iteration`` (measured once per
+        iteration; see ``wbsr.calibration_patches``); without calibration, those stored in
+        ``path.pretrain_network_g``, or None."""
+        if self.calibration is not None and self._class_errors[0] != iteration:
+            table = class_error_table(self._inference_net(), *self.calibration, self.thresholds)
+            self._class_errors = (iteration, table)
+        return self._class_errors[1]
+
     def test(self):
         if self._engine is None:
             return super().test()
@@ -153,8 +167,10 @@ class DynamicSRModel(SRModel):
         dataset_opt = dataloader.dataset.opt
         name = dataset_opt['name']
         dataset_opt['name'] = f'{name}_dynamic'
+        inference_opt = self.wbsr_opt['inference']
+        class_errors = self.class_errors(current_iter) if inference_opt.get('budget') is not None else None
         self._engine = DynamicInferenceEngine(
-            self._inference_net(), thresholds=self.thresholds, **self.wbsr_opt['inference'])
+            self._inference_net(), thresholds=self.thresholds, class_errors=class_errors, **inference_opt)
         self.dynamic_reports = []
         try:
             super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
@@ -190,7 +206,8 @@ class DynamicSRModel(SRModel):
             state = self.get_bare_model(net_).state_dict()
             checkpoint[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
         checkpoint[WBSR_KEY] = make_wbsr_meta(self.get_bare_model(nets[0]), self.thresholds,
-                                              self.threshold_patch_size, iteration=iteration)
+                                              self.threshold_patch_size, iteration=iteration,
+                                              class_errors=self.class_errors(iteration))
         atomic_torch_save(checkpoint, osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth'))
 
     @master_only

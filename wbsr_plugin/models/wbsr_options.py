@@ -8,6 +8,8 @@
       loss_lr: 1.0e-2             # lr of a loss's own parameters (BDLoss noise scale)
       dynamic_val: true           # validate dynamic inference next to the full network
       thresholds: ~               # K-1 class thresholds; default: from the HES index of datasets.train
+      calibration_patches: 256    # training patches measuring every subnet's error per class at each
+                                  # checkpoint (what a budget spends on), 0 = off
       inference:                  # DynamicInferenceEngine options for validation
         patch_size: 64
         overlap: 4
@@ -17,6 +19,7 @@ import copy
 
 from basicsr.utils import get_root_logger
 from wbsr_plugin.data.hes import dataset_threshold_table, parse_hes_options
+from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import engine_thresholds, read_checkpoint
 from wbsr_plugin.inference.engine import DEFAULT_PATCH_SIZE
 from wbsr_plugin.inference.projection import DEFAULT_NUM_CLASSES
@@ -30,6 +33,7 @@ DEFAULTS = {
     'loss_lr': 1.0e-2,
     'dynamic_val': True,
     'thresholds': None,
+    'calibration_patches': DEFAULT_CALIBRATION_PATCHES,
     'inference': {},
 }
 INFERENCE_KEYS = ('patch_size', 'overlap', 'trim', 'num_classes', 'budget', 'target_gflops', 'alpha', 'subnet',
@@ -57,6 +61,9 @@ def parse_wbsr_options(section):
         raise ValueError(f'wbsr.distill_weight must be a number >= 0 (0 = no distillation; write 0.5, not 5e-1), '
                          f'got {distill_weight!r}.')
     opt['distill_weight'] = float(distill_weight)
+    patches = opt['calibration_patches']
+    if isinstance(patches, bool) or not isinstance(patches, int) or patches < 0:
+        raise ValueError(f'wbsr.calibration_patches must be an integer >= 0 (0 = no calibration), got {patches!r}.')
     if not isinstance(opt['dynamic_val'], bool):
         raise ValueError(f"wbsr.dynamic_val must be true or false, got {opt['dynamic_val']!r}.")
     thresholds = opt['thresholds']
@@ -104,3 +111,37 @@ def training_thresholds(opt, wbsr_opt):
             return thresholds, patch_size
     logger.info('Dynamic inference uses per-image quantile thresholds (no paired training data, no wbsr.thresholds).')
     return None, patch_size
+
+
+def calibration_patches(opt, wbsr_opt, thresholds, patch_size):
+    """LR/HR patches of ``datasets.train`` on which checkpoints measure every subnet's error per class.
+
+    Returns:
+        tuple[Tensor, Tensor] | None: ``wbsr.calibration_patches`` uint8 patches of the engine's patch
+        size (:func:`~wbsr_plugin.inference.calibration.dataset_patch_pairs`); None when calibration is
+        off, on ranks other than 0, without thresholds, or without paired training data.
+    """
+    count = wbsr_opt['calibration_patches']
+    train_set = opt.get('datasets', {}).get('train')
+    if (count == 0 or thresholds is None or opt.get('rank', 0) != 0 or not opt.get('is_train') or not train_set
+            or train_set.get('type') not in PAIRED_DATASETS):
+        return None
+    try:
+        patches = dataset_patch_pairs(train_set, patch_size, opt['scale'], count, seed=opt.get('manual_seed') or 0)
+    except (ValueError, FileNotFoundError) as err:
+        get_root_logger().warning(f'Checkpoints will not be calibrated (wbsr.calibration_patches): {err}')
+        return None
+    get_root_logger().info(f'{len(patches[0])} training patches of {patches[0].shape[-1]} LR px will measure every '
+                           'subnet\'s error per class at each checkpoint.')
+    return patches
+
+
+def pretrained_class_errors(opt, thresholds):
+    """The class errors stored in ``path.pretrain_network_g`` (testing a trained model), or None; only when
+    they have a row per class of ``thresholds``."""
+    pretrained = opt.get('path', {}).get('pretrain_network_g')
+    if not pretrained or thresholds is None:
+        return None
+    table = read_checkpoint(pretrained)[1].get('class_errors')
+    num_classes = len(next(iter(thresholds.values())) if isinstance(thresholds, dict) else thresholds) + 1
+    return table if table is not None and len(table) == num_classes else None

@@ -287,13 +287,14 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
     reference = matched_reference(rows)
     result = {'rows': {}, 'matched_fraction': {}, 'matched_reference': reference,
               'options': {k: osp.join(out_dir, 'runs', 'options', f'{run_name(backbone, k, seed)}.yml') for k in opts}}
-    nets, arm_tables = {}, {}
+    nets, metas, arm_tables = {}, {}, {}
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
     def network(kind):
         if kind not in nets:
             if RUN_KINDS[kind].model_type == 'DynamicSRModel':
-                nets[kind] = ev.load_supernet(ckpt[kind], network_opt=opts[kind]['network_g'], device=device)[0]
+                nets[kind], metas[kind] = ev.load_supernet(ckpt[kind], network_opt=opts[kind]['network_g'],
+                                                           device=device)
             else:
                 nets[kind] = ev.load_plain(ckpt[kind], opts[kind]['network_g'], device=device)
         return nets[kind]
@@ -312,7 +313,8 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
             net_opt = opts[kind]['network_g']
             return ev.whole_image_runner(net, lambda h, w: ev.plain_flops(net_opt, h, w))
         elif method == 'dynamic':
-            return ev.engine_runner(net, thresholds, patch_size=patch, overlap=overlap, budget=budget)
+            return ev.engine_runner(net, thresholds, patch_size=patch, overlap=overlap, budget=budget,
+                                    class_errors=metas[kind].get('class_errors'))
         elif method == 'arm':
             table = arm_table(kind)
             return ev.arm_runner(net, table, patch, overlap, eta=table['eta'] if budget is None else None,

@@ -1,0 +1,146 @@
+"""Budgets spent by measured error: the class-error table, its allocation and its checkpoints."""
+import numpy as np
+import pytest
+import torch
+
+from basicsr.archs import build_network
+from conftest import run_module, train_options, write_yaml
+from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
+from wbsr_plugin.inference import DynamicInferenceEngine
+from wbsr_plugin.inference.calibration import class_error_table, fill_empty_classes, sample_patch_pairs
+from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.projection import apply_levels, calibrated_levels, classify
+from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return build_network({'type': 'WBSRResNet', 'num_feat': 8, 'num_block': 2, 'upscale': 2, 'widths': [4, 8],
+                          'depths': [1, 2]}).eval()
+
+
+def spent(subnets, costs):
+    return sum(costs[int(s)] for s in subnets.flatten())
+
+
+def test_calibrated_levels_spend_the_budget_where_error_falls_most():
+    costs = [1., 1.1, 4., 5.]
+    # subnet 1 costs 10 % more than 0 and saves nothing; 3 is dominated by 2. Class 1 gains little from
+    # bigger subnets, class 2 a lot.
+    errors = [[1.0, 1.0, 0.9, 0.95], [4.0, 4.0, 2.0, 2.5]]
+    classes = torch.tensor([1] * 4 + [2] * 4)
+    difficulty = torch.arange(8, dtype=torch.float64)
+    levels, steps, _ = calibrated_levels([4, 4], costs, 8 + 4 * 3, errors)
+    subnets = apply_levels(classes, difficulty, levels, steps)
+    assert subnets.tolist() == [0] * 4 + [2] * 4  # the budget buys subnet 2 for class 2 only
+    # a budget for 2.5 upgrades: the two hardest patches of class 2
+    levels, steps, _ = calibrated_levels([4, 4], costs, 8 + 2.5 * 3, errors)
+    assert apply_levels(classes, difficulty, levels, steps).tolist() == [0] * 6 + [2] * 2
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_calibrated_allocation_stays_within_budget_and_follows_difficulty(seed):
+    rng = np.random.default_rng(seed)
+    num_classes, num_subnets, n = 5, 4, int(rng.integers(1, 60))
+    classes = torch.from_numpy(rng.integers(1, num_classes + 1, n))
+    difficulty = torch.from_numpy(rng.random(n))
+    costs = sorted(rng.uniform(1, 10, num_subnets).tolist())
+    errors = rng.random((num_classes, num_subnets)).tolist()
+    counts = torch.bincount(classes, minlength=num_classes + 1)[1:].tolist()
+    budget = rng.uniform(n * costs[0], n * costs[-1] * 1.1)
+    levels, steps, _ = calibrated_levels(counts, costs, budget, errors)
+    subnets = apply_levels(classes, difficulty, levels, steps)
+    assert spent(subnets, costs) <= budget + 1e-9
+    for k in range(1, num_classes + 1):
+        members = (classes == k).nonzero().flatten()
+        by_difficulty = subnets[members[difficulty[members].argsort(descending=True)]]
+        assert (by_difficulty.diff() <= 0).all()  # a class's harder patches never get a cheaper subnet
+
+
+def test_fill_empty_classes_takes_the_nearest_class():
+    sums = [[2., 4.], [0., 0.], [0., 0.], [9., 3.]]
+    assert fill_empty_classes(sums, [2, 0, 0, 3]) == [[1., 2.], [1., 2.], [3., 1.], [3., 1.]]
+    with pytest.raises(ValueError, match='no calibration patch'):
+        fill_empty_classes(sums, [0, 0, 0, 0])
+
+
+def test_patch_pairs_are_aligned_and_spread_over_images():
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(3):
+        gt = rng.random((40, 48, 3)).astype(np.float32)
+        lq = gt[::2, ::2].copy()  # x2, aligned: LR pixel (y, x) is HR pixel (2y, 2x)
+        images.append(lambda lq=lq, gt=gt: (lq, gt))
+    lq, gt = sample_patch_pairs(images, 8, 2, 7, seed=1)
+    assert lq.shape == (7, 3, 8, 8) and gt.shape == (7, 3, 16, 16) and lq.dtype == torch.uint8
+    assert torch.equal(gt[..., ::2, ::2], lq)
+    # images smaller than the patch lower the patch size for all
+    small = [lambda: (np.zeros((5, 6, 3), np.float32), np.zeros((10, 12, 3), np.float32))]
+    assert sample_patch_pairs(images + small, 8, 2, 8)[0].shape[-1] == 5
+
+
+def test_class_error_table_is_the_mean_error_per_class():
+    net = tiny_net()
+    torch.manual_seed(1)
+    lq = torch.rand(12, 3, 8, 8)
+    lq[:6] *= 0.1  # flat patches
+    gt = torch.rand(12, 3, 16, 16)
+    thresholds = [float(patch_difficulty(rgb_to_luma(lq), 8, [0], [0]).flatten().median())]
+    table = class_error_table(net, lq, gt, thresholds, border=2, batch_size=5)
+    assert len(table) == 2 and all(len(row) == len(net.subnets) for row in table)
+    classes = classify(patch_difficulty(rgb_to_luma(lq), 8, [0], [0]).flatten(), thresholds)
+    with torch.no_grad():
+        for m in range(len(net.subnets)):
+            errors = (net(lq, subnet=m).clamp(0, 1) - gt)[..., 2:-2, 2:-2].pow(2).mean(dim=(1, 2, 3))
+            for k in (1, 2):
+                assert table[k - 1][m] == pytest.approx(float(errors[classes == k].mean()), rel=1e-5)
+
+
+def test_engine_uses_class_errors_with_a_budget():
+    net = tiny_net()
+    lq = torch.rand(1, 3, 48, 64)
+    # subnets 1 and 3 save nothing over 0 and 2: a calibrated budget never runs them
+    errors = [[1.0, 1.0, 0.5, 0.5]] * 10
+    engine = DynamicInferenceEngine(net, patch_size=16, overlap=2, budget=0.7, class_errors=errors,
+                                    whole_image_fallback=False)
+    _, report = engine.run(lq)
+    assert report.histogram[1] == 0 and report.histogram[3] == 0 and report.histogram[2] > 0
+    assert report.flops <= 0.7 * report.full_flops
+    with pytest.raises(ValueError, match='class_errors must be 10 rows'):
+        DynamicInferenceEngine(net, budget=0.5, class_errors=errors[:3])
+    with pytest.raises(ValueError, match='finite'):
+        DynamicInferenceEngine(net, budget=0.5, class_errors=[[1.0, float('nan'), 0.5, 0.5]] * 10)
+
+
+def test_small_images_run_whole_when_that_is_expected_to_do_better():
+    net = tiny_net()
+    lq = torch.rand(1, 3, 20, 20)  # overlaps make a tiling of 12-pixel patches cost much more than the image
+    errors = [[1.0, 0.9, 0.5, 0.1]] * 10
+    engine = DynamicInferenceEngine(net, patch_size=12, overlap=4, budget=0.9, class_errors=errors)
+    _, report = engine.run(lq)
+    whole = [net.flops(20, 20, subnet=s) for s in net.subnets]
+    best_within = max(s for s in range(4) if whole[s] <= 0.9 * report.full_flops)
+    assert report.whole_image and report.plan.whole_image_subnet == best_within
+
+
+def test_option_is_validated():
+    assert parse_wbsr_options({})['calibration_patches'] == 256
+    for bad in (-1, 1.5, True, '256'):
+        with pytest.raises(ValueError, match='wbsr.calibration_patches must be an integer >= 0'):
+            parse_wbsr_options({'calibration_patches': bad})
+
+
+def test_checkpoints_store_the_class_errors_of_training_patches(tmp_path):
+    opt = train_options('calibrated', model_type='DynamicSRModel', total_iter=2)
+    opt['wbsr'] = {'calibration_patches': 24, 'inference': {'patch_size': 12, 'overlap': 2, 'budget': 0.6}}
+    run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train.yml', opt), cwd=tmp_path)
+    net, meta = load_supernet(str(tmp_path / 'experiments' / 'calibrated' / 'models' / 'net_g_latest.pth'))
+    table = meta['class_errors']
+    assert len(table) == meta['num_classes'] and all(len(row) == len(net.subnets) for row in table)
+    assert all(0 <= e < 1 for row in table for e in row)
+    assert engine_options(meta)['class_errors'] == table
+    # off: nothing stored
+    opt['name'], opt['wbsr']['calibration_patches'] = 'uncalibrated', 0
+    run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train0.yml', opt), cwd=tmp_path)
+    _, meta = load_supernet(str(tmp_path / 'experiments' / 'uncalibrated' / 'models' / 'net_g_latest.pth'))
+    assert 'class_errors' not in meta and engine_options(meta)['class_errors'] is None
