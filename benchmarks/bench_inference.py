@@ -148,7 +148,7 @@ def main_section(configs, photo, args, device):
         with torch.inference_mode():
             base = timed(lambda: plain(plain_lq), args.repeat, device)
         name = 'SRResNet' if arch == 'WBSRResNet' else 'RCAN'
-        prefix = f'| {name} x{args.scale} | {widths} | {w}x{h} | {str(dtype).replace("torch.", "")}'
+        prefix = f'| {name} x{args.scale} | {list(net.widths)} | {w}x{h} | {str(dtype).replace("torch.", "")}'
         print(f'{prefix} | plain, whole image | 1.000 | {1e3 * base:.1f} | 1.00x | 1.00 | - | - | - | - | - |',
               flush=True)
         settings = [('tiled full subnet', {'subnet': -1, 'whole_image_fallback': False}), ('Eq. 15', {})]

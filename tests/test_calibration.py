@@ -5,6 +5,7 @@ import torch
 
 from basicsr.archs import build_network
 from conftest import run_module, train_options, write_yaml
+from wbsr_plugin.card_util import format_model_card
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table, fill_empty_classes, sample_patch_pairs
@@ -139,8 +140,10 @@ def test_checkpoints_store_the_class_errors_of_training_patches(tmp_path):
     assert len(table) == meta['num_classes'] and all(len(row) == len(net.subnets) for row in table)
     assert all(0 <= e < 1 for row in table for e in row)
     assert engine_options(meta)['class_errors'] == table
+    assert f'| class errors | {len(table)} classes x {len(net.subnets)} subnets' in format_model_card(net, meta, 'x')
     # off: nothing stored
     opt['name'], opt['wbsr']['calibration_patches'] = 'uncalibrated', 0
     run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train0.yml', opt), cwd=tmp_path)
-    _, meta = load_supernet(str(tmp_path / 'experiments' / 'uncalibrated' / 'models' / 'net_g_latest.pth'))
+    net, meta = load_supernet(str(tmp_path / 'experiments' / 'uncalibrated' / 'models' / 'net_g_latest.pth'))
     assert 'class_errors' not in meta and engine_options(meta)['class_errors'] is None
+    assert '| class errors | none stored' in format_model_card(net, meta, 'x')

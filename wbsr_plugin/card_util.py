@@ -1,4 +1,6 @@
 """Text descriptions of a supernet: its subnet table and the model card of a trained checkpoint."""
+import math
+
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.inference.checkpoint import DIFFICULTY_NAME, WBSR_KEY
 
@@ -67,6 +69,15 @@ def format_model_card(net, meta, path, lq_size=REFERENCE_LQ_SIZE):
                          f"{meta.get('patch_size')} LR patches: {_numbers(thresholds)}"))
         for size, values in sorted((meta.get('thresholds_by_patch_size') or {}).items(), key=lambda kv: int(kv[0])):
             rows.append((f'thresholds at {size}x{size}', _numbers(values)))
+        errors = meta.get('class_errors')
+        if errors is None:
+            rows.append(('class errors', 'none stored: budgets follow Eq. 16 (cost order)'))
+        else:
+            # what the full network saves over the cheapest subnet, per class, in dB
+            saved = [10 * math.log10(row[0] / row[-1]) if row[-1] > 0 else float('inf') for row in errors]
+            rows.append(('class errors', f'{len(errors)} classes x {len(errors[0])} subnets, measured on training '
+                         'patches (budgets spend by them); full network over the cheapest subnet, dB per class: '
+                         + _numbers(saved)))
         if meta.get('difficulty') not in (None, DIFFICULTY_NAME):
             rows.append(('difficulty', f"{meta['difficulty']} (this package uses {DIFFICULTY_NAME})"))
         rows.append(('metadata version', str(meta.get('version'))))

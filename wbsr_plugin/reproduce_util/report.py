@@ -142,7 +142,8 @@ def write_results(path, preset, data, test_sets, all_results, command, timings, 
              'Test sets (HR, LR by MATLAB bicubic): ' + ', '.join(f'{k} = {v}' for k, v in test_sets.items()) + '.',
              '',
              f"Dynamic inference: LR patches of {preset['patch_size']} px, overlap {preset['overlap']}; class "
-             'thresholds from the training patches. PSNR/SSIM on Y, border = scale. GFLOPs per 32x32 LR patch '
+             'thresholds from the training patches; budgets spend by the class errors a checkpoint stores '
+             '(`wbsr.calibration_patches`). PSNR/SSIM on Y, border = scale. GFLOPs per 32x32 LR patch '
              '(overlaps counted); % = of the plain network on the whole image. Values: mean ± half-range over '
              'seeds. Options of every run: `runs/options/`; per-seed numbers: `eval/`.', '']
     if time_budget:
