@@ -14,6 +14,8 @@ Classes are numbered 1..K, subnets 0..M-1 in cost order (0 is the cheapest), as 
   whose spending stays within the budget is chosen; the remaining budget upgrades the hardest
   patches (by scalar difficulty) of the class whose next step would overshoot. The spending is
   then at most the budget and below it by less than one patch's upgrade step.
+* Budget with measured class errors (:func:`calibrated_levels`): FLOPs go where they save the most
+  expected error per FLOP, class by class, the hardest patches of a class first.
 """
 import math
 
