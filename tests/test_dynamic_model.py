@@ -16,7 +16,8 @@ from wbsr_plugin.models.wbsr_options import parse_wbsr_options
 
 def dynamic_options(name, **kwargs):
     opt = train_options(name, model_type='DynamicSRModel', **kwargs)
-    opt['wbsr'] = {'subnet_sampling': 'sandwich', 'inference': {'patch_size': 12, 'overlap': 2}}
+    opt['wbsr'] = {'subnet_sampling': 'sandwich', 'calibration_patches': 32,
+                   'inference': {'patch_size': 12, 'overlap': 2}}
     return opt
 
 

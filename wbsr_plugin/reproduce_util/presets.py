@@ -39,6 +39,7 @@ COMMON = {
     'sweep_budgets': [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
     'tie_tolerance_db': 0.0,
     'distill_weight': 1.0,  # wbsr.distill_weight of the +WBSR + distillation row (docs/RESULTS.md)
+    'calibration_patches': 256,  # wbsr.calibration_patches of every supernet run (what budgets spend by)
     'probe_iter': 100,  # iterations of each --time-budget probe run
 }
 
@@ -61,6 +62,7 @@ PRESETS = {
         'prior_max_pixels': 100000,
         'sweep_budgets': [0.5, 1.0],
         'probe_iter': 4,
+        'calibration_patches': 16,
     },
     # The paper's rows, three seeds, on 2 CPU cores with --jobs 2 in about an hour (docs/reproduce.md has the timing).
     'tiny': {

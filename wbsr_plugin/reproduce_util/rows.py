@@ -191,6 +191,7 @@ def training_options(preset, backbone, kind, seed, data):
     if model_type == 'DynamicSRModel':
         opt['wbsr'] = {'subnet_sampling': preset['subnet_sampling'], 'loss_lr': 1.0e-2, 'dynamic_val': False,
                        'thresholds': [float(t) for t in data['thresholds']],
+                       'calibration_patches': int(preset['calibration_patches']),
                        'inference': {'patch_size': preset['patch_size'], 'overlap': preset['overlap']}}
         if distill:
             opt['wbsr']['distill_weight'] = float(preset['distill_weight'])
