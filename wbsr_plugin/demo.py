@@ -107,7 +107,8 @@ def demo_options(folders, prior_path, iters):
             'pixel_opt': {'type': 'BDLoss', 'loss_weight': 1.0, 'reduction': 'mean', 'estimator': 'gai',
                           'prior_path': prior_path, 'kernel': 'gaussian', 'scale': SCALE},
         },
-        'wbsr': {'subnet_sampling': 'sandwich', 'dynamic_val': True, 'inference': INFERENCE},
+        # 64 calibration patches: budgets stay usable with the demo's model, at a quarter of the default's cost
+        'wbsr': {'subnet_sampling': 'sandwich', 'dynamic_val': True, 'calibration_patches': 64, 'inference': INFERENCE},
         'val': {'val_freq': iters, 'save_img': False, 'metrics': metrics},
         'logger': {'print_freq': max(iters // 10, 1), 'save_checkpoint_freq': iters, 'use_tb_logger': False,
                    'wandb': None},
