@@ -78,6 +78,11 @@ def test_patch_pairs_are_aligned_and_spread_over_images():
     # images smaller than the patch lower the patch size for all
     small = [lambda: (np.zeros((5, 6, 3), np.float32), np.zeros((10, 12, 3), np.float32))]
     assert sample_patch_pairs(images + small, 8, 2, 8)[0].shape[-1] == 5
+    wrong_scale = [lambda: (np.zeros((8, 8, 3), np.float32), np.zeros((24, 24, 3), np.float32))]
+    with pytest.raises(ValueError, match='not scale=2 times'):
+        sample_patch_pairs(wrong_scale, 8, 2, 4)
+    with pytest.raises(ValueError, match='at least one LR/HR image pair and one patch'):
+        sample_patch_pairs(images, 8, 2, 0)
 
 
 def test_class_error_table_is_the_mean_error_per_class():

@@ -32,8 +32,9 @@ def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0):
     Returns:
         tuple[Tensor, Tensor]: LR (n, 3, p, p) and HR (n, 3, p * scale, p * scale) RGB uint8 patches.
     """
-    if not images:
-        raise ValueError('calibration needs at least one LR/HR image pair.')
+    if not images or num_patches < 1:
+        raise ValueError(f'calibration needs at least one LR/HR image pair and one patch, got {len(images)} pair(s) '
+                         f'and {num_patches} patch(es).')
     rng = np.random.default_rng(seed)
     # every image gets the same share (the first ones one more), read in order, at most once
     shares = np.full(min(len(images), num_patches), num_patches // min(len(images), num_patches))
@@ -45,6 +46,9 @@ def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0):
         p = min(patch_size, *lq.shape[:2])
         if p < 2:
             raise ValueError(f'calibration image {index} is {lq.shape[0]}x{lq.shape[1]} (LR); at least 2x2 is needed.')
+        if gt.shape[:2] != (lq.shape[0] * scale, lq.shape[1] * scale):
+            raise ValueError(f'calibration pair {index}: GT is {gt.shape[0]}x{gt.shape[1]}, not scale={scale} times '
+                             f'LR {lq.shape[0]}x{lq.shape[1]}.')
         for _ in range(share):
             top, left = (int(rng.integers(side - p + 1)) for side in lq.shape[:2])
             lq_patches.append(lq[top:top + p, left:left + p])
@@ -75,9 +79,11 @@ def fill_empty_classes(sums, counts):
     filled = [k for k, count in enumerate(counts) if count > 0]
     if not filled:
         raise ValueError('no calibration patch fell into any class.')
-    return [[s / counts[k] for s in sums[k]] if counts[k] > 0 else
-            [s / counts[n] for s in sums[n]] for k, n in
-            ((k, min(filled, key=lambda f: (abs(f - k), f))) for k in range(len(counts)))]
+    rows = []
+    for k, count in enumerate(counts):
+        source = k if count > 0 else min(filled, key=lambda f: (abs(f - k), f))
+        rows.append([s / counts[source] for s in sums[source]])
+    return rows
 
 
 def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
