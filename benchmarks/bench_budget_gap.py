@@ -1,0 +1,172 @@
+"""How far a FLOPs budget falls below the full network, and how much of that any allocation could win back.
+
+    python benchmarks/bench_budget_gap.py --model run/models/net_g_latest.pth [--model ...]
+        --test Set5=../shared/data/val/Set5 --test Set14=../shared/data/val/Set14 [--budget 0.6]
+
+For every checkpoint and HR test folder (LR by MATLAB bicubic), with the engine's tiling (``--patch-size``,
+``--overlap``) and the checkpoint's thresholds, it prints the mean Y-PSNR (border = scale) of:
+  full         the full network on the whole image;
+  Eq. 16       ``budget=b`` without class errors (subnets stepped through in cost order);
+  calibrated   ``budget=b`` with the checkpoint's class errors (what ``infer --budget`` does);
+  oracle       per image, the best of every whole-image subnet within the budget and of the tiled plan
+               whose subnets are chosen from every patch's true error against the HR image (greedy on
+               each patch's lower convex hull of error against FLOPs, within the budget): what no
+               allocation of subnets to these patches can beat by much, as it knows the answer;
+and the gap of each to the full network, the FLOPs spent (% of the full network on the whole image) and
+how many images the calibrated plan ran whole (small images, where the tiling's overlaps eat the budget).
+A gap close to the oracle's is left to the subnets' own quality, not to the allocation.
+"""
+import argparse
+import platform
+
+import numpy as np
+import torch
+
+import wbsr_plugin  # noqa: F401
+from basicsr.metrics import calculate_psnr
+from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
+from wbsr_plugin.inference.evaluation import load_pairs, to_uint8_bgr
+
+INTERIOR_BORDER = 2  # LR pixels of a patch's border left out of its error (blended away by the engine)
+
+
+def hull_allocation(errors, costs, budget):
+    """Subnet of every patch with (nearly) the least total error within ``budget``.
+
+    Every patch's moves up its lower convex hull of error against cost are taken by error saved per
+    unit of cost, the best first, while affordable (the LP optimum of this multiple-choice knapsack up
+    to the patch where the budget runs out); what is left then buys the best affordable moves.
+
+    Args:
+        errors (np.ndarray): (N, M) error of every patch through every subnet (cost order).
+        costs (Sequence[float]): Cost of one patch through each subnet.
+        budget (float): Cost allowed for all N patches (at least N * costs[0]).
+
+    Returns:
+        np.ndarray: (N,) subnet indices.
+    """
+    num_patches, num_subnets = errors.shape
+    moves = []  # (saving per cost, patch, from, to) along every patch's hull
+    for i in range(num_patches):
+        current = 0
+        while True:
+            rates = [((errors[i, current] - errors[i, m]) / (costs[m] - costs[current]), m)
+                     for m in range(current + 1, num_subnets) if costs[m] > costs[current]]
+            rate, best = max(rates, default=(0, None))
+            if best is None or rate <= 0:
+                break
+            moves.append((rate, i, current, best))
+            current = best
+    levels = np.zeros(num_patches, dtype=int)
+    spent = num_patches * costs[0]
+    for _, i, source, target in sorted(moves, key=lambda move: -move[0]):
+        step = costs[target] - costs[source]
+        if levels[i] == source and spent + step <= budget:
+            levels[i] = target
+            spent += step
+    while True:  # what is left of the budget: the best affordable move of any patch
+        moves = [((errors[i, levels[i]] - errors[i, m]) / (costs[m] - costs[levels[i]]), i, m)
+                 for i in range(num_patches) for m in range(levels[i] + 1, num_subnets)
+                 if 0 < costs[m] - costs[levels[i]] <= budget - spent and errors[i, m] < errors[i, levels[i]]]
+        if not moves:
+            return levels
+        _, i, m = max(moves)
+        spent += costs[m] - costs[levels[i]]
+        levels[i] = m
+
+
+def psnr(sr, hr, scale):
+    return calculate_psnr(to_uint8_bgr(sr), hr, crop_border=scale, test_y_channel=True)
+
+
+def oracle_psnr(engine, net, lq, hr, budget):
+    """The best PSNR of any whole-image subnet within ``budget`` and of the oracle-allocated tiled plan."""
+    scale = engine.scale
+    num_subnets = len(net.subnets)
+    allowed = budget * engine.subnet_flops(*lq.shape[-2:], num_subnets - 1)
+    candidates = [psnr(net(lq, subnet=m), hr, scale) for m in range(num_subnets)
+                  if engine.subnet_flops(*lq.shape[-2:], m) <= allowed]
+    plan = engine.plan(lq)
+    p = plan.patch_size
+    costs = [engine.subnet_flops(p, p, m) for m in range(num_subnets)]
+    if len(plan.tops) * len(plan.lefts) * costs[0] <= allowed:
+        patches = engine.extract_patches(lq, plan)
+        outputs = [engine.subnet_module(m)(patches).clamp(0, 1) for m in range(num_subnets)]
+        gt = torch.from_numpy(np.ascontiguousarray(hr[:, :, ::-1], dtype=np.float32) / 255.).permute(2, 0, 1)
+        gt_patches = torch.stack([gt[:, t * scale:(t + p) * scale, l * scale:(l + p) * scale]
+                                  for t in plan.tops for l in plan.lefts])
+        b = min(INTERIOR_BORDER, (p - 1) // 2) * scale
+        inner = (Ellipsis, slice(b, p * scale - b), slice(b, p * scale - b))
+        errors = torch.stack([((out - gt_patches)[inner]**2).mean((1, 2, 3)) for out in outputs], 1)
+        levels = hull_allocation(errors.double().numpy(), costs, allowed)
+        chosen = torch.stack([outputs[m][i] for i, m in enumerate(levels)])
+        candidates.append(psnr(engine.stitch(chosen, plan), hr, scale))
+    return max(candidates)
+
+
+def measure(net, meta, pairs, budget, patch_size, overlap):
+    """Mean PSNR of every method, FLOPs % of the budgeted ones and images the calibrated plan ran whole."""
+    options = engine_options(meta)
+    class_errors = options.pop('class_errors')
+    common = dict(budget=budget, patch_size=patch_size, overlap=overlap, **options)
+    eq16 = DynamicInferenceEngine(net, **common)
+    calibrated = DynamicInferenceEngine(net, class_errors=class_errors, **common) if class_errors else None
+    rows = {key: [] for key in ('full', 'eq16', 'cal', 'oracle')}
+    flops = {'eq16': 0, 'cal': 0, 'full': 0}
+    whole = 0
+    with torch.inference_mode():
+        for _, lq, hr in pairs:
+            rows['full'].append(psnr(net(lq), hr, eq16.scale))
+            sr, report = eq16.run(lq)
+            rows['eq16'].append(psnr(sr, hr, eq16.scale))
+            flops['eq16'] += report.flops
+            flops['full'] += report.full_flops
+            if calibrated is not None:
+                sr, report = calibrated.run(lq)
+                rows['cal'].append(psnr(sr, hr, eq16.scale))
+                flops['cal'] += report.flops
+                whole += report.plan.whole_image_subnet is not None
+            rows['oracle'].append(oracle_psnr(eq16, net, lq, hr, budget))
+    means = {key: float(np.mean(values)) if values else None for key, values in rows.items()}
+    percent = {key: 100 * flops[key] / flops['full'] for key in ('eq16', 'cal')}
+    return means, percent, whole
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', action='append', required=True, help='WBSR checkpoint (repeat for several)')
+    parser.add_argument('--test', action='append', required=True, metavar='NAME=DIR', help='HR test folder')
+    parser.add_argument('--budget', type=float, default=0.6)
+    parser.add_argument('--patch-size', type=int, default=DEFAULT_PATCH_SIZE)
+    parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
+    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tests = []
+    for item in args.test:
+        name, sep, folder = item.partition('=')
+        if not sep or not name or not folder:
+            parser.error(f'--test takes NAME=DIR, got {item!r}')
+        tests.append((name, folder))
+    print(f'# budget {args.budget}, patch {args.patch_size}, overlap {args.overlap}; {platform.processor() or "cpu"}, '
+          f'torch {torch.__version__}, {torch.get_num_threads()} threads\n')
+    print('| model | test | full | Eq. 16 (FLOPs) | gap | calibrated (FLOPs) | gap | oracle | gap | run whole |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    loaded = {}
+    for path in args.model:
+        net, meta = load_supernet(path)
+        for name, folder in tests:
+            pairs = loaded.setdefault((folder, net.upscale), load_pairs(folder, None, net.upscale))
+            means, percent, whole = measure(net, meta, pairs, args.budget, args.patch_size, args.overlap)
+            full = means['full']
+            cal = (f"{means['cal']:.3f} ({percent['cal']:.0f} %) | {full - means['cal']:.3f}"
+                   if means['cal'] is not None else '- | -')
+            print(f"| {path} | {name} | {full:.3f} | {means['eq16']:.3f} ({percent['eq16']:.0f} %) | "
+                  f"{full - means['eq16']:.3f} | {cal} | {means['oracle']:.3f} | {full - means['oracle']:.3f} | "
+                  f"{whole}/{len(pairs)} |", flush=True)
+
+
+if __name__ == '__main__':
+    main()
