@@ -24,9 +24,10 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from basicsr.metrics import calculate_psnr
-from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 from wbsr_plugin.inference.evaluation import load_pairs, to_uint8_bgr
+from wbsr_plugin.inference.image_io import ImageReadError
 
 INTERIOR_BORDER = 2  # LR pixels of a patch's border left out of its error (blended away by the engine)
 
@@ -156,9 +157,15 @@ def main():
     print('|---|---|---|---|---|---|---|---|---|---|')
     loaded = {}
     for path in args.model:
-        net, meta = load_supernet(path)
+        try:
+            net, meta = load_supernet(path)
+            for _, folder in tests:
+                if (folder, net.upscale) not in loaded:
+                    loaded[folder, net.upscale] = load_pairs(folder, None, net.upscale)
+        except (CheckpointError, ImageReadError, OSError) as error:
+            raise SystemExit(f'error: {error}') from None
         for name, folder in tests:
-            pairs = loaded.setdefault((folder, net.upscale), load_pairs(folder, None, net.upscale))
+            pairs = loaded[folder, net.upscale]
             means, percent, whole = measure(net, meta, pairs, args.budget, args.patch_size, args.overlap)
             full = means['full']
             cal = (f"{means['cal']:.3f} ({percent['cal']:.0f} %) | {full - means['cal']:.3f}"
