@@ -107,7 +107,8 @@ def oracle_psnr(engine, net, lq, hr, budget):
 
 
 def measure(net, meta, pairs, budget, patch_size, overlap):
-    """Mean PSNR of every method, FLOPs % of the budgeted ones and images the calibrated plan ran whole."""
+    """Mean PSNR of every method, FLOPs % of the budgeted ones and images the calibrated plan ran whole
+    (the calibrated entries are None for a checkpoint without class errors)."""
     options = engine_options(meta)
     class_errors = options.pop('class_errors')
     common = dict(budget=budget, patch_size=patch_size, overlap=overlap, **options)
@@ -115,7 +116,7 @@ def measure(net, meta, pairs, budget, patch_size, overlap):
     calibrated = DynamicInferenceEngine(net, class_errors=class_errors, **common) if class_errors else None
     rows = {key: [] for key in ('full', 'eq16', 'cal', 'oracle')}
     flops = {'eq16': 0, 'cal': 0, 'full': 0}
-    whole = 0
+    whole = 0 if calibrated is not None else None
     with torch.inference_mode():
         for _, lq, hr in pairs:
             rows['full'].append(psnr(net(lq), hr, eq16.scale))
@@ -172,7 +173,7 @@ def main():
                    if means['cal'] is not None else '- | -')
             print(f"| {path} | {name} | {full:.3f} | {means['eq16']:.3f} ({percent['eq16']:.0f} %) | "
                   f"{full - means['eq16']:.3f} | {cal} | {means['oracle']:.3f} | {full - means['oracle']:.3f} | "
-                  f"{whole}/{len(pairs)} |", flush=True)
+                  f"{'-' if whole is None else f'{whole}/{len(pairs)}'} |", flush=True)
 
 
 if __name__ == '__main__':
