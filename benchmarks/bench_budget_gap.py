@@ -9,9 +9,9 @@ For every checkpoint and HR test folder (LR by MATLAB bicubic), with the engine'
   Eq. 16       ``budget=b`` without class errors (subnets stepped through in cost order);
   calibrated   ``budget=b`` with the checkpoint's class errors (what ``infer --budget`` does);
   oracle       per image, the best of every whole-image subnet within the budget and of the tiled plan
-               whose subnets are chosen from every patch's true error against the HR image (greedy on
-               each patch's lower convex hull of error against FLOPs, within the budget): what no
-               allocation of subnets to these patches can beat by much, as it knows the answer;
+               whose subnets the engine's calibrated allocation chooses from every patch's true error
+               against the HR image instead of its class's expected error: what an allocation that knew
+               the answer would get;
 and the gap of each to the full network, the FLOPs spent (% of the full network on the whole image) and
 how many images the calibrated plan ran whole (small images, where the tiling's overlaps eat the budget).
 A gap close to the oracle's is left to the subnets' own quality, not to the allocation.
@@ -28,53 +28,27 @@ from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, lo
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 from wbsr_plugin.inference.evaluation import load_pairs, to_uint8_bgr
 from wbsr_plugin.inference.image_io import ImageReadError
+from wbsr_plugin.inference.projection import calibrated_levels
 
 INTERIOR_BORDER = 2  # LR pixels of a patch's border left out of its error (blended away by the engine)
 
 
-def hull_allocation(errors, costs, budget):
-    """Subnet of every patch with (nearly) the least total error within ``budget``.
-
-    Every patch's moves up its lower convex hull of error against cost are taken by error saved per
-    unit of cost, the best first, while affordable (the LP optimum of this multiple-choice knapsack up
-    to the patch where the budget runs out); what is left then buys the best affordable moves.
+def oracle_levels(errors, costs, budget):
+    """Subnet of every patch by the engine's own allocation (:func:`calibrated_levels`), each patch its own
+    class with its true error: what the calibrated budget would do if it knew every patch's error.
 
     Args:
         errors (np.ndarray): (N, M) error of every patch through every subnet (cost order).
         costs (Sequence[float]): Cost of one patch through each subnet.
-        budget (float): Cost allowed for all N patches (at least N * costs[0]).
+        budget (float): Cost allowed for all N patches.
 
     Returns:
         np.ndarray: (N,) subnet indices.
     """
-    num_patches, num_subnets = errors.shape
-    moves = []  # (saving per cost, patch, from, to) along every patch's hull
-    for i in range(num_patches):
-        current = 0
-        while True:
-            rates = [((errors[i, current] - errors[i, m]) / (costs[m] - costs[current]), m)
-                     for m in range(current + 1, num_subnets) if costs[m] > costs[current]]
-            rate, best = max(rates, default=(0, None))
-            if best is None or rate <= 0:
-                break
-            moves.append((rate, i, current, best))
-            current = best
-    levels = np.zeros(num_patches, dtype=int)
-    spent = num_patches * costs[0]
-    for _, i, source, target in sorted(moves, key=lambda move: -move[0]):
-        step = costs[target] - costs[source]
-        if levels[i] == source and spent + step <= budget:
-            levels[i] = target
-            spent += step
-    while True:  # what is left of the budget: the best affordable move of any patch
-        moves = [((errors[i, levels[i]] - errors[i, m]) / (costs[m] - costs[levels[i]]), i, m)
-                 for i in range(num_patches) for m in range(levels[i] + 1, num_subnets)
-                 if 0 < costs[m] - costs[levels[i]] <= budget - spent and errors[i, m] < errors[i, levels[i]]]
-        if not moves:
-            return levels
-        _, i, m = max(moves)
-        spent += costs[m] - costs[levels[i]]
-        levels[i] = m
+    levels = np.zeros(len(errors), dtype=int)
+    for k, _, target, _ in calibrated_levels([1] * len(errors), costs, budget, errors.tolist())[1]:
+        levels[k - 1] = target
+    return levels
 
 
 def psnr(sr, hr, scale):
@@ -100,7 +74,7 @@ def oracle_psnr(engine, net, lq, hr, budget):
         b = min(INTERIOR_BORDER, (p - 1) // 2) * scale
         inner = (Ellipsis, slice(b, p * scale - b), slice(b, p * scale - b))
         errors = torch.stack([((out - gt_patches)[inner]**2).mean((1, 2, 3)) for out in outputs], 1)
-        levels = hull_allocation(errors.double().numpy(), costs, allowed)
+        levels = oracle_levels(errors.double().numpy(), costs, allowed)
         chosen = torch.stack([outputs[m][i] for i, m in enumerate(levels)])
         candidates.append(psnr(engine.stitch(chosen, plan), hr, scale))
     return max(candidates)
