@@ -198,7 +198,8 @@ def test_sigma_parameters(prior_path):
         optimizer.zero_grad()
         learnt(target + 0.1 * torch.randn_like(target), target).backward()
         optimizer.step()
-    assert learnt.sigma.item() > 0 and learnt.sigma.item() != pytest.approx(0.02)
+    # the prediction errs by ~0.1, far more than sigma: the likelihood raises sigma, by about lr per Adam step
+    assert 0.02 * math.exp(0.04) < learnt.sigma.item() < 0.02 * math.exp(0.055)
 
 
 @pytest.mark.parametrize('opt, words', [
@@ -332,137 +333,20 @@ def test_tabulated_balancing_matches_direct_evaluation(prior_path, kernel):
     target = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     pred = target + 0.1 * torch.randn_like(target)
     _, balancing, _ = loss.log_likelihood_terms(pred, target)
+    torch.testing.assert_close(balancing, direct_gai_balancing(pred, prior_path, 0.03, kernel), rtol=0, atol=1e-6)
+
+
+def direct_gai_balancing(pred, prior_path, sigma, kernel):
+    """The 'gai' integral of every element evaluated directly (no table)."""
     prior = load_gmm_prior(prior_path)
     x = (pred - lowpass(pred, 4))[..., None]
-    sigma = torch.tensor(0.03, dtype=torch.float64)
+    sigma = torch.tensor(sigma, dtype=torch.float64)
     if kernel == 'gaussian':
         var = prior['variances'] + sigma**2
         log_components = -0.5 * torch.log(2 * math.pi * var) - 0.5 * (x - prior['means'])**2 / var
     else:
         log_components = _log_laplace_conv_normal(x, prior['means'], prior['variances'], sigma)
-    direct = torch.logsumexp(log_components + prior['weights'].log(), dim=-1)
-    torch.testing.assert_close(balancing, direct, rtol=0, atol=1e-6)
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference: the formula as first implemented (node range from the data, read on the host).
-# The tabulated loss must keep its values.
-def _reference_table(func, x, spacing):
-    flat = x.reshape(-1)
-    with torch.no_grad():
-        first = math.floor(flat.min().item() / spacing) - 1
-        last = math.ceil(flat.max().item() / spacing) + 1
-    nodes = (torch.arange(first, last + 1, device=x.device, dtype=x.dtype) * spacing).requires_grad_()
-    with torch.enable_grad():
-        values = func(nodes)
-        slopes, = torch.autograd.grad(values.sum(), nodes, create_graph=True)
-    position = flat / spacing - first
-    index = position.detach().floor().clamp_(0, nodes.numel() - 2).long()
-    t = position - index
-    t2 = t * t
-    t3 = t2 * t
-    out = ((2 * t3 - 3 * t2 + 1) * values[index] + (t3 - 2 * t2 + t) * (spacing * slopes[index]) +
-           (3 * t2 - 2 * t3) * values[index + 1] + (t3 - t2) * (spacing * slopes[index + 1]))
-    return out.view_as(x)
-
-
-def _reference_spacing(width):
-    exponent = math.floor(math.log2(max(width, 1e-12) / 16))
-    return 2.0**min(max(exponent, -16), -6)
-
-
-def _reference_rho(diff, kernel):
-    return diff * diff if kernel == 'gaussian' else diff.abs()
-
-
-def reference_terms(loss, pred, target, log_sigma=None):
-    """``(likelihood, balancing, factor)`` of ``loss`` computed as first implemented."""
-    dtype = torch.promote_types(pred.dtype, torch.float32)
-    pred, target = pred.to(dtype), target.to(dtype)
-    log_sigma = (loss.log_sigma if log_sigma is None else log_sigma).to(dtype)
-    sigma = log_sigma.exp()
-    if loss.kernel == 'gaussian':
-        var = sigma * sigma
-        a, log_norm, factor = 0.5 / var, 0.5 * math.log(2 * math.pi) + log_sigma, (2 * var).detach()
-    else:
-        a, log_norm, factor = 1 / sigma, math.log(2) + log_sigma, sigma.detach()
-    rho = _reference_rho(target - pred, loss.kernel)
-    likelihood = a * rho + log_norm
-    x = pred - lowpass(pred, loss.scale, loss.space)
-    if loss.estimator == 'gai':
-        weights, means, variances = (b.to(dtype) for b in (loss.gmm_weights, loss.gmm_means, loss.gmm_variances))
-        if loss.kernel == 'gaussian':
-            width = math.sqrt(variances.min().item() + var.item())
-
-            def log_integral(nodes):
-                log_components = (-0.5 * torch.log(2 * math.pi * (variances + var)) - 0.5 *
-                                  (nodes[:, None] - means)**2 / (variances + var))
-                return torch.logsumexp(log_components + weights.log(), dim=-1)
-        else:
-            width = min(sigma.item(), math.sqrt(variances.min().item()))
-
-            def log_integral(nodes):
-                log_components = _log_laplace_conv_normal(nodes[:, None], means, variances, sigma)
-                return torch.logsumexp(log_components + weights.log(), dim=-1)
-
-        balancing = _reference_table(log_integral, x, _reference_spacing(width))
-    else:
-        num_refs = loss.bmc_num_refs
-        flat = (target - target_lowpass(target, loss.scale, loss.space)).reshape(-1)
-        refs = flat[torch.randint(flat.numel(), (num_refs, ), device=flat.device)]
-
-        def log_sum_refs(nodes):
-            return torch.logsumexp(-a * _reference_rho(nodes[:, None] - refs, loss.kernel), dim=-1)
-
-        log_refs = _reference_table(log_sum_refs, x, _reference_spacing(sigma.item()))
-        balancing = torch.logsumexp(torch.stack([-a * rho, log_refs]), dim=0) - math.log(num_refs + 1) - log_norm
-    return likelihood, balancing, factor
-
-
-def real_patch_pair(size=64, scale=4):
-    """HR fixture crops and the bicubic upsampling of their bicubic LR (a realistic prediction)."""
-    from basicsr.utils import img2tensor
-    import cv2
-    names = sorted(os.listdir(FIXTURES_HR))
-    gt = torch.stack([
-        img2tensor(cv2.imread(osp.join(FIXTURES_HR, name)).astype(np.float32) / 255.)[:, :size, :size]
-        for name in names
-    ]).double()
-    lr = torch.nn.functional.interpolate(gt, scale_factor=1 / scale, mode='bicubic', antialias=True)
-    pred = torch.nn.functional.interpolate(lr, scale_factor=scale, mode='bicubic')
-    return pred, gt
-
-
-@pytest.mark.parametrize('estimator', ESTIMATORS)
-@pytest.mark.parametrize('kernel', KERNELS)
-@pytest.mark.parametrize('learn_sigma, dtype', [(False, torch.float32), (False, torch.float64),
-                                                (True, torch.float64)])
-def test_values_and_gradients_match_the_reference(estimator, kernel, learn_sigma, dtype, prior_path):
-    loss = make_loss(estimator, prior_path, kernel=kernel, learn_sigma=learn_sigma, init_noise_sigma=0.02,
-                     bmc_num_refs=32).to(dtype)
-    torch.manual_seed(3)
-    target = torch.rand(2, 3, 16, 16, dtype=dtype)
-    real_pred, real_gt = real_patch_pair()
-    cases = [(target + 0.1 * torch.randn_like(target), target), (real_pred.to(dtype), real_gt.to(dtype))]
-    for pred, target in cases:
-        results = []
-        for terms in (loss.log_likelihood_terms, lambda p, t: reference_terms(loss, p, t)):
-            pred_ = pred.clone().requires_grad_()
-            torch.manual_seed(5)  # same bmc references
-            likelihood, balancing, factor = terms(pred_, target)
-            total = ((likelihood + balancing) * factor).mean()
-            params = [pred_] + ([loss.log_sigma] if learn_sigma else [])
-            grads = torch.autograd.grad((likelihood + balancing).mean(), params, retain_graph=True)
-            results.append((likelihood, balancing, total, grads))
-        (lik, bal, total, grads), (lik_ref, bal_ref, total_ref, grads_ref) = results
-        # float32: both are within float32 rounding of the float64 values (the table's coefficients
-        # round differently from the reference's basis functions); float64: equal to rounding
-        rtol, atol, grad_tol = (1e-5, 2e-5, 5e-4) if dtype == torch.float32 else (1e-12, 1e-9, 1e-8)
-        torch.testing.assert_close(lik, lik_ref, rtol=0, atol=0)
-        torch.testing.assert_close(bal, bal_ref, rtol=rtol, atol=atol)
-        torch.testing.assert_close(total, total_ref, rtol=rtol, atol=atol)
-        for grad, grad_ref in zip(grads, grads_ref):
-            torch.testing.assert_close(grad, grad_ref, rtol=0, atol=grad_tol * grad_ref.abs().max().item())
+    return torch.logsumexp(log_components + prior['weights'].log(), dim=-1)
 
 
 def _raise_sync(*args, **kwargs):
@@ -518,7 +402,7 @@ def test_table_continues_exactly_beyond_its_range(prior_path, kernel):
     pred = torch.linspace(-3, 3, 2 * 3 * 16 * 16, dtype=torch.float64).reshape(2, 3, 16, 16)
     pred = pred[:, :, torch.randperm(16)].requires_grad_()  # residuals up to about +-3
     _, balancing, _ = loss.log_likelihood_terms(pred, pred.detach())
-    _, direct, _ = reference_terms(loss, pred, pred.detach())
+    direct = direct_gai_balancing(pred, prior_path, 0.01, kernel)
     torch.testing.assert_close(balancing, direct, rtol=1e-4, atol=1e-6)
     grad, = torch.autograd.grad(balancing.sum(), pred)
     grad_direct, = torch.autograd.grad(direct.sum(), pred)

@@ -22,7 +22,9 @@ Per element, with prediction ``yhat``, target ``y`` and noise scale ``sigma``::
   ``log(M+1)``, so ``gai`` and ``bmc`` estimate the same quantity. Cost O(M) per node, see below.
 
 Cost: the balancing term depends on an element only through its scalar ``x = yhat - L(yhat)``
-(plus, for 'bmc', the element's own kernel value, computed directly). That function of ``x``
+(plus, for 'bmc', the element's own kernel value, computed directly). For 'bmc' with the Laplace
+kernel, a sum of kernels with kinks at the references, it is computed exactly in O(log M) per
+element (:func:`_log_sum_laplace_kernels`). Otherwise, that smooth function of ``x``
 is tabulated on a lattice of nodes (spacing a power of two <= 1/16 of the narrowest kernel
 width) over a fixed range (``TABLE_RANGES``; for 'gai' with the Laplace kernel widened to where
 the function turns linear), values and slopes from autograd, and every element reads it through
@@ -220,6 +222,22 @@ def _log_laplace_conv_normal(x, mean, var, b):
         return torch.where(u >= 0, large, small) - torch.log(4 * b)
 
     return torch.logsumexp(torch.stack([log_half(d), log_half(-d)]), dim=0)
+
+
+def _log_sum_laplace_kernels(x, refs, a):
+    """``log sum_j exp(-a |x - r_j|)`` exactly, in O(log M) per element.
+
+    Between two neighbouring sorted references the sum is ``exp(-a x) P + exp(a x) Q`` with
+    ``P = sum_{r_j <= x} exp(a r_j)`` and ``Q = sum_{r_j > x} exp(-a r_j)``: prefix and suffix
+    log-sums of the sorted references, gathered by each element's interval. Unlike a table, this
+    keeps the kinks at the references exact (value and gradient).
+    """
+    ordered = refs.sort().values
+    none = ordered.new_full((1, ), -math.inf)
+    log_below = torch.cat([none, torch.logcumsumexp(a * ordered, 0)])
+    log_above = torch.cat([torch.logcumsumexp((-a * ordered).flip(0), 0).flip(0), none])
+    interval = torch.searchsorted(ordered, x.detach().contiguous(), right=True)
+    return torch.logaddexp(log_below[interval] - a * x, log_above[interval] + a * x)
 
 
 @register(LOSS_REGISTRY)
@@ -445,11 +463,15 @@ class BDLoss(nn.Module):
             flat = (target - target_lowpass(target, self.scale, self.space)).reshape(-1)
             refs = flat[torch.randint(flat.numel(), (num_refs, ), device=flat.device)]
 
-            def log_sum_refs(nodes):
-                rho_refs, _ = _kernel_rho(nodes[:, None] - refs, self.kernel)
-                return torch.logsumexp(-a * rho_refs, dim=-1)
+            if self.kernel == 'gaussian':
 
-            log_refs = self._tabulated(log_sum_refs, x, differentiable, cacheable=False)
+                def log_sum_refs(nodes):
+                    rho_refs, _ = _kernel_rho(nodes[:, None] - refs, self.kernel)
+                    return torch.logsumexp(-a * rho_refs, dim=-1)
+
+                log_refs = self._tabulated(log_sum_refs, x, differentiable, cacheable=False)
+            else:
+                log_refs = _log_sum_laplace_kernels(x, refs, a)
             own = -a * rho
             balancing = torch.logsumexp(torch.stack([own, log_refs]), dim=0) - math.log(num_refs + 1) - log_norm
         else:
