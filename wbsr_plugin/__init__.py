@@ -5,8 +5,10 @@ from .archs import *  # noqa: F401, F403
 from .data import *  # noqa: F401, F403
 from .losses import *  # noqa: F401, F403
 from .models import *  # noqa: F401, F403
+from .data.resume_position import install_resume_hook
 from .data.training_progress import install_progress_hook
 
 install_progress_hook()  # every BasicSR model tells HES datasets the current iteration
+install_resume_hook()  # the training sampler knows where its epoch began and skips what a resumed run did
 
 __version__ = '0.1.0'

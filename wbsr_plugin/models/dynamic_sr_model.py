@@ -11,6 +11,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from wbsr_plugin.archs.supernet_util import SupernetMixin
+from wbsr_plugin.data.resume_position import request_resume, resume_position
 from wbsr_plugin.file_util import atomic_torch_save
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table
@@ -41,6 +42,8 @@ class DynamicSRModel(SRModel):
     * validation logs the full network under the dataset's name, then dynamic inference
       (per-patch subnets chosen by difficulty, ``wbsr.inference``) under ``<name>_dynamic``
       with its FLOPs as % of the full network;
+    * training states also hold the position inside the epoch and the random generators' states, so a
+      resumed run continues where the interrupted one stopped (``wbsr_plugin/data/resume_position.py``);
     * checkpoints carry the class thresholds, the network options and every subnet's error per
       class on ``wbsr.calibration_patches`` training patches (key ``'wbsr'``; a budget spends its
       FLOPs by it), so inference needs nothing else; checkpoints and training states are written
@@ -66,6 +69,7 @@ class DynamicSRModel(SRModel):
         self._class_errors = (None, None if self.calibration else pretrained_class_errors(opt, self.thresholds))
         self.dynamic_reports = []
         self._engine = None
+        request_resume(None, 0)  # nothing to skip unless this model resumes
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -221,6 +225,7 @@ class DynamicSRModel(SRModel):
             'schedulers': [s.state_dict() for s in self.schedulers],
             'subnet_sampler': self.subnet_sampler.state_dict(),
             'pixel_loss': self.cri_pix.state_dict() if self.cri_pix else {},
+            'position': resume_position(epoch, current_iter),
         }
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
@@ -230,3 +235,4 @@ class DynamicSRModel(SRModel):
             self.subnet_sampler.load_state_dict(resume_state['subnet_sampler'])
         if self.cri_pix and resume_state.get('pixel_loss'):
             self.cri_pix.load_state_dict(resume_state['pixel_loss'])
+        request_resume(resume_state.get('position'), self.opt['datasets']['train']['batch_size_per_gpu'])
