@@ -15,7 +15,8 @@ and prints the time, the speedup over plain (plain time / time), the FLOPs ratio
 (tiling, difficulty, projection), patch gathering, subnet forwards and stitch (overhead: all but the
 forwards, as a share of the four). Weights are random (speed does not depend on their values);
 thresholds are per-image quantiles (``--model`` gives a checkpoint's, and its class errors). ``--section tiling`` sweeps patch size and overlap;
-``--section widths`` times every subnet on the whole image.
+``--section widths`` times every subnet on the whole image. Every timing alternates with that of its baseline
+(the plain network, or the full subnet), so a ratio compares runs of the same moment.
 """
 import argparse
 import platform
@@ -196,17 +197,19 @@ def tiling_section(configs, photo, args, device):
         h, w = lq.shape[-2:]
         plain = plain_network(net).to(device=device, dtype=dtype, memory_format=torch.channels_last)
         plain_lq = lq.to(dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            base = timed(lambda: plain(plain_lq), args.repeat, device)
+        bases = []
         for patch in args.patch_sizes:
             for overlap in args.overlaps:
                 engine = DynamicInferenceEngine(net, patch_size=patch, overlap=overlap, subnet=-1,
                                                 whole_image_fallback=False, max_batch_pixels=args.max_batch_pixels)
                 _, report = engine.run(lq)
-                elapsed = timed(lambda: engine.run(lq), args.repeat, device)
+                with torch.inference_mode():
+                    base, elapsed = timed_pair(lambda: plain(plain_lq), lambda: engine.run(lq), args.repeat, device)
+                bases.append(base)
                 print(f'| {arch} {widths} | {w}x{h} | {patch} | {overlap} | {report.flops_ratio:.3f} | '
                       f'{1e3 * elapsed:.1f} | {base / elapsed * report.flops_ratio:.2f} | {report.num_patches} |')
-        print(f'| {arch} {widths} | {w}x{h} | whole image | - | 1.000 | {1e3 * base:.1f} | 1.00 | 1 |')
+        print(f'| {arch} {widths} | {w}x{h} | whole image | - | 1.000 | {1e3 * statistics.median(bases):.1f} | '
+              '1.00 | 1 |')
 
 
 def widths_section(configs, photo, args, device):
@@ -218,10 +221,9 @@ def widths_section(configs, photo, args, device):
         h, w = lq.shape[-2:]
         with torch.inference_mode():
             full = net.extract_subnet(-1).to(memory_format=torch.channels_last)
-            base = timed(lambda: full(lq), args.repeat, device)
             for spec in net.subnets:
                 sub = net.extract_subnet(spec).to(memory_format=torch.channels_last)
-                elapsed = timed(lambda: sub(lq), args.repeat, device)
+                base, elapsed = timed_pair(lambda: full(lq), lambda: sub(lq), args.repeat, device)
                 ratio = net.flops(h, w, subnet=spec) / net.flops(h, w)
                 print(f'| {arch} | {widths} | {w}x{h} | w{spec.width}/d{spec.depth} | {ratio:.3f} | '
                       f'{elapsed / base:.3f} | {ratio / (elapsed / base):.2f} |')

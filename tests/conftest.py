@@ -3,6 +3,7 @@ import subprocess
 import sys
 from os import path as osp
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -78,6 +79,14 @@ def run_cli(args, cwd, timeout=300, check=True):
     return proc
 
 
+def free_port():
+    """A TCP port nothing listens on now (for torchrun's rendezvous)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
 def run_module(module, *args, cwd, **kwargs):
     return run_cli([sys.executable, '-m', module, *args], cwd=cwd, **kwargs)
 
@@ -118,3 +127,15 @@ def parsed_options(opt, root):
         dataset['phase'] = phase.split('_')[0]
         dataset['scale'] = opt['scale']
     return opt
+
+
+def y_psnr(sr, hr_bgr, border):
+    """PSNR of the Y channel (ITU-R BT.601, as MATLAB's rgb2ycbcr) of uint8 images, ``border`` pixels cropped."""
+    sr_rgb = np.round(sr[0].clamp(0, 1).permute(1, 2, 0).double().numpy() * 255) / 255
+    hr_rgb = hr_bgr[..., ::-1].astype(np.float64) / 255
+
+    def luma(rgb):
+        return 16 + rgb @ np.array([65.481, 128.553, 24.966])
+
+    diff = (luma(sr_rgb) - luma(hr_rgb))[border:-border, border:-border]
+    return 10 * np.log10(255**2 / np.mean(diff**2))

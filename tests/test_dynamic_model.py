@@ -1,15 +1,18 @@
 import copy
+import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from basicsr.archs import build_network
 from basicsr.models import build_model
-from conftest import parsed_options, read_train_log, run_module, train_options, write_yaml
+from conftest import fixture_dirs, parsed_options, read_train_log, run_module, train_options, write_yaml, y_psnr
 from wbsr_plugin.compat import load_training_state
 from wbsr_plugin.data.difficulty import thresholds_at
 from wbsr_plugin.inference.checkpoint import engine_thresholds, load_supernet
+from wbsr_plugin.inference.evaluation import load_pairs
 from wbsr_plugin.models.subnet_sampling import SubnetSampler
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
 
@@ -30,12 +33,17 @@ def test_train_pipeline_logs_full_and_dynamic_validation(tmp_path):
     run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train.yml', opt), cwd=tmp_path)
     experiment = tmp_path / 'experiments' / 'dynamic_run'
     log = read_train_log(experiment)
-    assert re.search(r'Validation fixtures_val\n\s+# psnr: [\d.]+', log)
+    full_psnr = float(re.findall(r'Validation fixtures_val\n\s+# psnr: ([\d.]+)', log)[-1])
     assert re.search(r'Validation fixtures_val_dynamic\n\s+# psnr: [\d.]+', log)
     flops = re.findall(r'Dynamic inference on fixtures_val_dynamic: ([\d.]+) % of the full network FLOPs', log)
-    assert flops and 0 < float(flops[-1])
+    assert 0 < float(flops[-1]) <= 100
 
     net, meta = load_supernet(str(experiment / 'models' / 'net_g_latest.pth'))
+    # the last validation ran the final EMA weights, which the latest checkpoint holds
+    pairs = load_pairs(*fixture_dirs(), 4)
+    with torch.no_grad():
+        expected = np.mean([y_psnr(net(lq), hr, 4) for _, lq, hr in pairs])
+    assert full_psnr == pytest.approx(expected, abs=1e-3)
     assert meta['network_g']['type'] == 'WBSRResNet' and meta['patch_size'] == 12
     # thresholds per LR patch size, from the training LR images; 'thresholds' are those of the engine's patch
     table = engine_thresholds(meta)
@@ -105,7 +113,8 @@ def test_loss_sigma_trains_in_its_own_group_and_resumes(tmp_path):
         model.feed_data(random_batch())
         model.optimize_parameters(it)
     sigma = float(model.cri_pix.sigma)
-    assert sigma != pytest.approx(0.05, abs=1e-6)
+    # random outputs err by far more than sigma: each Adam step (lr 0.05) raises log(sigma) by about 0.05
+    assert 0.05 * math.exp(0.12) < sigma < 0.05 * math.exp(0.155)
     model.save(epoch=0, current_iter=3)
 
     resumed = build_model(parsed_options(copy.deepcopy(opt), tmp_path))

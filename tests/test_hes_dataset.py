@@ -18,6 +18,7 @@ from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset
 from wbsr_plugin.data.difficulty import bgr_image_to_luma, patch_difficulty
 from wbsr_plugin.data.difficulty import difficulty_classes
+from wbsr_plugin.data.hes import HESIndex
 from wbsr_plugin.data.training_progress import (publish_training_progress, read_training_progress,
                                                 reset_training_progress)
 
@@ -98,17 +99,35 @@ def test_sample_level_is_a_random_crop_and_class_level_draws_from_the_index(data
         cls = item['hes_class']
         assert patch_class(dataset, item['lq'], cls) == cls
         counts[cls] += 1
-    expected = dataset.class_probabilities * counts.sum()
+    # Eq. 8 from the index's class sizes (delta 0.9 by default), written out here
+    sizes = np.bincount(np.searchsorted(dataset.thresholds, HESIndex(dataset.index_path).score, side='right'),
+                        minlength=10)
+    assert sizes.min() > 0
+    weights = 1 / (sizes * 0.9**np.arange(1, 11))
+    expected = weights / weights.sum() * counts.sum()
     assert ((counts - expected)**2 / expected).sum() < CHI2_999_DOF9
 
 
-def test_class_level_gt_matches_lq(data):
+def crop_position(image, patch):
+    """Every (top, left) at which ``patch`` (h, w, c) is an exact crop of ``image``."""
+    h, w = patch.shape[:2]
+    return [(top, left) for top in range(image.shape[0] - h + 1) for left in range(image.shape[1] - w + 1)
+            if np.array_equal(image[top:top + h, left:left + w], patch)]
+
+
+def test_class_level_gt_crop_is_aligned_with_the_lq_crop(data):
+    """Protects the GT crop: exactly ``scale`` times the LQ crop's position, never shifted."""
     dataset = build_dataset(make_opt(data, hes_switch_iter=0))
     for _ in range(20):
         item = dataset[0]
-        gt = item['gt'].permute(1, 2, 0).numpy()
-        down = cv2.resize(gt, (8, 8), interpolation=cv2.INTER_AREA)
-        assert np.abs(down - item['lq'].permute(1, 2, 0).numpy()).mean() < 0.05
+        lq_image = cv2.imread(item['lq_path'])[..., ::-1]  # RGB, as the item's tensors
+        gt_image = cv2.imread(item['gt_path'])[..., ::-1]
+        lq = np.round(item['lq'].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        gt = np.round(item['gt'].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        positions = crop_position(lq_image, lq)
+        assert positions, 'the LQ patch is a crop of its image'
+        assert any(np.array_equal(gt_image[4 * top:4 * top + 32, 4 * left:4 * left + 32], gt)
+                   for top, left in positions)
 
 
 def run_loop(dataset, total_iter, num_workers, persistent, sampler_ratio=40, batch_size=2, prefetch_factor=2,

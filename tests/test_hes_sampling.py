@@ -90,17 +90,27 @@ def test_eq8_formula_and_empty_classes():
     assert probabilities[1] == 0
 
 
+# Eq. 8 by hand for class sizes (300, 120, 0, 60, 20) and delta 0.7: 1 / (N_k 0.7^k), normalised
+EQ8_BY_HAND = np.array([0.012252, 0.043755, 0.0, 0.178593, 0.7654])
+
+
+def test_eq8_is_inversely_proportional_to_class_size():
+    """Protects Eq. 8's 1 / N_k: rare classes are drawn more, by exactly the ratio of the class sizes."""
+    np.testing.assert_allclose(class_probabilities([300, 120, 0, 60, 20], 0.7), EQ8_BY_HAND, atol=1e-6)
+    np.testing.assert_allclose(class_probabilities([10, 0, 40, 50], 0.8), [0.561404, 0, 0.219298, 0.219298],
+                               atol=1e-6)
+
+
 def test_drawn_class_frequencies_match_eq8():
     sizes = [300, 120, 0, 60, 20]
     members, start = [], 0
     for size in sizes:
         members.append(np.arange(start, start + size))
         start += size
-    probabilities = class_probabilities(sizes, 0.7)
-    drawer = ClassLevelDrawer(members, probabilities, seed=1, shard=0, num_shards=1)
+    drawer = ClassLevelDrawer(members, class_probabilities(sizes, 0.7), seed=1, shard=0, num_shards=1)
     draws = [drawer.draw() for _ in range(20000)]
     counts = np.bincount([cls for cls, _ in draws], minlength=len(sizes))
-    assert chi_square(counts, probabilities) < CHI2_999[4]
+    assert chi_square(counts, EQ8_BY_HAND) < CHI2_999[4]
     for cls, candidate in draws[:500]:
         assert candidate in members[cls]
     # deliberately wrong probabilities are detected by the same bound

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin import infer
@@ -67,17 +68,25 @@ def test_full_subnet_tiled_equals_whole_image():
     sr, report = engine.run(lq)
     assert report.num_patches > 4
     assert torch.allclose(sr, whole, atol=2e-6)
-    # With the default (small) overlap, seams stay small but are not exact.
+    # With the default (small) overlap, seams stay small but are not exact: 0.0061 here, where averaging the
+    # overlapping patches gives 0.0124 and letting the last patch win 0.0147
     sr_default, _ = DynamicInferenceEngine(net, patch_size=32, subnet=-1, whole_image_fallback=False).run(lq)
-    assert (sr_default - whole).abs().mean() < 0.01
+    assert (sr_default - whole).abs().mean() < 0.008
 
 
 def test_rcan_runs_tiled():
     net = WBSRRCAN(num_feat=16, num_group=2, num_block=2, widths=[16], depths=[1, 2], upscale=2).eval()
     engine = DynamicInferenceEngine(net, patch_size=8, overlap=2, whole_image_fallback=False)
-    sr, report = engine.run(torch.rand(1, 3, 13, 19))
+    lq = torch.rand(1, 3, 13, 19)
+    sr, report = engine.run(lq)
     assert sr.shape == (1, 3, 26, 38)
-    assert report.flops == sum(n * net.flops(8, 8, subnet=i) for i, n in enumerate(report.histogram))
+    # the FLOPs reported are those torch counts when every patch runs through its subnet
+    plan, p = report.plan, report.plan.patch_size
+    with FlopCounterMode(display=False) as counter:
+        for i, top in enumerate(plan.tops):
+            for j, left in enumerate(plan.lefts):
+                net(lq[:, :, top:top + p, left:left + p], subnet=int(plan.subnets[i, j]))
+    assert report.flops == counter.get_total_flops()
 
 
 def test_batched_equals_naive_per_patch_loop():
@@ -326,35 +335,6 @@ def test_unreadable_images_raise(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # Stitching, the whole-image rule, thresholds per patch size
-
-
-def previous_stitch(outputs, lq_size, patch, tops, lefts, trim, scale):
-    """The per-patch blending loop the engine used before the vectorised stitch (reference)."""
-    from wbsr_plugin.inference.engine import blend_weights
-    (h, w), p, s = lq_size, patch, scale
-    wy = blend_weights(tops, h, p, s, trim).float()
-    wx = blend_weights(lefts, w, p, s, trim).float()
-    sr = torch.zeros(outputs.shape[1], h * s, w * s)
-    n = 0
-    for i, top in enumerate(tops):
-        for j, left in enumerate(lefts):
-            sr[:, top * s:(top + p) * s, left * s:(left + p) * s] += outputs[n].float() * (wy[i].view(-1, 1) * wx[j])
-            n += 1
-    return sr.unsqueeze(0)
-
-
-@pytest.mark.parametrize('size, scale, patch, overlap', [((37, 81), 4, 16, 4), ((65, 17), 2, 16, 6), ((9, 9), 3, 8, 2),
-                                                         ((270, 480), 4, 64, 4)])
-def test_stitch_equals_previous_per_patch_and_vectorised(size, scale, patch, overlap):
-    from wbsr_plugin.inference.engine import stitch_patches, tile_geometry
-    p, tops, lefts, trim = tile_geometry(*size, patch, overlap, 1)
-    outputs = torch.rand(len(tops) * len(lefts), 3, p * scale, p * scale)
-    expected = previous_stitch(outputs, size, p, tops, lefts, trim, scale)
-    for vectorised in (False, True):
-        got = stitch_patches(outputs, size, p, tops, lefts, trim, scale, vectorised=vectorised)
-        assert torch.allclose(got, expected, rtol=0, atol=1e-5)
-    half = stitch_patches(outputs.half(), size, p, tops, lefts, trim, scale, vectorised=True)
-    assert half.dtype == torch.float32 and torch.allclose(half, expected, atol=2e-3)
 
 
 THRESHOLDS_ALL_HARD = [-3., -2.5, -2., -1.5, -1., -0.5, -0.2, -0.1, -0.05]  # every patch in class 10

@@ -12,7 +12,8 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 from basicsr.utils.options import ordered_yaml
-from conftest import REPO_ROOT, fixture_dirs, read_train_log, run_cli, run_module, train_options, write_yaml
+from conftest import (REPO_ROOT, fixture_dirs, free_port, parsed_options, read_train_log, run_cli, run_module,
+                      train_options, write_yaml)
 from wbsr_plugin.data.hes import parse_hes_options
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
@@ -117,3 +118,51 @@ def test_torchrun_two_cpu_processes(tmp_path):
     log = read_train_log(tmp_path / 'experiments' / 'ddp_run')
     assert 'world_size: 2' in log and 'class-level' in log
     assert (tmp_path / 'experiments' / 'ddp_run' / 'models' / 'net_g_latest.pth').is_file()
+
+
+def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(tmp_path):
+    # interrupted in the middle of an epoch (4 batches per epoch, checkpoints every 3 iterations); random crops,
+    # flips, subnet draws and BDLoss's 'bmc' references all continue as if nothing had happened
+    data = tmp_path / 'data'
+    for folder in fixture_dirs():
+        shutil.copytree(folder, data / osp.basename(folder))
+    hes = {'type': 'ClassBalancedPairedDataset', 'dataroot_gt': str(data / 'hr'), 'dataroot_lq': str(data / 'lr_x4'),
+           'hes_switch_iter': 4, 'dataset_enlarge_ratio': 2}
+    opt = train_options('resume_run', total_iter=6, model_type='DynamicSRModel', train_dataset=hes)
+    opt['train']['pixel_opt'] = {'type': 'BDLoss', 'estimator': 'bmc', 'scale': 4, 'bmc_num_refs': 8}
+    opt['wbsr'] = {'subnet_sampling': 'sandwich', 'calibration_patches': 0, 'dynamic_val': False}
+    opt['logger']['save_checkpoint_freq'] = 3
+    opt['val']['val_freq'] = 100
+    path = write_yaml(tmp_path / 'train.yml', opt)
+    run_module('wbsr_plugin.train', '-opt', path, cwd=tmp_path)
+    experiment = tmp_path / 'experiments' / 'resume_run'
+    uninterrupted = torch.load(experiment / 'models' / 'net_g_latest.pth', map_location='cpu', weights_only=True)
+    # what an interruption after iteration 3 leaves behind
+    for name in ('models/net_g_6.pth', 'models/net_g_latest.pth', 'training_states/6.state'):
+        (experiment / name).unlink()
+    run_module('wbsr_plugin.train', '-opt', path, '--auto_resume', cwd=tmp_path)
+    assert 'Resuming training from epoch: 0, iter: 3.' in read_train_log(experiment)
+    resumed = torch.load(experiment / 'models' / 'net_g_latest.pth', map_location='cpu', weights_only=True)
+    for key in ('params', 'params_ema'):
+        assert resumed[key].keys() == uninterrupted[key].keys()
+        for name, value in uninterrupted[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=0, msg=f'{key}.{name}')
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='torchrun with gloo is exercised on Linux')
+def test_ddp_ranks_end_equal_to_one_process_on_the_combined_batch(tmp_path):
+    # protects DDP's gradient averaging under the sandwich rule (three backward passes, one all-reduce)
+    from ddp_steps import train
+    opt = train_options('ddp_steps', model_type='DynamicSRModel')
+    opt['wbsr'] = {'subnet_sampling': 'sandwich', 'calibration_patches': 0, 'dynamic_val': False}
+    opt = parsed_options(opt, tmp_path)
+    path = write_yaml(tmp_path / 'options.yml', opt)
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}']
+    run_cli([*torchrun, osp.join(REPO_ROOT, 'tests', 'ddp_steps.py'), path, str(tmp_path)], cwd=tmp_path)
+    ranks = [torch.load(tmp_path / f'rank{r}.pth', map_location='cpu', weights_only=True) for r in (0, 1)]
+    single = train(opt)
+    initial = build_network(dict(opt['network_g'])).state_dict().keys()
+    assert ranks[0].keys() == ranks[1].keys() == single.keys() == initial
+    for name, value in single.items():
+        torch.testing.assert_close(ranks[1][name], ranks[0][name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6, msg=name)
