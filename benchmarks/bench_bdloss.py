@@ -97,7 +97,7 @@ def balancing_share(prior_path, gt, scale, num_refs):
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--hr-dir', help='HR images (folder or LMDB) for real patches and the prior')
     parser.add_argument('--prior', help='GMM prior file; fitted on --hr-dir when absent')
@@ -108,7 +108,7 @@ def main():
     parser.add_argument('--iters', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch default)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.prior is None and args.hr_dir is None:

@@ -1,4 +1,4 @@
-"""How far a FLOPs budget falls below the full network, and how much of that any allocation could win back.
+"""How far a FLOPs budget falls below the full network, and how much of that better information would win back.
 
     python benchmarks/bench_budget_gap.py --model run/models/net_g_latest.pth [--model ...]
         --test Set5=../shared/data/val/Set5 --test Set14=../shared/data/val/Set14 [--budget 0.6]
@@ -8,13 +8,16 @@ For every checkpoint and HR test folder (LR by MATLAB bicubic), with the engine'
   full         the full network on the whole image;
   Eq. 16       ``budget=b`` without class errors (subnets stepped through in cost order);
   calibrated   ``budget=b`` with the checkpoint's class errors (what ``infer --budget`` does);
-  oracle       per image, the best of every whole-image subnet within the budget and of the tiled plan
+  hindsight    per image, the best of every whole-image subnet within the budget and of the tiled plan
                whose subnets the engine's calibrated allocation chooses from every patch's true error
-               against the HR image instead of its class's expected error: what an allocation that knew
-               the answer would get;
+               against the HR image instead of its class's expected error: the same greedy allocation,
+               fed what it could not know;
 and the gap of each to the full network, the FLOPs spent (% of the full network on the whole image) and
 how many images the calibrated plan ran whole (small images, where the tiling's overlaps eat the budget).
-A gap close to the oracle's is left to the subnets' own quality, not to the allocation.
+The hindsight allocation is not an upper bound: the greedy can miss the best choice of subnets (tested
+against exhaustive search in tests/test_projection.py), and it minimises the error of the patches'
+interiors, not of the blended image. A gap close to its gap says that knowing each patch's error would
+not win back much.
 """
 import argparse
 import platform
@@ -33,7 +36,7 @@ from wbsr_plugin.inference.projection import calibrated_levels
 INTERIOR_BORDER = 2  # LR pixels of a patch's border left out of its error (blended away by the engine)
 
 
-def oracle_levels(errors, costs, budget):
+def hindsight_levels(errors, costs, budget):
     """Subnet of every patch by the engine's own allocation (:func:`calibrated_levels`), each patch its own
     class with its true error: what the calibrated budget would do if it knew every patch's error.
 
@@ -55,8 +58,8 @@ def psnr(sr, hr, scale):
     return calculate_psnr(to_uint8_bgr(sr), hr, crop_border=scale, test_y_channel=True)
 
 
-def oracle_psnr(engine, net, lq, hr, budget):
-    """The best PSNR of any whole-image subnet within ``budget`` and of the oracle-allocated tiled plan."""
+def hindsight_psnr(engine, net, lq, hr, budget):
+    """The best PSNR of any whole-image subnet within ``budget`` and of the tiled plan allocated in hindsight."""
     scale = engine.scale
     num_subnets = len(net.subnets)
     allowed = budget * engine.subnet_flops(*lq.shape[-2:], num_subnets - 1)
@@ -74,7 +77,7 @@ def oracle_psnr(engine, net, lq, hr, budget):
         b = min(INTERIOR_BORDER, (p - 1) // 2) * scale
         inner = (Ellipsis, slice(b, p * scale - b), slice(b, p * scale - b))
         errors = torch.stack([((out - gt_patches)[inner]**2).mean((1, 2, 3)) for out in outputs], 1)
-        levels = oracle_levels(errors.double().numpy(), costs, allowed)
+        levels = hindsight_levels(errors.double().numpy(), costs, allowed)
         chosen = torch.stack([outputs[m][i] for i, m in enumerate(levels)])
         candidates.append(psnr(engine.stitch(chosen, plan), hr, scale))
     return max(candidates)
@@ -88,7 +91,7 @@ def measure(net, meta, pairs, budget, patch_size, overlap):
     common = dict(budget=budget, patch_size=patch_size, overlap=overlap, **options)
     eq16 = DynamicInferenceEngine(net, **common)
     calibrated = DynamicInferenceEngine(net, class_errors=class_errors, **common) if class_errors else None
-    rows = {key: [] for key in ('full', 'eq16', 'cal', 'oracle')}
+    rows = {key: [] for key in ('full', 'eq16', 'cal', 'hindsight')}
     flops = {'eq16': 0, 'cal': 0, 'full': 0}
     whole = 0 if calibrated is not None else None
     with torch.inference_mode():
@@ -103,13 +106,13 @@ def measure(net, meta, pairs, budget, patch_size, overlap):
                 rows['cal'].append(psnr(sr, hr, eq16.scale))
                 flops['cal'] += report.flops
                 whole += report.plan.whole_image_subnet is not None
-            rows['oracle'].append(oracle_psnr(eq16, net, lq, hr, budget))
+            rows['hindsight'].append(hindsight_psnr(eq16, net, lq, hr, budget))
     means = {key: float(np.mean(values)) if values else None for key, values in rows.items()}
     percent = {key: 100 * flops[key] / flops['full'] for key in ('eq16', 'cal')}
     return means, percent, whole
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', action='append', required=True, help='WBSR checkpoint (repeat for several)')
     parser.add_argument('--test', action='append', required=True, metavar='NAME=DIR', help='HR test folder')
@@ -117,7 +120,7 @@ def main():
     parser.add_argument('--patch-size', type=int, default=DEFAULT_PATCH_SIZE)
     parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     tests = []
@@ -128,7 +131,7 @@ def main():
         tests.append((name, folder))
     print(f'# budget {args.budget}, patch {args.patch_size}, overlap {args.overlap}; {platform.processor() or "cpu"}, '
           f'torch {torch.__version__}, {torch.get_num_threads()} threads\n')
-    print('| model | test | full | Eq. 16 (FLOPs) | gap | calibrated (FLOPs) | gap | oracle | gap | run whole |')
+    print('| model | test | full | Eq. 16 (FLOPs) | gap | calibrated (FLOPs) | gap | hindsight | gap | run whole |')
     print('|---|---|---|---|---|---|---|---|---|---|')
     loaded = {}
     for path in args.model:
@@ -146,7 +149,7 @@ def main():
             cal = (f"{means['cal']:.3f} ({percent['cal']:.0f} %) | {full - means['cal']:.3f}"
                    if means['cal'] is not None else '- | -')
             print(f"| {path} | {name} | {full:.3f} | {means['eq16']:.3f} ({percent['eq16']:.0f} %) | "
-                  f"{full - means['eq16']:.3f} | {cal} | {means['oracle']:.3f} | {full - means['oracle']:.3f} | "
+                  f"{full - means['eq16']:.3f} | {cal} | {means['hindsight']:.3f} | {full - means['hindsight']:.3f} | "
                   f"{'-' if whole is None else f'{whole}/{len(pairs)}'} |", flush=True)
 
 

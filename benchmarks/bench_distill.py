@@ -65,7 +65,7 @@ def random_batch(images, generator, batch=4, gt_size=64):
     return {'lq': lq, 'gt': gt}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--hr-dir', required=True, help='HR training images (the last --holdout are held out)')
     parser.add_argument('--holdout', type=int, default=6)
@@ -75,7 +75,7 @@ def main():
     parser.add_argument('--budget', type=float, default=0.6)
     parser.add_argument('--report-dir', help='HR folder to report on as well (LR by MATLAB bicubic)')
     parser.add_argument('--threads', type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     get_root_logger(log_level=logging.WARNING)
     weights = [float(w) for w in args.weights.split(',')]

@@ -24,13 +24,13 @@ from wbsr_plugin.inference.image_io import read_image
 PHOTO = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests', 'fixtures', 'hr', 'astronaut.png')
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', help='a trained checkpoint; default: random weights')
     parser.add_argument('--arch', choices=SUPERNETS, default='WBSRResNet')
     parser.add_argument('-s', '--scale', type=int, default=4)
     parser.add_argument('--threads', type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.model:

@@ -77,14 +77,14 @@ def throughput(dataset, num_workers, batches, batch_size=16):
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', default='/work/shared/data/train/sun_hays80', help='folder of HR photos')
     parser.add_argument('--work', default='/tmp/hes_bench', help='scratch folder for the prepared data')
     parser.add_argument('--batches', type=int, default=100, help='timed batches of 16 per configuration')
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 2], help='DataLoader worker counts')
     parser.add_argument('--repeats', type=int, default=3, help='interleaved runs per configuration (median)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     prepare(args.data, args.work)
     torch.manual_seed(0)

@@ -70,7 +70,7 @@ def run(procs, threads, folder, model, out, extra):
     return wall, float(match.group(1))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--images', type=int, default=8, help='images in the folder. Default: 8')
     parser.add_argument('--size', type=int, default=64, help='LR side of each image. Default: 64')
@@ -79,7 +79,7 @@ def main():
                         help=f'PROCESSESxTHREADS each. Default: 1x{cpus} {cpus}x1 1x1')
     parser.add_argument('--budget', default='0.6', help='--budget of infer. Default: 0.6')
     parser.add_argument('--repeat', type=int, default=1, help='runs of each setting, interleaved; medians. Default: 1')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     load = ' '.join(f'{v:.1f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
     with tempfile.TemporaryDirectory() as root:

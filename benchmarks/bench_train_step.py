@@ -147,7 +147,7 @@ def print_table(medians, loss_medians, setups, device, batch, gt_size, scale, re
         print(f'{loss:<8} {loss_medians[loss] * 1e3:8.2f} ' + ' '.join(shares))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', choices=['cpu', 'cuda', 'all'], default='all',
                         help='cpu, cuda, or all (CPU, then CUDA when present). Default: all')
@@ -159,7 +159,7 @@ def main():
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first. Default: 2')
     parser.add_argument('--prior', help='BDLoss GMM prior (default: fitted on tests/fixtures/hr)')
     parser.add_argument('--no-distill', action='store_true', help='leave out the sandwich+distill setup')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name in ('batch', 'gt_size', 'repeat', 'threads'):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -11,6 +11,7 @@ from os import path as osp
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from basicsr.utils import scandir
@@ -129,11 +130,17 @@ def extract_subimages(input_folder, save_folder, crop_size=480, step=240, thresh
     return _run(jobs, _subimages_worker, n_thread, 'subimages')
 
 
+def _single_threaded_worker():
+    """Pool initializer: torch in one thread (the processes are the parallelism). A forked child that opened
+    a parallel region of the OpenMP pool it inherited from a parent that had used it would hang."""
+    torch.set_num_threads(1)
+
+
 def _run(jobs, worker, n_thread, desc):
     total = 0
     with tqdm(total=len(jobs), unit='image', desc=desc) as pbar:
         if n_thread > 1:
-            with Pool(n_thread) as pool:
+            with Pool(n_thread, initializer=_single_threaded_worker) as pool:
                 for count in pool.imap_unordered(worker, jobs):
                     total += count
                     pbar.update(1)

@@ -1,0 +1,142 @@
+"""Every benchmark command written in README.md and docs/*.md runs on the current code, at tiny sizes.
+
+Each command is taken from the docs as written, its data paths (``../shared/...``, ``OUT/...``,
+``photo.jpg``) replaced by tiny stand-ins, and options that only set the problem size appended, so
+that the documented flags are parsed and the documented code paths run in seconds.
+"""
+import glob
+import importlib.util
+import re
+import shlex
+from os import path as osp
+
+import cv2
+import pytest
+import torch
+
+from basicsr.archs import build_network
+from conftest import FIXTURES, REPO_ROOT, TINY_RESNET
+from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
+
+DOCS = [osp.join(REPO_ROOT, 'README.md')] + sorted(glob.glob(osp.join(REPO_ROOT, 'docs', '*.md')))
+COMMAND = re.compile(r'python (benchmarks/\w+\.py)\b([^#\n]*)')
+HR = osp.join(FIXTURES, 'hr')
+TINY_RCAN = {'type': 'WBSRRCAN', 'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]}
+
+# Options appended to every command of a script: they shrink the problem, nothing else.
+TINY = {
+    'bench_bdloss.py': ['--batch', '2', '--lr-size', '8', '--iters', '1', '--warmup', '0', '--num-refs', '8'],
+    'bench_budget_gap.py': ['--patch-size', '12', '--overlap', '2'],
+    'bench_distill.py': ['--holdout', '1', '--iters', '2', '--weights', '0,1'],
+    'bench_export.py': [],
+    'bench_inference.py': ['--lq-sizes', '24x16', '--budgets', '0.6', '--repeat', '1', '--patch-sizes', '12',
+                           '--patch-size', '12', '--overlap', '2'],
+    'bench_loader.py': ['--batches', '1', '--workers', '0', '--repeats', '1'],
+    'bench_reproduce_runs.py': ['--preset', 'toy', '--iters', '6', '--rows', 'plain'],
+    'bench_sharded_infer.py': ['--images', '2', '--size', '16', '--settings', '1x1', '--repeat', '1'],
+    'bench_train_step.py': ['--batch', '1', '--gt-size', '16', '--repeat', '1', '--warmup', '0', '--no-distill'],
+}
+
+
+def documented_commands():
+    """``(doc file, script, args)`` of every ``python benchmarks/...`` command in code spans and blocks."""
+    found = []
+    for doc in DOCS:
+        with open(doc) as f:
+            text = f.read()
+        blocks = re.findall(r'```[^\n]*\n(.*?)```', text, re.S)
+        spans = re.findall(r'`([^`]+)`', re.sub(r'```.*?```', '', text, flags=re.S))
+        lines = [line for block in blocks for line in block.replace('\\\n', ' ').splitlines()]
+        lines += [span.replace('\n', ' ') for span in spans]
+        for line in lines:
+            for match in COMMAND.finditer(line):
+                found.append((osp.basename(doc), osp.basename(match.group(1)), shlex.split(match.group(2))))
+    return found
+
+
+COMMANDS = documented_commands()
+
+
+def test_every_benchmark_is_documented():
+    scripts = {osp.basename(path) for path in glob.glob(osp.join(REPO_ROOT, 'benchmarks', 'bench_*.py'))}
+    assert scripts == {script for _, script, _ in COMMANDS} == set(TINY)
+
+
+@pytest.fixture(scope='module')
+def stand_ins(tmp_path_factory):
+    """Tiny checkpoints, a prior and a folder of photos large enough for the loader benchmark."""
+    root = tmp_path_factory.mktemp('stand_ins')
+    paths = {}
+    for name, opt in (('WBSRResNet', TINY_RESNET), ('WBSRRCAN', TINY_RCAN)):
+        net = build_network(dict(opt, upscale=4))
+        class_errors = [[0.01 / (1 + k + m) for m in range(len(net.subnets))] for k in range(10)]
+        meta = make_wbsr_meta(net, [float(t) for t in range(2, 20, 2)], 12, class_errors=class_errors)
+        paths[name] = str(root / f'{name}.pth')
+        torch.save({'params': net.state_dict(), WBSR_KEY: meta}, paths[name])
+    paths['prior'] = str(root / 'prior.pth')
+    save_gmm_prior(fit_gmm_prior(HR, 4, num_components=2, num_iters=10), paths['prior'])
+    from skimage import data
+    (root / 'photos').mkdir()
+    cv2.imwrite(str(root / 'photos' / 'astronaut.png'), data.astronaut()[..., ::-1])
+    paths['photos'] = str(root / 'photos')
+    return paths
+
+
+def stand_in_args(script, args, stand_ins, work):
+    """``args`` with data paths replaced by stand-ins, and the tiny options appended."""
+    out, option = [], None
+    for arg in args:
+        if option in ('--hr-dir', '--train-hr', '--report-dir'):
+            arg = HR
+        elif option == '--data':
+            arg = stand_ins['photos']
+        elif option == '--image':
+            arg = osp.join(HR, 'astronaut.png')
+        elif option in ('--work', '--out'):
+            arg = str(work)
+        elif option == '--prior':
+            arg = stand_ins['prior']
+        elif option == '--test':
+            arg = f"{arg.partition('=')[0]}={HR}"
+        elif option == '--model':
+            arg = stand_ins['WBSRRCAN' if 'WBSRRCAN' in args else 'WBSRResNet']
+        out.append(arg)
+        option = arg if arg.startswith('-') else None
+    extra = list(TINY[script])
+    if script == 'bench_inference.py':
+        arch = 'WBSRRCAN' if 'WBSRRCAN' in args else 'WBSRResNet'
+        widths = [str(w) for w in (TINY_RCAN if arch == 'WBSRRCAN' else TINY_RESNET)['widths']]
+        extra += ['--arch', arch, '--widths', *widths, '--model', stand_ins[arch]]
+    if script in ('bench_bdloss.py', 'bench_train_step.py') and '--prior' not in out:
+        extra += ['--prior', stand_ins['prior']]
+    if script == 'bench_export.py':
+        extra += ['--model', stand_ins['WBSRResNet']]
+    if script == 'bench_loader.py' and '--work' not in out:
+        extra += ['--work', str(work)]
+    return out + extra
+
+
+def load_script(script):
+    spec = importlib.util.spec_from_file_location(f'documented_{script[:-3]}',
+                                                  osp.join(REPO_ROOT, 'benchmarks', script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('doc, script, args', COMMANDS, ids=[f'{d}:{s}:{i}' for i, (d, s, _) in enumerate(COMMANDS)])
+def test_documented_command_runs_at_tiny_sizes(doc, script, args, stand_ins, tmp_path, capsys, restore_threads):
+    if '--device' in args and args[args.index('--device') + 1] == 'cuda' and not torch.cuda.is_available():
+        pytest.skip('a CUDA command')
+    argv = stand_in_args(script, args, stand_ins, tmp_path)
+    result = load_script(script).main(argv)
+    assert result in (None, 0)
+    assert capsys.readouterr().out.strip()  # it printed its table
