@@ -28,6 +28,7 @@ setup(
         'test': ['pytest'],
         'plot': ['matplotlib'],
         'export': ['onnx', 'onnxruntime'],
+        'mutation': ['mutmut==3.8.1'],  # benchmarks/mutation_test.py
     },
     entry_points={
         'console_scripts': [

@@ -1,3 +1,4 @@
+import copy
 import math
 import os
 import subprocess
@@ -6,13 +7,15 @@ from os import path as osp
 
 import numpy as np
 import pytest
+import scipy.special
 import torch
 from torch.func import functional_call
 
 import wbsr_plugin  # noqa: F401
 from basicsr.losses import build_loss
 from basicsr.utils.registry import LOSS_REGISTRY
-from wbsr_plugin.losses.bd_loss import BDLoss, _log_laplace_conv_normal
+from wbsr_plugin.losses.bd_loss import (BDLoss, _TableLookup, _hermite_coefficients, _kernel_rho,
+                                        _log_laplace_conv_normal, _log_sum_laplace_kernels, _table_spacing)
 from wbsr_plugin.losses.gmm_prior_util import (fit_gmm_1d, fit_gmm_prior, load_gmm_prior, save_gmm_prior,
                                                lowpass, target_lowpass)
 
@@ -373,7 +376,8 @@ def test_gai_table_is_built_once_per_prior_sigma_device_and_dtype(prior_path, mo
     from wbsr_plugin.losses import bd_loss
     builds = []
     build = bd_loss._hermite_coefficients
-    monkeypatch.setattr(bd_loss, '_hermite_coefficients', lambda *args: builds.append(args[5]) or build(*args))
+    monkeypatch.setattr(bd_loss, '_hermite_coefficients',
+                        lambda *args, **kwargs: builds.append(args[5]) or build(*args, **kwargs))
     loss = BDLoss(estimator='gai', prior_path=prior_path)
     target = torch.rand(2, 3, 16, 16)
     pred = target + 0.05 * torch.randn_like(target)
@@ -399,8 +403,9 @@ def test_gai_table_is_built_once_per_prior_sigma_device_and_dtype(prior_path, mo
 @pytest.mark.parametrize('kernel', KERNELS)
 def test_table_continues_exactly_beyond_its_range(prior_path, kernel):
     loss = BDLoss(estimator='gai', prior_path=prior_path, kernel=kernel).double()
-    pred = torch.linspace(-3, 3, 2 * 3 * 16 * 16, dtype=torch.float64).reshape(2, 3, 16, 16)
-    pred = pred[:, :, torch.randperm(16)].requires_grad_()  # residuals up to about +-3
+    values = torch.linspace(-3, 3, 2 * 3 * 16 * 8, dtype=torch.float64).reshape(2, 3, 16, 8)
+    # horizontal pairs (v, -v): every 4 x 4 block averages to 0, so the residuals are the values, up to +-3
+    pred = torch.stack([values, -values], dim=-1).reshape(2, 3, 16, 16).requires_grad_()
     _, balancing, _ = loss.log_likelihood_terms(pred, pred.detach())
     direct = direct_gai_balancing(pred, prior_path, 0.01, kernel)
     torch.testing.assert_close(balancing, direct, rtol=1e-4, atol=1e-6)
@@ -423,3 +428,389 @@ def test_lowpass_matrix_products_match_pooling_and_interpolation(dtype):
         grad, = torch.autograd.grad(got, img, grad_out)
         grad_expected, = torch.autograd.grad(expected, img, grad_out)
         torch.testing.assert_close(grad, grad_expected, rtol=0, atol=10 * tol)
+
+
+# --- Options: exact messages, documented defaults, state dict ---------------------------------------------------------
+
+ALLOWED_OPTIONS = ("['bmc_num_refs', 'estimator', 'init_noise_sigma', 'kernel', 'learn_sigma', 'loss_weight', "
+                   "'prior_path', 'reduction', 'scale', 'space']")
+WEIGHT_DECAY_HINT = ' (the weight-decay term lambda belongs in train.optim_g.weight_decay = 2 * lambda)'
+
+
+@pytest.mark.parametrize('opt, message', [
+    ({'reduction': 'avg'}, "BDLoss: reduction must be one of ['none', 'mean', 'sum'], got 'avg'."),
+    ({'estimator': 'exact'}, "BDLoss: estimator must be one of ['gai', 'bmc'], got 'exact'."),
+    ({'kernel': 'cauchy'}, "BDLoss: kernel must be one of ['gaussian', 'laplace'], got 'cauchy'."),
+    ({'space': 'patch'}, "BDLoss: space must be one of ['residual', 'pixel'], got 'patch'."),
+    ({'scale': 0}, 'BDLoss: scale must be an integer >= 1, got 0.'),
+    ({'scale': 2.0}, 'BDLoss: scale must be an integer >= 1, got 2.0.'),
+    ({'scale': True}, 'BDLoss: scale must be an integer >= 1, got True.'),
+    ({'learn_sigma': 'yes'}, "BDLoss: learn_sigma must be one of [True, False], got 'yes'."),
+    ({'init_noise_sigma': 0}, 'BDLoss: init_noise_sigma must be a finite number > 0, got 0.'),
+    ({'init_noise_sigma': -1.0}, 'BDLoss: init_noise_sigma must be a finite number > 0, got -1.0.'),
+    ({'init_noise_sigma': float('inf')}, 'BDLoss: init_noise_sigma must be a finite number > 0, got inf.'),
+    ({'init_noise_sigma': '0.1'}, "BDLoss: init_noise_sigma must be a finite number > 0, got '0.1'."),
+    ({'init_noise_sigma': True}, 'BDLoss: init_noise_sigma must be a finite number > 0, got True.'),
+    ({'bmc_num_refs': 0}, 'BDLoss: bmc_num_refs must be an integer >= 1, got 0.'),
+    ({'bmc_num_refs': 8.0}, 'BDLoss: bmc_num_refs must be an integer >= 1, got 8.0.'),
+    ({'loss_weight': 'one'}, "BDLoss: loss_weight must be a finite number, got 'one'."),
+    ({'loss_weight': float('nan')}, 'BDLoss: loss_weight must be a finite number, got nan.'),
+    ({'loss_weight': True}, 'BDLoss: loss_weight must be a finite number, got True.'),
+    ({'noise_sigma': 1.0}, f"BDLoss: unknown option(s) ['noise_sigma']; allowed options are {ALLOWED_OPTIONS}."),
+    ({'weight_decay': 1e-4},
+     f"BDLoss: unknown option(s) ['weight_decay']{WEIGHT_DECAY_HINT}; allowed options are {ALLOWED_OPTIONS}."),
+    ({'lambda': 1e-4},
+     f"BDLoss: unknown option(s) ['lambda']{WEIGHT_DECAY_HINT}; allowed options are {ALLOWED_OPTIONS}."),
+    ({'lambda_wd': 1e-4, 'noise_sigma': 1.0},
+     f"BDLoss: unknown option(s) ['lambda_wd', 'noise_sigma']{WEIGHT_DECAY_HINT}; "
+     f"allowed options are {ALLOWED_OPTIONS}."),
+    ({'prior_path': 'x.pth'}, "BDLoss: prior_path is used by estimator 'gai' only; remove it for 'bmc'."),
+])
+def test_bad_options_raise_their_exact_message(opt, message):
+    """Protects each option's ValueError text: the option named, the allowed values, the weight-decay hint."""
+    with pytest.raises(ValueError) as info:
+        BDLoss(**{'estimator': 'bmc', **opt})
+    assert str(info.value) == message
+
+
+def test_gai_prior_errors_exact_messages(tmp_path, prior_path):
+    """Protects the 'gai' prior messages: missing path (with the fit command), non-string path, scale/space mismatch."""
+    cases = [
+        ({}, "BDLoss: estimator 'gai' needs prior_path (fit one with `python -m wbsr_plugin.fit_prior -i HR_DIR -o "
+         "PRIOR.pth -s SCALE`), or use estimator 'bmc'."),
+        ({'prior_path': 123}, 'BDLoss: prior_path must be a string, got 123.'),
+        ({'prior_path': prior_path, 'scale': 2},
+         f"BDLoss: scale is 2 but the prior '{prior_path}' was fitted with scale 4; refit it or set scale: 4."),
+        ({'prior_path': prior_path, 'space': 'pixel'},
+         f"BDLoss: space is 'pixel' but the prior '{prior_path}' was fitted with space 'residual'; refit it or set "
+         "space: 'residual'."),
+    ]
+    for opt, message in cases:
+        with pytest.raises(ValueError) as info:
+            BDLoss(estimator='gai', **opt)
+        assert str(info.value) == message
+
+
+def test_pixel_space_prior_accepts_any_scale(tmp_path):
+    """Protects the exemption: in pixel space the low-pass is not used, so the prior's scale need not match."""
+    path = str(tmp_path / 'pixel.pth')
+    save_gmm_prior(toy_prior(scale=2, space='pixel'), path)
+    loss = BDLoss(estimator='gai', prior_path=path, space='pixel', scale=4)
+    assert loss.scale == 4
+    target = torch.rand(1, 1, 8, 8)
+    assert torch.isfinite(loss(target + 0.01, target))
+
+
+def test_smallest_valid_scale_and_reference_count():
+    """Protects the lower bounds: scale 1 and bmc_num_refs 1 are valid (">= 1")."""
+    torch.manual_seed(0)
+    target = torch.rand(1, 1, 8, 8)
+    loss = BDLoss(estimator='bmc', scale=1, bmc_num_refs=1)
+    assert loss.scale == 1 and loss.bmc_num_refs == 1
+    assert torch.isfinite(loss(target + 0.01, target))
+
+
+def test_documented_defaults(prior_path):
+    """Protects the defaults of docs/bdloss.md: estimator gai, gaussian, residual, x4, mean, weight 1, sigma 0.01."""
+    loss = BDLoss(prior_path=prior_path)
+    assert (loss.estimator, loss.kernel, loss.space, loss.scale, loss.reduction, loss.loss_weight,
+            loss.learn_sigma, loss.prior_path) == ('gai', 'gaussian', 'residual', 4, 'mean', 1.0, False, prior_path)
+    assert loss.sigma.item() == pytest.approx(0.01, rel=1e-6)
+    bmc = BDLoss(estimator='bmc')
+    assert bmc.bmc_num_refs == 64 and bmc.prior_path is None
+
+
+def test_prior_is_not_part_of_the_state_dict(prior_path):
+    """Protects persistent=False of the prior buffers: checkpoints hold sigma only, the prior comes from prior_path."""
+    loss = BDLoss(estimator='gai', prior_path=prior_path)
+    assert {name for name, _ in loss.named_buffers()} == {'log_sigma', 'gmm_weights', 'gmm_means', 'gmm_variances'}
+    assert list(loss.state_dict()) == ['log_sigma']
+    assert list(BDLoss(estimator='gai', prior_path=prior_path, learn_sigma=True).state_dict()) == ['log_sigma']
+
+
+@pytest.mark.parametrize('estimator, kernel, sigma', [('gai', 'gaussian', 0.004), ('gai', 'laplace', 0.02),
+                                                      ('bmc', 'gaussian', 0.004)])
+def test_loaded_sigma_gives_exactly_the_loss_built_with_it(prior_path, estimator, kernel, sigma):
+    """Protects _load_from_state_dict and the table cache: after loading a sigma (through a parent module, without a
+    dtype change in between), the table is rebuilt on that sigma's lattice (spacing, range): the loss equals, bit for
+    bit, that of a loss built with that sigma."""
+    loss = make_loss(estimator, prior_path, kernel=kernel, init_noise_sigma=0.05, bmc_num_refs=16)
+    other = make_loss(estimator, prior_path, kernel=kernel, init_noise_sigma=sigma, bmc_num_refs=16)
+    lattice = (loss._spacing(), loss._table_range())
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 16, 16)
+    pred = target + 0.02 * torch.randn_like(target)
+    loss(pred, target)  # builds (for 'gai' caches) the table of sigma 0.05
+    torch.nn.ModuleDict({'cri': loss}).load_state_dict({'cri.log_sigma': other.log_sigma.clone()})
+    assert loss.sigma.item() == other.sigma.item()
+    assert (loss._spacing(), loss._table_range()) == (other._spacing(), other._table_range()) != lattice
+    torch.manual_seed(1)
+    got = loss(pred, target)
+    torch.manual_seed(1)
+    assert torch.equal(got, other(pred, target))
+
+
+def test_state_dict_without_sigma_keeps_sigma(prior_path):
+    """Protects loading a state dict that lacks log_sigma (strict=False): it is reported missing, sigma is kept."""
+    loss = BDLoss(estimator='gai', prior_path=prior_path, init_noise_sigma=0.02)
+    result = loss.load_state_dict({}, strict=False)
+    assert result.missing_keys == ['log_sigma']
+    target = torch.rand(1, 3, 16, 16)
+    pred = target + 0.02 * torch.randn_like(target)
+    fresh = BDLoss(estimator='gai', prior_path=prior_path, init_noise_sigma=0.02)
+    assert torch.equal(loss(pred, target), fresh(pred, target))
+
+
+def test_shape_errors_and_guards_exact_messages(prior_path):
+    """Protects the shape check (same shape and 4-D) and the guards against a kernel/estimator changed after build."""
+    loss = BDLoss(estimator='gai', prior_path=prior_path)
+    for pred, target in [(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 4)), (torch.rand(3, 8, 8), torch.rand(3, 8, 8))]:
+        with pytest.raises(ValueError) as info:
+            loss(pred, target)
+        assert str(info.value) == (f'BDLoss expects pred and target of the same shape (N, C, H, W), got '
+                                   f'{tuple(pred.shape)} and {tuple(target.shape)}.')
+    pred = torch.rand(1, 1, 8, 8)
+    loss.kernel = 'cauchy'
+    with pytest.raises(ValueError) as info:
+        loss(pred, pred)
+    assert str(info.value) == "kernel must be one of ['gaussian', 'laplace'], got 'cauchy'."
+    loss.kernel, loss.estimator = 'gaussian', 'exact'
+    with pytest.raises(ValueError) as info:
+        loss(pred, pred)
+    assert str(info.value) == "estimator must be one of ['gai', 'bmc'], got 'exact'."
+    with pytest.raises(ValueError) as info:
+        _kernel_rho(pred, 'cauchy')
+    assert str(info.value) == "kernel must be one of ['gaussian', 'laplace'], got 'cauchy'."
+
+
+def test_kernel_rho_and_its_derivative():
+    """Protects _kernel_rho: -log K = a * rho + const with rho = d^2 (Gaussian) or |d| (Laplace), and d rho / d d."""
+    diff = torch.tensor([-0.5, 0.25, 2.0], dtype=torch.float64)
+    rho, slope = _kernel_rho(diff, 'gaussian')
+    assert rho.tolist() == [0.25, 0.0625, 4.0] and slope.tolist() == [-1.0, 0.5, 4.0]
+    rho, slope = _kernel_rho(diff, 'laplace')
+    assert rho.tolist() == [0.5, 0.25, 2.0] and slope.tolist() == [-1.0, 1.0, 1.0]
+
+
+def test_elementwise_terms_sum_to_the_unreduced_loss(prior_path):
+    """Protects elementwise_terms: both terms carry the detached factor 2 sigma^2, their sum is the loss per element."""
+    loss = BDLoss(estimator='gai', prior_path=prior_path, reduction='none', init_noise_sigma=0.05).double()
+    target = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    pred = target + 0.05 * torch.randn_like(target)
+    likelihood, balancing = loss.elementwise_terms(pred, target)
+    raw_likelihood, raw_balancing, factor = loss.log_likelihood_terms(pred, target)
+    assert factor.item() == pytest.approx(2 * 0.05**2, rel=1e-6)
+    torch.testing.assert_close(likelihood, raw_likelihood * 2 * 0.05**2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(balancing, raw_balancing * 2 * 0.05**2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(likelihood + balancing, loss(pred, target), rtol=1e-12, atol=1e-15)
+
+
+# --- Precision of the inputs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('estimator', ESTIMATORS)
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_float64_inputs_are_computed_in_float64_by_a_float32_loss(estimator, kernel, prior_path):
+    """Protects the promotion to the input's precision: a float32 loss (buffers, sigma) on float64 inputs computes in
+    float64 throughout, exactly as the same loss converted with .double()."""
+    loss = make_loss(estimator, prior_path, kernel=kernel, init_noise_sigma=0.03, bmc_num_refs=16)
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    pred = target + 0.05 * torch.randn_like(target)
+    torch.manual_seed(3)
+    got = loss(pred, target)
+    torch.manual_seed(3)
+    expected = copy.deepcopy(loss).double()(pred, target)
+    assert got.dtype == torch.float64 and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('estimator', ESTIMATORS)
+def test_half_inputs_are_computed_in_float32(dtype, estimator, prior_path):
+    """Protects the promotion of half inputs to float32 (targets included, for the 'bmc' references)."""
+    loss = make_loss(estimator, prior_path, init_noise_sigma=0.03, bmc_num_refs=16)
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 16, 16).to(dtype)
+    pred = (target.float() + 0.05 * torch.randn(1, 3, 16, 16)).to(dtype).requires_grad_()
+    torch.manual_seed(3)
+    got = loss(pred, target)
+    torch.manual_seed(3)
+    expected = loss(pred.detach().float(), target.float())
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    got.backward()
+    assert pred.grad.dtype == dtype and torch.isfinite(pred.grad.float()).all()
+
+
+def test_bmc_table_is_rebuilt_for_every_batch():
+    """Protects cacheable=False for 'bmc': its table depends on the batch's references and must not be reused."""
+    loss = BDLoss(estimator='bmc', bmc_num_refs=16, init_noise_sigma=0.03)
+    torch.manual_seed(0)
+    first, second = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    loss(first + 0.05, first)
+    torch.manual_seed(5)
+    got = loss(second + 0.05, second)
+    torch.manual_seed(5)
+    assert torch.equal(got, BDLoss(estimator='bmc', bmc_num_refs=16, init_noise_sigma=0.03)(second + 0.05, second))
+
+
+# --- The Hermite table: lattice, range, continuation beyond it --------------------------------------------------------
+
+
+def test_table_spacing_is_the_largest_power_of_two_within_a_sixteenth_of_the_width():
+    """Protects _table_spacing: 2^floor(log2(width / 16)), clamped to [2^-16, 2^-6]."""
+    assert _table_spacing(16 * 2.0**-10) == 2.0**-10  # exactly a power of two
+    assert _table_spacing(16 * 2.0**-10 * 0.999) == 2.0**-11
+    assert _table_spacing(0.01) == 2.0**-11  # 0.01 / 16 = 6.25e-4 in [2^-11, 2^-10)
+    assert _table_spacing(16 * 2.0**-6) == 2.0**-6
+    assert _table_spacing(1.0) == 2.0**-6  # 1 / 16 = 2^-4, capped
+    assert _table_spacing(16 * 2.0**-16) == 2.0**-16
+    assert _table_spacing(1e-9) == 2.0**-16  # floored
+    assert _table_spacing(0.0) == 2.0**-16
+
+
+def test_spacing_follows_the_narrowest_kernel_width(prior_path):
+    """Protects _spacing: width sqrt(S_min + sigma^2) ('gai' Gaussian), min(sigma, sqrt(S_min)) ('gai' Laplace),
+    sigma ('bmc'); toy prior S_min = 1e-4, sigma 0.03."""
+    gai_gaussian = make_loss('gai', prior_path, init_noise_sigma=0.03)
+    gai_laplace = make_loss('gai', prior_path, kernel='laplace', init_noise_sigma=0.03)
+    bmc = make_loss('bmc', kernel='gaussian', init_noise_sigma=0.03)
+    assert gai_gaussian._spacing() == 2.0**-9  # sqrt(1e-3) / 16 = 1.98e-3
+    assert gai_laplace._spacing() == 2.0**-11  # 0.01 / 16 = 6.25e-4
+    assert bmc._spacing() == 2.0**-10  # 0.03 / 16 = 1.875e-3
+
+
+def test_table_range_is_fixed_except_for_gai_with_the_laplace_kernel(tmp_path, prior_path):
+    """Protects _table_range: TABLE_RANGES[space] unless 'gai' + 'laplace', which covers the linear onsets
+    mu -+ S / sigma of every component (toy prior, sigma 0.01: [-2.1, 1.9]) with a margin below one unit, and
+    never goes beyond MAX_TABLE_WIDENING past the fixed range."""
+    pixel_path = str(tmp_path / 'pixel.pth')
+    save_gmm_prior(toy_prior(space='pixel'), pixel_path)
+    assert make_loss('gai', prior_path)._table_range() == (-1.5, 1.5)
+    assert make_loss('gai', pixel_path, space='pixel')._table_range() == (-1.0, 2.0)
+    for kernel in KERNELS:
+        assert make_loss('bmc', kernel=kernel)._table_range() == (-1.5, 1.5)
+        assert make_loss('bmc', kernel=kernel, space='pixel')._table_range() == (-1.0, 2.0)
+    lo, hi = make_loss('gai', prior_path, kernel='laplace')._table_range()
+    assert -2.1 - 1 < lo < -2.1 - 4 * math.sqrt(0.02) and 1.9 + 4 * math.sqrt(0.02) < hi < 1.9 + 1
+    wide = str(tmp_path / 'wide.pth')
+    save_gmm_prior(toy_prior(weights=(1., ), means=(0.2, ), variances=(0.1, )), wide)  # S / sigma = 10
+    assert make_loss('gai', wide, kernel='laplace')._table_range() == (-5.5, 5.5)
+
+
+def test_hermite_table_of_a_cubic_is_exact_inside_and_quadratic_outside():
+    """Protects _hermite_coefficients and _TableLookup: a cubic is reproduced exactly on the lattice's range; below
+    the first and above the last node the table continues by the quadratic of the end node's value, slope and
+    finite-difference curvature; gradients in x and in the function's parameter follow."""
+    scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    # nodes -1, -0.75, ..., 1: f = x^3, f' = 3 x^2; end curvature (f'(1) - f'(0.75)) / 0.25 = 5.25, mirrored below
+    coeffs = _hermite_coefficients(lambda nodes: scale * nodes**3, -4, 9, 0.25, 'cpu', torch.float64, True)
+    assert coeffs.shape == (4, 10) and coeffs.dtype == torch.float64
+    coeffs32 = _hermite_coefficients(lambda nodes: nodes**3, -4, 9, 0.25, 'cpu', torch.float32, False)
+    assert coeffs32.dtype == torch.float32
+    x = torch.tensor([-7.0, -2.5, -1.1, -1.0, -0.9, -0.3, 0.0, 0.4, 0.95, 1.0, 1.05, 2.0, 6.0], dtype=torch.float64)
+    x.requires_grad_()
+    out = _TableLookup.apply(x, coeffs, -4.0, 4.0)
+    below, above = x.detach() + 1, x.detach() - 1
+    cube = torch.where(x < -1, -1 + 3 * below - 2.625 * below**2,
+                       torch.where(x > 1, 1 + 3 * above + 2.625 * above**2, x.detach()**3))
+    slope = torch.where(x < -1, 3 - 5.25 * below, torch.where(x > 1, 3 + 5.25 * above, 3 * x.detach()**2))
+    torch.testing.assert_close(out, 1.5 * cube, rtol=1e-12, atol=1e-12)
+    grad_x, grad_scale = torch.autograd.grad(out.sum(), [x, scale])
+    torch.testing.assert_close(grad_x, 1.5 * slope, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_scale, cube.sum(), rtol=1e-12, atol=1e-12)
+
+
+def np_gai_log_integral(x, prior, sigma, kernel):
+    """``log sum_i phi_i (K * N(mu_i, S_i))(x)`` in numpy/scipy, stable far out (log erfc through erfcx), for the
+    prior as BDLoss stores it (float32)."""
+    weights, means, variances = (np.asarray(prior[key], dtype=np.float32).astype(np.float64)
+                                 for key in ('weights', 'means', 'variances'))
+    d = x[..., None] - means
+    if kernel == 'gaussian':
+        total = variances + sigma**2
+        log_components = -0.5 * np.log(2 * np.pi * total) - 0.5 * d**2 / total
+    else:
+        std = np.sqrt(variances)
+
+        def log_half(d):  # log of exp(S / (2 b^2) - d / b) erfc(u) / (4 b), u = (std / b - d / std) / sqrt(2)
+            u = (std / sigma - d / std) / math.sqrt(2)
+            log_erfc = np.where(u > 0,
+                                np.log(scipy.special.erfcx(np.maximum(u, 0))) - np.maximum(u, 0)**2,
+                                np.log(scipy.special.erfc(np.minimum(u, 0))))
+            return variances / (2 * sigma**2) - d / sigma + log_erfc - math.log(4 * sigma)
+
+        log_components = np.logaddexp(log_half(d), log_half(-d))
+    return scipy.special.logsumexp(log_components + np.log(weights), axis=-1)
+
+
+def pixel_balancing(loss, x):
+    """The 'gai' balancing term and its gradient at the values ``x``: in pixel space the values are the predictions."""
+    pred = torch.tensor(x, dtype=torch.float64).reshape(1, 1, 1, -1).requires_grad_()
+    _, balancing, _ = loss.log_likelihood_terms(pred, pred.detach())
+    grad, = torch.autograd.grad(balancing.sum(), pred)
+    return balancing.detach().reshape(-1).numpy(), grad.reshape(-1).numpy()
+
+
+def test_gaussian_table_continues_exactly_beyond_its_range(tmp_path):
+    """Protects the quadratic continuation (rows 0 and -1 of the table, the clamp of the row index): far out the
+    Gaussian 'gai' integral is the widest component's log-density, a quadratic, so the table stays exact to rounding
+    (values and gradients) far below and above its range [-1, 2], and at its edges."""
+    path = str(tmp_path / 'pixel.pth')
+    save_gmm_prior(toy_prior(space='pixel'), path)
+    loss = BDLoss(estimator='gai', prior_path=path, space='pixel').double()
+    x = np.concatenate([np.linspace(-6, 7, 131), [-1, -1 - 1e-7, -1 + 1e-7, 2, 2 - 1e-7, 2 + 1e-7]])
+    value, grad = pixel_balancing(loss, x)
+    sigma = loss.sigma.item()
+    np.testing.assert_allclose(value, np_gai_log_integral(x, toy_prior(), sigma, 'gaussian'), rtol=1e-10, atol=1e-7)
+    eps = 1e-6
+    expected_grad = (np_gai_log_integral(x + eps, toy_prior(), sigma, 'gaussian') -
+                     np_gai_log_integral(x - eps, toy_prior(), sigma, 'gaussian')) / (2 * eps)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-7, atol=1e-5)
+
+
+def test_gaussian_table_is_accurate_up_to_the_edges_of_its_range(tmp_path):
+    """Protects the extent of the table (num_nodes): with two prior components at the upper edge 2 of the pixel range,
+    where the integral is not quadratic, the table is interpolated (error < 1e-6) up to and including the edge."""
+    path = str(tmp_path / 'edge.pth')
+    prior = toy_prior(weights=(0.5, 0.5), means=(1.95, 2.02), variances=(1e-3, 1e-3), space='pixel')
+    save_gmm_prior(prior, path)
+    loss = BDLoss(estimator='gai', prior_path=path, space='pixel').double()
+    x = np.concatenate([np.linspace(-1, 2, 1501), [1.999, 1.9995]])
+    value, _ = pixel_balancing(loss, x)
+    np.testing.assert_allclose(value, np_gai_log_integral(x, prior, loss.sigma.item(), 'gaussian'), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('sigma', [0.01, 0.05])
+def test_laplace_table_continues_exactly_where_the_integral_is_linear(tmp_path, sigma):
+    """Protects the Laplace 'gai' table: its range reaches where every component's integral has turned linear
+    (mu -+ S / sigma, plus a margin), and beyond it the table continues by a straight line, to |x| = 8."""
+    path = str(tmp_path / 'pixel.pth')
+    save_gmm_prior(toy_prior(space='pixel'), path)
+    loss = BDLoss(estimator='gai', prior_path=path, space='pixel', kernel='laplace', init_noise_sigma=sigma).double()
+    x = np.linspace(-8, 8, 801)
+    value, grad = pixel_balancing(loss, x)
+    sigma = loss.sigma.item()
+    expected = np_gai_log_integral(x, toy_prior(), sigma, 'laplace')
+    eps = 1e-6
+    expected_grad = (np_gai_log_integral(x + eps, toy_prior(), sigma, 'laplace') -
+                     np_gai_log_integral(x - eps, toy_prior(), sigma, 'laplace')) / (2 * eps)
+    np.testing.assert_allclose(value, expected, rtol=1e-7, atol=1e-6)
+    np.testing.assert_allclose(grad * sigma, expected_grad * sigma, rtol=0, atol=1e-5)
+
+
+def test_laplace_reference_sum_counts_ties_as_below():
+    """Protects the split of _log_sum_laplace_kernels: P sums the references r_j <= x, Q those > x, so at a tie the
+    reference contributes its right derivative -a (the value is the same either way)."""
+    a = 20.0
+    refs = torch.tensor([0.3, 0.0, -0.2], dtype=torch.float64)
+    x = torch.tensor([0.0, 0.3, 0.1], dtype=torch.float64, requires_grad=True)
+    out = _log_sum_laplace_kernels(x, refs, a)
+    grad, = torch.autograd.grad(out.sum(), x)
+    expected, expected_grad = [], []
+    for xi in (0.0, 0.3, 0.1):
+        terms = [math.exp(-a * abs(xi - r)) for r in (0.3, 0.0, -0.2)]
+        slopes = [-a if xi >= r else a for r in (0.3, 0.0, -0.2)]  # the kernel of r_j <= x falls to the right
+        expected.append(math.log(sum(terms)))
+        expected_grad.append(sum(t * s for t, s in zip(terms, slopes)) / sum(terms))
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, torch.tensor(expected_grad, dtype=torch.float64), rtol=1e-12, atol=1e-12)

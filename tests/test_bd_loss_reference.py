@@ -112,10 +112,10 @@ def batch():
     return pred, target
 
 
-def bmc_references(target, seed):
+def bmc_references(target, seed, num_refs=NUM_REFS):
     """The residuals BDLoss draws for 'bmc' after ``torch.manual_seed(seed)``: uniform indices into the batch."""
     torch.manual_seed(seed)
-    indices = torch.randint(target.size, (NUM_REFS, )).numpy()
+    indices = torch.randint(target.size, (num_refs, )).numpy()
     return (target - np_lowpass(target, SCALE)).reshape(-1)[indices]
 
 
@@ -171,3 +171,15 @@ def test_flat_content_detail_is_amplified_by_the_balancing_term(prior_path):
     np.testing.assert_allclose(grad.numpy(), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
     # at the target the likelihood is flat, so descent follows -grad: the detail pixel is pushed further up
     assert grad[0, 0, 3, 3] < 0
+
+
+@pytest.mark.parametrize('kernel', ['gaussian', 'laplace'])
+def test_bmc_draws_64_references_by_default(kernel, batch):
+    """Protects the documented default bmc_num_refs = 64 (docs/bdloss.md): the loss of a 'bmc' BDLoss built without
+    it is the reference with M = 64 references and the 1 / (M + 1) of the estimate."""
+    pred_np, target_np = batch
+    refs = bmc_references(target_np, seed=5, num_refs=64)
+    loss = BDLoss(estimator='bmc', kernel=kernel, init_noise_sigma=SIGMA).double()
+    torch.manual_seed(5)
+    value = loss(torch.tensor(pred_np), torch.tensor(target_np))
+    assert value.item() == pytest.approx(np_total(pred_np, target_np, SIGMA, kernel, 'bmc', refs), rel=1e-7)
