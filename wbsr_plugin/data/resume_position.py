@@ -11,13 +11,15 @@ every later draw matches.
 
 With ``num_worker_per_gpu: 0`` a resumed run trains on exactly what the uninterrupted run would
 have (tested: same weights). With workers, the batches and their order are the same, but the
-workers' own generators are seeded afresh. Under DDP the generators of rank 0 are stored.
+workers' own generators are seeded afresh. Under DDP (where only rank 0 writes training states)
+every rank skips what it trained on, and the generators stay seeded per rank as BasicSR seeds them.
 """
 import random
 
 import numpy as np
 import torch
 
+from basicsr.utils.dist_util import get_dist_info
 from .training_progress import read_training_progress
 
 _HOOK_FLAG = '_wbsr_resume_hook'
@@ -58,10 +60,10 @@ def resume_position(epoch, current_iter):
 
     Returns:
         dict: ``epoch``, ``batches`` (trained on in this epoch; None when the sampler's epoch is not
-        known, e.g. outside ``train_pipeline``) and ``rng`` (:func:`rng_states`).
+        known, e.g. outside ``train_pipeline``) and ``rng`` (:func:`rng_states`; None under DDP).
     """
     batches = current_iter - _EPOCH['first_iter'] if _EPOCH['epoch'] == epoch else None
-    return {'epoch': epoch, 'batches': batches, 'rng': rng_states()}
+    return {'epoch': epoch, 'batches': batches, 'rng': rng_states() if get_dist_info()[1] == 1 else None}
 
 
 def request_resume(position, batch_size):
@@ -70,8 +72,9 @@ def request_resume(position, batch_size):
     if not position or position.get('batches') is None:
         _PENDING['resume'] = None
         return
+    rng = position['rng'] if get_dist_info()[1] == 1 else None
     _PENDING['resume'] = {'epoch': position['epoch'], 'batches': position['batches'],
-                          'skip': position['batches'] * batch_size, 'rng': position['rng']}
+                          'skip': position['batches'] * batch_size, 'rng': rng}
 
 
 def _sampler_set_epoch(original):
@@ -95,7 +98,8 @@ def _sampler_iter(original):
         if pending is None or pending['epoch'] != self.epoch:
             return indices
         _PENDING['resume'] = None
-        restore_rng_states(pending['rng'])
+        if pending['rng'] is not None:
+            restore_rng_states(pending['rng'])
         return iter(list(indices)[pending['skip']:])
 
     return iterate
