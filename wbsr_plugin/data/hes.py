@@ -168,7 +168,7 @@ def list_pairs(opt):
         _check_lmdb(gt_folder, 'gt')
         try:
             return paired_paths_from_lmdb([lq_folder, gt_folder], ['lq', 'gt'])
-        except AssertionError as err:
+        except (AssertionError, ValueError) as err:  # BasicSR raises ValueError for different keys
             raise ValueError(f"LMDBs '{lq_folder}' and '{gt_folder}' do not hold the same keys: {err}") from err
     elif backend == 'disk':
         for role, folder in (('lq', lq_folder), ('gt', gt_folder)):
@@ -286,10 +286,10 @@ class PairReader:
         return content
 
     def decode(self, content, path, role):
-        img = imfrombytes(content, float32=True) if content is not None else None
+        img = imfrombytes(content) if content is not None else None  # BasicSR's float32=True fails on None
         if img is None:
             raise ValueError(f"'{self.name(path, role)}' cannot be decoded as an image.")
-        return img
+        return img.astype(np.float32) / 255.
 
 
 def check_pair_shapes(lq_shape, gt_shape, scale, lq_name, gt_name, patch_size=None):
@@ -565,16 +565,6 @@ class ClassLevelDrawer:
         candidate = int(queue[self.positions[cls]])
         self.positions[cls] += 1
         return cls, candidate
-
-
-def index_path_for_dataset(dataset_opt):
-    """The index file a ``ClassBalancedPairedDataset`` with these options uses (it may not exist yet)."""
-    hes = parse_hes_options(dataset_opt)
-    if hes['hes_index_path'] is not None:
-        return hes['hes_index_path']
-    patch_size = lq_patch_size(dataset_opt['gt_size'], dataset_opt['scale'])
-    stride = hes['hes_stride'] if hes['hes_stride'] is not None else max(1, patch_size // 2)
-    return default_index_path(dataset_opt, patch_size, stride)
 
 
 # Images read for the per-patch-size thresholds of a checkpoint (evenly spread over larger datasets).
