@@ -109,3 +109,41 @@ def test_stitch_of_crops_of_one_image_returns_that_image(size, scale, patch, ove
     half = stitch_patches(crops.half(), size, p, tops, lefts, trim, scale, vectorised=True)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half[0], image, rtol=0, atol=2e-3)
+
+
+def test_blend_weights_by_hand_at_a_shift_of_one_pixel():
+    # length 5, patches of 4 at 0 and 1 (patch_positions(5, 4, 3)), trim 0: the overlap is 3 pixels wide and the
+    # ramps run over it, pixel centres at 0.5, 1.5, 2.5 of 3: the patch at 1 is not on the image border
+    weights = blend_weights([0, 1], 5, 4, 1, 0).numpy()
+    np.testing.assert_allclose(weights, [[1, 5 / 6, 1 / 2, 1 / 6], [1 / 6, 1 / 2, 5 / 6, 1]], rtol=0, atol=1e-12)
+
+
+def test_blend_weights_by_hand_with_uneven_overlaps():
+    # length 22, patches of 8 at 0, 5, 9, 14 (patch_positions(22, 8, 3)): overlaps 3, 4, 3; trim 1. Every ramp
+    # spans the patch's smallest overlap less both trims, 3 - 2 = 1 pixel: raw weights 0 on the trim pixel, 0.5 on
+    # the next, then 1. Inside the 4-pixel overlap (pixels 9..12) the patch at 5 has raw 1, 1, 0.5, 0 and the
+    # patch at 9 has 0, 0.5, 1, 1: normalised, 1, 2/3, 1/3, 0 and their complements.
+    weights = blend_weights([0, 5, 9, 14], 22, 8, 1, 1).numpy()
+    np.testing.assert_allclose(weights, [[1, 1, 1, 1, 1, 1, 1 / 2, 0],
+                                         [0, 1 / 2, 1, 1, 1, 2 / 3, 1 / 3, 0],
+                                         [0, 1 / 3, 2 / 3, 1, 1, 1, 1 / 2, 0],
+                                         [0, 1 / 2, 1, 1, 1, 1, 1, 1]], rtol=0, atol=1e-12)
+
+
+def test_blend_weights_refuse_a_trim_that_leaves_pixels_without_weight():
+    # overlap 4, trim 3: pixels 5 and 6 lie in the trim of both patches
+    with pytest.raises(ValueError, match=r'^overlap too small for trim=3: some pixels get no weight\.$'):
+        blend_weights([0, 4], 12, 8, 1, 3)
+
+
+@pytest.mark.parametrize('overlap, trim, used_trim', [(3, 1, 1), (2, 1, 0), (5, 5, 2), (6, 5, 2), (7, 2, 2)])
+def test_tile_geometry_lowers_the_trim_to_fit_the_overlap(overlap, trim, used_trim):
+    """Protects the trim rule: at most (overlap - 1) // 2, so that every overlap keeps a pixel of weight."""
+    assert tile_geometry(40, 40, 16, overlap, trim)[3] == used_trim
+
+
+def test_per_patch_stitch_of_half_patches_is_float32():
+    outputs = torch.tensor([1., 2., 3., 4.]).view(4, 1, 1, 1).expand(4, 1, 8, 8).half()
+    sr = stitch_patches(outputs, (12, 12), 8, [0, 4], [0, 4], 1, 1, vectorised=False)
+    full = stitch_patches(outputs.float(), (12, 12), 8, [0, 4], [0, 4], 1, 1, vectorised=False)
+    assert sr.dtype == torch.float32 and torch.equal(sr, full)

@@ -419,12 +419,12 @@ class DynamicInferenceEngine:
     def subnet_module(self, index):
         """The stand-alone network of subnet ``index`` (cached; see :meth:`drop_stale_subnets`)."""
         if index not in self._cache:
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, also when called from run()
                 module = self.net.extract_subnet(index)
+                if self.channels_last:
+                    module = module.to(memory_format=torch.channels_last)
             for p in module.parameters():
                 p.requires_grad_(False)
-            if self.channels_last:
-                module = module.to(memory_format=torch.channels_last)
             self._cache[index] = module
         return self._cache[index]
 

@@ -83,15 +83,18 @@ def budget_levels(class_counts, costs, budget_cost):
     Returns:
         tuple[list[int], list[tuple], float]: The subnet of every class; the partial upgrades (at most
         one here, ``(k, j, j + 1, n)``: the ``n`` hardest patches of class ``k``, 1-based, move up from
-        subnet ``j`` to ``j + 1`` with the rest of the budget; see :func:`apply_levels`); and the chosen
-        ``alpha`` of Eq. 16 with ``C_t`` = the full subnet's cost (``inf`` when every patch gets the full
+        subnet ``j`` to ``j + 1`` with the rest of the budget; see :func:`apply_levels`); and the
+        ``alpha`` of Eq. 16 with ``C_t`` = the full subnet's cost at which the last whole step was taken
+        (every ``alpha`` up to the next step gives the same levels; ``inf`` when every patch gets the full
         subnet).
     """
     costs = [float(c) for c in costs]
     num_classes, num_subnets = len(class_counts), len(costs)
     levels = [0] * num_classes
     spent = sum(class_counts) * costs[0]
-    if spent > budget_cost or num_subnets == 1:
+    if num_subnets == 1:  # the one subnet is the full network
+        return levels, [], math.inf
+    if spent > budget_cost:
         return levels, [], 0.
     # Class k moves from subnet j to j + 1 when alpha k C_full / K passes (C_j + C_{j+1}) / 2.
     full = costs[-1]
@@ -143,10 +146,10 @@ def calibrated_levels(class_counts, costs, budget_cost, class_errors):
         for k, (a, count) in reached.items():
             for b in range(a + 1, len(costs)):
                 step_cost = costs[b] - costs[a]
-                if 0 < step_cost <= remaining and errors[k - 1][b] < errors[k - 1][a]:
-                    saving = (errors[k - 1][a] - errors[k - 1][b]) / step_cost
+                if 0 <= step_cost <= remaining and errors[k - 1][b] < errors[k - 1][a]:
+                    saving = (errors[k - 1][a] - errors[k - 1][b]) / step_cost if step_cost else math.inf
                     if best is None or saving > best[0]:
-                        best = (saving, k, a, b, min(count, int(remaining // step_cost)))
+                        best = (saving, k, a, b, min(count, int(remaining // step_cost)) if step_cost else count)
         if best is None:
             break
         gain, k, a, b, count = best
