@@ -31,8 +31,8 @@ the function turns linear), values and slopes from autograd, and every element r
 a C1 cubic Hermite interpolation: O(K x nodes + pixels) instead of O(K x pixels), gradients for
 sigma included; the interpolation error is below 1e-6 in practice. Beyond the range the table
 continues by the quadratic of its end node, exact where the function is quadratic there (the
-Gaussian 'gai' integral far out is the widest component's log-density), or, for the Laplace 'gai'
-integral, by the straight line it has turned into there. The
+Gaussian 'gai' integral far out is the widest component's log-density) and within 1e-7 where it
+has turned linear (the Laplace 'gai' integral, whose range reaches far enough). The
 'gai' table depends on the prior and sigma only: with a fixed sigma it is built once per prior,
 device and dtype and reused by every call; a learnt sigma, or 'bmc' (whose references change
 with the batch), rebuilds it per call. Forward and backward never read a tensor on the host,
@@ -92,7 +92,7 @@ ESTIMATORS = ('gai', 'bmc')
 KERNELS = ('gaussian', 'laplace')
 REDUCTIONS = ('none', 'mean', 'sum')
 RECOMMENDED_SIGMA_LR = 1e-2
-# x range tabulated per space; beyond it the table continues by quadratics or lines (see _hermite_coefficients)
+# x range tabulated per space; beyond it the table continues by quadratics (see _hermite_coefficients)
 TABLE_RANGES = {'residual': (-1.5, 1.5), 'pixel': (-1.0, 2.0)}
 MAX_TABLE_WIDENING = 4.0
 _OPTIONS = ('loss_weight', 'reduction', 'estimator', 'prior_path', 'kernel', 'space', 'scale', 'learn_sigma',
@@ -167,7 +167,7 @@ class _TableLookup(torch.autograd.Function):
         return grad_x, grad_coeffs, None, None
 
 
-def _hermite_coefficients(func, first, num_nodes, spacing, device, dtype, differentiable, quadratic_ends=True):
+def _hermite_coefficients(func, first, num_nodes, spacing, device, dtype, differentiable):
     """Per-row cubics of the C1 cubic Hermite interpolant of the 1-D function ``func``.
 
     Nodes lie on the lattice ``k * spacing``, ``k = first .. first + num_nodes - 1``; values and
@@ -175,8 +175,7 @@ def _hermite_coefficients(func, first, num_nodes, spacing, device, dtype, differ
     parameters inside ``func``, sigma, get gradients). Row ``j`` holds the interval from node
     ``j - 1`` to node ``j`` in the local variable ``t`` in [0, 1); row 0 continues the table below
     its first node and the last row above its last node, each by the quadratic with the end
-    node's value, slope and (finite-difference) curvature, or with ``quadratic_ends=False`` by the
-    straight line with its value and slope. The interpolant is C1, so its
+    node's value, slope and (finite-difference) curvature. The interpolant is C1, so its
     derivative in ``x`` is exact for the function it computes; its error is O(spacing^4) times
     the fourth derivative of ``func``.
 
@@ -193,9 +192,9 @@ def _hermite_coefficients(func, first, num_nodes, spacing, device, dtype, differ
     inner = torch.stack([p0, m0, 3 * (p1 - p0) - 2 * m0 - m1, 2 * (p0 - p1) + m0 + m1])
     zero = values.new_zeros(())
     # below: value + slope * (t - 1) + curvature * (t - 1)^2 with t = pos + 1 <= 0 (origin at node -1)
-    low_curvature, high_curvature = (0.5 * (m1[0] - m0[0]), 0.5 * (m1[-1] - m0[-1])) if quadratic_ends else (zero, zero)
-    below = torch.stack([values[0] - m0[0] + low_curvature, m0[0] - 2 * low_curvature, low_curvature, zero])
-    above = torch.stack([values[-1], m1[-1], high_curvature, zero])
+    curvature = 0.5 * (m1[0] - m0[0])
+    below = torch.stack([values[0] - m0[0] + curvature, m0[0] - 2 * curvature, curvature, zero])
+    above = torch.stack([values[-1], m1[-1], 0.5 * (m1[-1] - m0[-1]), zero])
     return torch.cat([below[:, None], inner, above[:, None]], dim=1)
 
 
@@ -367,11 +366,12 @@ class BDLoss(nn.Module):
     def _table_range(self):
         """``TABLE_RANGES[space]``; for 'gai' + 'laplace', widened to where the function is linear.
 
-        Beyond the range the table continues by the function's shape far out: quadratically for the
-        Gaussian 'gai' integral (the widest component's log-density) and the Gaussian 'bmc' sums
-        (dominated by the outermost reference), linearly for the Laplace 'gai' integral, which for a
-        component ``N(mu, S)`` turns linear (slope ``-+1/sigma``) beyond ``mu -+ S / sigma``; the
-        margin of 6 ``(sqrt(S) + sigma)`` past that keeps the straight continuation within 1e-7.
+        Beyond the range the table continues quadratically, exact where the function is quadratic: far
+        out the Gaussian 'gai' integral is the widest component's log-density and the Gaussian 'bmc' sums
+        are dominated by the outermost reference. The Laplace 'gai' integral of a component ``N(mu, S)``
+        turns linear (slope ``-+1/sigma``) beyond ``mu -+ S / sigma``; a margin of 6 ``(sqrt(S) + sigma)``
+        past that leaves so little curvature that the continuation stays within 1e-7 (relative) to
+        ``|x| = 8``.
         """
         lo, hi = TABLE_RANGES[self.space]
         if self.estimator == 'gai' and self.kernel == 'laplace':
@@ -398,9 +398,7 @@ class BDLoss(nn.Module):
         if cacheable and not differentiable and cache is not None and cache[0] == key and cache[1] is self.log_sigma:
             coeffs = cache[2]
         else:
-            linear_tails = self.estimator == 'gai' and self.kernel == 'laplace'
-            coeffs = _hermite_coefficients(func, first, num_nodes, spacing, x.device, x.dtype, differentiable,
-                                           quadratic_ends=not linear_tails)
+            coeffs = _hermite_coefficients(func, first, num_nodes, spacing, x.device, x.dtype, differentiable)
             if cacheable and not differentiable:
                 self._table_cache = (key, self.log_sigma, coeffs)
         return _TableLookup.apply(x, coeffs, float(first), 1 / spacing)
