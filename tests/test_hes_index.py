@@ -702,15 +702,25 @@ def test_dataset_threshold_table_spreads_max_images_over_the_dataset(tmp_path):
     np.testing.assert_allclose(dataset_threshold_table(from_lmdb, 4, max_images=2)[16], two[16], rtol=1e-12)
 
 
-def test_an_undecodable_lq_image_is_named(tmp_path):
+@pytest.mark.parametrize('backend', ['disk', 'lmdb'])
+@pytest.mark.parametrize('reader', ['index', 'thresholds'])
+def test_an_undecodable_lq_image_is_named(tmp_path, backend, reader):
     make_pairs(tmp_path, [(8, 8)])
     lq_file = tmp_path / 'lq' / 'im0.png'
     data = lq_file.read_bytes()
     lq_file.write_bytes(data[:len(data) // 2])  # header intact, pixel data cut
-    assert error_text(ValueError, build_index, disk_opt(tmp_path), str(tmp_path / 'i.npz'), stride=4) == (
-        f"'{lq_file}' cannot be decoded as an image.")
-    assert error_text(ValueError, dataset_threshold_table, disk_opt(tmp_path), 4) == (
-        f"'{lq_file}' cannot be decoded as an image.")
+    opt, name = disk_opt(tmp_path), lq_file
+    if backend == 'lmdb':  # the same bytes under the key im0 (BasicSR's maker would refuse to read them)
+        gt_png = (tmp_path / 'gt' / 'im0.png').read_bytes()
+        lq = write_lmdb(tmp_path / 'lq.lmdb', [('im0', data[:len(data) // 2], 'im0.png (8,8,3) 1')])
+        gt = write_lmdb(tmp_path / 'gt.lmdb', [('im0', gt_png, 'im0.png (32,32,3) 1')])
+        opt = dict(opt, dataroot_lq=lq, dataroot_gt=gt, io_backend={'type': 'lmdb'})
+        name = f'{lq}:im0'
+    if reader == 'index':
+        message = error_text(ValueError, build_index, opt, str(tmp_path / 'i.npz'), stride=4)
+    else:
+        message = error_text(ValueError, dataset_threshold_table, opt, 4)
+    assert message == f"'{name}' cannot be decoded as an image."
 
 
 def test_lmdbs_with_different_keys_are_named(tmp_path):
