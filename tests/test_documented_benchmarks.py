@@ -20,7 +20,7 @@ from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 
 DOCS = [osp.join(REPO_ROOT, 'README.md')] + sorted(glob.glob(osp.join(REPO_ROOT, 'docs', '*.md')))
-COMMAND = re.compile(r'python (benchmarks/\w+\.py)\b([^#\n]*)')
+COMMAND = re.compile(r'python (benchmarks/bench_\w+\.py)\b([^#\n]*)')
 HR = osp.join(FIXTURES, 'hr')
 TINY_RCAN = {'type': 'WBSRRCAN', 'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]}
 

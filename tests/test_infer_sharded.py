@@ -117,7 +117,7 @@ def run_sharded(model, inputs, out, *extra, check=True):
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
     proc = run_cli([*torchrun, '-m', 'wbsr_plugin.infer', '-i', inputs, '-o', str(out), '--model', model, '-t', '16',
                     '--device', 'cpu', *extra], cwd=osp.dirname(inputs), timeout=120, check=check)
-    done = re.findall(r'^\[rank (\d)\] (\w+): \d+x\d+ -> ', proc.stdout, flags=re.MULTILINE)
+    done = re.findall(r'\[rank (\d)\] (\w+): \d+x\d+ -> ', proc.stdout)  # found anywhere in a line
     totals = [line for line in proc.stdout.splitlines() if line.startswith('total: ')]
     return proc, done, totals
 

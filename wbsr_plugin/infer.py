@@ -102,6 +102,14 @@ def is_finished(input_path, args, shared=frozenset()):
         not args.save_map or osp.isfile(output_path(args.output, input_path, 'map', 'png')))
 
 
+def status_line(text, file=None):
+    """Write one status line in one call and flush it, so that the lines of processes sharing a pipe
+    (torchrun ranks) never cut into each other."""
+    file = sys.stdout if file is None else file
+    tqdm.write(text + '\n', file=file, end='')
+    file.flush()
+
+
 def super_resolve(paths, engine, net, args, totals, prefix=''):
     """Run and write every image of ``paths``, counting into ``totals`` (a :class:`RankTotals`)."""
     for path in tqdm(paths, unit='img', disable=len(paths) < 2 or bool(prefix)):
@@ -118,17 +126,17 @@ def super_resolve(paths, engine, net, args, totals, prefix=''):
                                              legend=subnet_map_legend(report, net))
                 write_image_atomic(output_path(args.output, path, 'map', 'png'), overlay)
         except (ImageReadError, OSError) as err:
-            tqdm.write(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
+            status_line(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
             totals.failed.append(path)
             continue
         except RuntimeError as err:
             if 'out of memory' not in str(err):
                 raise
-            tqdm.write(f'{prefix}warning: skipped {path}: out of memory; try a smaller --tile.', file=sys.stderr)
+            status_line(f'{prefix}warning: skipped {path}: out of memory; try a smaller --tile.', file=sys.stderr)
             totals.failed.append(path)
             continue
         totals.add(report)
-        tqdm.write(f'{prefix}{name}: {report.summary()}')
+        status_line(f'{prefix}{name}: {report.summary()}')
 
 
 def main(argv=None):
