@@ -101,15 +101,19 @@ def test_debug_and_force_yml_flags(tmp_path):
     assert 'total_iter: 2' in log
 
 
+def hes_dataset_copy(root):
+    """ClassBalancedPairedDataset options on a copy of the fixtures (its index is written beside them)."""
+    data = root / 'data'
+    for folder in fixture_dirs():
+        shutil.copytree(folder, data / osp.basename(folder))
+    return {'type': 'ClassBalancedPairedDataset', 'dataroot_gt': str(data / 'hr'), 'dataroot_lq': str(data / 'lr_x4')}
+
+
 @pytest.mark.skipif(sys.platform != 'linux', reason='torchrun with gloo is exercised on Linux')
 def test_torchrun_two_cpu_processes(tmp_path):
     # DynamicSRModel's sandwich rule runs three subnets per step: DDP must accumulate without syncing;
     # HES draws class-level from the start, each rank from its own shard
-    data = tmp_path / 'data'
-    for folder in fixture_dirs():
-        shutil.copytree(folder, data / osp.basename(folder))
-    hes = {'type': 'ClassBalancedPairedDataset', 'dataroot_gt': str(data / 'hr'), 'dataroot_lq': str(data / 'lr_x4'),
-           'hes_switch_iter': 0, 'num_worker_per_gpu': 1}
+    hes = dict(hes_dataset_copy(tmp_path), hes_switch_iter=0, num_worker_per_gpu=1)
     opt = train_options('ddp_run', total_iter=2, model_type='DynamicSRModel', train_dataset=hes)
     opt['wbsr'] = {'subnet_sampling': 'sandwich', 'inference': {'patch_size': 12, 'overlap': 2}}
     path = write_yaml(tmp_path / 'train.yml', opt)
@@ -123,11 +127,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
 def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(tmp_path):
     # interrupted in the middle of an epoch (4 batches per epoch, checkpoints every 3 iterations); random crops,
     # flips, subnet draws and BDLoss's 'bmc' references all continue as if nothing had happened
-    data = tmp_path / 'data'
-    for folder in fixture_dirs():
-        shutil.copytree(folder, data / osp.basename(folder))
-    hes = {'type': 'ClassBalancedPairedDataset', 'dataroot_gt': str(data / 'hr'), 'dataroot_lq': str(data / 'lr_x4'),
-           'hes_switch_iter': 4, 'dataset_enlarge_ratio': 2}
+    hes = dict(hes_dataset_copy(tmp_path), hes_switch_iter=4, dataset_enlarge_ratio=2)
     opt = train_options('resume_run', total_iter=6, model_type='DynamicSRModel', train_dataset=hes)
     opt['train']['pixel_opt'] = {'type': 'BDLoss', 'estimator': 'bmc', 'scale': 4, 'bmc_num_refs': 8}
     opt['wbsr'] = {'subnet_sampling': 'sandwich', 'calibration_patches': 0, 'dynamic_val': False}
