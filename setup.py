@@ -25,7 +25,7 @@ setup(
         'tqdm',
     ],
     extras_require={
-        'test': ['pytest'],
+        'test': ['pytest', 'ruff==0.17.6'],  # ruff: the lint of the README's test command
         'plot': ['matplotlib'],
         'export': ['onnx', 'onnxruntime'],
         'mutation': ['mutmut==3.8.1'],  # benchmarks/mutation_test.py

@@ -17,9 +17,10 @@ import torch
 from torch.nn import functional as F
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, image_source, image_to_tensor, save_gmm_prior
+
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, image_source, image_to_tensor, save_gmm_prior
 
 
 def real_patches(hr_dir, count, size, seed=0):

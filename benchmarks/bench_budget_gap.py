@@ -26,12 +26,13 @@ import numpy as np
 import torch
 
 import wbsr_plugin  # noqa: F401
-from basicsr.metrics import calculate_psnr
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 from wbsr_plugin.inference.evaluation import load_pairs, to_uint8_bgr
 from wbsr_plugin.inference.image_io import ImageReadError
 from wbsr_plugin.inference.projection import calibrated_levels
+
+from basicsr.metrics import calculate_psnr
 
 INTERIOR_BORDER = 2  # LR pixels of a patch's border left out of its error (blended away by the engine)
 

@@ -23,11 +23,12 @@ import cv2
 import torch
 
 import wbsr_plugin  # noqa: F401
-from basicsr.models import build_model
-from basicsr.utils import get_root_logger
 from wbsr_plugin.data.prepare_util import list_images, read_image_file
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.losses.gmm_prior_util import image_to_tensor
+
+from basicsr.models import build_model
+from basicsr.utils import get_root_logger
 
 SCALE = 4
 NETWORK = {'type': 'WBSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 32, 'num_block': 4, 'upscale': SCALE,

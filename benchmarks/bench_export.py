@@ -16,10 +16,11 @@ from os import path as osp
 import torch
 
 import wbsr_plugin  # noqa: F401
-from basicsr.archs import build_network
 from wbsr_plugin.export_util import export_subnets
 from wbsr_plugin.inference.checkpoint import SUPERNETS, load_supernet
 from wbsr_plugin.inference.image_io import read_image
+
+from basicsr.archs import build_network
 
 PHOTO = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests', 'fixtures', 'hr', 'astronaut.png')
 

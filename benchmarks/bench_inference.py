@@ -14,9 +14,10 @@ and prints the time, the speedup over plain (plain time / time), the FLOPs ratio
 (speedup x FLOPs ratio: 1 = as fast as the FLOPs promise) and where the engine's time goes: plan
 (tiling, difficulty, projection), patch gathering, subnet forwards and stitch (overhead: all but the
 forwards, as a share of the four). Weights are random (speed does not depend on their values);
-thresholds are per-image quantiles (``--model`` gives a checkpoint's, and its class errors). ``--section tiling`` sweeps patch size and overlap;
-``--section widths`` times every subnet on the whole image. Every timing alternates with that of its baseline
-(the plain network, or the full subnet), so a ratio compares runs of the same moment.
+thresholds are per-image quantiles (``--model`` gives a checkpoint's, and its class errors). ``--section
+tiling`` sweeps patch size and overlap; ``--section widths`` times every subnet on the whole image. Every
+timing alternates with that of its baseline (the plain network, or the full subnet), so a ratio compares runs
+of the same moment.
 """
 import argparse
 import platform
@@ -28,9 +29,10 @@ import numpy as np
 import torch
 
 import wbsr_plugin  # noqa: F401
-from basicsr.archs import build_network
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
+
+from basicsr.archs import build_network
 
 SECTIONS = ('main', 'tiling', 'widths', 'all')
 PAPER_WIDTHS, ALIGNED_WIDTHS = [36, 52, 64], [32, 48, 64]
@@ -136,8 +138,8 @@ def engine_breakdown(engine, lq, repeat, device):
 
 
 def main_section(configs, photo, args, device):
-    print('| network | widths | LR | dtype | setting | FLOPs ratio | ms | speedup vs plain (same moment) | efficiency | '
-          'plan ms | gather ms | forwards ms | stitch ms | overhead |')
+    print('| network | widths | LR | dtype | setting | FLOPs ratio | ms | speedup vs plain (same moment) | '
+          'efficiency | plan ms | gather ms | forwards ms | stitch ms | overhead |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for arch, widths, lq_size, dtype, model in configs:
         net, stored = build_supernet(arch, widths, model, args.scale)
@@ -171,7 +173,7 @@ def main_section(configs, photo, args, device):
             print(f'{prefix} | {label} | {ratio:.3f} | {1e3 * elapsed:.1f} | {speedup:.2f}x | {speedup * ratio:.2f} | '
                   f"{1e3 * parts['plan']:.1f} | {1e3 * parts['gather']:.1f} | {1e3 * parts['forwards']:.1f} | "
                   f"{1e3 * parts['stitch']:.1f} | {100 * overhead:.1f}% |", flush=True)
-        del net, plain
+        net = plain = None  # free both before the next configuration
         if device.type == 'cuda':
             torch.cuda.empty_cache()
 

@@ -20,12 +20,13 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import wbsr_plugin  # noqa: E402, F401
-from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
-from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402
 from wbsr_plugin.data import prepare_util  # noqa: E402
 from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset  # noqa: E402
 from wbsr_plugin.data.hes import build_index, default_index_path  # noqa: E402
 from wbsr_plugin.data.training_progress import publish_training_progress  # noqa: E402
+
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
+from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402
 
 
 def prepare(data, work):

@@ -26,8 +26,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch  # noqa: E402
 
 from wbsr_plugin.reproduce_util.jobs import run_jobs  # noqa: E402
-from wbsr_plugin.reproduce_util.pipeline import (prepare_data, probe_speed, subprocess_env,  # noqa: E402
-                                                 training_job)
+from wbsr_plugin.reproduce_util.pipeline import prepare_data, probe_speed, subprocess_env, training_job  # noqa: E402
 from wbsr_plugin.reproduce_util.presets import PRESETS, get_preset  # noqa: E402
 from wbsr_plugin.reproduce_util.rows import run_kinds, training_options  # noqa: E402
 
@@ -88,7 +87,8 @@ def main(argv=None):
         together = sum(1 / p['seconds_per_iter'] for p in speed['probes'])
         table.append((backbone, kind, speed['seconds_per_iter'], together, speed['startup_s']))
     print(f"\npreset {preset['name']}, {args.jobs} run(s) at a time, {preset['probe_iter']} iterations each, "
-          f"batch {preset['batch_size']} x {preset['gt_size']}x{preset['gt_size']}, torch {torch.__version__}, {device}\n")
+          f"batch {preset['batch_size']} x {preset['gt_size']}x{preset['gt_size']}, "
+          f"torch {torch.__version__}, {device}\n")
     print('| backbone | run | s/iteration (slowest copy) | it/s, all copies | start-up + saving (s) |')
     print('|---|---|---|---|---|')
     for backbone, kind, per_iter, together, startup in table:

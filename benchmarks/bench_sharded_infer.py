@@ -23,11 +23,12 @@ from os import path as osp
 import cv2
 import numpy as np
 import torch
+from skimage import data as skimage_data
 
 import wbsr_plugin  # noqa: F401
-from basicsr.archs import build_network
-from skimage import data as skimage_data
 from wbsr_plugin.inference.sharding import available_cpus
+
+from basicsr.archs import build_network
 
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')  # bundled with scikit-image (no download)
 

@@ -33,9 +33,10 @@ from os import path as osp
 import torch
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
+
 from basicsr.models import build_model
 from basicsr.utils import get_root_logger
-from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FIXTURES_HR = osp.join(ROOT, 'tests', 'fixtures', 'hr')

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import wbsr_plugin  # noqa: F401
+
 from basicsr.models import build_model
 from basicsr.utils.dist_util import get_dist_info, init_dist
 

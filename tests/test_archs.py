@@ -2,11 +2,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from wbsr_plugin.archs.supernet_util import SupernetMixin
+
 from basicsr.archs import build_network
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.utils.registry import ARCH_REGISTRY
-from wbsr_plugin.archs.supernet_util import SupernetMixin
 
 SUPERNETS = sorted(name for name, cls in ARCH_REGISTRY if isinstance(cls, type) and issubclass(cls, SupernetMixin))
 TINY = {

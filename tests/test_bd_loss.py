@@ -12,12 +12,26 @@ import torch
 from torch.func import functional_call
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.losses.bd_loss import (
+    BDLoss,
+    _hermite_coefficients,
+    _kernel_rho,
+    _log_laplace_conv_normal,
+    _log_sum_laplace_kernels,
+    _table_spacing,
+    _TableLookup,
+)
+from wbsr_plugin.losses.gmm_prior_util import (
+    fit_gmm_1d,
+    fit_gmm_prior,
+    load_gmm_prior,
+    lowpass,
+    save_gmm_prior,
+    target_lowpass,
+)
+
 from basicsr.losses import build_loss
 from basicsr.utils.registry import LOSS_REGISTRY
-from wbsr_plugin.losses.bd_loss import (BDLoss, _TableLookup, _hermite_coefficients, _kernel_rho,
-                                        _log_laplace_conv_normal, _log_sum_laplace_kernels, _table_spacing)
-from wbsr_plugin.losses.gmm_prior_util import (fit_gmm_1d, fit_gmm_prior, load_gmm_prior, save_gmm_prior,
-                                               lowpass, target_lowpass)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FIXTURES_HR = osp.join(ROOT, 'tests', 'fixtures', 'hr')

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
-from basicsr.archs import build_network
 from conftest import run_module, train_options, write_yaml
+
 from wbsr_plugin.card_util import format_model_card
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
@@ -12,6 +11,8 @@ from wbsr_plugin.inference.calibration import class_error_table, fill_empty_clas
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.projection import apply_levels, calibrated_levels, classify
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+
+from basicsr.archs import build_network
 
 
 def tiny_net():

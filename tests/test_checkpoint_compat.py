@@ -2,8 +2,8 @@
 from os import path as osp
 
 import torch
-
 from conftest import FIXTURES
+
 from wbsr_plugin import subnets
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet

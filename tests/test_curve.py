@@ -5,12 +5,13 @@ from os import path as osp
 import numpy as np
 import pytest
 import torch
-
-from basicsr.archs import build_network
 from conftest import FIXTURES, TINY_RESNET, y_psnr
+
 from wbsr_plugin import curve
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, to_uint8_bgr, whole_image_runner
+
+from basicsr.archs import build_network
 
 HR, LR = osp.join(FIXTURES, 'hr'), osp.join(FIXTURES, 'lr_x4')
 THRESHOLDS = [2., 4., 6., 8., 10., 12., 14., 16., 18.]
@@ -52,8 +53,8 @@ def test_curve_cli(supernet, tmp_path):
         folder.mkdir()
         (folder / 'rocket.png').symlink_to(osp.join(source, 'rocket.png'))
     out = tmp_path / 'curve'
-    assert curve.main(['--hr', str(hr), '--lr', str(lr), '--model', path, '--budgets', '0.5', '1', '-t', '16', '--overlap', '2',
-                       '--device', 'cpu', '-o', str(out)]) == 0
+    assert curve.main(['--hr', str(hr), '--lr', str(lr), '--model', path, '--budgets', '0.5', '1', '-t', '16',
+                       '--overlap', '2', '--device', 'cpu', '-o', str(out)]) == 0
     with open(out / 'curve.csv') as f:
         rows = list(csv.DictReader(f))
     assert [r['setting'] for r in rows] == (['full network, whole image'] +

@@ -3,8 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from wbsr_plugin.data.difficulty import (bgr_image_to_luma, gradient_vectors, grid_positions, patch_difficulty,
-                                         rgb_to_luma)
+from wbsr_plugin.data.difficulty import (
+    bgr_image_to_luma,
+    gradient_vectors,
+    grid_positions,
+    patch_difficulty,
+    rgb_to_luma,
+)
 
 
 def naive_difficulty(luma, size, top, left):

@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from wbsr_plugin.data.difficulty import (bgr_image_to_luma, difficulty_classes, gradient_vectors, grid_difficulty,
-                                         grid_positions, quantile_threshold_tensor, quantile_thresholds, rgb_to_luma,
-                                         threshold_table, thresholds_at)
+from wbsr_plugin.data.difficulty import (
+    bgr_image_to_luma,
+    difficulty_classes,
+    gradient_vectors,
+    grid_difficulty,
+    grid_positions,
+    quantile_threshold_tensor,
+    quantile_thresholds,
+    rgb_to_luma,
+    threshold_table,
+    thresholds_at,
+)
 
 
 def naive_vector(luma, size, top, left):

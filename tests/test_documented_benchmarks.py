@@ -13,11 +13,12 @@ from os import path as osp
 import cv2
 import pytest
 import torch
-
-from basicsr.archs import build_network
 from conftest import FIXTURES, REPO_ROOT, TINY_RESNET
+
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
+
+from basicsr.archs import build_network
 
 DOCS = [osp.join(REPO_ROOT, 'README.md')] + sorted(glob.glob(osp.join(REPO_ROOT, 'docs', '*.md')))
 COMMAND = re.compile(r'python (benchmarks/bench_\w+\.py)\b([^#\n]*)')

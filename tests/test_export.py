@@ -7,17 +7,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from basicsr.archs import build_network
-from basicsr.archs.rcan_arch import RCAN
-from basicsr.archs.srresnet_arch import MSRResNet
-from basicsr.models import build_model
 from conftest import FIXTURES, parsed_options, train_options
+
 from wbsr_plugin import export, subnets
 from wbsr_plugin.export_util import ExportError, export_subnets, onnx_max_error, resolve_subnet, write_onnx
 from wbsr_plugin.inference.checkpoint import load_supernet, make_wbsr_meta
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.image_io import read_image, subnet_colours, subnet_map_legend, subnet_map_overlay
+
+from basicsr.archs import build_network
+from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.srresnet_arch import MSRResNet
+from basicsr.models import build_model
 
 # 3 widths x 3 depths, as the paper's supernets, at a size that runs in milliseconds.
 TINY = {

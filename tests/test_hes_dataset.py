@@ -10,17 +10,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset
+from wbsr_plugin.data.difficulty import bgr_image_to_luma, difficulty_classes, patch_difficulty
+from wbsr_plugin.data.hes import HESIndex
+from wbsr_plugin.data.training_progress import (
+    publish_training_progress,
+    read_training_progress,
+    reset_training_progress,
+)
+
 from basicsr.data import build_dataset
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.models.base_model import BaseModel
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset
-from wbsr_plugin.data.difficulty import bgr_image_to_luma, patch_difficulty
-from wbsr_plugin.data.difficulty import difficulty_classes
-from wbsr_plugin.data.hes import HESIndex
-from wbsr_plugin.data.training_progress import (publish_training_progress, read_training_progress,
-                                                reset_training_progress)
 
 FIXTURES = osp.join(osp.dirname(osp.abspath(__file__)), 'fixtures')
 NAMES = ['astronaut', 'chelsea', 'coffee', 'rocket']

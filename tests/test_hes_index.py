@@ -15,11 +15,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wbsr_plugin.data.hes import (
+    HESIndex,
+    PairReader,
+    build_index,
+    check_pair_shapes,
+    data_fingerprint,
+    dataset_threshold_table,
+    default_index_path,
+    image_header,
+    list_pairs,
+    lmdb_meta_shapes,
+    load_index,
+    load_or_build_index,
+    load_thresholds,
+    parse_hes_options,
+)
+
 from basicsr.utils import get_root_logger
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from wbsr_plugin.data.hes import (HESIndex, PairReader, build_index, check_pair_shapes, data_fingerprint,
-                                  dataset_threshold_table, default_index_path, image_header, list_pairs,
-                                  lmdb_meta_shapes, load_index, load_or_build_index, load_thresholds, parse_hes_options)
 
 NOT_BASICSR_LMDB = 'it is incomplete or not an LMDB made by BasicSR (make_lmdb_from_imgs) or wbsr_plugin.prepare lmdb.'
 REBUILD = '. Delete it or rebuild it with `python -m wbsr_plugin.prepare index`.'

@@ -8,9 +8,10 @@ from os import path as osp
 import cv2
 import numpy as np
 
-from basicsr.utils.matlab_functions import imresize
 from wbsr_plugin import prepare
 from wbsr_plugin.data.hes import HESIndex, load_thresholds
+
+from basicsr.utils.matlab_functions import imresize
 
 FIXTURES = osp.join(osp.dirname(osp.abspath(__file__)), 'fixtures')
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from wbsr_plugin.data.difficulty import difficulty_classes, quantile_thresholds
-from wbsr_plugin.data.hes import (HES_OPTIONS, ClassLevelDrawer, class_histogram, class_probabilities, lq_patch_size,
-                                  parse_hes_options, switch_iteration)
+from wbsr_plugin.data.hes import (
+    HES_OPTIONS,
+    ClassLevelDrawer,
+    class_histogram,
+    class_probabilities,
+    lq_patch_size,
+    parse_hes_options,
+    switch_iteration,
+)
 
 # 0.999 quantiles of the chi-square distribution, by degrees of freedom
 CHI2_999 = {4: 18.47, 9: 27.88}

@@ -8,14 +8,22 @@ from os import path as osp
 import cv2
 import pytest
 import torch
-
-from basicsr.archs import build_network
 from conftest import FIXTURES, TINY_RESNET, run_cli
+
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.inference.image_io import ImageInfo
 from wbsr_plugin.inference.output_names import output_exists, output_extension, possible_output_paths, shared_names
-from wbsr_plugin.inference.sharding import (DistContext, cpu_threads_per_rank, dist_context_from_env, image_pixels,
-                                            plan_work, rank_device, share_files)
+from wbsr_plugin.inference.sharding import (
+    DistContext,
+    cpu_threads_per_rank,
+    dist_context_from_env,
+    image_pixels,
+    plan_work,
+    rank_device,
+    share_files,
+)
+
+from basicsr.archs import build_network
 
 TORCHRUN_ENV = {'RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_RANK': '1', 'LOCAL_WORLD_SIZE': '2'}
 

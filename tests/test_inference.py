@@ -443,8 +443,14 @@ SHARED_PHOTOS = osp.join(ROOT, '..', 'shared', 'data', 'train', 'sun_hays80')
 @pytest.mark.skipif(not osp.isdir(SHARED_PHOTOS), reason='the shared training photos are not here')
 def test_classes_are_balanced_at_the_engine_patch_size(one_thread):
     """Thresholds from training images fit held-out images tiled as the engine tiles them (10-fold)."""
-    from wbsr_plugin.data.difficulty import (THRESHOLD_PATCH_SIZES, bgr_image_to_luma, grid_difficulty,
-                                             patch_difficulty, quantile_thresholds, thresholds_at)
+    from wbsr_plugin.data.difficulty import (
+        THRESHOLD_PATCH_SIZES,
+        bgr_image_to_luma,
+        grid_difficulty,
+        patch_difficulty,
+        quantile_thresholds,
+        thresholds_at,
+    )
     from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, tile_geometry
     from wbsr_plugin.inference.projection import classify
     lumas = []

@@ -5,8 +5,8 @@ from os import path as osp
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
+
 from wbsr_plugin.archs import wbsr_rcan_arch, wbsr_resnet_arch
 from wbsr_plugin.data.hes import HES_OPTIONS
 from wbsr_plugin.inference.engine import DynamicInferenceEngine

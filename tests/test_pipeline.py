@@ -7,16 +7,26 @@ from os import path as osp
 import pytest
 import torch
 import yaml
+from conftest import (
+    REPO_ROOT,
+    fixture_dirs,
+    free_port,
+    parsed_options,
+    read_train_log,
+    run_cli,
+    run_module,
+    train_options,
+    write_yaml,
+)
 
-from basicsr.archs import build_network
-from basicsr.losses import build_loss
-from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
-from basicsr.utils.options import ordered_yaml
-from conftest import (REPO_ROOT, fixture_dirs, free_port, parsed_options, read_train_log, run_cli, run_module,
-                      train_options, write_yaml)
 from wbsr_plugin.data.hes import parse_hes_options
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.utils.options import ordered_yaml
+from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
 OPTION_FILES = sorted(glob.glob(osp.join(REPO_ROOT, 'options', '*.yml')))
 

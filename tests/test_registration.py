@@ -3,11 +3,12 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO_ROOT, run_cli, run_module
 
 import wbsr_plugin
-from basicsr.utils.registry import ARCH_REGISTRY
-from conftest import REPO_ROOT, run_cli, run_module
 from wbsr_plugin.registry_util import register
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 
 def test_architectures_are_registered():
@@ -34,6 +35,7 @@ def test_a_different_object_under_a_taken_name_is_refused():
 
 def test_torchvision_and_basicsr_import_with_the_compatibility_fixes():
     import torchvision.transforms.functional_tensor  # noqa: F401
+
     from basicsr.data.degradations import rgb_to_grayscale  # noqa: F401
     from basicsr.utils.img_util import tensor2img
 

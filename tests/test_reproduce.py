@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-
 from conftest import FIXTURES, run_module
+
 from wbsr_plugin.reproduce_util.presets import PRESETS, get_preset
 from wbsr_plugin.reproduce_util.rows import PAPER_ROWS, TABLE_ROWS, run_kinds, training_options
 
@@ -58,9 +58,10 @@ def test_toy_preset_end_to_end(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # rows that separate the causes, --rows, --jobs, --time-budget
 def test_mse_and_distillation_rows_build_valid_options():
+    from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+
     from basicsr.archs import build_network
     from basicsr.losses import build_loss
-    from wbsr_plugin.models.wbsr_options import parse_wbsr_options
 
     p = get_preset('toy', {'rows': list(TABLE_ROWS)})
     for kind in ('plain_mse', 'uniform_mse', 'wbsr_distill'):

@@ -8,11 +8,18 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from wbsr_plugin.archs.supernet_util import (
+    ConvUse,
+    Subnet,
+    check_choices,
+    conv2d_sliced,
+    leaky_relu,
+    reject_unknown_options,
+)
+
 from basicsr.archs import build_network
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.archs.srresnet_arch import MSRResNet
-from wbsr_plugin.archs.supernet_util import (ConvUse, Subnet, check_choices, conv2d_sliced, leaky_relu,
-                                             reject_unknown_options)
 
 TINY = {
     'WBSRResNet': {'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]},

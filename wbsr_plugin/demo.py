@@ -22,9 +22,10 @@ import yaml
 from skimage import data as skimage_data
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
+
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
-from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 
 # Photographs shipped inside scikit-image; licenses in datasets/README.md.
 DEMO_PHOTOS = {'train': ('astronaut', 'coffee', 'rocket'), 'val': ('chelsea', )}

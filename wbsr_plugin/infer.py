@@ -25,14 +25,37 @@ from tqdm import tqdm
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
-from wbsr_plugin.inference.image_io import (ImageReadError, list_images, read_image, subnet_map_overlay, to_image,
-                                            ImageInfo, subnet_map_legend, write_image_atomic)
+from wbsr_plugin.inference.image_io import (
+    ImageInfo,
+    ImageReadError,
+    list_images,
+    read_image,
+    subnet_map_legend,
+    subnet_map_overlay,
+    to_image,
+    write_image_atomic,
+)
 from wbsr_plugin.inference.options_util import network_options_from_yaml
-from wbsr_plugin.inference.output_names import (OUTPUT_EXTENSIONS, output_exists, output_extension, output_path,
-                                                shared_names)
-from wbsr_plugin.inference.sharding import (DistContext, RankTotals, barrier, broadcast_object, cpu_threads_per_rank,
-                                            dist_context_from_env, gather_objects, plan_work, process_group,
-                                            rank_device, totals_summary)
+from wbsr_plugin.inference.output_names import (
+    OUTPUT_EXTENSIONS,
+    output_exists,
+    output_extension,
+    output_path,
+    shared_names,
+)
+from wbsr_plugin.inference.sharding import (
+    DistContext,
+    RankTotals,
+    barrier,
+    broadcast_object,
+    cpu_threads_per_rank,
+    dist_context_from_env,
+    gather_objects,
+    plan_work,
+    process_group,
+    rank_device,
+    totals_summary,
+)
 
 
 def budget_fraction(text):

@@ -18,8 +18,15 @@ import time
 from os import path as osp
 
 from wbsr_plugin.reproduce_util.jobs import JobsFailed
-from wbsr_plugin.reproduce_util.pipeline import (evaluate_all, fit_time_budget, log, prepare_data, read_json,
-                                                 train_all, write_json)
+from wbsr_plugin.reproduce_util.pipeline import (
+    evaluate_all,
+    fit_time_budget,
+    log,
+    prepare_data,
+    read_json,
+    train_all,
+    write_json,
+)
 from wbsr_plugin.reproduce_util.presets import PRESETS, get_preset
 from wbsr_plugin.reproduce_util.report import write_plot, write_results
 from wbsr_plugin.reproduce_util.rows import TABLE_ROWS

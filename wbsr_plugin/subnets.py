@@ -10,11 +10,12 @@ were computed on, the training iterations (when recorded) and the subnets with t
 import argparse
 
 import wbsr_plugin  # noqa: F401
-from basicsr.archs import build_network
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin
 from wbsr_plugin.card_util import format_model_card, format_subnet_table
 from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, load_supernet
 from wbsr_plugin.inference.options_util import network_options_from_yaml
+
+from basicsr.archs import build_network
 
 __all__ = ['format_subnet_table', 'main']
 

@@ -12,6 +12,7 @@ if not __package__:  # run as a file: import the package, not the files beside t
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import wbsr_plugin  # noqa: E402, F401  (registers the plugin and applies the compatibility fixes)
+
 from basicsr.test import test_pipeline  # noqa: E402
 
 

@@ -3,9 +3,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wbsr_plugin.registry_util import register
+
 from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.utils.registry import ARCH_REGISTRY
-from wbsr_plugin.registry_util import register
 
 CLASSIFIER_WIDTH = 128
 CLASSIFIER_OUT = 32
@@ -76,7 +77,8 @@ class WBSRClassSRNet(nn.Module):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or widths != sorted(set(widths)):
-            raise ValueError(f'WBSRClassSRNet: widths must be at least two ascending distinct integers, got {widths!r}.')
+            raise ValueError(
+                f'WBSRClassSRNet: widths must be at least two ascending distinct integers, got {widths!r}.')
         self.widths = widths
         self.num_block = num_block
         self.upscale = upscale

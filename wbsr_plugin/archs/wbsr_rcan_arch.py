@@ -2,10 +2,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wbsr_plugin.registry_util import register
+
 from basicsr.archs.arch_util import Upsample, make_layer
 from basicsr.archs.rcan_arch import RCAN, ResidualGroup
 from basicsr.utils.registry import ARCH_REGISTRY
-from wbsr_plugin.registry_util import register
+
 from .supernet_util import ConvUse, SupernetMixin, check_choices, conv2d_sliced, reject_unknown_options
 
 _OPTIONS = ('num_in_ch', 'num_out_ch', 'num_feat', 'num_group', 'num_block', 'squeeze_factor', 'upscale',
@@ -103,7 +105,8 @@ class WBSRRCAN(SupernetMixin, nn.Module):
         resolution = 1
         for i, module in enumerate(self.upsample):
             if isinstance(module, nn.Conv2d):
-                plan.append(ConvUse(f'upsample.{i}', width, module.out_channels // self.num_feat * width, 3, resolution))
+                out_width = module.out_channels // self.num_feat * width
+                plan.append(ConvUse(f'upsample.{i}', width, out_width, 3, resolution))
             else:
                 resolution *= module.upscale_factor
         plan.append(ConvUse('conv_last', width, self.num_out_ch, 3, resolution))

@@ -1,10 +1,12 @@
 from torch import nn
 from torch.nn import functional as F
 
+from wbsr_plugin.registry_util import register
+
 from basicsr.archs.arch_util import ResidualBlockNoBN, default_init_weights, make_layer
 from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.utils.registry import ARCH_REGISTRY
-from wbsr_plugin.registry_util import register
+
 from .supernet_util import ConvUse, SupernetMixin, check_choices, conv2d_sliced, leaky_relu, reject_unknown_options
 
 _OPTIONS = ('num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'upscale', 'widths', 'depths')

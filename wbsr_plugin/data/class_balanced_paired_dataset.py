@@ -6,15 +6,26 @@ import torch
 from torch.utils import data as data
 from torchvision.transforms.functional import normalize
 
+from wbsr_plugin.registry_util import register
+
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.data.transforms import augment
 from basicsr.utils import bgr2ycbcr, get_root_logger, img2tensor
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import DATASET_REGISTRY
-from wbsr_plugin.registry_util import register
+
 from .difficulty import difficulty_classes
-from .hes import (ClassLevelDrawer, PairReader, class_histogram, class_probabilities, list_pairs, load_or_build_index,
-                  lq_patch_size, parse_hes_options, switch_iteration)
+from .hes import (
+    ClassLevelDrawer,
+    PairReader,
+    class_histogram,
+    class_probabilities,
+    list_pairs,
+    load_or_build_index,
+    lq_patch_size,
+    parse_hes_options,
+    switch_iteration,
+)
 from .training_progress import add_progress_listener, progress_tensor, read_training_progress
 
 SAMPLE_LEVEL = 'sample-level'

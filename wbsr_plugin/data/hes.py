@@ -8,8 +8,8 @@ Sec. 4.1.1, Eq. 7-8.
 * Difficulty: :func:`wbsr_plugin.data.difficulty.patch_difficulty` of each candidate, computed once
   and cached in an index file (``.npz``) beside the LR data.
 * Classes: thresholds ``t_k = s[floor(k N / K)]``, k = 1..K-1, on the sorted scores ``s`` of the N
-  candidates; a patch belongs to class ``#{k: t_k <= score}`` in 0..K-1 (:func:`~wbsr_plugin.data.difficulty.difficulty_classes`,
-  the rule inference uses too).
+  candidates; a patch belongs to class ``#{k: t_k <= score}`` in 0..K-1
+  (:func:`~wbsr_plugin.data.difficulty.difficulty_classes`, the rule inference uses too).
 * Eq. 8: class k (1-based) is drawn with probability proportional to ``1 / (N_k delta^k)``;
   empty classes get probability 0.
 
@@ -27,11 +27,19 @@ from os import path as osp
 import numpy as np
 from PIL import Image
 
+from wbsr_plugin.file_util import atomic_path
+
 from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_lmdb, paired_paths_from_meta_info_file
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
-from wbsr_plugin.file_util import atomic_path
-from .difficulty import (bgr_image_to_luma, difficulty_classes, grid_positions, patch_difficulty, quantile_thresholds,
-                         threshold_table)
+
+from .difficulty import (
+    bgr_image_to_luma,
+    difficulty_classes,
+    grid_positions,
+    patch_difficulty,
+    quantile_thresholds,
+    threshold_table,
+)
 
 INDEX_VERSION = 1
 INDEX_SUFFIX = '.npz'

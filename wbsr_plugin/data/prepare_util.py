@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wbsr_plugin.file_util import IMAGE_EXTENSIONS
+
 from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
-from wbsr_plugin.file_util import IMAGE_EXTENSIONS
+
 from .difficulty import difficulty_classes, quantile_thresholds
 from .hes import HESIndex, PairReader, class_histogram
 

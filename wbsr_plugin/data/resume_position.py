@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from basicsr.utils.dist_util import get_dist_info
+
 from .training_progress import read_training_progress
 
 _HOOK_FLAG = '_wbsr_resume_hook'

@@ -1,5 +1,6 @@
 """Gradient-projection dynamic inference of WBSR supernets (tiling, projection, blending, checkpoints)."""
 from wbsr_plugin.data.difficulty import quantile_thresholds
+
 from .engine import DynamicInferenceEngine, InferencePlan, InferenceReport
 from .projection import budget_subnets, class_to_subnet, classify, cost_target_subnets
 

@@ -13,6 +13,7 @@ import torch
 
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma, thresholds_at
 from wbsr_plugin.data.hes import PairReader, list_pairs
+
 from .projection import classify
 
 DEFAULT_CALIBRATION_PATCHES = 256

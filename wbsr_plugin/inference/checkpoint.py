@@ -24,9 +24,11 @@ import re
 
 import torch
 
-from basicsr.archs import build_network
 from wbsr_plugin.archs.supernet_util import SupernetMixin
 from wbsr_plugin.data.difficulty import thresholds_at
+
+from basicsr.archs import build_network
+
 from .calibration import check_class_errors
 from .engine import check_threshold_table
 from .projection import DEFAULT_NUM_CLASSES, check_thresholds

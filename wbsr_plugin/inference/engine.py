@@ -20,10 +20,18 @@ import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin
 from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma, thresholds_at
+
 from .calibration import check_class_errors
 from .cuda_graphs import GraphedSubnet
-from .projection import (DEFAULT_NUM_CLASSES, apply_levels, budget_levels, calibrated_levels, check_thresholds,
-                         class_subnet_table, classify)
+from .projection import (
+    DEFAULT_NUM_CLASSES,
+    apply_levels,
+    budget_levels,
+    calibrated_levels,
+    check_thresholds,
+    class_subnet_table,
+    classify,
+)
 
 DEFAULT_PATCH_SIZE = 64
 DEFAULT_OVERLAP = 4

@@ -13,9 +13,11 @@ from os import path as osp
 import numpy as np
 import torch
 
+from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
+
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
-from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
+
 from .engine import DynamicInferenceEngine
 from .image_io import ImageReadError, list_images, read_image
 

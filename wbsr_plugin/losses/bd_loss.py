@@ -83,9 +83,11 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from wbsr_plugin.registry_util import register
+
 from basicsr.losses.loss_util import weight_reduce_loss
 from basicsr.utils.registry import LOSS_REGISTRY
-from wbsr_plugin.registry_util import register
+
 from .gmm_prior_util import SPACES, load_gmm_prior, lowpass, target_lowpass
 
 ESTIMATORS = ('gai', 'bmc')

@@ -5,10 +5,11 @@ from collections import OrderedDict
 import torch
 from torch.nn import functional as F
 
-from basicsr.models.sr_model import SRModel
-from basicsr.utils.registry import MODEL_REGISTRY
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.registry_util import register
+
+from basicsr.models.sr_model import SRModel
+from basicsr.utils.registry import MODEL_REGISTRY
 
 CLASSSR_DEFAULTS = {'branch_ratio': 0.5, 'thresholds': None, 'class_loss_weight': 5.0e-4,
                     'average_loss_weight': 3.0e-3}
@@ -66,7 +67,8 @@ class WBSRClassSRModel(SRModel):
     def __init__(self, opt):
         self.classsr_opt = parse_classsr_options(opt.get('classsr'))
         if opt['network_g']['type'] != 'WBSRClassSRNet':
-            raise ValueError(f"WBSRClassSRModel trains WBSRClassSRNet, got network_g.type {opt['network_g']['type']!r}.")
+            raise ValueError(
+                f"WBSRClassSRModel trains WBSRClassSRNet, got network_g.type {opt['network_g']['type']!r}.")
         super().__init__(opt)
 
     def optimize_parameters(self, current_iter):

@@ -6,10 +6,6 @@ from os import path as osp
 import torch
 from torch.nn import functional as F
 
-from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger
-from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from wbsr_plugin.archs.supernet_util import SupernetMixin
 from wbsr_plugin.data.resume_position import request_resume, resume_position
 from wbsr_plugin.file_util import atomic_torch_save
@@ -17,6 +13,12 @@ from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.registry_util import register
+
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+
 from .subnet_sampling import SubnetSampler
 from .wbsr_options import calibration_patches, parse_wbsr_options, pretrained_class_errors, training_thresholds
 

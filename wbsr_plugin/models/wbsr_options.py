@@ -17,12 +17,13 @@
 """
 import copy
 
-from basicsr.utils import get_root_logger
 from wbsr_plugin.data.hes import dataset_threshold_table, parse_hes_options
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import engine_thresholds, read_checkpoint
 from wbsr_plugin.inference.engine import DEFAULT_PATCH_SIZE
 from wbsr_plugin.inference.projection import DEFAULT_NUM_CLASSES
+
+from basicsr.utils import get_root_logger
 
 # Training dataset types whose LR images give the class thresholds of dynamic inference.
 PAIRED_DATASETS = ('ClassBalancedPairedDataset', 'PairedImageDataset')

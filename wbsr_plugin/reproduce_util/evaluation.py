@@ -3,9 +3,9 @@
 Every dynamic method tiles the LR image the same way (:mod:`wbsr_plugin.inference.engine`'s
 tiling and blending, ``patch_size`` 32 and ``overlap`` 4 by default) and reports its FLOPs as
 a fraction of the plain network on the whole image. Networks run on their own device (the
-reproduction evaluates on CUDA when it is available); tiling, choices and stitching run on the CPU. PSNR/SSIM, the per-image bookkeeping and
-the whole-image and engine runners are those of :mod:`wbsr_plugin.inference.evaluation` (Y channel,
-``crop_border = scale``).
+reproduction evaluates on CUDA when it is available); tiling, choices and stitching run on the CPU.
+PSNR/SSIM, the per-image bookkeeping and the whole-image and engine runners are those of
+:mod:`wbsr_plugin.inference.evaluation` (Y channel, ``crop_border = scale``).
 """
 import math
 import time
@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from basicsr.archs import build_network
 from wbsr_plugin.archs.classsr_arch import msrresnet_flops
 from wbsr_plugin.data.difficulty import rgb_to_luma
 from wbsr_plugin.inference.checkpoint import load_supernet, read_checkpoint
 from wbsr_plugin.inference.engine import DynamicInferenceEngine, stitch_patches, tile_geometry
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
+
+from basicsr.archs import build_network
 
 ARM_NUM_BINS = 10
 ARM_TOLERANCE_DB = 0.05

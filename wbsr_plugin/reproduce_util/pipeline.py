@@ -18,6 +18,7 @@ from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subim
 from wbsr_plugin.file_util import atomic_write_text
 from wbsr_plugin.inference.sharding import available_cpus
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
+
 from . import evaluation as ev
 from .jobs import Job, run_jobs, share_of_machine
 from .rows import COST_ORDER, DYNAMIC_METHODS, RUN_KINDS, TABLE_ROWS, run_kinds, run_name, table_rows, training_options

@@ -134,7 +134,8 @@ def write_results(path, preset, data, test_sets, all_results, command, timings, 
     lines = ['# Reproduction of WBSR Tables 1-2', '',
              f'Command: `{command}`', '',
              f"Preset `{preset['name']}`: x{preset['scale']}, seeds {preset['seeds']}, every row "
-             f"{preset['total_iter']} iterations x batch {preset['batch_size']} ({preset['gt_size']}x{preset['gt_size']} "
+             f"{preset['total_iter']} iterations x batch {preset['batch_size']} "
+             f"({preset['gt_size']}x{preset['gt_size']} "
              f"HR patches), Adam lr {preset['lr']:g} cosine to {preset['eta_min']:g}, EMA {preset['ema_decay']}. "
              f"Training images: {len(data['train_images'])} (cropped {preset['subimage_crop']}/"
              f"{preset['subimage_step']}); held out for ARM's table: {len(data['held_out_images'])}. "

@@ -1,0 +1,110 @@
+"""The package's import structure: no cycles, and the core never reaches up into command code."""
+import ast
+import os
+from os import path as osp
+
+import pytest
+from conftest import REPO_ROOT
+
+PACKAGE = 'wbsr_plugin'
+# Command modules: ``python -m wbsr_plugin.X`` and the console scripts.
+COMMANDS = {'train', 'test', 'subnets', 'prepare', 'infer', 'curve', 'fit_prior', 'export', 'demo', 'reproduce'}
+# What only command modules use: argument and file plumbing, reports, the reproduction harness.
+PLUMBING = ('wbsr_plugin.card_util', 'wbsr_plugin.export_util', 'wbsr_plugin.reproduce_util',
+            'wbsr_plugin.inference.sharding', 'wbsr_plugin.inference.image_io', 'wbsr_plugin.inference.output_names',
+            'wbsr_plugin.inference.evaluation', 'wbsr_plugin.inference.options_util')
+CORE = ('wbsr_plugin.archs', 'wbsr_plugin.data', 'wbsr_plugin.losses', 'wbsr_plugin.models', 'wbsr_plugin.inference')
+
+
+def package_modules():
+    """{module name: source path} of every module of the package."""
+    root = osp.join(REPO_ROOT, PACKAGE)
+    modules = {}
+    for folder, _, files in os.walk(root):
+        for file in files:
+            if file.endswith('.py'):
+                parts = osp.relpath(osp.join(folder, file), REPO_ROOT)[:-3].split(os.sep)
+                if parts[-1] == '__init__':
+                    parts = parts[:-1]
+                modules['.'.join(parts)] = osp.join(folder, file)
+    return modules
+
+
+def imported_modules(name, path, known):
+    """The package's modules that ``name`` imports anywhere in its source (functions included)."""
+    is_package = path.endswith('__init__.py')
+    found = set()
+    for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                anchor = name.split('.')
+                anchor = anchor if is_package else anchor[:-1]
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = '.'.join(anchor + ([base] if base else []))
+            targets = [base] + [f'{base}.{alias.name}' for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition('.')[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph():
+    modules = package_modules()
+    return {name: imported_modules(name, path, modules) for name, path in modules.items()}
+
+
+def within(name, prefixes):
+    return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
+def test_the_walk_sees_relative_and_absolute_imports():
+    graph = import_graph()
+    assert 'wbsr_plugin.compat' in graph['wbsr_plugin']  # from . import compat
+    assert 'wbsr_plugin.archs.supernet_util' in graph['wbsr_plugin.archs.wbsr_resnet_arch']  # from .supernet_util
+    assert 'wbsr_plugin.inference.checkpoint' in graph['wbsr_plugin.infer']  # absolute
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    state = {}
+
+    def visit(node, stack):
+        state[node] = 'open'
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 'open':
+                pytest.fail('import cycle: ' + ' -> '.join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 'done'
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_core_never_imports_commands_or_their_plumbing():
+    graph = import_graph()
+    commands = {f'{PACKAGE}.{c}' for c in COMMANDS}
+    assert commands <= set(graph), 'a command module is missing'
+    offending = sorted((module, target) for module, targets in graph.items()
+                       if within(module, CORE) and not within(module, PLUMBING)
+                       for target in targets if target in commands or within(target, PLUMBING))
+    assert offending == []
+
+
+def test_the_core_never_exits_the_process():
+    modules = package_modules()
+    offending = []
+    for name, path in modules.items():
+        if within(name, CORE) and not within(name, PLUMBING):
+            source = open(path, encoding='utf-8').read()
+            if 'SystemExit' in source or 'sys.exit' in source:
+                offending.append(name)
+    assert offending == []
