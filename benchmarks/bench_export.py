@@ -16,8 +16,9 @@ from os import path as osp
 import torch
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.export_util import export_subnets
-from wbsr_plugin.inference.checkpoint import SUPERNETS, load_supernet
+from wbsr_plugin.inference.checkpoint import load_supernet
 from wbsr_plugin.inference.image_io import read_image
 
 from basicsr.archs import build_network
@@ -28,7 +29,7 @@ PHOTO = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests', 'fixt
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', help='a trained checkpoint; default: random weights')
-    parser.add_argument('--arch', choices=SUPERNETS, default='WBSRResNet')
+    parser.add_argument('--arch', choices=supernet_types(), default='WBSRResNet')
     parser.add_argument('-s', '--scale', type=int, default=4)
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args(argv)

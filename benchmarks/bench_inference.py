@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.archs.supernet_util import supernet_class, supernet_types
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 
@@ -36,10 +37,9 @@ from basicsr.archs import build_network
 
 SECTIONS = ('main', 'tiling', 'widths', 'all')
 PAPER_WIDTHS, ALIGNED_WIDTHS = [36, 52, 64], [32, 48, 64]
-DEFAULT_LQ_SIZES = {
-    'cpu': {'WBSRResNet': [(256, 192)], 'WBSRRCAN': [(128, 96)]},
-    'cuda': {'WBSRResNet': [(480, 270), (960, 540)], 'WBSRRCAN': [(480, 270), (960, 540)]},
-}
+# Default LR sizes: on CUDA all of them; on CPU the largest whose plain network stays within CPU_GFLOPS.
+DEFAULT_LQ_SIZES = {'cpu': [(256, 192), (128, 96)], 'cuda': [(480, 270), (960, 540)]}
+CPU_GFLOPS = 400
 
 
 def load_photo(path):
@@ -93,14 +93,17 @@ def timed_pair(fn_a, fn_b, repeat, device):
 
 def plain_network(net):
     """BasicSR's own network class with the supernet's weights."""
-    opt = {'type': 'MSRResNet' if type(net).__name__ == 'WBSRResNet' else 'RCAN', 'upscale': net.upscale,
-           'num_in_ch': net.conv_first.in_channels, 'num_out_ch': net.num_out_ch, 'num_feat': net.num_feat,
-           'num_block': net.num_block}
-    if opt['type'] == 'RCAN':
-        opt.update(num_group=net.num_group, squeeze_factor=net.squeeze_factor)
-    plain = build_network(opt)
-    plain.load_state_dict(net.state_dict(), strict=True)
-    return plain.eval()
+    return net.extract_subnet(None)
+
+
+def default_lq_sizes(arch, scale, device_type):
+    """The LR sizes of a network when ``--lq-sizes`` is not given (see DEFAULT_LQ_SIZES)."""
+    if device_type != 'cpu':
+        return DEFAULT_LQ_SIZES[device_type]
+    with torch.device('meta'):
+        net = supernet_class(arch)(upscale=scale)
+    fitting = [(w, h) for w, h in DEFAULT_LQ_SIZES['cpu'] if net.flops(h, w) <= CPU_GFLOPS * 1e9]
+    return fitting[:1] or DEFAULT_LQ_SIZES['cpu'][-1:]
 
 
 def engine_breakdown(engine, lq, repeat, device):
@@ -150,7 +153,7 @@ def main_section(configs, photo, args, device):
         plain_lq = lq.to(dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             base = timed(lambda: plain(plain_lq), args.repeat, device)
-        name = 'SRResNet' if arch == 'WBSRResNet' else 'RCAN'
+        name = type(net).LABEL
         prefix = f'| {name} x{args.scale} | {list(net.widths)} | {w}x{h} | {str(dtype).replace("torch.", "")}'
         print(f'{prefix} | plain, whole image | 1.000 | {1e3 * base:.1f} | 1.00x | 1.00 | - | - | - | - | - |',
               flush=True)
@@ -253,7 +256,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--image', help="photo to resize to the LR sizes. Default: scikit-image's astronaut")
-    parser.add_argument('--arch', nargs='+', choices=('WBSRResNet', 'WBSRRCAN'), default=['WBSRResNet', 'WBSRRCAN'])
+    parser.add_argument('--arch', nargs='+', choices=supernet_types(), default=list(supernet_types()))
     parser.add_argument('--widths', type=int, nargs='+', help='one widths list. Default: paper and aligned')
     parser.add_argument('--lq-sizes', type=parse_size, nargs='+', help='LR WxH. Default: by device and network')
     parser.add_argument('--dtype', nargs='+', choices=('fp32', 'fp16', 'bf16'),
@@ -282,7 +285,7 @@ def main(argv=None):
     dtypes = [{'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[d] for d in dtypes]
     widths_sets = [args.widths] if args.widths else [PAPER_WIDTHS, ALIGNED_WIDTHS]
     configs = [(arch, widths, size, dtype, args.model) for arch in args.arch for widths in widths_sets
-               for size in (args.lq_sizes or DEFAULT_LQ_SIZES[device.type][arch]) for dtype in dtypes]
+               for size in (args.lq_sizes or default_lq_sizes(arch, args.scale, device.type)) for dtype in dtypes]
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or
                                                                              platform.machine())
     print(f'# torch {torch.__version__}, {name}, {args.threads} CPU thread(s), x{args.scale}, patch '

@@ -2,7 +2,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from wbsr_plugin.archs.supernet_util import SupernetMixin
+from wbsr_plugin.archs.supernet_util import (
+    SupernetMixin,
+    plain_flops,
+    recognise_state_dict,
+    supernet_class,
+    supernet_for_label,
+    supernet_for_plain,
+    supernet_types,
+)
 
 from basicsr.archs import build_network
 from basicsr.archs.rcan_arch import RCAN
@@ -151,3 +159,65 @@ def test_subnet_argument_is_validated():
     net = tiny('WBSRResNet', 4)
     with pytest.raises(ValueError, match='subnet must be None, a Subnet or an index'):
         net(torch.rand(1, 3, 4, 4), subnet=4)
+
+
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_network_options_rebuild_the_supernet(name):
+    net = tiny(name, 3)
+    options = net.network_options()
+    assert options['type'] == name and options['upscale'] == 3
+    assert options['widths'] == TINY[name]['widths'] and options['depths'] == TINY[name]['depths']
+    rebuilt = build_network(options)
+    assert list(rebuilt.state_dict()) == list(net.state_dict()) and rebuilt.subnets == net.subnets
+    assert rebuilt.network_options() == options
+
+
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_plain_network_options_build_the_plain_network_of_a_subnet(name):
+    net = tiny(name, 4)
+    spec = net.subnets[0]
+    options = net.plain_network_options(spec.width, spec.depth)
+    assert options['type'] == PLAIN[name].__name__ and (options['num_feat'], options['num_block']) == (spec.width,
+                                                                                                        spec.depth)
+    plain = build_network(options)
+    plain.load_state_dict(net.extract_subnet(spec.index).state_dict(), strict=True)
+    lq = torch.rand(1, 3, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(lq), net(lq, subnet=spec.index), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_only_its_own_supernet_recognises_a_state_dict(name, scale):
+    net = tiny(name, scale)
+    spec = net.subnets[-2]
+    plain_state = net.extract_subnet(spec.index).state_dict()
+    for state, size in ((net.state_dict(), (net.num_feat, net.num_block)), (plain_state, (spec.width, spec.depth))):
+        cls, options = recognise_state_dict(state)
+        assert cls is type(net)
+        assert (options['num_feat'], options['num_block'], options['upscale']) == (*size, scale)
+        assert [n for n in SUPERNETS if ARCH_REGISTRY.get(n).shape_options(state) is not None] == [name]
+    assert recognise_state_dict({'head.weight': torch.zeros(1)}) == (None, None)
+
+
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_default_choices_are_known_for_the_default_size_only(name):
+    cls = ARCH_REGISTRY.get(name)
+    defaults = cls.default_options()
+    assert cls.default_choices(defaults['num_feat'], defaults['num_block']) == (defaults['widths'],
+                                                                                defaults['depths'])
+    assert supernet_types() == tuple(SUPERNETS) and supernet_class(name) is cls
+    assert supernet_for_plain(PLAIN[name].__name__) is cls and supernet_for_label(cls.LABEL.upper()) is cls
+
+
+@pytest.mark.parametrize('name', SUPERNETS)
+def test_plain_flops_are_the_flop_counters_count_of_the_plain_network(name):
+    net = tiny(name, 4)
+    options = net.plain_network_options(net.num_feat, net.num_block)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        build_network(options)(torch.rand(1, 3, 10, 7))
+    # the counter also counts the pooled attention and adds (RCAN): within 1 %
+    assert plain_flops(options, 10, 7) == pytest.approx(counter.get_total_flops(), rel=1e-2)
+    with pytest.raises(ValueError, match="'Unknown' is not the plain network of a supernet"):
+        plain_flops({'type': 'Unknown'}, 10, 7)

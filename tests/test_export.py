@@ -124,7 +124,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     blocker.write_text('')
     cases = [
         (['--model', model, '-o', str(tmp_path / 'o1'), '--subnet', 'w99d1'], "unknown subnet 'w99d1'"),
-        (['--model', str(not_a_supernet), '-o', str(tmp_path / 'o2'), '--all'], 'neither an MSRResNet nor an RCAN'),
+        (['--model', str(not_a_supernet), '-o', str(tmp_path / 'o2'), '--all'], 'match none of the supernets'),
         (['--model', str(tmp_path / 'missing.pth'), '-o', str(tmp_path / 'o3'), '--all'], 'no such checkpoint'),
         (['--model', model, '-o', str(blocker), '--all'], 'exists and is not a folder'),
         (['--model', model, '-o', str(blocker / 'sub'), '--all'], 'cannot write in the output folder'),

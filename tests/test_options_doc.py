@@ -7,7 +7,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from wbsr_plugin.archs import wbsr_rcan_arch, wbsr_resnet_arch
+from wbsr_plugin.archs.supernet_util import supernet_class, supernet_types
 from wbsr_plugin.data.hes import HES_OPTIONS
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.losses import bd_loss
@@ -30,8 +30,8 @@ def code_tables():
         'wbsr.inference': signature_defaults(DynamicInferenceEngine, INFERENCE_KEYS),
         'hes': {key: default for key, (default, _) in HES_OPTIONS.items()},
         'BDLoss': signature_defaults(bd_loss.BDLoss, bd_loss._OPTIONS),
-        'WBSRResNet': signature_defaults(wbsr_resnet_arch.WBSRResNet, wbsr_resnet_arch._OPTIONS),
-        'WBSRRCAN': signature_defaults(wbsr_rcan_arch.WBSRRCAN, wbsr_rcan_arch._OPTIONS),
+        **{name: signature_defaults(supernet_class(name), supernet_class(name).OPTIONS + ('widths', 'depths'))
+           for name in supernet_types()},
     }
 
 

@@ -9,7 +9,7 @@ def format_subnet_table(net, lq_size=REFERENCE_LQ_SIZE, extra_columns=None):
     """The subnet table of ``net`` as Markdown.
 
     Args:
-        net (WBSRResNet | WBSRRCAN): The supernet.
+        net (SupernetMixin): The supernet.
         lq_size (int): LR patch side the FLOPs are given for. Default: 32.
         extra_columns (dict[str, list] | None): More columns, header -> one value per subnet in
             cost order. Default: None.
@@ -39,7 +39,7 @@ def format_model_card(net, meta, path, lq_size=REFERENCE_LQ_SIZE):
     """What a trained checkpoint holds, as Markdown.
 
     Args:
-        net (WBSRResNet | WBSRRCAN): The supernet built from the checkpoint
+        net (SupernetMixin): The supernet built from the checkpoint
             (:func:`wbsr_plugin.inference.checkpoint.load_supernet`).
         meta (dict): The checkpoint's ``'wbsr'`` entry ({} when it has none).
         path (str): The checkpoint file (shown in the title).
@@ -50,8 +50,7 @@ def format_model_card(net, meta, path, lq_size=REFERENCE_LQ_SIZE):
     lines = [f'# {path}', '']
     arch = (f'{name} x{net.upscale}: num_feat {net.num_feat}, num_block {net.num_block}, '
             f'widths {list(net.widths)}, depths {list(net.depths)}')
-    if name == 'WBSRRCAN':
-        arch += f', num_group {net.num_group}, squeeze_factor {net.squeeze_factor}'
+    arch += ''.join(f', {key} {getattr(net, key)}' for key in net.CARD_OPTIONS)
     rows = [('architecture', arch),
             ('full network', f'{full.params / 1e6:.3f} M parameters, {net.flops(lq_size) / 1e9:.3f} GFLOPs per '
              f'{lq_size}x{lq_size} LR patch')]

@@ -17,8 +17,9 @@ from os import path as osp
 from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.file_util import atomic_path, atomic_write_text
-from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_options, load_supernet
+from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.inference.image_io import ImageReadError
@@ -33,7 +34,7 @@ def main(argv=None):
     parser.add_argument('--hr', required=True, help='folder of HR images')
     parser.add_argument('--lr', help='folder of LR images (same names, or NAMExS); default: MATLAB bicubic of HR')
     parser.add_argument('--model', required=True, help='supernet checkpoint')
-    parser.add_argument('--arch', choices=SUPERNETS, help='expected architecture (checked)')
+    parser.add_argument('--arch', choices=supernet_types(), help='expected architecture (checked)')
     parser.add_argument('--opt', help='training YAML whose network_g builds the network')
     parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), help='expected upscale factor (checked)')
     parser.add_argument('--budgets', type=float, nargs='+', default=list(DEFAULT_BUDGETS))

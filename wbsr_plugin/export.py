@@ -4,8 +4,8 @@
     python -m wbsr_plugin.export --model net_g_latest.pth -o exported --all --onnx
 
 A subnet of width w and depth d is written as MSRResNet_x4_w52d8.pth, a BasicSR checkpoint
-{'params': ...} that BasicSR's MSRResNet(num_feat=w, num_block=d, upscale=s) (or RCAN) loads with
-strict=True, and with --onnx as MSRResNet_x4_w52d8.onnx (input 'lq', output 'sr', dynamic height
+{'params': ...} that the supernet's plain BasicSR network (here MSRResNet(num_feat=w, num_block=d,
+upscale=s)) loads with strict=True, and with --onnx as MSRResNet_x4_w52d8.onnx (input 'lq', output 'sr', dynamic height
 and width; each file is checked against PyTorch with ONNX Runtime). --all writes every subnet
 plus index.json and index.md (name, width, depth, params, GFLOPs per 32x32 LR patch, files).
 ONNX needs the export extra: pip install -e ".[export]".
@@ -25,7 +25,7 @@ CHECK_LQ_SIZE = (37, 53)  # odd sizes, so the dynamic axes are exercised
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', required=True, help='checkpoint (.pth) of a WBSRResNet/WBSRRCAN supernet')
+    parser.add_argument('--model', required=True, help='checkpoint (.pth) of a WBSR supernet')
     parser.add_argument('-o', '--output', required=True, help='output folder (created if missing)')
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument('--subnet', action='append', help='subnet index (0 = cheapest) or name such as w52d8; '

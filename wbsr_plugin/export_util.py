@@ -1,7 +1,7 @@
 """Export the subnets of a WBSR supernet as stand-alone networks for other tools.
 
-Each subnet is exactly a BasicSR ``MSRResNet(num_feat=w, num_block=d)`` or
-``RCAN(num_feat=w, num_block=d)`` cut out of the supernet (``SupernetMixin.extract_subnet``):
+Each subnet is exactly the supernet's plain BasicSR network (its ``PLAIN_TYPE``, such as
+``MSRResNet(num_feat=w, num_block=d)``) cut out of it (``SupernetMixin.extract_subnet``):
 
 * a BasicSR checkpoint ``{'params': state_dict}`` that the plain network loads with
   ``strict=True`` (BasicSR's ``test.py``, Real-ESRGAN-style scripts);
@@ -29,7 +29,6 @@ from wbsr_plugin.file_util import atomic_path, atomic_torch_save, atomic_write_t
 
 ONNX_OPSET = 17
 ONNX_INPUT, ONNX_OUTPUT = 'lq', 'sr'
-PLAIN_NETWORKS = {'WBSRResNet': 'MSRResNet', 'WBSRRCAN': 'RCAN'}
 INDEX_NAME = 'index'
 
 
@@ -85,19 +84,6 @@ def resolve_subnet(net, key):
                       f'or one of {names}.')
 
 
-def plain_network_options(net, spec):
-    """BasicSR ``network_g`` options of the plain network that subnet ``spec`` is."""
-    name = type(net).__name__
-    if name not in PLAIN_NETWORKS:
-        raise ExportError(f'cannot export a {name}; expected one of {sorted(PLAIN_NETWORKS)}.')
-    opt = {'type': PLAIN_NETWORKS[name], 'num_in_ch': net.conv_first.in_channels, 'num_out_ch': net.num_out_ch,
-           'num_feat': spec.width, 'num_block': spec.depth, 'upscale': net.upscale}
-    if name == 'WBSRRCAN':
-        opt.update(num_group=net.num_group, squeeze_factor=net.squeeze_factor, res_scale=net.res_scale,
-                   img_range=net.img_range, rgb_mean=list(net.rgb_mean))
-    return opt
-
-
 def subnet_state_dict(net, spec):
     """The plain network's state dict of subnet ``spec``: contiguous float32 CPU copies."""
     module = net.extract_subnet(spec.index)
@@ -135,7 +121,7 @@ def write_onnx(net, spec, path, *, fp16=False, opset=ONNX_OPSET):
     """Write subnet ``spec`` as ONNX with dynamic batch, height and width (atomically).
 
     Args:
-        net (WBSRResNet | WBSRRCAN): The supernet.
+        net (SupernetMixin): The supernet.
         spec (Subnet): The subnet.
         path (str): Output ``.onnx`` file.
         fp16 (bool): Half-precision weights, input and output. Default: False (float32).
@@ -176,7 +162,7 @@ def onnx_max_error(path, net, spec, lq):
 
 def file_stem(net, spec):
     """File name without extension: ``MSRResNet_x4_w64d16``."""
-    return f'{PLAIN_NETWORKS[type(net).__name__]}_x{net.upscale}_{spec.name}'
+    return f'{net.PLAIN_TYPE}_x{net.upscale}_{spec.name}'
 
 
 def _timed_write(entry, kind, folder, name, write, *args, **kwargs):
@@ -192,7 +178,7 @@ def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=Fa
     """Write each subnet of ``subnets`` into ``folder``.
 
     Args:
-        net (WBSRResNet | WBSRRCAN): The supernet.
+        net (SupernetMixin): The supernet.
         subnets (list[int | str]): Subnets (indices or names, see :func:`resolve_subnet`).
         folder (str): Output folder (created; must be writable).
         checkpoint (bool): Write the BasicSR checkpoint ``STEM.pth``. Default: True.
@@ -215,7 +201,7 @@ def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=Fa
     for spec in specs:
         _, width, depth, params, gflops, percent = table[spec.index]
         entry = ExportedSubnet(spec.index, spec.name, width, depth, params, gflops, percent,
-                               plain_network_options(net, spec))
+                               net.plain_network_options(spec.width, spec.depth))
         stem = file_stem(net, spec)
         if checkpoint:
             _timed_write(entry, 'checkpoint', folder, f'{stem}.pth', write_checkpoint, net, spec)

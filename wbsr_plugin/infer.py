@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, engine_options, load_supernet
+from wbsr_plugin.archs.supernet_util import supernet_types
+from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
 from wbsr_plugin.inference.image_io import (
     ImageInfo,
@@ -89,8 +90,9 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-i', '--input', required=True, help='input image or folder')
     parser.add_argument('-o', '--output', default='results', help='output folder. Default: results')
-    parser.add_argument('--model', required=True, help='checkpoint (.pth) of a WBSRResNet/WBSRRCAN supernet')
-    parser.add_argument('--arch', choices=SUPERNETS, help='expected architecture (checked against the checkpoint)')
+    parser.add_argument('--model', required=True, help='checkpoint (.pth) of a WBSR supernet')
+    parser.add_argument('--arch', choices=supernet_types(),
+                        help='expected architecture (checked against the checkpoint)')
     parser.add_argument('--opt', help="training YAML whose network_g builds the network (for checkpoints "
                         "without 'wbsr' metadata and non-default sizes)")
     parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), help='expected upscale factor (checked)')

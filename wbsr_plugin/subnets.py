@@ -10,9 +10,9 @@ were computed on, the training iterations (when recorded) and the subnets with t
 import argparse
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin
+from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, supernet_types
 from wbsr_plugin.card_util import format_model_card, format_subnet_table
-from wbsr_plugin.inference.checkpoint import SUPERNETS, CheckpointError, load_supernet
+from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
 from wbsr_plugin.inference.options_util import network_options_from_yaml
 
 from basicsr.archs import build_network
@@ -25,7 +25,7 @@ def main(argv=None):
     parser.add_argument('--model', help='a trained checkpoint (.pth): print its model card')
     parser.add_argument('--opt', help="a BasicSR YAML file; its network_g is used (with --model: for checkpoints "
                         "without 'wbsr' metadata and non-default sizes)")
-    parser.add_argument('--arch', choices=SUPERNETS, default='WBSRResNet', help='supernet type (without --opt)')
+    parser.add_argument('--arch', choices=supernet_types(), default='WBSRResNet', help='supernet type (without --opt)')
     parser.add_argument('-s', '--scale', type=int, default=4, help='upscale factor (without --opt)')
     parser.add_argument('--lq-size', type=int, default=REFERENCE_LQ_SIZE, help='LR patch side for FLOPs')
     args = parser.parse_args(argv)
@@ -42,7 +42,7 @@ def main(argv=None):
         network_opt = {'type': args.arch, 'upscale': args.scale}
     net = build_network(network_opt)
     if not isinstance(net, SupernetMixin):
-        parser.error(f"network_g type {network_opt['type']!r} is not a supernet; expected one of {SUPERNETS}.")
+        parser.error(f"network_g type {network_opt['type']!r} is not a supernet; expected one of {supernet_types()}.")
     print(format_subnet_table(net, args.lq_size))
 
 

@@ -5,11 +5,20 @@ sliced convolution (``weight[:out, :in]``, ``bias[:out]``) and the first ``d``
 blocks of every stage. Each architecture describes the convolutions a subnet
 uses as a list of :class:`ConvUse`; FLOPs, parameter counts and the extraction
 of a stand-alone network all derive from that one list.
+
+Every supernet also says everything else about itself (its plain BasicSR counterpart,
+its options, how to recognise itself from a state dict), so that checkpoints, export,
+model cards, evaluation and the reproduction ask ``ARCH_REGISTRY`` through the functions
+at the end of this module and never name an architecture.
 """
+import re
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 # FLOPs are reported for this LR patch size, the convention of ClassSR, ARM and WBSR.
 REFERENCE_LQ_SIZE = 32
@@ -73,6 +82,12 @@ def conv2d_sliced(conv, x, in_ch=None, out_ch=None):
     return F.conv2d(x, conv.weight[:out_ch, :in_ch], bias, conv.stride, conv.padding)
 
 
+def count_indexed(keys, pattern):
+    """1 + the largest index that ``pattern``'s group matches among ``keys`` (0 when none matches)."""
+    found = {int(m.group(1)) for m in (re.match(pattern, k) for k in keys) if m}
+    return max(found) + 1 if found else 0
+
+
 def reject_unknown_options(arch_name, unknown, allowed):
     if unknown:
         raise ValueError(f'{arch_name}: unknown option(s) {sorted(unknown)}; allowed options are {sorted(allowed)}.')
@@ -92,12 +107,67 @@ def check_choices(arch_name, option, values, maximum, minimum=1, max_option=None
 
 
 class SupernetMixin:
-    """Subnet bookkeeping shared by the supernet architectures.
+    """Subnet bookkeeping shared by the supernet architectures, and what each says about itself.
 
-    Subclasses set ``self.widths``, ``self.depths``, ``self.num_feat`` and the
-    depth of the full network, and implement ``conv_plan(width, depth)`` and
-    ``_forward(x, width, depth)`` and ``plain_network(width, depth)``.
+    Subclasses take keyword-only constructor options (defaults: the paper's network), keep each
+    option of ``OPTIONS`` as an attribute of the same name, call ``self._init_subnets()``, and
+    implement ``conv_plan(width, depth)``, ``_forward(x, width, depth)`` and the classmethod
+    ``shape_options(state)``.
+
+    Attributes:
+        PLAIN_TYPE (str): BasicSR's registry name of the plain network; it takes every option
+            but ``widths`` and ``depths``, a subnet's width and depth being its ``num_feat`` and
+            ``num_block``.
+        LABEL (str): The network's usual name in tables and reports (``'SRResNet'``).
+        OPTIONS (tuple[str]): Constructor options (besides ``widths`` and ``depths``).
+        CARD_OPTIONS (tuple[str]): Options a model card shows beside the size, widths and depths.
     """
+    PLAIN_TYPE = None
+    LABEL = None
+    OPTIONS = ()
+    CARD_OPTIONS = ()
+
+    @classmethod
+    def default_options(cls):
+        """The options of the network the constructor builds by default (the paper's), ``type`` aside."""
+        with torch.device('meta'):
+            options = cls().network_options()
+        del options['type']
+        return options
+
+    @classmethod
+    def default_choices(cls, num_feat, num_block):
+        """Widths and depths of a network of this size when none are given: the defaults for the
+        default size, None (unknown) for any other."""
+        defaults = cls.default_options()
+        if (num_feat, num_block) == (defaults['num_feat'], defaults['num_block']):
+            return defaults['widths'], defaults['depths']
+        return None
+
+    @classmethod
+    def shape_options(cls, state):
+        """Options read from the tensor shapes of a state dict of this architecture (or of its plain
+        network): ``num_feat``, ``num_block``, ``upscale`` and whatever else the shapes fix; None when
+        ``state`` is not of this architecture."""
+        raise NotImplementedError
+
+    def network_options(self):
+        """``build_network`` options that rebuild this supernet."""
+        opt = {'type': type(self).__name__}
+        for key in self.OPTIONS + ('widths', 'depths'):
+            value = getattr(self, key)
+            opt[key] = list(value) if isinstance(value, (tuple, list)) else value
+        return opt
+
+    def plain_network_options(self, width, depth):
+        """``build_network`` options of the plain BasicSR network that subnet (width, depth) is."""
+        opt = {key: value for key, value in self.network_options().items() if key not in ('widths', 'depths')}
+        return {**opt, 'type': self.PLAIN_TYPE, 'num_feat': width, 'num_block': depth}
+
+    def plain_network(self, width, depth):
+        """The plain BasicSR network of subnet (width, depth), freshly initialised."""
+        opt = self.plain_network_options(width, depth)
+        return ARCH_REGISTRY.get(opt.pop('type'))(**opt)
 
     def _init_subnets(self):
         specs = []
@@ -171,3 +241,91 @@ class SupernetMixin:
 
 def leaky_relu(x):
     return F.leaky_relu(x, negative_slope=0.1)
+
+
+def check_upscale_power_of_two_or_three(arch_name, upscale):
+    """The upscale factors BasicSR's ``Upsample`` supports: 3 and powers of 2."""
+    if not isinstance(upscale, int) or upscale < 2 or (upscale & (upscale - 1) and upscale != 3):
+        raise ValueError(f'{arch_name}: upscale must be 3 or a power of 2 (2, 4, 8), got {upscale!r}.')
+
+
+def residual_blocks_sliced(blocks, x, width):
+    """BasicSR ``ResidualBlockNoBN`` blocks (conv, ReLU, conv, scaled residual) at ``width`` channels."""
+    for block in blocks:
+        res = conv2d_sliced(block.conv2, F.relu(conv2d_sliced(block.conv1, x, width, width)), width, width)
+        x = x + res * block.res_scale
+    return x
+
+
+def upsample_plan(upsample, num_feat, width, prefix='upsample'):
+    """:class:`ConvUse` of BasicSR's ``Upsample`` at ``width`` channels, and the resolution after it."""
+    plan, resolution = [], 1
+    for i, module in enumerate(upsample):
+        if isinstance(module, nn.Conv2d):
+            plan.append(ConvUse(f'{prefix}.{i}', width, module.out_channels // num_feat * width, 3, resolution))
+        else:
+            resolution *= module.upscale_factor
+    return plan, resolution
+
+
+def upsample_sliced(upsample, x, num_feat, width):
+    """BasicSR's ``Upsample`` (convolutions and pixel shuffles) at ``width`` channels."""
+    for module in upsample:
+        if isinstance(module, nn.Conv2d):
+            x = conv2d_sliced(module, x, width, module.out_channels // num_feat * width)
+        else:
+            x = module(x)
+    return x
+
+
+def upsample_scale(state, num_feat, prefix='upsample'):
+    """The factor of a BasicSR ``Upsample`` from its convolutions' shapes in a state dict."""
+    convs = sorted(int(m.group(1)) for m in (re.match(rf'{prefix}\.(\d+)\.weight$', k) for k in state) if m)
+    if len(convs) == 1 and state[f'{prefix}.{convs[0]}.weight'].shape[0] == 9 * num_feat:
+        return 3
+    return 2**len(convs)
+
+
+def supernet_types():
+    """Registry names of every supernet in ``ARCH_REGISTRY``, sorted."""
+    return tuple(sorted(name for name, obj in ARCH_REGISTRY
+                        if isinstance(obj, type) and issubclass(obj, SupernetMixin)))
+
+
+def supernet_class(name):
+    """The supernet class registered as ``name``, or None."""
+    return ARCH_REGISTRY.get(name) if name in supernet_types() else None
+
+
+def supernet_for_plain(plain_type):
+    """The supernet class whose plain network is ``plain_type`` (``'MSRResNet'``), or None."""
+    found = [supernet_class(name) for name in supernet_types() if supernet_class(name).PLAIN_TYPE == plain_type]
+    return found[0] if found else None
+
+
+def supernet_for_label(label):
+    """The supernet class whose ``LABEL`` is ``label``, case-insensitively (``'srresnet'``), or None."""
+    found = [supernet_class(name) for name in supernet_types() if supernet_class(name).LABEL.lower() == label.lower()]
+    return found[0] if found else None
+
+
+def recognise_state_dict(state):
+    """``(supernet class, shape options)`` of the one supernet that recognises ``state``, or (None, None)."""
+    for name in supernet_types():
+        options = supernet_class(name).shape_options(state)
+        if options is not None:
+            return supernet_class(name), options
+    return None, None
+
+
+def plain_flops(network_opt, lq_h, lq_w):
+    """FLOPs of the plain BasicSR network ``network_opt`` (a supernet's counterpart) on an LR image,
+    counted on the meta device through a one-subnet supernet."""
+    opt = dict(network_opt)
+    cls = supernet_for_plain(opt.pop('type'))
+    if cls is None:
+        raise ValueError(f"plain_flops: {network_opt['type']!r} is not the plain network of a supernet; "
+                         f'expected one of {sorted(supernet_class(n).PLAIN_TYPE for n in supernet_types())}.')
+    with torch.device('meta'):
+        net = cls(**opt, widths=[opt['num_feat']], depths=[opt['num_block']])
+    return net.flops(lq_h, lq_w)

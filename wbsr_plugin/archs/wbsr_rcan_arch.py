@@ -5,13 +5,21 @@ from torch.nn import functional as F
 from wbsr_plugin.registry_util import register
 
 from basicsr.archs.arch_util import Upsample, make_layer
-from basicsr.archs.rcan_arch import RCAN, ResidualGroup
+from basicsr.archs.rcan_arch import ResidualGroup
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .supernet_util import ConvUse, SupernetMixin, check_choices, conv2d_sliced, reject_unknown_options
-
-_OPTIONS = ('num_in_ch', 'num_out_ch', 'num_feat', 'num_group', 'num_block', 'squeeze_factor', 'upscale',
-            'res_scale', 'img_range', 'rgb_mean', 'widths', 'depths')
+from .supernet_util import (
+    ConvUse,
+    SupernetMixin,
+    check_choices,
+    check_upscale_power_of_two_or_three,
+    conv2d_sliced,
+    count_indexed,
+    reject_unknown_options,
+    upsample_plan,
+    upsample_scale,
+    upsample_sliced,
+)
 
 
 @register(ARCH_REGISTRY)
@@ -41,6 +49,11 @@ class WBSRRCAN(SupernetMixin, nn.Module):
         depths (list[int]): Ascending RCABs per group, the last equal to ``num_block``.
             Default: [5, 10, 20].
     """
+    PLAIN_TYPE = 'RCAN'
+    LABEL = 'RCAN'
+    OPTIONS = ('num_in_ch', 'num_out_ch', 'num_feat', 'num_group', 'num_block', 'squeeze_factor', 'upscale',
+               'res_scale', 'img_range', 'rgb_mean')
+    CARD_OPTIONS = ('num_group', 'squeeze_factor')
 
     def __init__(self,
                  *,
@@ -59,10 +72,10 @@ class WBSRRCAN(SupernetMixin, nn.Module):
                  **unknown):
         super().__init__()
         name = type(self).__name__
-        reject_unknown_options(name, unknown, _OPTIONS)
-        if upscale < 2 or (upscale & (upscale - 1) and upscale != 3):
-            raise ValueError(f'{name}: upscale must be 3 or a power of 2 (2, 4, 8), got {upscale!r}.')
+        reject_unknown_options(name, unknown, self.OPTIONS + ('widths', 'depths'))
+        check_upscale_power_of_two_or_three(name, upscale)
         self.upscale = upscale
+        self.num_in_ch = num_in_ch
         self.num_feat = num_feat
         self.num_group = num_group
         self.num_block = num_block
@@ -102,28 +115,21 @@ class WBSRRCAN(SupernetMixin, nn.Module):
                 ]
             plan.append(ConvUse(f'body.{g}.conv', width, width, 3, 1))
         plan.append(ConvUse('conv_after_body', width, width, 3, 1))
-        resolution = 1
-        for i, module in enumerate(self.upsample):
-            if isinstance(module, nn.Conv2d):
-                out_width = module.out_channels // self.num_feat * width
-                plan.append(ConvUse(f'upsample.{i}', width, out_width, 3, resolution))
-            else:
-                resolution *= module.upscale_factor
+        upsample, resolution = upsample_plan(self.upsample, self.num_feat, width)
+        plan += upsample
         plan.append(ConvUse('conv_last', width, self.num_out_ch, 3, resolution))
         return plan
 
-    def plain_network(self, width, depth):
-        return RCAN(
-            num_in_ch=self.conv_first.in_channels,
-            num_out_ch=self.num_out_ch,
-            num_feat=width,
-            num_group=self.num_group,
-            num_block=depth,
-            squeeze_factor=self.squeeze_factor,
-            upscale=self.upscale,
-            res_scale=self.res_scale,
-            img_range=self.img_range,
-            rgb_mean=self.rgb_mean)
+    @classmethod
+    def shape_options(cls, state):
+        if not {'conv_first.weight', 'conv_last.weight', 'body.0.residual_group.0.rcab.0.weight'} <= set(state):
+            return None
+        num_feat, num_in_ch = state['conv_first.weight'].shape[:2]
+        squeezed = state['body.0.residual_group.0.rcab.3.attention.1.weight'].shape[0]
+        return {'num_in_ch': num_in_ch, 'num_out_ch': state['conv_last.weight'].shape[0], 'num_feat': num_feat,
+                'num_group': count_indexed(state, r'body\.(\d+)\.residual_group\.0\.rcab\.0\.weight$'),
+                'num_block': count_indexed(state, r'body\.0\.residual_group\.(\d+)\.rcab\.0\.weight$'),
+                'squeeze_factor': num_feat // squeezed, 'upscale': upsample_scale(state, num_feat)}
 
     def _rcab(self, rcab, x, width):
         conv1, _, conv2, attention = rcab.rcab
@@ -144,10 +150,5 @@ class WBSRRCAN(SupernetMixin, nn.Module):
                 feat = self._rcab(rcab, feat, width)
             res = conv2d_sliced(group.conv, feat, width, width) + res
         res = conv2d_sliced(self.conv_after_body, res, width, width) + x
-        for module in self.upsample:
-            if isinstance(module, nn.Conv2d):
-                res = conv2d_sliced(module, res, width, module.out_channels // self.num_feat * width)
-            else:
-                res = module(res)
-        x = conv2d_sliced(self.conv_last, res, width)
+        x = conv2d_sliced(self.conv_last, upsample_sliced(self.upsample, res, self.num_feat, width), width)
         return x / self.img_range + self.mean

@@ -4,12 +4,18 @@ from torch.nn import functional as F
 from wbsr_plugin.registry_util import register
 
 from basicsr.archs.arch_util import ResidualBlockNoBN, default_init_weights, make_layer
-from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .supernet_util import ConvUse, SupernetMixin, check_choices, conv2d_sliced, leaky_relu, reject_unknown_options
-
-_OPTIONS = ('num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'upscale', 'widths', 'depths')
+from .supernet_util import (
+    ConvUse,
+    SupernetMixin,
+    check_choices,
+    conv2d_sliced,
+    count_indexed,
+    leaky_relu,
+    reject_unknown_options,
+    residual_blocks_sliced,
+)
 
 
 @register(ARCH_REGISTRY)
@@ -33,6 +39,9 @@ class WBSRResNet(SupernetMixin, nn.Module):
         depths (list[int]): Ascending subnet depths (residual blocks), the last equal to
             ``num_block``. Default: [4, 8, 16].
     """
+    PLAIN_TYPE = 'MSRResNet'
+    LABEL = 'SRResNet'
+    OPTIONS = ('num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'upscale')
 
     def __init__(self,
                  *,
@@ -46,10 +55,11 @@ class WBSRResNet(SupernetMixin, nn.Module):
                  **unknown):
         super().__init__()
         name = type(self).__name__
-        reject_unknown_options(name, unknown, _OPTIONS)
+        reject_unknown_options(name, unknown, self.OPTIONS + ('widths', 'depths'))
         if upscale not in (2, 3, 4):
             raise ValueError(f'{name}: upscale must be one of [2, 3, 4], got {upscale!r}.')
         self.upscale = upscale
+        self.num_in_ch = num_in_ch
         self.num_feat = num_feat
         self.num_block = num_block
         self.num_out_ch = num_out_ch
@@ -88,20 +98,21 @@ class WBSRResNet(SupernetMixin, nn.Module):
         ]
         return plan
 
-    def plain_network(self, width, depth):
-        return MSRResNet(
-            num_in_ch=self.conv_first.in_channels,
-            num_out_ch=self.num_out_ch,
-            num_feat=width,
-            num_block=depth,
-            upscale=self.upscale)
+    @classmethod
+    def shape_options(cls, state):
+        if not {'conv_first.weight', 'body.0.conv1.weight', 'conv_hr.weight', 'upconv1.weight'} <= set(state):
+            return None
+        num_feat, num_in_ch = state['conv_first.weight'].shape[:2]
+        if 'upconv2.weight' in state:
+            upscale = 4
+        else:
+            upscale = round((state['upconv1.weight'].shape[0] / num_feat)**0.5)
+        return {'num_in_ch': num_in_ch, 'num_out_ch': state['conv_last.weight'].shape[0], 'num_feat': num_feat,
+                'num_block': count_indexed(state, r'body\.(\d+)\.conv1\.weight$'), 'upscale': upscale}
 
     def _forward(self, x, width, depth):
         feat = leaky_relu(conv2d_sliced(self.conv_first, x, out_ch=width))
-        for block in self.body[:depth]:
-            res = conv2d_sliced(block.conv2, F.relu(conv2d_sliced(block.conv1, feat, width, width)), width, width)
-            feat = feat + res * block.res_scale
-        out = feat
+        out = residual_blocks_sliced(self.body[:depth], feat, width)
         if self.upscale == 4:
             out = leaky_relu(self.pixel_shuffle(conv2d_sliced(self.upconv1, out, width, 4 * width)))
             out = leaky_relu(self.pixel_shuffle(conv2d_sliced(self.upconv2, out, width, 4 * width)))

@@ -91,7 +91,7 @@ def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
     """Mean squared error of every subnet on the calibration patches of every class.
 
     Args:
-        net (WBSRResNet | WBSRRCAN): The supernet (run in eval mode, without gradients; its mode is
+        net (SupernetMixin): The supernet (run in eval mode, without gradients; its mode is
             restored).
         lq (Tensor): LR patches (n, 3, p, p), uint8 or float in [0, 1], RGB.
         gt (Tensor): HR patches (n, 3, p * scale, p * scale), same type.

@@ -16,15 +16,14 @@ A checkpoint is BasicSR's ``{'params': ..., 'params_ema': ...}`` with one more t
         'difficulty': 'wbsr_plugin.data.difficulty.patch_difficulty',
     }
 
-Without ``'wbsr'`` (a plain BasicSR ``MSRResNet``/``RCAN`` checkpoint, or a supernet saved
-without it) the architecture, size and scale are read from the tensor shapes and the paper's
-widths and depths are assumed; the engine then falls back to per-image quantile thresholds.
+Without ``'wbsr'`` (a plain BasicSR checkpoint of a supernet's counterpart, or a supernet saved
+without it) the architecture, size and scale are read from the tensor shapes (each supernet's
+``shape_options``) and its default widths and depths are assumed; the engine then falls back to
+per-image quantile thresholds.
 """
-import re
-
 import torch
 
-from wbsr_plugin.archs.supernet_util import SupernetMixin
+from wbsr_plugin.archs.supernet_util import recognise_state_dict, supernet_class, supernet_types
 from wbsr_plugin.data.difficulty import thresholds_at
 
 from basicsr.archs import build_network
@@ -36,38 +35,10 @@ from .projection import DEFAULT_NUM_CLASSES, check_thresholds
 WBSR_KEY = 'wbsr'
 META_VERSION = 1
 DIFFICULTY_NAME = 'wbsr_plugin.data.difficulty.patch_difficulty'
-SUPERNETS = ('WBSRResNet', 'WBSRRCAN')
-PAPER_CHOICES = {'WBSRResNet': ((36, 52, 64), (4, 8, 16)), 'WBSRRCAN': ((36, 52, 64), (5, 10, 20))}
-PAPER_SIZES = {'WBSRResNet': (64, 16), 'WBSRRCAN': (64, 20)}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked."""
-
-
-def network_options(net):
-    """``build_network`` options that rebuild ``net`` (a WBSR supernet)."""
-    name = type(net).__name__
-    opt = {
-        'type': name,
-        'num_in_ch': net.conv_first.in_channels,
-        'num_out_ch': net.num_out_ch,
-        'num_feat': net.num_feat,
-        'num_block': net.num_block,
-        'upscale': net.upscale,
-        'widths': list(net.widths),
-        'depths': list(net.depths)
-    }
-    if name == 'WBSRRCAN':
-        opt.update(
-            num_group=net.num_group,
-            squeeze_factor=net.squeeze_factor,
-            res_scale=net.res_scale,
-            img_range=net.img_range,
-            rgb_mean=list(net.rgb_mean))
-    elif name != 'WBSRResNet':
-        raise ValueError(f'network_options: expected one of {SUPERNETS}, got {name}.')
-    return opt
 
 
 def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=None, class_errors=None):
@@ -95,7 +66,7 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
             raise ValueError(f'{len(thresholds)} thresholds do not define num_classes={num_classes} classes.')
     meta = {
         'version': META_VERSION,
-        'network_g': network_options(net),
+        'network_g': net.network_options(),
         'thresholds': thresholds,
         'num_classes': DEFAULT_NUM_CLASSES if num_classes is None else num_classes,
         'patch_size': int(patch_size),
@@ -124,46 +95,19 @@ def engine_options(meta):
     return {'thresholds': engine_thresholds(meta), 'class_errors': meta.get('class_errors')}
 
 
-def _count(keys, pattern):
-    found = {int(m.group(1)) for m in (re.match(pattern, k) for k in keys) if m}
-    return max(found) + 1 if found else 0
-
-
 def infer_network_options(state):
-    """Supernet options read from the tensor shapes of an MSRResNet/RCAN state dict."""
-    keys = list(state)
-    if 'conv_first.weight' not in state:
-        raise CheckpointError('the weights have no conv_first.weight: not an MSRResNet/RCAN (WBSR) checkpoint.')
-    num_feat, num_in_ch = state['conv_first.weight'].shape[:2]
-    num_out_ch = state['conv_last.weight'].shape[0] if 'conv_last.weight' in state else 3
-    if 'body.0.residual_group.0.rcab.0.weight' in state:
-        arch = 'WBSRRCAN'
-        num_block = _count(keys, r'body\.0\.residual_group\.(\d+)\.rcab\.0\.weight$')
-        squeezed = state['body.0.residual_group.0.rcab.3.attention.1.weight'].shape[0]
-        ups = sorted(int(m.group(1)) for m in (re.match(r'upsample\.(\d+)\.weight$', k) for k in keys) if m)
-        if len(ups) == 1 and state[f'upsample.{ups[0]}.weight'].shape[0] == 9 * num_feat:
-            upscale = 3
-        else:
-            upscale = 2**len(ups)
-        extra = {'num_group': _count(keys, r'body\.(\d+)\.residual_group\.0\.rcab\.0\.weight$'),
-                 'squeeze_factor': num_feat // squeezed}
-    elif 'body.0.conv1.weight' in state and 'conv_hr.weight' in state:
-        arch = 'WBSRResNet'
-        num_block = _count(keys, r'body\.(\d+)\.conv1\.weight$')
-        if 'upconv2.weight' in state:
-            upscale = 4
-        else:
-            upscale = round((state['upconv1.weight'].shape[0] / num_feat)**0.5)
-        extra = {}
-    else:
-        raise CheckpointError('the weights are neither an MSRResNet nor an RCAN (WBSRResNet / WBSRRCAN).')
-    if (num_feat, num_block) != PAPER_SIZES[arch]:
-        raise CheckpointError(f'the checkpoint holds a {arch} with num_feat={num_feat}, num_block={num_block} '
-                              f"and no '{WBSR_KEY}' metadata, so its subnet widths and depths are unknown; "
-                              'pass the training options (--opt).')
-    widths, depths = PAPER_CHOICES[arch]
-    return {'type': arch, 'num_in_ch': num_in_ch, 'num_out_ch': num_out_ch, 'num_feat': num_feat,
-            'num_block': num_block, 'upscale': upscale, 'widths': list(widths), 'depths': list(depths), **extra}
+    """Supernet options read from the tensor shapes of a state dict (a supernet's or its plain network's)."""
+    arch, options = recognise_state_dict(state)
+    if arch is None:
+        known = ', '.join(f'{supernet_class(name).PLAIN_TYPE} ({name})' for name in supernet_types())
+        raise CheckpointError(f'the weights match none of the supernets or their plain networks: {known}.')
+    choices = arch.default_choices(options['num_feat'], options['num_block'])
+    if choices is None:
+        raise CheckpointError(f"the checkpoint holds a {arch.__name__} with num_feat={options['num_feat']}, "
+                              f"num_block={options['num_block']} and no '{WBSR_KEY}' metadata, so its subnet widths "
+                              'and depths are unknown; pass the training options (--opt).')
+    widths, depths = choices
+    return {'type': arch.__name__, **options, 'widths': list(widths), 'depths': list(depths)}
 
 
 def read_checkpoint(path):
@@ -194,7 +138,7 @@ def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'
 
     Args:
         path (str): Checkpoint file.
-        arch (str | None): Expected supernet type ('WBSRResNet' or 'WBSRRCAN'); a checkpoint of
+        arch (str | None): Expected supernet type (``supernet_types()``); a checkpoint of
             another architecture is an error. Default: None (any).
         scale (int | None): Expected upscale factor; another one is an error. Default: None (any).
         network_opt (dict | None): ``network_g`` options (from training YAML); otherwise the
@@ -212,15 +156,13 @@ def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'
     else:
         opt = infer_network_options(state)
     found = opt.get('type')
-    if found not in SUPERNETS:
-        raise CheckpointError(f'network type {found!r} is not a WBSR supernet; expected one of {SUPERNETS}.')
+    if found not in supernet_types():
+        raise CheckpointError(f'network type {found!r} is not a WBSR supernet; expected one of {supernet_types()}.')
     if arch is not None and arch != found:
         raise CheckpointError(f'{path} holds a {found}, not a {arch}.')
     if scale is not None and opt.get('upscale', 4) != scale:
         raise CheckpointError(f"{path} holds a x{opt.get('upscale', 4)} {found}, not x{scale}.")
     net = build_network(opt)
-    if not isinstance(net, SupernetMixin):
-        raise CheckpointError(f'{found} is not a supernet.')
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

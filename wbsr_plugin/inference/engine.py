@@ -290,7 +290,7 @@ class DynamicInferenceEngine:
     one subnet instead: the full network, the best subnet within the budget, or ``subnet``.
 
     Args:
-        net (WBSRResNet | WBSRRCAN): The supernet. Its weights may change between calls (training):
+        net (SupernetMixin): The supernet. Its weights may change between calls (training):
             the extracted subnets are rebuilt when a parameter changes, or on :meth:`refresh`.
         thresholds (list[float] | dict[int, list[float]] | None): K - 1 class thresholds on the scalar
             difficulty, or a table of them per LR patch side (checkpoints store one; the thresholds of the

@@ -6,7 +6,7 @@ from os import path as osp
 import torch
 from torch.nn import functional as F
 
-from wbsr_plugin.archs.supernet_util import SupernetMixin
+from wbsr_plugin.archs.supernet_util import SupernetMixin, supernet_types
 from wbsr_plugin.data.resume_position import request_resume, resume_position
 from wbsr_plugin.file_util import atomic_torch_save
 from wbsr_plugin.inference import DynamicInferenceEngine
@@ -64,7 +64,7 @@ class DynamicSRModel(SRModel):
         arch = ARCH_REGISTRY.get(opt['network_g']['type'])
         if not (isinstance(arch, type) and issubclass(arch, SupernetMixin)):
             raise ValueError(f"DynamicSRModel trains WBSR supernets; network_g.type {opt['network_g']['type']!r} "
-                             'is not one (use WBSRResNet or WBSRRCAN).')
+                             f'is not one (use one of {supernet_types()}).')
         super().__init__(opt)
         self.thresholds, self.threshold_patch_size = training_thresholds(opt, self.wbsr_opt)
         self.calibration = calibration_patches(opt, self.wbsr_opt, self.thresholds, self.threshold_patch_size)

@@ -41,20 +41,6 @@ def device_of(net):
     return next(net.parameters()).device
 
 
-def plain_flops(network_opt, lq_h, lq_w):
-    """FLOPs of the plain network of ``network_opt`` (MSRResNet or RCAN options) on an LR image."""
-    name = network_opt['type']
-    if name == 'MSRResNet':
-        return msrresnet_flops(network_opt['num_feat'], network_opt['num_block'], network_opt['upscale'], lq_h, lq_w)
-    if name == 'RCAN':
-        opt = {k: v for k, v in network_opt.items() if k != 'type'}
-        with torch.device('meta'):
-            net = build_network({'type': 'WBSRRCAN', **opt, 'widths': [opt['num_feat']],
-                                 'depths': [opt['num_block']]})
-        return net.flops(lq_h, lq_w)
-    raise ValueError(f'plain_flops: expected one of MSRResNet, RCAN, got {name!r}.')
-
-
 # ----------------------------------------------------------------------------------------------
 # Tiling shared by ARM and ClassSR (the engine's tiling and blending)
 def tile(lq, patch_size, overlap, trim=1):
@@ -237,5 +223,5 @@ def classsr_runner(net, patch_size, overlap, budget=None):
     return run
 
 
-__all__ = ['load_plain', 'plain_flops', 'whole_image_runner', 'engine_runner', 'build_arm_table', 'arm_runner',
+__all__ = ['load_plain', 'whole_image_runner', 'engine_runner', 'build_arm_table', 'arm_runner',
            'classsr_runner', 'evaluate', 'load_pairs', 'load_supernet']

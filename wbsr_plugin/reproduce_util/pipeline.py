@@ -12,6 +12,7 @@ import torch
 import yaml
 
 import wbsr_plugin
+from wbsr_plugin.archs.supernet_util import plain_flops
 from wbsr_plugin.data.difficulty import bgr_image_to_luma, grid_positions, patch_difficulty, quantile_thresholds
 from wbsr_plugin.data.hes import load_or_build_index, parse_hes_options
 from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, list_images
@@ -312,7 +313,7 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
             if RUN_KINDS[kind].model_type == 'DynamicSRModel':
                 return ev.whole_image_runner(net)
             net_opt = opts[kind]['network_g']
-            return ev.whole_image_runner(net, lambda h, w: ev.plain_flops(net_opt, h, w))
+            return ev.whole_image_runner(net, lambda h, w: plain_flops(net_opt, h, w))
         elif method == 'dynamic':
             return ev.engine_runner(net, thresholds, patch_size=patch, overlap=overlap, budget=budget,
                                     class_errors=metas[kind].get('class_errors'))

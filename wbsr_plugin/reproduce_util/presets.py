@@ -4,10 +4,10 @@ Every row of a preset trains for the same ``total_iter`` x ``batch_size`` (the t
 """
 import copy
 
-from .rows import PAPER_ROWS, TABLE_ROWS, check_rows
+from .rows import PAPER_ROWS, TABLE_ROWS, check_rows, paper_backbone
 
-PAPER_SRRESNET = {'num_feat': 64, 'num_block': 16, 'widths': [36, 52, 64], 'depths': [4, 8, 16]}
-PAPER_RCAN = {'num_feat': 64, 'num_group': 10, 'num_block': 20, 'widths': [36, 52, 64], 'depths': [5, 10, 20]}
+PAPER_SRRESNET = paper_backbone('srresnet')
+PAPER_RCAN = paper_backbone('rcan')
 
 # Shared by every preset unless overridden.
 COMMON = {

@@ -6,7 +6,7 @@ import numpy as np
 
 from wbsr_plugin.file_util import atomic_path, atomic_write_text
 
-from .rows import COMPARISONS, DYNAMIC_METHODS, NET_LABELS, ROW_LABELS, TABLE_ROWS, table_rows
+from .rows import COMPARISONS, DYNAMIC_METHODS, ROW_LABELS, TABLE_ROWS, net_label, table_rows
 
 
 def spread(values):
@@ -52,7 +52,7 @@ def backbone_tables(backbone, per_seed, tests, selected):
     results = [r['rows'] for r in per_seed.values()]
     reference = next(iter(per_seed.values())).get('matched_reference', 'wbsr')
     rows = evaluated_rows(backbone, results, selected, reference)
-    net = NET_LABELS[backbone]
+    net = net_label(backbone)
     head = '| method | ' + ' | '.join(f'{t} PSNR | {t} SSIM | {t} GFLOPs (%)' for t in tests) + ' |'
     rule = '|---|' + '---|---|---|' * len(tests)
     lines = [f'### {net}: each method at its own default', '', head, rule]
@@ -181,13 +181,13 @@ def write_plot(path, all_results, test_sets):
                     y = gather(results, row, setting, t, 'psnr')
                     if x:
                         ax.errorbar(np.mean(x), np.mean(y), yerr=spread(y)[1], fmt=marker,
-                                    label=f'{NET_LABELS[backbone]} {ROW_LABELS[row].format(net="")} ({setting})')
+                                    label=f'{net_label(backbone)} {ROW_LABELS[row].format(net="")} ({setting})')
             if not all('sweep' in r.get('wbsr', {}) for r in results):
                 continue
             budgets = sorted(results[0]['wbsr']['sweep'], key=float)
             xs = [np.mean([r['wbsr']['sweep'][b][t]['gflops_per_32x32'] for r in results]) for b in budgets]
             ys = [np.mean([r['wbsr']['sweep'][b][t]['psnr'] for r in results]) for b in budgets]
-            ax.plot(xs, ys, '-', color='gray', label=f'{NET_LABELS[backbone]} +WBSR budget sweep')
+            ax.plot(xs, ys, '-', color='gray', label=f'{net_label(backbone)} +WBSR budget sweep')
         ax.set_title(t)
         ax.set_xlabel('GFLOPs per 32x32 LR patch')
         ax.set_ylabel('PSNR-Y (dB)')

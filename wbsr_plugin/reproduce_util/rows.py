@@ -9,6 +9,8 @@ supernet, the uniform + L1 supernet with Eq. 15, and +WBSR with distillation.
 import collections
 import copy
 
+from wbsr_plugin.archs.supernet_util import supernet_class, supernet_for_label, supernet_types
+
 RunKind = collections.namedtuple('RunKind', ['model_type', 'sampling', 'loss', 'distill'])
 
 # run kind -> how it trains; 'plain*' trains the BasicSR network itself.
@@ -66,9 +68,27 @@ COMPARISONS = (
     ('wbsr_distill', 'wbsr', 'distillation added to +WBSR'),
     ('wbsr_dagger', 'plain', 'full supernet vs. plain network (the cost of weight sharing)'),
 )
-PLAIN_TYPES = {'srresnet': 'MSRResNet', 'rcan': 'RCAN'}
-SUPERNET_TYPES = {'srresnet': 'WBSRResNet', 'rcan': 'WBSRRCAN'}
-NET_LABELS = {'srresnet': 'SRResNet', 'rcan': 'RCAN'}
+CLASSSR_BACKBONE = 'srresnet'  # ClassSR's branches are MSRResNets
+SIZE_OPTIONS = ('num_feat', 'num_group', 'num_block', 'widths', 'depths')  # a backbone entry of a preset
+
+
+def backbone_supernet(backbone):
+    """The supernet class of a backbone, named by its label in lower case (``'srresnet'``)."""
+    cls = supernet_for_label(backbone)
+    if cls is None:
+        known = sorted(supernet_class(name).LABEL.lower() for name in supernet_types())
+        raise ValueError(f'unknown backbone {backbone!r}; expected one of {known}.')
+    return cls
+
+
+def net_label(backbone):
+    """How tables name a backbone (``'SRResNet'``)."""
+    return backbone_supernet(backbone).LABEL
+
+
+def paper_backbone(backbone):
+    """A preset's backbone entry for the paper's network: its size, widths and depths."""
+    return {k: v for k, v in backbone_supernet(backbone).default_options().items() if k in SIZE_OPTIONS}
 
 
 def check_rows(rows):
@@ -82,11 +102,8 @@ def check_rows(rows):
 def table_rows(backbone, rows=None):
     """Table rows of a backbone among ``rows`` (default: all), in table order; ClassSR only with SRResNet."""
     rows = list(TABLE_ROWS) if rows is None else check_rows(rows)
-    if backbone == 'srresnet':
-        return rows
-    if backbone == 'rcan':
-        return [r for r in rows if r != 'classsr']
-    raise ValueError(f'unknown backbone {backbone!r}; expected one of {sorted(PLAIN_TYPES)}.')
+    backbone_supernet(backbone)
+    return rows if backbone == CLASSSR_BACKBONE else [r for r in rows if r != 'classsr']
 
 
 def run_kinds(backbone, rows=None):
@@ -111,16 +128,17 @@ def network_options(preset, backbone, kind):
     scale = preset['scale']
     model_type = RUN_KINDS[kind].model_type
     if model_type == 'WBSRClassSRModel':
-        if backbone != 'srresnet':
-            raise ValueError(f'ClassSR runs with SRResNet branches only, not {backbone!r}.')
+        if backbone != CLASSSR_BACKBONE:
+            raise ValueError(f'ClassSR runs with {net_label(CLASSSR_BACKBONE)} branches only, not {backbone!r}.')
         return {'type': 'WBSRClassSRNet', 'num_in_ch': 3, 'num_out_ch': 3, 'widths': list(preset['classsr_widths']),
                 'num_block': arch['num_block'], 'upscale': scale}
-    elif model_type == 'SRModel':
+    supernet = backbone_supernet(backbone)
+    if model_type == 'SRModel':
         arch.pop('widths')
         arch.pop('depths')
-        return {'type': PLAIN_TYPES[backbone], 'num_in_ch': 3, 'num_out_ch': 3, **arch, 'upscale': scale}
+        return {'type': supernet.PLAIN_TYPE, 'num_in_ch': 3, 'num_out_ch': 3, **arch, 'upscale': scale}
     elif model_type == 'DynamicSRModel':
-        return {'type': SUPERNET_TYPES[backbone], 'num_in_ch': 3, 'num_out_ch': 3, **arch, 'upscale': scale}
+        return {'type': supernet.__name__, 'num_in_ch': 3, 'num_out_ch': 3, **arch, 'upscale': scale}
     else:
         raise ValueError(f'unknown model type {model_type!r}; expected one of SRModel, DynamicSRModel, '
                          'WBSRClassSRModel.')
