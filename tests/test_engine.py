@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
@@ -74,7 +75,7 @@ def test_bad_options_are_refused_with_their_message(options, message):
 
 
 def test_only_a_supernet_is_accepted():
-    with pytest.raises(TypeError, match=exact('net must be a WBSR supernet (WBSRResNet or WBSRRCAN), got Conv2d.')):
+    with pytest.raises(TypeError, match=exact(f'net must be a WBSR supernet (one of {supernet_types()}), got Conv2d.')):
         DynamicInferenceEngine(torch.nn.Conv2d(3, 3, 3))
 
 

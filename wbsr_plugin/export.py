@@ -3,11 +3,12 @@
     python -m wbsr_plugin.export --model net_g_latest.pth -o exported --subnet w52d8
     python -m wbsr_plugin.export --model net_g_latest.pth -o exported --all --onnx
 
-A subnet of width w and depth d is written as MSRResNet_x4_w52d8.pth, a BasicSR checkpoint
-{'params': ...} that the supernet's plain BasicSR network (here MSRResNet(num_feat=w, num_block=d,
-upscale=s)) loads with strict=True, and with --onnx as MSRResNet_x4_w52d8.onnx (input 'lq', output 'sr', dynamic height
-and width; each file is checked against PyTorch with ONNX Runtime). --all writes every subnet
-plus index.json and index.md (name, width, depth, params, GFLOPs per 32x32 LR patch, files).
+A subnet of width w and depth d is written as MSRResNet_x4_w52d8.pth (for a WBSRResNet), a BasicSR
+checkpoint {'params': ...} that the supernet's plain BasicSR network (here MSRResNet(num_feat=w,
+num_block=d, upscale=s)) loads with strict=True, and with --onnx as MSRResNet_x4_w52d8.onnx (input
+'lq', output 'sr', dynamic height and width; each file is checked against PyTorch with ONNX
+Runtime). --all writes every subnet plus index.json and index.md (name, width, depth, params,
+GFLOPs per 32x32 LR patch, files).
 ONNX needs the export extra: pip install -e ".[export]".
 """
 import argparse

@@ -45,7 +45,7 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
     """The ``'wbsr'`` entry of a checkpoint.
 
     Args:
-        net (WBSRResNet | WBSRRCAN): The supernet (its options are stored).
+        net (SupernetMixin): The supernet (its options are stored).
         thresholds (list[float] | dict[int, list[float]] | None): K - 1 class thresholds, or a table of
             them per LR patch side (stored as ``'thresholds_by_patch_size'``; ``'thresholds'`` then holds
             those of ``patch_size``). None: not known yet.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin
+from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, supernet_types
 from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma, thresholds_at
 
 from .calibration import check_class_errors
@@ -341,7 +341,7 @@ class DynamicInferenceEngine:
                  cuda_graphs=False,
                  class_errors=None):
         if not isinstance(net, SupernetMixin):
-            raise TypeError(f'net must be a WBSR supernet (WBSRResNet or WBSRRCAN), got {type(net).__name__}.')
+            raise TypeError(f'net must be a WBSR supernet (one of {supernet_types()}), got {type(net).__name__}.')
         if not isinstance(patch_size, int) or patch_size < 2:
             raise ValueError(f'patch_size must be an integer >= 2, got {patch_size!r}.')
         if not isinstance(overlap, int) or not 0 <= overlap < patch_size:

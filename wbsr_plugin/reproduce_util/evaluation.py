@@ -30,7 +30,7 @@ LAPLACIAN = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]]).view(1, 1,
 
 
 def load_plain(path, network_opt, device='cpu'):
-    """A BasicSR network (MSRResNet, RCAN, WBSRClassSRNet) from a checkpoint, in eval mode on ``device``."""
+    """A BasicSR network (a plain network, WBSRClassSRNet) from a checkpoint, in eval mode on ``device``."""
     state, _ = read_checkpoint(path)
     net = build_network(dict(network_opt))
     net.load_state_dict(state, strict=True)
