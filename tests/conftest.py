@@ -10,11 +10,32 @@ import yaml
 
 import wbsr_plugin  # noqa: F401
 
+from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.srresnet_arch import MSRResNet
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FIXTURES = osp.join(REPO_ROOT, 'tests', 'fixtures')
 
-# A supernet small enough for CPU tests: 2 widths x 2 depths.
-TINY_RESNET = {'type': 'WBSRResNet', 'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]}
+# Every registered supernet small enough for CPU tests (2 widths x 2 depths), and BasicSR's plain network class.
+TINY_SUPERNETS = {
+    'WBSRResNet': {'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]},
+    'WBSRRCAN': {'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]},
+}
+# The same with 3 widths x 3 depths, as the paper's supernets.
+TINY_SUPERNETS_3X3 = {
+    'WBSRResNet': {'num_feat': 16, 'num_block': 4, 'widths': [8, 12, 16], 'depths': [1, 2, 4]},
+    'WBSRRCAN': {'num_feat': 16, 'num_group': 2, 'num_block': 3, 'squeeze_factor': 4, 'widths': [8, 12, 16],
+                 'depths': [1, 2, 3]},
+}
+PLAIN_CLASSES = {'WBSRResNet': MSRResNet, 'WBSRRCAN': RCAN}
+TINY_RESNET = {'type': 'WBSRResNet', **TINY_SUPERNETS['WBSRResNet']}
+
+
+def plain_network(name, width, depth, scale=4, sizes=TINY_SUPERNETS):
+    """BasicSR's plain network of a tiny supernet's subnet (width, depth), built from BasicSR's own class."""
+    options = {k: v for k, v in sizes[name].items() if k not in ('widths', 'depths')}
+    return PLAIN_CLASSES[name](**{**options, 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': width, 'num_block': depth,
+                                  'upscale': scale})
 
 
 @pytest.fixture(autouse=True)

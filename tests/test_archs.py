@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import PLAIN_CLASSES, TINY_SUPERNETS, plain_network
 from torch.utils.flop_counter import FlopCounterMode
 
 from wbsr_plugin.archs.supernet_util import (
@@ -18,11 +19,8 @@ from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.utils.registry import ARCH_REGISTRY
 
 SUPERNETS = sorted(name for name, cls in ARCH_REGISTRY if isinstance(cls, type) and issubclass(cls, SupernetMixin))
-TINY = {
-    'WBSRResNet': {'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]},
-    'WBSRRCAN': {'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]},
-}
-PLAIN = {'WBSRResNet': MSRResNet, 'WBSRRCAN': RCAN}
+TINY = TINY_SUPERNETS
+PLAIN = PLAIN_CLASSES
 
 
 def tiny(name, scale):
@@ -66,8 +64,7 @@ def test_same_parameters_and_keys_as_the_plain_network(name, expected):
 @pytest.mark.parametrize('param_key', ['params', 'params_ema'])
 @pytest.mark.parametrize('name', SUPERNETS)
 def test_basicsr_checkpoint_loads_and_full_network_reproduces_it(name, param_key, tmp_path):
-    options = {k: v for k, v in TINY[name].items() if k not in ('widths', 'depths')}
-    plain = PLAIN[name](num_in_ch=3, num_out_ch=3, upscale=4, **options).eval()
+    plain = plain_network(name, TINY[name]['num_feat'], TINY[name]['num_block']).eval()
     for p in plain.parameters():  # RCAN's default init leaves biases near zero; make every weight matter
         p.data.add_(torch.randn_like(p) * 0.01)
     path = tmp_path / 'plain.pth'

@@ -13,7 +13,7 @@ from os import path as osp
 import cv2
 import pytest
 import torch
-from conftest import FIXTURES, REPO_ROOT, TINY_RESNET
+from conftest import FIXTURES, REPO_ROOT, TINY_SUPERNETS
 
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
@@ -23,7 +23,6 @@ from basicsr.archs import build_network
 DOCS = [osp.join(REPO_ROOT, 'README.md')] + sorted(glob.glob(osp.join(REPO_ROOT, 'docs', '*.md')))
 COMMAND = re.compile(r'python (benchmarks/bench_\w+\.py)\b([^#\n]*)')
 HR = osp.join(FIXTURES, 'hr')
-TINY_RCAN = {'type': 'WBSRRCAN', 'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]}
 
 # Options appended to every command of a script: they shrink the problem, nothing else.
 TINY = {
@@ -69,8 +68,8 @@ def stand_ins(tmp_path_factory):
     """Tiny checkpoints, a prior and a folder of photos large enough for the loader benchmark."""
     root = tmp_path_factory.mktemp('stand_ins')
     paths = {}
-    for name, opt in (('WBSRResNet', TINY_RESNET), ('WBSRRCAN', TINY_RCAN)):
-        net = build_network(dict(opt, upscale=4))
+    for name, opt in TINY_SUPERNETS.items():
+        net = build_network(dict(opt, type=name, upscale=4))
         class_errors = [[0.01 / (1 + k + m) for m in range(len(net.subnets))] for k in range(10)]
         meta = make_wbsr_meta(net, [float(t) for t in range(2, 20, 2)], 12, class_errors=class_errors)
         paths[name] = str(root / f'{name}.pth')
@@ -82,6 +81,11 @@ def stand_ins(tmp_path_factory):
     cv2.imwrite(str(root / 'photos' / 'astronaut.png'), data.astronaut()[..., ::-1])
     paths['photos'] = str(root / 'photos')
     return paths
+
+
+def named_arch(args):
+    """The supernet a documented command names (``--arch X``), else WBSRResNet."""
+    return next((arg for arg in args if arg in TINY_SUPERNETS), 'WBSRResNet')
 
 
 def stand_in_args(script, args, stand_ins, work):
@@ -101,13 +105,13 @@ def stand_in_args(script, args, stand_ins, work):
         elif option == '--test':
             arg = f"{arg.partition('=')[0]}={HR}"
         elif option == '--model':
-            arg = stand_ins['WBSRRCAN' if 'WBSRRCAN' in args else 'WBSRResNet']
+            arg = stand_ins[named_arch(args)]
         out.append(arg)
         option = arg if arg.startswith('-') else None
     extra = list(TINY[script])
     if script == 'bench_inference.py':
-        arch = 'WBSRRCAN' if 'WBSRRCAN' in args else 'WBSRResNet'
-        widths = [str(w) for w in (TINY_RCAN if arch == 'WBSRRCAN' else TINY_RESNET)['widths']]
+        arch = named_arch(args)
+        widths = [str(w) for w in TINY_SUPERNETS[arch]['widths']]
         extra += ['--arch', arch, '--widths', *widths, '--model', stand_ins[arch]]
     if script in ('bench_bdloss.py', 'bench_train_step.py') and '--prior' not in out:
         extra += ['--prior', stand_ins['prior']]

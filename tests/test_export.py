@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, parsed_options, train_options
+from conftest import FIXTURES, PLAIN_CLASSES, TINY_SUPERNETS_3X3, parsed_options, train_options
 
 from wbsr_plugin import export, subnets
 from wbsr_plugin.export_util import ExportError, export_subnets, onnx_max_error, resolve_subnet, write_onnx
@@ -16,17 +16,11 @@ from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.image_io import read_image, subnet_colours, subnet_map_legend, subnet_map_overlay
 
 from basicsr.archs import build_network
-from basicsr.archs.rcan_arch import RCAN
-from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.models import build_model
 
 # 3 widths x 3 depths, as the paper's supernets, at a size that runs in milliseconds.
-TINY = {
-    'WBSRResNet': {'num_feat': 16, 'num_block': 4, 'widths': [8, 12, 16], 'depths': [1, 2, 4]},
-    'WBSRRCAN': {'num_feat': 16, 'num_group': 2, 'num_block': 3, 'squeeze_factor': 4, 'widths': [8, 12, 16],
-                 'depths': [1, 2, 3]},
-}
-PLAIN = {'WBSRResNet': MSRResNet, 'WBSRRCAN': RCAN}
+TINY = TINY_SUPERNETS_3X3
+PLAIN = PLAIN_CLASSES
 THRESHOLDS = [0.01 * (k + 1) for k in range(9)]
 
 
@@ -53,7 +47,7 @@ def real_photo(height, width):
     return lq[..., 3:3 + height, 5:5 + width].contiguous()
 
 
-@pytest.mark.parametrize('arch', ['WBSRResNet', 'WBSRRCAN'])
+@pytest.mark.parametrize('arch', sorted(TINY))
 @pytest.mark.parametrize('scale', [2, 4])
 def test_exported_checkpoints_load_strict_in_basicsr_and_equal_the_subnets(arch, scale, tmp_path):
     net = tiny_supernet(arch, scale)

@@ -5,6 +5,7 @@ parameter count of BasicSR's own network of that width and depth, or torch's Flo
 """
 import pytest
 import torch
+from conftest import TINY_SUPERNETS, plain_network
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -18,13 +19,8 @@ from wbsr_plugin.archs.supernet_util import (
 )
 
 from basicsr.archs import build_network
-from basicsr.archs.rcan_arch import RCAN
-from basicsr.archs.srresnet_arch import MSRResNet
 
-TINY = {
-    'WBSRResNet': {'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]},
-    'WBSRRCAN': {'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]},
-}
+TINY = TINY_SUPERNETS
 
 
 def tiny(name, scale=4, device='cpu'):
@@ -39,11 +35,7 @@ def plain_params(name, width, depth, scale=4):
 
 
 def _plain_params(name, width, depth, scale):
-    if name == 'WBSRResNet':
-        net = MSRResNet(num_feat=width, num_block=depth, upscale=scale)
-    else:
-        net = RCAN(3, 3, num_feat=width, num_group=TINY[name]['num_group'], num_block=depth, upscale=scale)
-    return sum(p.numel() for p in net.parameters())
+    return sum(p.numel() for p in plain_network(name, width, depth, scale).parameters())
 
 
 def counted_flops(net, subnet, height, width):
