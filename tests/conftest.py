@@ -10,6 +10,7 @@ import yaml
 
 import wbsr_plugin  # noqa: F401
 
+from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.archs.srresnet_arch import MSRResNet
 
@@ -20,14 +21,16 @@ FIXTURES = osp.join(REPO_ROOT, 'tests', 'fixtures')
 TINY_SUPERNETS = {
     'WBSRResNet': {'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]},
     'WBSRRCAN': {'num_feat': 32, 'num_group': 2, 'num_block': 2, 'widths': [16, 32], 'depths': [1, 2]},
+    'WBSREDSR': {'num_feat': 16, 'num_block': 2, 'widths': [8, 16], 'depths': [1, 2]},
 }
 # The same with 3 widths x 3 depths, as the paper's supernets.
 TINY_SUPERNETS_3X3 = {
     'WBSRResNet': {'num_feat': 16, 'num_block': 4, 'widths': [8, 12, 16], 'depths': [1, 2, 4]},
     'WBSRRCAN': {'num_feat': 16, 'num_group': 2, 'num_block': 3, 'squeeze_factor': 4, 'widths': [8, 12, 16],
                  'depths': [1, 2, 3]},
+    'WBSREDSR': {'num_feat': 16, 'num_block': 4, 'widths': [8, 12, 16], 'depths': [1, 2, 4]},
 }
-PLAIN_CLASSES = {'WBSRResNet': MSRResNet, 'WBSRRCAN': RCAN}
+PLAIN_CLASSES = {'WBSRResNet': MSRResNet, 'WBSRRCAN': RCAN, 'WBSREDSR': EDSR}
 TINY_RESNET = {'type': 'WBSRResNet', **TINY_SUPERNETS['WBSRResNet']}
 
 

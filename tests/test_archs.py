@@ -14,6 +14,7 @@ from wbsr_plugin.archs.supernet_util import (
 )
 
 from basicsr.archs import build_network
+from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -51,10 +52,14 @@ def test_every_subnet_trains_and_round_trips(name, scale, tmp_path):
         assert torch.equal(loaded(lq, subnet=0), net(lq, subnet=0))
 
 
-@pytest.mark.parametrize('name,expected', [('WBSRResNet', 1.52e6), ('WBSRRCAN', 15.59e6)])
-def test_same_parameters_and_keys_as_the_plain_network(name, expected):
+@pytest.mark.parametrize('name,plain_network,expected', [
+    ('WBSRResNet', lambda: MSRResNet(), 1.52e6),  # the paper's networks, as BasicSR's option files build them
+    ('WBSRRCAN', lambda: RCAN(3, 3, num_block=20), 15.59e6),
+    ('WBSREDSR', lambda: EDSR(3, 3), 1.52e6),
+])
+def test_same_parameters_and_keys_as_the_plain_network(name, plain_network, expected):
     net = build_network({'type': name})
-    plain = MSRResNet() if name == 'WBSRResNet' else RCAN(3, 3, num_block=20)
+    plain = plain_network()
     assert list(net.state_dict()) == list(plain.state_dict())
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in plain.parameters())
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(expected, rel=5e-3)
@@ -96,7 +101,8 @@ def test_subnets_are_slices_of_the_shared_weights(name):
         assert not torch.allclose(net(lq, subnet=0), outputs[0])
 
 
-@pytest.mark.parametrize('name,full_gflops', [('WBSRResNet', (5.19, 5.20)), ('WBSRRCAN', (32.59, 32.61))])
+@pytest.mark.parametrize('name,full_gflops', [('WBSRResNet', (5.19, 5.20)), ('WBSRRCAN', (32.59, 32.61)),
+                                              ('WBSREDSR', (4.06, 4.07))])
 def test_flops_match_the_flop_counter(name, full_gflops):
     with torch.device('meta'):
         net = build_network({'type': name})
