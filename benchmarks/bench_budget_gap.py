@@ -20,6 +20,7 @@ interiors, not of the blended image. A gap close to its gap says that knowing ea
 not win back much.
 """
 import argparse
+import dataclasses
 import platform
 
 import numpy as np
@@ -87,11 +88,12 @@ def hindsight_psnr(engine, net, lq, hr, budget):
 def measure(net, meta, pairs, budget, patch_size, overlap):
     """Mean PSNR of every method, FLOPs % of the budgeted ones and images the calibrated plan ran whole
     (the calibrated entries are None for a checkpoint without class errors)."""
-    options = engine_options(meta)
-    class_errors = options.pop('class_errors')
-    common = dict(budget=budget, patch_size=patch_size, overlap=overlap, **options)
-    eq16 = DynamicInferenceEngine(net, **common)
-    calibrated = DynamicInferenceEngine(net, class_errors=class_errors, **common) if class_errors else None
+    thresholds = engine_options(meta)['thresholds']
+    common = dict(budget=budget, patch_size=patch_size, overlap=overlap)
+    eq16 = DynamicInferenceEngine(net, thresholds=thresholds and dataclasses.replace(thresholds, class_errors=None),
+                                  **common)
+    calibrated = (DynamicInferenceEngine(net, thresholds=thresholds, **common)
+                  if thresholds is not None and thresholds.class_errors else None)
     rows = {key: [] for key in ('full', 'eq16', 'cal', 'hindsight')}
     flops = {'eq16': 0, 'cal': 0, 'full': 0}
     whole = 0 if calibrated is not None else None

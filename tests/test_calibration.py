@@ -9,6 +9,7 @@ from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table, fill_empty_classes, sample_patch_pairs
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.class_thresholds import ClassThresholds
 from wbsr_plugin.inference.projection import apply_levels, calibrated_levels, classify
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
 
@@ -93,7 +94,7 @@ def test_class_error_table_is_the_mean_error_per_class():
     lq[:6] *= 0.1  # flat patches
     gt = torch.rand(12, 3, 16, 16)
     thresholds = [float(patch_difficulty(rgb_to_luma(lq), 8, [0], [0]).flatten().median())]
-    table = class_error_table(net, lq, gt, thresholds, border=2, batch_size=5)
+    table = class_error_table(net, lq, gt, ClassThresholds.of(thresholds), border=2, batch_size=5)
     assert len(table) == 2 and all(len(row) == len(net.subnets) for row in table)
     classes = classify(patch_difficulty(rgb_to_luma(lq), 8, [0], [0]).flatten(), thresholds)
     with torch.no_grad():
@@ -145,11 +146,11 @@ def test_checkpoints_store_the_class_errors_of_training_patches(tmp_path):
     table = meta['class_errors']
     assert len(table) == meta['num_classes'] and all(len(row) == len(net.subnets) for row in table)
     assert all(0 <= e < 1 for row in table for e in row)
-    assert engine_options(meta)['class_errors'] == table
+    assert engine_options(meta)['thresholds'].class_error_lists() == table
     assert f'| class errors | {len(table)} classes x {len(net.subnets)} subnets' in format_model_card(net, meta, 'x')
     # off: nothing stored
     opt['name'], opt['wbsr']['calibration_patches'] = 'uncalibrated', 0
     run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train0.yml', opt), cwd=tmp_path)
     net, meta = load_supernet(str(tmp_path / 'experiments' / 'uncalibrated' / 'models' / 'net_g_latest.pth'))
-    assert 'class_errors' not in meta and engine_options(meta)['class_errors'] is None
+    assert 'class_errors' not in meta and engine_options(meta)['thresholds'].class_errors is None
     assert '| class errors | none stored' in format_model_card(net, meta, 'x')

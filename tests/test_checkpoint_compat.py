@@ -17,9 +17,9 @@ def test_v1_checkpoint_loads_with_its_metadata():
     net, meta = load_supernet(CHECKPOINT)
     assert type(net).__name__ == 'WBSRResNet' and net.upscale == 4
     assert net.widths == [8, 16] and net.depths == [1, 2]
-    options = engine_options(meta)
-    assert sorted(options['thresholds']) == [16, 24] and all(len(t) == 9 for t in options['thresholds'].values())
-    assert len(options['class_errors']) == 10 and all(len(row) == 4 for row in options['class_errors'])
+    thresholds = engine_options(meta)['thresholds']
+    assert sorted(thresholds.as_table()) == [16, 24] and all(len(t) == 9 for t in thresholds.as_table().values())
+    assert len(thresholds.class_errors) == 10 and all(len(row) == 4 for row in thresholds.class_errors)
 
 
 def test_v1_checkpoint_prints_the_same_model_card(capsys):

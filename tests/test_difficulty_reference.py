@@ -18,8 +18,8 @@ from wbsr_plugin.data.difficulty import (
     quantile_thresholds,
     rgb_to_luma,
     threshold_table,
-    thresholds_at,
 )
+from wbsr_plugin.inference.class_thresholds import thresholds_at
 
 
 def naive_vector(luma, size, top, left):

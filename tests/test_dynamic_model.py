@@ -8,8 +8,8 @@ import torch
 from conftest import fixture_dirs, parsed_options, read_train_log, run_module, train_options, write_yaml, y_psnr
 
 from wbsr_plugin.compat import load_training_state
-from wbsr_plugin.data.difficulty import thresholds_at
-from wbsr_plugin.inference.checkpoint import engine_thresholds, load_supernet
+from wbsr_plugin.inference.checkpoint import load_supernet
+from wbsr_plugin.inference.class_thresholds import ClassThresholds, thresholds_at
 from wbsr_plugin.inference.evaluation import load_pairs
 from wbsr_plugin.models.subnet_sampling import SubnetSampler
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
@@ -47,7 +47,7 @@ def test_train_pipeline_logs_full_and_dynamic_validation(tmp_path):
     assert full_psnr == pytest.approx(expected, abs=1e-3)
     assert meta['network_g']['type'] == 'WBSRResNet' and meta['patch_size'] == 12
     # thresholds per LR patch size, from the training LR images; 'thresholds' are those of the engine's patch
-    table = engine_thresholds(meta)
+    table = ClassThresholds.from_meta(meta).as_table()
     assert isinstance(table, dict) and 16 in table and all(len(t) == 9 for t in table.values())
     assert meta['thresholds'] == pytest.approx(thresholds_at(table, 12))
     assert [s.width for s in net.subnets] == [8, 8, 16, 16]

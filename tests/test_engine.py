@@ -13,7 +13,8 @@ from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.engine import InferencePlan, InferenceReport, check_threshold_table
+from wbsr_plugin.inference.class_thresholds import check_threshold_table
+from wbsr_plugin.inference.engine import InferencePlan, InferenceReport
 
 CPU = torch.device('cpu')
 

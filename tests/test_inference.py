@@ -15,9 +15,12 @@ import wbsr_plugin  # noqa: F401
 from wbsr_plugin import infer
 from wbsr_plugin.archs.wbsr_rcan_arch import WBSRRCAN
 from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
-from wbsr_plugin.inference import DynamicInferenceEngine, budget_subnets, class_to_subnet, quantile_thresholds
+from wbsr_plugin.data.difficulty import quantile_thresholds
+from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, load_supernet, make_wbsr_meta
+from wbsr_plugin.inference.class_thresholds import ClassThresholds, thresholds_at
 from wbsr_plugin.inference.image_io import ImageReadError, read_image, to_image
+from wbsr_plugin.inference.projection import budget_subnets, class_to_subnet
 
 FIXTURES = osp.join(osp.dirname(__file__), 'fixtures', 'lr_x4')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -375,7 +378,7 @@ def test_never_more_than_the_full_network(size):
 
 
 def test_threshold_table_interpolates_between_patch_sizes():
-    from wbsr_plugin.data.difficulty import bgr_image_to_luma, threshold_table, thresholds_at
+    from wbsr_plugin.data.difficulty import bgr_image_to_luma, threshold_table
     lumas = [bgr_image_to_luma(cv2.imread(osp.join(FIXTURES, name)).astype(np.float32) / 255.)
              for name in sorted(os.listdir(FIXTURES))]
     table = threshold_table(lumas, 4, patch_sizes=(4, 8, 16, 1000))
@@ -394,7 +397,6 @@ def test_threshold_table_interpolates_between_patch_sizes():
 
 
 def test_checkpoint_stores_thresholds_per_patch_size(tmp_path):
-    from wbsr_plugin.inference.checkpoint import engine_thresholds
     net = tiny_net()
     table = {16: [1., 2., 3.], 32: [2., 4., 6.], 64: [4., 6., 8.]}
     meta = make_wbsr_meta(net, table, 45)
@@ -403,8 +405,10 @@ def test_checkpoint_stores_thresholds_per_patch_size(tmp_path):
     path = str(tmp_path / 'net.pth')
     torch.save({'params': net.state_dict(), WBSR_KEY: meta}, path)
     _, loaded = load_supernet(path)
-    assert engine_thresholds(loaded) == table
-    assert engine_thresholds({'thresholds': [1., 2.]}) == [1., 2.] and engine_thresholds({}) is None
+    assert ClassThresholds.from_meta(loaded).as_table() == table
+    single = ClassThresholds.from_meta({'thresholds': [1., 2.]})
+    assert single.at(7) == single.at(70) == [1., 2.] and not single.by_patch_size
+    assert ClassThresholds.from_meta({}) is None
 
 
 def test_cuda_only_options_fall_back_on_cpu():
@@ -449,7 +453,6 @@ def test_classes_are_balanced_at_the_engine_patch_size(one_thread):
         grid_difficulty,
         patch_difficulty,
         quantile_thresholds,
-        thresholds_at,
     )
     from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, tile_geometry
     from wbsr_plugin.inference.projection import classify

@@ -10,12 +10,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
 from wbsr_plugin.inference import DynamicInferenceEngine
+from wbsr_plugin.inference.class_thresholds import check_thresholds
 from wbsr_plugin.inference.projection import (
     apply_levels,
     budget_levels,
     budget_subnets,
     calibrated_levels,
-    check_thresholds,
     class_subnet_table,
     class_to_subnet,
     cost_target_subnets,

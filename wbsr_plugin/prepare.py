@@ -17,6 +17,7 @@ if not __package__:  # run as a file: import the package, not the files beside t
 
 import wbsr_plugin  # noqa: E402, F401  (compatibility fixes before basicsr is used)
 from wbsr_plugin.data import prepare_util  # noqa: E402
+from wbsr_plugin.data.difficulty import default_stride  # noqa: E402
 from wbsr_plugin.data.hes import build_index, default_index_path, lq_patch_size  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def cmd_lmdb(args):
 def cmd_index(args):
     opt = _dataset_opt(args)
     patch_size = lq_patch_size(opt['gt_size'], opt['scale'])
-    stride = args.stride if args.stride is not None else opt.get('hes_stride') or max(1, patch_size // 2)
+    stride = default_stride(patch_size, args.stride if args.stride is not None else opt.get('hes_stride'))
     index_path = args.output or opt.get('hes_index_path') or default_index_path(opt, patch_size, stride)
     index = build_index(opt, index_path, stride=stride, progress=True)
     print(f'HES index: {len(index)} candidate {patch_size}x{patch_size} LR patches of {len(index.lq_paths)} images '

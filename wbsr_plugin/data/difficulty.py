@@ -155,10 +155,15 @@ def difficulty_classes(scores, thresholds):
 THRESHOLD_PATCH_SIZES = (16, 24, 32, 48, 64, 96, 128)
 
 
+def default_stride(patch_size, stride=None):
+    """``stride``, or half the patch side when None: the grid of candidate patches (HES) and thresholds."""
+    return max(1, patch_size // 2) if stride is None else stride
+
+
 def grid_difficulty(luma, patch_size):
     """Difficulties (flattened) of the patches of one image on a grid of stride ``patch_size // 2``."""
     h, w = luma.shape[-2:]
-    stride = max(1, patch_size // 2)
+    stride = default_stride(patch_size)
     return patch_difficulty(luma, patch_size, grid_positions(h, patch_size, stride),
                             grid_positions(w, patch_size, stride)).flatten()
 
@@ -195,16 +200,3 @@ def threshold_table(lumas, num_classes, patch_sizes=THRESHOLD_PATCH_SIZES):
         raise ValueError(f'every image side is smaller than the smallest patch size {min(scores)}.')
     return table
 
-
-def thresholds_at(table, patch_size):
-    """Thresholds for ``patch_size`` from a :func:`threshold_table`: linear in log patch size between the
-    two nearest stored sizes, the nearest stored size outside their range."""
-    sizes = sorted(table)
-    if patch_size <= sizes[0]:
-        return list(table[sizes[0]])
-    if patch_size >= sizes[-1]:
-        return list(table[sizes[-1]])
-    upper = next(i for i, size in enumerate(sizes) if size >= patch_size)
-    low, high = sizes[upper - 1], sizes[upper]
-    t = (np.log(patch_size) - np.log(low)) / (np.log(high) - np.log(low))
-    return [float((1 - t) * a + t * b) for a, b in zip(table[low], table[high])]

@@ -34,6 +34,7 @@ from basicsr.utils import FileClient, get_root_logger, imfrombytes
 
 from .difficulty import (
     bgr_image_to_luma,
+    default_stride,
     difficulty_classes,
     grid_positions,
     patch_difficulty,
@@ -334,7 +335,7 @@ def build_index(opt, index_path, stride=None, progress=False):
     """
     scale = opt['scale']
     patch_size = lq_patch_size(opt['gt_size'], scale)
-    stride = stride if stride is not None else max(1, patch_size // 2)
+    stride = default_stride(patch_size, stride)
     paths = list_pairs(opt)
     if not paths:
         raise ValueError(f"No image pairs found in '{opt['dataroot_lq']}' / '{opt['dataroot_gt']}'.")
@@ -474,7 +475,7 @@ def load_or_build_index(opt, hes, progress=False):
     """The index of ``opt``: an explicit ``hes_index_path`` must exist and match; the default one is
     (re)built beside ``dataroot_lq`` when missing or stale."""
     patch_size = lq_patch_size(opt['gt_size'], opt['scale'])
-    stride = hes['hes_stride'] if hes['hes_stride'] is not None else max(1, patch_size // 2)
+    stride = default_stride(patch_size, hes['hes_stride'])
     if hes['hes_index_path'] is not None:
         return load_index(opt, hes['hes_index_path'], stride)
     index_path = default_index_path(opt, patch_size, stride)

@@ -1,10 +1,6 @@
-"""Gradient-projection dynamic inference of WBSR supernets (tiling, projection, blending, checkpoints)."""
-from wbsr_plugin.data.difficulty import quantile_thresholds
-
+"""Gradient-projection dynamic inference of WBSR supernets: the engine and what it is built from (tiling and
+blending, projection, class thresholds, calibration, checkpoints, CUDA graphs)."""
+from .class_thresholds import ClassThresholds
 from .engine import DynamicInferenceEngine, InferencePlan, InferenceReport
-from .projection import budget_subnets, class_to_subnet, classify, cost_target_subnets
 
-__all__ = [
-    'DynamicInferenceEngine', 'InferencePlan', 'InferenceReport', 'budget_subnets', 'class_to_subnet', 'classify',
-    'cost_target_subnets', 'quantile_thresholds'
-]
+__all__ = ['ClassThresholds', 'DynamicInferenceEngine', 'InferencePlan', 'InferenceReport']

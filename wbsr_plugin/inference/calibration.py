@@ -6,12 +6,11 @@ With a budget and this table, the engine moves patches to bigger subnets by erro
 the checkpoint's ``'class_errors'``: row k is class k + 1, column m subnet m (cost order), each entry
 the mean squared error (RGB in [0, 1]) of that subnet on that class's patches.
 """
-import math
 
 import numpy as np
 import torch
 
-from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma, thresholds_at
+from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.data.hes import PairReader, list_pairs
 
 from .projection import classify
@@ -95,8 +94,7 @@ def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
             restored).
         lq (Tensor): LR patches (n, 3, p, p), uint8 or float in [0, 1], RGB.
         gt (Tensor): HR patches (n, 3, p * scale, p * scale), same type.
-        thresholds (list[float] | dict[int, list[float]]): Class thresholds (K - 1), or a table per LR
-            patch side (those of ``p`` are used).
+        thresholds (ClassThresholds): Class thresholds (those of ``p`` are used).
         border (int | None): HR pixels left out at each patch edge (the engine blends patch edges
             away). Default: None (``2 * scale``, at most a quarter of the patch).
         batch_size (int): Patches per forward call. Default: 16.
@@ -107,8 +105,7 @@ def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
     device = next(net.parameters()).device
     dtype = next(net.parameters()).dtype
     p, scale = lq.shape[-1], net.upscale
-    if isinstance(thresholds, dict):
-        thresholds = thresholds_at(thresholds, p)
+    thresholds = thresholds.at(p)
     num_classes, num_subnets = len(thresholds) + 1, len(net.subnets)
     if border is None:
         border = min(2 * scale, p * scale // 4)
@@ -140,13 +137,3 @@ def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
         net.train(was_training)
     return fill_empty_classes(sums.tolist(), counts.tolist())
 
-
-def check_class_errors(class_errors, num_classes, num_subnets):
-    """Validate a K x M table of expected errors (finite, >= 0); returns it as lists of floats."""
-    rows = [[float(e) for e in row] for row in class_errors]
-    if len(rows) != num_classes or any(len(row) != num_subnets for row in rows):
-        raise ValueError(f'class_errors must be {num_classes} rows (classes) of {num_subnets} values (subnets), '
-                         f'got {len(rows)} rows of {sorted({len(row) for row in rows})}.')
-    if not all(math.isfinite(e) and e >= 0 for row in rows for e in row):
-        raise ValueError('class_errors must be finite numbers >= 0.')
-    return rows

@@ -24,13 +24,10 @@ per-image quantile thresholds.
 import torch
 
 from wbsr_plugin.archs.supernet_util import recognise_state_dict, supernet_class, supernet_types
-from wbsr_plugin.data.difficulty import thresholds_at
 
 from basicsr.archs import build_network
 
-from .calibration import check_class_errors
-from .engine import check_threshold_table
-from .projection import DEFAULT_NUM_CLASSES, check_thresholds
+from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors, check_thresholds
 
 WBSR_KEY = 'wbsr'
 META_VERSION = 1
@@ -46,53 +43,38 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
 
     Args:
         net (SupernetMixin): The supernet (its options are stored).
-        thresholds (list[float] | dict[int, list[float]] | None): K - 1 class thresholds, or a table of
-            them per LR patch side (stored as ``'thresholds_by_patch_size'``; ``'thresholds'`` then holds
-            those of ``patch_size``). None: not known yet.
+        thresholds (list[float] | dict[int, list[float]] | ClassThresholds | None): K - 1 class thresholds,
+            or a table of them per LR patch side (stored as ``'thresholds_by_patch_size'``; ``'thresholds'``
+            then holds those of ``patch_size``), or their value. None: not known yet.
         patch_size (int): LR patch side of ``'thresholds'`` (the engine's patch size).
         num_classes (int | None): K; defaults to the number of thresholds + 1, or 10.
         iteration (int | None): Training iterations done, stored as ``'iter'`` when given.
         class_errors (list[list[float]] | None): Expected error of every class through every subnet
-            (``inference/calibration.py``), stored when given.
+            (``inference/calibration.py``), stored when given (or held by ``thresholds``).
     """
-    table = None
-    if isinstance(thresholds, dict):
-        table = check_threshold_table(thresholds)
-        thresholds = thresholds_at(table, patch_size)
-    if thresholds is not None:
-        thresholds = check_thresholds(thresholds)
-        num_classes = len(thresholds) + 1 if num_classes is None else num_classes
-        if num_classes != len(thresholds) + 1:
-            raise ValueError(f'{len(thresholds)} thresholds do not define num_classes={num_classes} classes.')
+    value = ClassThresholds.of(thresholds, class_errors=class_errors, num_classes=num_classes,
+                               num_subnets=len(net.subnets))
     meta = {
         'version': META_VERSION,
         'network_g': net.network_options(),
-        'thresholds': thresholds,
+        'thresholds': None,
         'num_classes': DEFAULT_NUM_CLASSES if num_classes is None else num_classes,
         'patch_size': int(patch_size),
         'difficulty': DIFFICULTY_NAME,
     }
-    if table is not None:
-        meta['thresholds_by_patch_size'] = table
+    if value is not None:
+        meta.update(value.meta_entries(patch_size))
+    elif class_errors is not None:
+        meta['class_errors'] = check_class_errors(class_errors, meta['num_classes'], len(net.subnets))
     if iteration is not None:
         meta['iter'] = int(iteration)
-    if class_errors is not None:
-        meta['class_errors'] = check_class_errors(class_errors, meta['num_classes'], len(net.subnets))
     return meta
 
 
-def engine_thresholds(meta):
-    """What a checkpoint's ``'wbsr'`` entry gives :class:`DynamicInferenceEngine` as ``thresholds``: the
-    table per patch size when stored, else the single list (None when neither is stored)."""
-    if meta.get('thresholds_by_patch_size'):
-        return check_threshold_table(meta['thresholds_by_patch_size'])
-    return meta.get('thresholds')
-
-
 def engine_options(meta):
-    """The :class:`DynamicInferenceEngine` options a checkpoint's ``'wbsr'`` entry gives: ``thresholds``
-    (:func:`engine_thresholds`) and ``class_errors`` (None when not stored)."""
-    return {'thresholds': engine_thresholds(meta), 'class_errors': meta.get('class_errors')}
+    """The :class:`DynamicInferenceEngine` options a checkpoint's ``'wbsr'`` entry gives: ``thresholds``, a
+    :class:`~.class_thresholds.ClassThresholds` with the class errors (None when none are stored)."""
+    return {'thresholds': ClassThresholds.from_meta(meta)}
 
 
 def infer_network_options(state):
@@ -171,10 +153,7 @@ def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'
         raise CheckpointError(f'{path} does not match {found} x{net.upscale}: missing keys {missing[:3]}, '
                               f'unexpected keys {unexpected[:3]}, other shapes {mismatched[:3]}.')
     net.load_state_dict(state, strict=True)
-    if meta.get('thresholds') is not None:
+    if meta.get('thresholds') is not None:  # the single list beside a table is checked too
         check_thresholds(meta['thresholds'])
-    if meta.get('thresholds_by_patch_size'):
-        check_threshold_table(meta['thresholds_by_patch_size'])
-    if meta.get('class_errors') is not None:
-        check_class_errors(meta['class_errors'], meta.get('num_classes', DEFAULT_NUM_CLASSES), len(net.subnets))
+    ClassThresholds.from_meta(meta, num_subnets=len(net.subnets))
     return net.to(device).eval(), meta

@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, supernet_types
-from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma, thresholds_at
+from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma
 
-from .calibration import check_class_errors
+from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors
 from .cuda_graphs import GraphedSubnet
 from .projection import (
-    DEFAULT_NUM_CLASSES,
     apply_levels,
     budget_levels,
     calibrated_levels,
-    check_thresholds,
     class_subnet_table,
     classify,
 )
@@ -262,20 +260,6 @@ def stitch_patches(outputs, lq_size, patch, tops, lefts, trim, scale, vectorised
     return geometry.stitch(outputs, vectorised)
 
 
-def check_threshold_table(table):
-    """Validate ``{patch side: K - 1 thresholds}``; returns it with int keys and float lists."""
-    if not table:
-        raise ValueError('a threshold table needs at least one patch size.')
-    checked = {}
-    for size, values in table.items():
-        if isinstance(size, bool) or not isinstance(size, (int, str)) or not str(size).isdigit() or int(size) < 2:
-            raise ValueError(f'threshold table keys must be patch sides >= 2, got {size!r}.')
-        checked[int(size)] = check_thresholds(values)
-    if len({len(values) for values in checked.values()}) != 1:
-        raise ValueError('every patch size of a threshold table needs the same number of thresholds.')
-    return dict(sorted(checked.items()))
-
-
 class DynamicInferenceEngine:
     """Gradient-projection dynamic inference of a WBSR supernet (WBSR Sec. 4.2).
 
@@ -292,10 +276,11 @@ class DynamicInferenceEngine:
     Args:
         net (SupernetMixin): The supernet. Its weights may change between calls (training):
             the extracted subnets are rebuilt when a parameter changes, or on :meth:`refresh`.
-        thresholds (list[float] | dict[int, list[float]] | None): K - 1 class thresholds on the scalar
-            difficulty, or a table of them per LR patch side (checkpoints store one; the thresholds of the
-            patch size in use are interpolated, :func:`~wbsr_plugin.data.difficulty.thresholds_at`).
-            None: per-image quantiles of the patch difficulties. Default: None.
+        thresholds (list[float] | dict[int, list[float]] | ClassThresholds | None): K - 1 class
+            thresholds on the scalar difficulty, or a table of them per LR patch side (checkpoints store
+            one; the thresholds of the patch size in use are interpolated), or their value
+            (:class:`~.class_thresholds.ClassThresholds`, with class errors if it holds them). None:
+            per-image quantiles of the patch difficulties. Default: None.
         patch_size (int): Largest patch side in LR pixels (see :func:`fitted_patch_size`). Default: 64.
         overlap (int): Least overlap of neighbouring patches in LR pixels. Default: 4.
         trim (int): LR pixels next to a patch edge inside an overlap that get no weight; lowered
@@ -317,7 +302,8 @@ class DynamicInferenceEngine:
             of one per layer; batch sizes bucketed to powers of two). Ignored on other devices.
             Default: False.
         class_errors (list[list[float]] | None): Expected error of each class (rows) through each subnet
-            (columns), as checkpoints store it (``inference/calibration.py``). With ``budget``, patches move
+            (columns), as checkpoints store it (``inference/calibration.py``); replaces those of a
+            ``ClassThresholds``. With ``budget``, patches move
             to bigger subnets by error saved per FLOP (:func:`~.projection.calibrated_levels`) instead of
             by Eq. 16, and the whole image runs through one subnet when that is expected to do better
             than the tiled plan (small images, where overlaps eat the budget). Default: None.
@@ -358,19 +344,17 @@ class DynamicInferenceEngine:
             raise ValueError(f'alpha must be positive, got {alpha!r}.')
         if subnet is not None:
             subnet = net.get_subnet(subnet).index
+        thresholds = ClassThresholds.of(thresholds, class_errors=class_errors, num_classes=num_classes,
+                                        num_subnets=len(net.subnets))
         if thresholds is not None:
-            if isinstance(thresholds, dict):
-                thresholds = check_threshold_table(thresholds)
-                count = len(next(iter(thresholds.values())))
-            else:
-                thresholds = check_thresholds(thresholds)
-                count = len(thresholds)
-            num_classes = count + 1 if num_classes is None else num_classes
-            if count + 1 != num_classes:
-                raise ValueError(f'{count} thresholds define {count + 1} classes, but num_classes={num_classes}.')
+            num_classes = thresholds.num_classes
         num_classes = DEFAULT_NUM_CLASSES if num_classes is None else num_classes
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+        if thresholds is not None:
+            class_errors = thresholds.class_error_lists()
+        elif class_errors is not None:
+            class_errors = check_class_errors(class_errors, num_classes, len(net.subnets))
         if max_batch_pixels is not None and (not isinstance(max_batch_pixels, int) or max_batch_pixels < 1):
             raise ValueError(f'max_batch_pixels must be a positive integer or None, got {max_batch_pixels!r}.')
         self.net = net
@@ -387,8 +371,7 @@ class DynamicInferenceEngine:
         self.channels_last = channels_last
         self.whole_image_fallback = whole_image_fallback
         self.cuda_graphs = cuda_graphs
-        self.class_errors = None if class_errors is None else check_class_errors(class_errors, num_classes,
-                                                                                  len(net.subnets))
+        self.class_errors = class_errors
         self.scale = net.upscale
         self.subnet_names = [s.name for s in net.subnets]
         self._cache = {}
@@ -467,9 +450,7 @@ class DynamicInferenceEngine:
 
     # ----------------------------------------------------------------------------------------
     def _thresholds_for(self, patch):
-        if isinstance(self.thresholds, dict):
-            return thresholds_at(self.thresholds, patch), 'model-by-patch-size'
-        return self.thresholds, 'model'
+        return self.thresholds.at(patch), self.thresholds.source
 
     def plan(self, lq):
         """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device)."""

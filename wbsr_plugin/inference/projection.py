@@ -23,18 +23,6 @@ import torch
 
 from wbsr_plugin.data.difficulty import difficulty_classes
 
-DEFAULT_NUM_CLASSES = 10
-
-
-def check_thresholds(thresholds):
-    """Validate stored thresholds (a non-decreasing list of finite floats); returns them as floats."""
-    values = [float(t) for t in thresholds]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f'thresholds must be finite numbers, got {values}.')
-    if any(b < a for a, b in zip(values, values[1:])):
-        raise ValueError(f'thresholds must be non-decreasing, got {values}.')
-    return values
-
 
 def classify(difficulty, thresholds):
     """The paper's class ``k`` in 1..K of every difficulty value (``k - 1`` thresholds are <= it)."""

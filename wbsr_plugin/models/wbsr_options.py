@@ -16,12 +16,13 @@
         budget: ~                 # target fraction of the full FLOPs, or ~ for Eq. 15
 """
 import copy
+import dataclasses
 
 from wbsr_plugin.data.hes import dataset_threshold_table, parse_hes_options
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
-from wbsr_plugin.inference.checkpoint import engine_thresholds, read_checkpoint
+from wbsr_plugin.inference.checkpoint import read_checkpoint
+from wbsr_plugin.inference.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
 from wbsr_plugin.inference.engine import DEFAULT_PATCH_SIZE
-from wbsr_plugin.inference.projection import DEFAULT_NUM_CLASSES
 
 from basicsr.utils import get_root_logger
 
@@ -83,12 +84,12 @@ def training_thresholds(opt, wbsr_opt):
     back to per-image quantiles.
 
     Returns:
-        tuple[list[float] | dict[int, list[float]] | None, int]: The thresholds (or table) and the
-        engine's patch size.
+        tuple[ClassThresholds | None, int]: The thresholds (without class errors) and the engine's patch
+        size.
     """
     patch_size = wbsr_opt['inference'].get('patch_size', DEFAULT_PATCH_SIZE)
     if wbsr_opt['thresholds'] is not None:
-        return [float(t) for t in wbsr_opt['thresholds']], patch_size
+        return ClassThresholds.of(wbsr_opt['thresholds']), patch_size
     train_set = opt.get('datasets', {}).get('train')
     logger = get_root_logger()
     if opt.get('rank', 0) != 0:  # only rank 0 validates and saves checkpoints
@@ -104,12 +105,12 @@ def training_thresholds(opt, wbsr_opt):
             logger.warning(f'Class thresholds per patch size could not be computed from datasets.train: {err}')
         else:
             logger.info(f'Class thresholds for LR patch sizes {sorted(table)} computed from datasets.train.')
-            return table, patch_size
+            return ClassThresholds.of(table), patch_size
     pretrained = opt['path'].get('pretrain_network_g')
     if pretrained:
-        thresholds = engine_thresholds(read_checkpoint(pretrained)[1])
+        thresholds = ClassThresholds.from_meta(read_checkpoint(pretrained)[1])
         if thresholds is not None:
-            return thresholds, patch_size
+            return dataclasses.replace(thresholds, class_errors=None), patch_size  # see pretrained_class_errors
     logger.info('Dynamic inference uses per-image quantile thresholds (no paired training data, no wbsr.thresholds).')
     return None, patch_size
 
@@ -143,6 +144,7 @@ def pretrained_class_errors(opt, thresholds):
     pretrained = opt.get('path', {}).get('pretrain_network_g')
     if not pretrained or thresholds is None:
         return None
-    table = read_checkpoint(pretrained)[1].get('class_errors')
-    num_classes = len(next(iter(thresholds.values())) if isinstance(thresholds, dict) else thresholds) + 1
-    return table if table is not None and len(table) == num_classes else None
+    stored = ClassThresholds.from_meta(read_checkpoint(pretrained)[1])
+    if stored is None or stored.class_errors is None or stored.num_classes != thresholds.num_classes:
+        return None
+    return stored.class_error_lists()

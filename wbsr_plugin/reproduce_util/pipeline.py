@@ -13,7 +13,7 @@ import yaml
 
 import wbsr_plugin
 from wbsr_plugin.archs.supernet_util import plain_flops
-from wbsr_plugin.data.difficulty import bgr_image_to_luma, grid_positions, patch_difficulty, quantile_thresholds
+from wbsr_plugin.data.difficulty import bgr_image_to_luma, grid_difficulty, quantile_thresholds
 from wbsr_plugin.data.hes import load_or_build_index, parse_hes_options
 from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, list_images
 from wbsr_plugin.file_util import atomic_write_text
@@ -65,10 +65,7 @@ def difficulty_scores(lr_folder, patch_size):
     for name in list_images(lr_folder):
         img = cv2.imread(osp.join(lr_folder, name), cv2.IMREAD_COLOR).astype(np.float64) / 255.
         luma = bgr_image_to_luma(img)
-        h, w = luma.shape
-        p = min(patch_size, h, w)
-        stride = max(1, p // 2)
-        scores.append(patch_difficulty(luma, p, grid_positions(h, p, stride), grid_positions(w, p, stride)).flatten())
+        scores.append(grid_difficulty(luma, min(patch_size, *luma.shape)))
     return torch.cat(scores).numpy()
 
 
