@@ -28,10 +28,11 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
-from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
+from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.evaluation import load_pairs, to_uint8_bgr
 from wbsr_plugin.inference.image_io import ImageReadError
 from wbsr_plugin.inference.projection import calibrated_levels
+from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, extract_patches
 
 from basicsr.metrics import calculate_psnr
 
@@ -64,15 +65,15 @@ def hindsight_psnr(engine, net, lq, hr, budget):
     """The best PSNR of any whole-image subnet within ``budget`` and of the tiled plan allocated in hindsight."""
     scale = engine.scale
     num_subnets = len(net.subnets)
-    allowed = budget * engine.subnet_flops(*lq.shape[-2:], num_subnets - 1)
+    allowed = budget * engine.subnets.flops(*lq.shape[-2:], num_subnets - 1)
     candidates = [psnr(net(lq, subnet=m), hr, scale) for m in range(num_subnets)
-                  if engine.subnet_flops(*lq.shape[-2:], m) <= allowed]
+                  if engine.subnets.flops(*lq.shape[-2:], m) <= allowed]
     plan = engine.plan(lq)
     p = plan.patch_size
-    costs = [engine.subnet_flops(p, p, m) for m in range(num_subnets)]
+    costs = [engine.subnets.flops(p, p, m) for m in range(num_subnets)]
     if len(plan.tops) * len(plan.lefts) * costs[0] <= allowed:
-        patches = engine.extract_patches(lq, plan)
-        outputs = [engine.subnet_module(m)(patches).clamp(0, 1) for m in range(num_subnets)]
+        patches = extract_patches(lq, plan.patch_size, plan.tops, plan.lefts)
+        outputs = [engine.subnets.module(m)(patches).clamp(0, 1) for m in range(num_subnets)]
         gt = torch.from_numpy(np.ascontiguousarray(hr[:, :, ::-1], dtype=np.float32) / 255.).permute(2, 0, 1)
         gt_patches = torch.stack([gt[:, t * scale:(t + p) * scale, l * scale:(l + p) * scale]
                                   for t in plan.tops for l in plan.lefts])

@@ -31,7 +31,8 @@ import torch
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import supernet_class, supernet_types
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
-from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
+from wbsr_plugin.inference.engine import DynamicInferenceEngine
+from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 
 from basicsr.archs import build_network
 

@@ -48,9 +48,10 @@ MODULES = {
     'projection': ('wbsr_plugin/inference/projection.py',
                    ['tests/test_projection.py', 'tests/test_engine.py', 'tests/test_inference.py',
                     'tests/test_calibration.py']),
-    'engine': ('wbsr_plugin/inference/engine.py',
-               ['tests/test_tiling.py', 'tests/test_projection.py', 'tests/test_engine.py', 'tests/test_inference.py',
-                'tests/test_calibration.py', 'tests/test_checkpoint_compat.py']),
+    **{name: (f'wbsr_plugin/inference/{name}.py',
+              ['tests/test_tiling.py', 'tests/test_projection.py', 'tests/test_engine.py', 'tests/test_inference.py',
+               'tests/test_calibration.py', 'tests/test_checkpoint_compat.py', 'tests/test_class_thresholds.py'])
+       for name in ('engine', 'tiling', 'planning', 'subnet_cache', 'class_thresholds')},
     'supernet_util': ('wbsr_plugin/archs/supernet_util.py',
                       ['tests/test_archs.py', 'tests/test_supernet_util.py',
                        'tests/test_export.py::test_model_card_shows_what_the_checkpoint_holds']),

@@ -14,7 +14,9 @@ from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.class_thresholds import check_threshold_table
-from wbsr_plugin.inference.engine import InferencePlan, InferenceReport
+from wbsr_plugin.inference.engine import InferenceReport
+from wbsr_plugin.inference.planning import InferencePlan
+from wbsr_plugin.inference.tiling import extract_patches
 
 CPU = torch.device('cpu')
 
@@ -85,7 +87,7 @@ def test_the_smallest_allowed_options_run():
     net = tiny_net()
     engine = DynamicInferenceEngine(net, patch_size=2, overlap=1, trim=0, max_batch_pixels=1, num_classes=1,
                                     whole_image_fallback=False)
-    assert engine.batch_patches(0, 2, next(net.parameters())) == 1
+    assert engine.subnets.batch_size(0, 2, next(net.parameters())) == 1
     _, report = engine.run(torch.rand(1, 3, 3, 2))
     assert report.plan.patch_size == 2 and report.plan.tops == [0, 1] and report.plan.lefts == [0]
     assert report.num_patches == 2 and report.sr_size == (12, 8)
@@ -319,15 +321,15 @@ def test_plans_and_batches_are_made_on_the_input_device():
     """Protects "the plan stays on the input's device": nothing of the plan, the patches or the output buffer is
     made on torch's default device (here 'meta', standing in for a GPU input while the default is elsewhere)."""
     net = tiny_net()
-    lq, thin, indices = torch.rand(1, 3, 20, 30), torch.rand(1, 3, 1, 5), torch.tensor([0, 3])
+    lq, thin = torch.rand(1, 3, 20, 30), torch.rand(1, 3, 1, 5)
     for options in ({'subnet': 1}, {}, {'budget': 0.5}, {'budget': 0.5, 'class_errors': [[1, .5, .4, .3]] * 10}):
         engine = DynamicInferenceEngine(net, patch_size=8, overlap=2, whole_image_fallback=False, **options)
         expected = engine.plan(lq)
         for m in range(4):
-            engine.subnet_module(m)  # extracted here: extraction builds modules on the default device
+            engine.subnets.module(m)  # extracted here: extraction builds modules on the default device
         with torch.device('meta'):
             plan, plan_thin = engine.plan(lq), engine.plan(thin)
-            picked = engine.extract_patches(lq, plan, indices)
+            picked = extract_patches(lq, plan.patch_size, plan.tops, plan.lefts)
             batches, outputs = engine.patch_batches(lq, plan)
         tensors = [plan.difficulty, plan.subnets, plan_thin.difficulty, plan_thin.subnets, picked, outputs]
         tensors += [plan.classes] * (plan.classes is not None) + [batch for _, _, batch in batches]
@@ -344,24 +346,24 @@ def test_subnets_are_cached_until_the_weights_change():
     net, lq = tiny_net(), torch.rand(1, 3, 20, 20)
     engine = DynamicInferenceEngine(net, patch_size=16, subnet=0)  # 4 patches cost more: the whole image, subnet 0
     first, _ = engine.run(lq)
-    module = engine.subnet_module(0)
+    module = engine.subnets.module(0)
     engine.run(lq)
-    assert engine.subnet_module(0) is module
+    assert engine.subnets.module(0) is module
     with torch.no_grad():
         net.conv_last.bias.add_(0.25)  # in place, as an optimizer step
     second, _ = engine.run(lq)
-    assert engine.subnet_module(0) is not module
-    module = engine.subnet_module(0)
+    assert engine.subnets.module(0) is not module
+    module = engine.subnets.module(0)
     net.conv_last.bias = torch.nn.Parameter(net.conv_last.bias.detach() + 0.5)  # a new tensor, not an update
     third, _ = engine.run(lq)
-    assert engine.subnet_module(0) is not module
+    assert engine.subnets.module(0) is not module
     torch.testing.assert_close(third - second, torch.full_like(third, 0.5), rtol=0, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(third, net(lq, subnet=0), rtol=0, atol=1e-5)
     torch.testing.assert_close(second - first, torch.full_like(first, 0.25), rtol=0, atol=1e-5)
-    module = engine.subnet_module(0)
+    module = engine.subnets.module(0)
     engine.refresh()
-    assert engine.subnet_module(0) is not module
+    assert engine.subnets.module(0) is not module
 
 
 @pytest.mark.parametrize('channels_last', [True, False, None])
@@ -372,7 +374,7 @@ def test_cached_subnets_are_frozen_copies_in_the_memory_format_asked_for(channel
     options = {} if channels_last is None else {'channels_last': channels_last}
     engine = DynamicInferenceEngine(tiny_net(), patch_size=16, subnet=1, **options)
     engine.run(torch.rand(1, 3, 20, 20))
-    weights = [p for p in engine.subnet_module(1).parameters()]
+    weights = [p for p in engine.subnets.module(1).parameters()]
     assert not any(p.requires_grad for p in weights)
     assert not any(p.is_inference() for p in weights if p.dim() == 1 or channels_last is False)
     convs = [p for p in weights if p.dim() == 4]
@@ -400,9 +402,9 @@ def test_batch_sizes_on_cpu():
     net = tiny_net()
     param = next(net.parameters())
     default = DynamicInferenceEngine(net)
-    assert [default.batch_patches(0, p, param) for p in (16, 64, 181, 182, 200)] == [128, 8, 1, 1, 1]
+    assert [default.subnets.batch_size(0, p, param) for p in (16, 64, 181, 182, 200)] == [128, 8, 1, 1, 1]
     explicit = DynamicInferenceEngine(net, max_batch_pixels=1000)
-    assert [explicit.batch_patches(3, p, param) for p in (8, 16, 31, 32)] == [15, 3, 1, 1]
+    assert [explicit.subnets.batch_size(3, p, param) for p in (8, 16, 31, 32)] == [15, 3, 1, 1]
 
 
 def test_cuda_batch_size_follows_the_free_memory(monkeypatch):
@@ -416,12 +418,12 @@ def test_cuda_batch_size_follows_the_free_memory(monkeypatch):
     engine = DynamicInferenceEngine(tiny_net(widths=(2, 16)))  # subnets w2d1, w2d2, w16d1, w16d2; x4
     # half of 10 MiB = 5242880 bytes; per patch of 16 (64 x 64 SR pixels): 6 x 3 x 4096 x 2 = 147456 for width 2
     # (3 output channels), 6 x 16 x 4096 x 2 = 786432 for width 16; patches of 8: a quarter
-    assert engine.batch_patches(0, 16, param) == 5242880 // 147456 == 35
-    assert engine.batch_patches(2, 16, param) == 5242880 // 786432 == 6
-    assert engine.batch_patches(2, 8, param) == 5242880 // 196608 == 26
+    assert engine.subnets.batch_size(0, 16, param) == 5242880 // 147456 == 35
+    assert engine.subnets.batch_size(2, 16, param) == 5242880 // 786432 == 6
+    assert engine.subnets.batch_size(2, 8, param) == 5242880 // 196608 == 26
     free[1] = 2**20  # later calls keep the sizes found (CUDA graphs need fixed shapes); new ones see 1 MiB
-    assert [engine.batch_patches(i, 16, param) for i in (0, 2)] == [35, 6]
-    assert engine.batch_patches(3, 16, param) == 1  # 524288 // 786432 = 0: still one patch per call
+    assert [engine.subnets.batch_size(i, 16, param) for i in (0, 2)] == [35, 6]
+    assert engine.subnets.batch_size(3, 16, param) == 1  # 524288 // 786432 = 0: still one patch per call
 
 
 def test_patch_batches_cover_every_patch_once_in_calls_of_at_most_the_batch_size():
@@ -437,7 +439,7 @@ def test_patch_batches_cover_every_patch_once_in_calls_of_at_most_the_batch_size
     used = [m for m in range(4) if (subnets == m).any()]
     assert len(used) > 1
     for m in used:
-        mine = [(ids, batch) for runner, ids, batch in batches if runner is engine.subnet_module(m)]
+        mine = [(ids, batch) for runner, ids, batch in batches if runner is engine.subnets.module(m)]
         count = int((subnets == m).sum())
         assert len(mine) == -(-count // 3) and all(len(ids) <= 3 for ids, _ in mine)
         assert sorted(torch.cat([ids for ids, _ in mine]).tolist()) == (subnets == m).nonzero().flatten().tolist()
@@ -448,19 +450,17 @@ def test_patch_batches_cover_every_patch_once_in_calls_of_at_most_the_batch_size
                 assert torch.equal(patch, lq[0, :, top:top + 8, left:left + 8])
 
 
-def test_extract_patches_by_index():
+def test_extract_patches_in_grid_order():
     engine = DynamicInferenceEngine(tiny_net(), patch_size=8, overlap=2)
     lq = torch.rand(1, 3, 40, 28)
     plan = engine.plan(lq)
     rows, cols = len(plan.tops), len(plan.lefts)
     assert rows != cols
-    indices = torch.tensor([0, cols + 1, rows * cols - 1, 2])
-    patches = engine.extract_patches(lq, plan, indices)
-    assert patches.shape == (4, 3, 8, 8)
-    for patch, i in zip(patches, indices.tolist()):
+    patches = extract_patches(lq, plan.patch_size, plan.tops, plan.lefts)
+    assert patches.shape == (rows * cols, 3, 8, 8)
+    for i, patch in enumerate(patches):
         top, left = plan.tops[i // cols], plan.lefts[i % cols]
         assert torch.equal(patch, lq[0, :, top:top + 8, left:left + 8])
-    assert torch.equal(engine.extract_patches(lq, plan, torch.arange(rows * cols)), engine.extract_patches(lq, plan))
 
 
 # -- the report ---------------------------------------------------------------------------------------------------
@@ -476,7 +476,6 @@ def test_report_summary_and_properties_by_hand():
     tiled = InferenceReport((10, 20), (40, 80), 3, [2, 0, 1, 0], 3_000_000_000, 4_000_000_000, 0.5,
                             hand_plan(None, 3_000_000_000), names)
     assert (tiled.gflops, tiled.flops_ratio, tiled.whole_image) == (3.0, 0.75, False)
-    assert tiled.gflops_per_reference_patch == pytest.approx(3.0 * 32 * 32 / 200)
     assert tiled.summary() == '20x10 -> 80x40 | 3 patches [w8d1:2 w16d1:1] | 3.0 GFLOPs (75.0% of full) | 0.50 s'
     whole = InferenceReport((10, 20), (40, 80), 1, [0, 0, 0, 1], 4_000_000_000, 4_000_000_000, 1.234,
                             hand_plan(3, 4_720_000_000), names)
@@ -490,7 +489,7 @@ def test_cached_subnets_hold_ordinary_tensors_after_a_run():
     net = WBSRResNet(num_feat=16, num_block=2, upscale=4, widths=[8, 16], depths=[1, 2]).eval()
     engine = DynamicInferenceEngine(net, patch_size=16, subnet=1)
     engine.run(torch.rand(1, 3, 20, 20))
-    assert not any(p.is_inference() for p in engine.subnet_module(1).parameters())
+    assert not any(p.is_inference() for p in engine.subnets.module(1).parameters())
     x = torch.rand(1, 3, 8, 8, requires_grad=True)
-    engine.subnet_module(1)(x).sum().backward()
+    engine.subnets.module(1)(x).sum().backward()
     assert x.grad is not None

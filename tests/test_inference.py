@@ -420,16 +420,16 @@ def test_cuda_only_options_fall_back_on_cpu():
     eager, _ = DynamicInferenceEngine(net, patch_size=16, budget=0.6).run(lq)
     engine = DynamicInferenceEngine(net, patch_size=16, budget=0.6, cuda_graphs=True)
     graphed, report = engine.run(lq)
-    assert torch.equal(graphed, eager) and not engine._graphs
-    assert engine.subnet_runner(0, 4) is engine.subnet_module(0)
+    assert torch.equal(graphed, eager) and not engine.subnets.graphs
+    assert engine.subnets.runner(0, 4) is engine.subnets.module(0)
 
 
 def test_batch_size_falls_back_to_the_cpu_default():
-    from wbsr_plugin.inference.engine import DEFAULT_MAX_BATCH_PIXELS
+    from wbsr_plugin.inference.subnet_cache import DEFAULT_MAX_BATCH_PIXELS
     engine = DynamicInferenceEngine(tiny_net(), patch_size=16)
     param = next(engine.net.parameters())
-    assert engine.batch_patches(0, 16, param) == DEFAULT_MAX_BATCH_PIXELS // 256
-    assert DynamicInferenceEngine(tiny_net(), max_batch_pixels=512).batch_patches(0, 16, param) == 2
+    assert engine.subnets.batch_size(0, 16, param) == DEFAULT_MAX_BATCH_PIXELS // 256
+    assert DynamicInferenceEngine(tiny_net(), max_batch_pixels=512).subnets.batch_size(0, 16, param) == 2
 
 
 @pytest.fixture
@@ -454,8 +454,8 @@ def test_classes_are_balanced_at_the_engine_patch_size(one_thread):
         patch_difficulty,
         quantile_thresholds,
     )
-    from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, tile_geometry
     from wbsr_plugin.inference.projection import classify
+    from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, tile_geometry
     lumas = []
     for name in sorted(os.listdir(SHARED_PHOTOS)):
         img = cv2.imread(osp.join(SHARED_PHOTOS, name), cv2.IMREAD_COLOR).astype(np.float32) / 255.

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from wbsr_plugin.inference.engine import blend_weights, patch_positions, stitch_patches, tile_geometry
+from wbsr_plugin.inference.tiling import blend_weights, patch_positions, stitch_patches, tile_geometry
 
 LENGTHS = [1, 2, 5, 8, 9, 16, 17, 31, 33, 64, 65, 100, 127, 270, 481]
 PATCHES = [2, 4, 8, 16, 32, 64]

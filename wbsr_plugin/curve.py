@@ -20,11 +20,11 @@ import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.file_util import atomic_path, atomic_write_text
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
-from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.inference.image_io import ImageReadError
 from wbsr_plugin.inference.options_util import network_options_from_yaml
 from wbsr_plugin.inference.sharding import DistContext, rank_device
+from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 
 DEFAULT_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

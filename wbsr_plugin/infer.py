@@ -25,7 +25,7 @@ from tqdm import tqdm
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
-from wbsr_plugin.inference.engine import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DynamicInferenceEngine
+from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.image_io import (
     ImageInfo,
     ImageReadError,
@@ -57,6 +57,7 @@ from wbsr_plugin.inference.sharding import (
     rank_device,
     totals_summary,
 )
+from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 
 
 def budget_fraction(text):

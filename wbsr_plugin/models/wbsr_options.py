@@ -22,7 +22,7 @@ from wbsr_plugin.data.hes import dataset_threshold_table, parse_hes_options
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import read_checkpoint
 from wbsr_plugin.inference.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
-from wbsr_plugin.inference.engine import DEFAULT_PATCH_SIZE
+from wbsr_plugin.inference.tiling import DEFAULT_PATCH_SIZE
 
 from basicsr.utils import get_root_logger
 

@@ -1,6 +1,6 @@
 """Evaluation of every row: whole-image networks, WBSR dynamic inference, ARM and ClassSR.
 
-Every dynamic method tiles the LR image the same way (:mod:`wbsr_plugin.inference.engine`'s
+Every dynamic method tiles the LR image the same way (:mod:`wbsr_plugin.inference.tiling`'s
 tiling and blending, ``patch_size`` 32 and ``overlap`` 4 by default) and reports its FLOPs as
 a fraction of the plain network on the whole image. Networks run on their own device (the
 reproduction evaluates on CUDA when it is available); tiling, choices and stitching run on the CPU.
@@ -17,8 +17,9 @@ from torch.nn import functional as F
 from wbsr_plugin.archs.classsr_arch import msrresnet_flops
 from wbsr_plugin.data.difficulty import rgb_to_luma
 from wbsr_plugin.inference.checkpoint import load_supernet, read_checkpoint
-from wbsr_plugin.inference.engine import DynamicInferenceEngine, stitch_patches, tile_geometry
+from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
+from wbsr_plugin.inference.tiling import stitch_patches, tile_geometry
 
 from basicsr.archs import build_network
 
@@ -124,7 +125,7 @@ def build_arm_table(net, val_pairs, patch_size, overlap, num_bins=ARM_NUM_BINS, 
         mse = []
         with torch.inference_mode():
             for spec in net.subnets:
-                sr = engine.subnet_module(spec.index)(patches.to(device)).float().cpu().clamp(0, 1)
+                sr = engine.subnets.module(spec.index)(patches.to(device)).float().cpu().clamp(0, 1)
                 sr_y = (rgb_to_luma(sr) * 219. / 255. + 16.).round()
                 mse.append(((sr_y - (hr_y * 219. / 255. + 16.).round())**2).mean(dim=(1, 2)))
         all_edges.append(edge_scores(patches))
@@ -174,7 +175,7 @@ def arm_runner(net, table, patch_size, overlap, eta=None, budget=None):
                 chosen_eta = math.exp(bisect_knob(cost_of, budget * net.flops(*lq.shape[-2:]), math.log(1e-4),
                                                   math.log(1e6)))
             choice = arm_choice(edges, table, table['costs'], chosen_eta)
-            outputs = run_assigned(patches, choice, lambda m, batch: engine.subnet_module(m)(batch.to(device)))
+            outputs = run_assigned(patches, choice, lambda m, batch: engine.subnets.module(m)(batch.to(device)))
             sr = stitch(outputs, geometry, net.upscale)
         histogram = torch.bincount(choice, minlength=len(net.subnets)).tolist()
         return sr, {'flops': float(patch_costs[choice.numpy()].sum()), 'full_flops': net.flops(*lq.shape[-2:]),

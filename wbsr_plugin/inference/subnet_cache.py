@@ -1,0 +1,100 @@
+"""The subnets a dynamic-inference engine runs: stand-alone copies of their weights, and batch sizes.
+
+Each subnet runs through a stand-alone copy of its weights (``extract_subnet``: contiguous tensors
+run at the speed their FLOPs promise), made on first use and kept until a parameter of the supernet
+changes (training updates it between validations). On CUDA a subnet can replay as CUDA graphs.
+"""
+import torch
+
+from .cuda_graphs import GraphedSubnet
+
+DEFAULT_MAX_BATCH_PIXELS = 64 * 64 * 8  # CPU: larger batches ran no faster (docs/inference.md)
+# CUDA batch sizing: bytes per patch ~ factor x width x (patch x scale)^2 x element size, within a share of free memory
+CUDA_ACTIVATION_FACTOR = 6
+CUDA_MEMORY_SHARE = 0.5
+
+
+class SubnetCache:
+    """Extracted subnets of a supernet, their CUDA graphs, FLOPs and batch sizes.
+
+    Args:
+        net (SupernetMixin): The supernet.
+        channels_last (bool): Keep the extracted subnets in channels-last memory format.
+        cuda_graphs (bool): On CUDA, run each subnet through CUDA graphs.
+        max_batch_pixels (int | None): LR pixels per forward call; None: 32768 on CPU, on CUDA sized
+            from the free memory.
+    """
+
+    def __init__(self, net, *, channels_last, cuda_graphs, max_batch_pixels):
+        self.net = net
+        self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
+        self.max_batch_pixels = max_batch_pixels
+        self.modules = {}
+        self.graphs = {}
+        self.graph_pool = None
+        self.cuda_batch = {}
+        self.fingerprint = None
+        self.flops_cache = {}
+
+    def refresh(self):
+        """Forget the extracted subnets (they are rebuilt from the supernet on next use)."""
+        self.modules.clear()
+        self.graphs.clear()
+        self.fingerprint = None
+
+    def _weights_fingerprint(self):
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.net.parameters())
+
+    def drop_stale(self):
+        """Forget the extracted subnets if a parameter of the supernet changed since they were made."""
+        fingerprint = self._weights_fingerprint()
+        if fingerprint != self.fingerprint:
+            self.refresh()
+            self.fingerprint = fingerprint
+
+    def module(self, index):
+        """The stand-alone network of subnet ``index`` (cached; see :meth:`drop_stale`)."""
+        if index not in self.modules:
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, also inside inference mode
+                module = self.net.extract_subnet(index)
+                if self.channels_last:
+                    module = module.to(memory_format=torch.channels_last)
+            for p in module.parameters():
+                p.requires_grad_(False)
+            self.modules[index] = module
+        return self.modules[index]
+
+    def runner(self, index, chunk):
+        """What runs subnet ``index`` on a batch of ``chunk`` patches: its module, or its CUDA graphs."""
+        module = self.module(index)
+        if not self.cuda_graphs or next(module.parameters()).device.type != 'cuda':
+            return module
+        key = (index, chunk)
+        if key not in self.graphs:
+            if self.graph_pool is None:
+                self.graph_pool = torch.cuda.graph_pool_handle()
+            self.graphs[key] = GraphedSubnet(module, self.graph_pool, chunk)
+        return self.graphs[key]
+
+    def flops(self, h, w, subnet):
+        """FLOPs of subnet ``subnet`` on an h x w LR input (cached)."""
+        key = (h, w, subnet)
+        if key not in self.flops_cache:
+            self.flops_cache[key] = self.net.flops(h, w, subnet=subnet)
+        return self.flops_cache[key]
+
+    def batch_size(self, index, patch, param):
+        """Patches of ``patch`` x ``patch`` LR pixels per forward call of subnet ``index``."""
+        if self.max_batch_pixels is not None:
+            return max(1, self.max_batch_pixels // (patch * patch))
+        if param.device.type != 'cuda':
+            return max(1, DEFAULT_MAX_BATCH_PIXELS // (patch * patch))
+        key = (index, patch, param.dtype, param.device)
+        if key not in self.cuda_batch:  # sized once, so batch shapes (and CUDA graphs) stay the same
+            free, _ = torch.cuda.mem_get_info(param.device)
+            # the largest activations live at the output resolution: a few tensors of width x (p s)^2
+            width = max(self.net.subnets[index].width, 3)
+            per_patch = CUDA_ACTIVATION_FACTOR * width * (patch * self.net.upscale)**2 * param.element_size()
+            self.cuda_batch[key] = max(1, int(free * CUDA_MEMORY_SHARE) // per_patch)
+        return self.cuda_batch[key]
