@@ -23,7 +23,7 @@ import cv2
 import torch
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin.data.prepare_util import list_images, read_image_file
+from wbsr_plugin.data.prepare_util import input_images, read_image_file
 from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.losses.gmm_prior_util import image_to_tensor
 
@@ -80,7 +80,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     get_root_logger(log_level=logging.WARNING)
     weights = [float(w) for w in args.weights.split(',')]
-    paths = [osp.join(args.hr_dir, name) for name in list_images(args.hr_dir)]
+    paths = [osp.join(args.hr_dir, name) for name in input_images(args.hr_dir)]
     if len(paths) <= args.holdout:
         parser.error(f"--hr-dir '{args.hr_dir}' has {len(paths)} images; more than --holdout {args.holdout} needed")
     train_paths, held_paths = paths[:-args.holdout], paths[-args.holdout:]

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 import wbsr_plugin  # noqa: E402, F401
 from wbsr_plugin.data import prepare_util  # noqa: E402
 from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset  # noqa: E402
-from wbsr_plugin.data.hes import build_index, default_index_path  # noqa: E402
+from wbsr_plugin.data.hes_index import build_index, default_index_path  # noqa: E402
 from wbsr_plugin.data.training_progress import publish_training_progress  # noqa: E402
 
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402

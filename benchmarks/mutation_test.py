@@ -38,10 +38,11 @@ MUTMUT = osp.join(osp.dirname(sys.executable), 'mutmut')
 MODULES = {
     'bd_loss': ('wbsr_plugin/losses/bd_loss.py',
                 ['tests/test_bd_loss.py', 'tests/test_bd_loss_reference.py', 'tests/test_bd_loss_options.py']),
-    'hes': ('wbsr_plugin/data/hes.py',
-            ['tests/test_hes_sampling.py', 'tests/test_hes_dataset.py', 'tests/test_hes_prepare.py',
-             'tests/test_hes_index.py',
-             'tests/test_dynamic_model.py::test_distillation_off_trains_as_before']),  # dataset_threshold_table
+    **{name: (f'wbsr_plugin/data/{name}.py',
+              ['tests/test_hes_sampling.py', 'tests/test_hes_dataset.py', 'tests/test_hes_prepare.py',
+               'tests/test_hes_index.py',
+               'tests/test_dynamic_model.py::test_distillation_off_trains_as_before'])  # dataset_threshold_table
+       for name in ('hes', 'hes_index', 'paired_reading')},
     'difficulty': ('wbsr_plugin/data/difficulty.py',
                    ['tests/test_difficulty.py', 'tests/test_difficulty_reference.py', 'tests/test_hes_sampling.py',
                     'tests/test_inference.py']),

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset
 from wbsr_plugin.data.difficulty import bgr_image_to_luma, difficulty_classes, patch_difficulty
-from wbsr_plugin.data.hes import HESIndex
+from wbsr_plugin.data.hes_index import HESIndex
 from wbsr_plugin.data.training_progress import (
     publish_training_progress,
     read_training_progress,
@@ -304,7 +304,7 @@ def test_unknown_hes_key(data):
 
 
 def test_stale_explicit_index_is_refused_and_default_index_is_rebuilt(data, tmp_path):
-    from wbsr_plugin.data.hes import build_index
+    from wbsr_plugin.data.hes_index import build_index
     opt = make_opt(data)
     index_path = str(tmp_path / 'my_index.npz')
     build_index(opt, index_path, stride=2)

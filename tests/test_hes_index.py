@@ -15,22 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbsr_plugin.data.hes import (
+from wbsr_plugin.data.hes import parse_hes_options
+from wbsr_plugin.data.hes_index import (
     HESIndex,
-    PairReader,
     build_index,
-    check_pair_shapes,
     data_fingerprint,
     dataset_threshold_table,
     default_index_path,
-    image_header,
-    list_pairs,
-    lmdb_meta_shapes,
     load_index,
     load_or_build_index,
     load_thresholds,
-    parse_hes_options,
 )
+from wbsr_plugin.data.paired_reading import PairReader, check_pair_shapes, image_header, list_pairs, lmdb_meta_shapes
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from wbsr_plugin import prepare
-from wbsr_plugin.data.hes import HESIndex, load_thresholds
+from wbsr_plugin.data.hes_index import HESIndex, load_thresholds
 
 from basicsr.utils.matlab_functions import imresize
 

@@ -10,6 +10,27 @@ import torch
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
 
 
+def list_images(path, *, recursive=False):
+    """Image files of a folder (sorted paths; hidden files and folders skipped), or ``[path]`` for a file.
+
+    Args:
+        path (str): A folder or one image file.
+        recursive (bool): Also look into subfolders. Default: False.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    if osp.isfile(path):
+        return [path]
+    if not osp.isdir(path):
+        raise FileNotFoundError(f'no such file or folder: {path}')
+    found = []
+    for folder, subfolders, files in os.walk(path):
+        subfolders[:] = [d for d in subfolders if recursive and not d.startswith('.')]
+        found += [osp.join(folder, f) for f in files if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
 def _default_mode():
     umask = os.umask(0)
     os.umask(umask)

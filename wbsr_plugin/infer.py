@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.archs.supernet_util import supernet_types
+from wbsr_plugin.file_util import list_images
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.image_io import (
     ImageInfo,
     ImageReadError,
-    list_images,
     read_image,
     subnet_map_legend,
     subnet_map_overlay,

@@ -18,7 +18,8 @@ if not __package__:  # run as a file: import the package, not the files beside t
 import wbsr_plugin  # noqa: E402, F401  (compatibility fixes before basicsr is used)
 from wbsr_plugin.data import prepare_util  # noqa: E402
 from wbsr_plugin.data.difficulty import default_stride  # noqa: E402
-from wbsr_plugin.data.hes import build_index, default_index_path, lq_patch_size  # noqa: E402
+from wbsr_plugin.data.hes import lq_patch_size  # noqa: E402
+from wbsr_plugin.data.hes_index import build_index, default_index_path  # noqa: E402
 
 
 def _dataset_opt(args):

@@ -6,6 +6,16 @@ import torch
 from torch.utils import data as data
 from torchvision.transforms.functional import normalize
 
+from wbsr_plugin.data.hes import (
+    ClassLevelDrawer,
+    class_histogram,
+    class_probabilities,
+    lq_patch_size,
+    parse_hes_options,
+    switch_iteration,
+)
+from wbsr_plugin.data.hes_index import load_or_build_index
+from wbsr_plugin.data.paired_reading import PairReader, list_pairs
 from wbsr_plugin.registry_util import register
 
 from basicsr.data.paired_image_dataset import PairedImageDataset
@@ -15,17 +25,6 @@ from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from .difficulty import difficulty_classes
-from .hes import (
-    ClassLevelDrawer,
-    PairReader,
-    class_histogram,
-    class_probabilities,
-    list_pairs,
-    load_or_build_index,
-    lq_patch_size,
-    parse_hes_options,
-    switch_iteration,
-)
 from .training_progress import add_progress_listener, progress_tensor, read_training_progress
 
 SAMPLE_LEVEL = 'sample-level'

@@ -14,14 +14,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wbsr_plugin.file_util import IMAGE_EXTENSIONS
+from wbsr_plugin.data.hes import class_histogram
+from wbsr_plugin.data.hes_index import HESIndex
+from wbsr_plugin.data.paired_reading import PairReader
+from wbsr_plugin.file_util import IMAGE_EXTENSIONS, list_images
 
 from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
 
 from .difficulty import difficulty_classes, quantile_thresholds
-from .hes import HESIndex, PairReader, class_histogram
 
 
 class PreparationError(ValueError):
@@ -32,11 +34,11 @@ class AlreadyDone(Exception):
     """The output of a preparation step already exists and is complete."""
 
 
-def list_images(folder):
-    """Sorted image file names (relative) in ``folder`` (recursive)."""
+def input_images(folder):
+    """Sorted image file names (relative) in ``folder`` and its subfolders; PreparationError when there are none."""
     if not osp.isdir(folder):
         raise PreparationError(f"input folder '{folder}' does not exist.")
-    names = sorted(p for p in scandir(folder, recursive=True) if p.lower().endswith(IMAGE_EXTENSIONS))
+    names = [osp.relpath(p, folder) for p in list_images(folder, recursive=True)]
     if not names:
         raise PreparationError(f"input folder '{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return names
@@ -122,7 +124,7 @@ def extract_subimages(input_folder, save_folder, crop_size=480, step=240, thresh
     Returns:
         int: Number of sub-images written.
     """
-    names = list_images(input_folder)
+    names = input_images(input_folder)
     expected = []
     for name in names:
         expected += subimage_names(name, _image_shape(osp.join(input_folder, name)), crop_size, step, thresh_size)
@@ -182,7 +184,7 @@ def downsample(input_folder, save_folder, scale=4, n_thread=1):
     Returns:
         int: Number of images written.
     """
-    names = list_images(input_folder)
+    names = input_images(input_folder)
     outputs = [osp.splitext(n)[0] + '.png' for n in names]
     _check_output(save_folder, outputs)
     jobs = [(osp.join(input_folder, n), osp.join(save_folder, o), scale) for n, o in zip(names, outputs)]
@@ -205,7 +207,7 @@ def make_lmdb(input_folder, lmdb_path, compress_level=1, n_thread=1):
     """
     if not lmdb_path.endswith('.lmdb'):
         raise PreparationError(f"LMDB path '{lmdb_path}' must end with '.lmdb'.")
-    names = list_images(input_folder)
+    names = input_images(input_folder)
     keys = [osp.splitext(n)[0] for n in names]
     if len(set(keys)) != len(keys):
         raise PreparationError(f"'{input_folder}' holds files that differ only by extension; LMDB keys would clash.")

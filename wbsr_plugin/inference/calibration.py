@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
-from wbsr_plugin.data.hes import PairReader, list_pairs
+from wbsr_plugin.data.paired_reading import PairReader, list_pairs
 
 from .projection import classify
 

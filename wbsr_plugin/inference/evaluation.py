@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
+from wbsr_plugin.file_util import list_images
 
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
 from .engine import DynamicInferenceEngine
-from .image_io import ImageReadError, list_images, read_image
+from .image_io import ImageReadError, read_image
 
 
 def to_uint8_bgr(tensor):

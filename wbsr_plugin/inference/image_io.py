@@ -10,7 +10,6 @@
 * Files are written to a temporary name in the output folder and renamed with
   ``os.replace``, so a failure never leaves a half-written image.
 """
-import os
 from dataclasses import dataclass
 from os import path as osp
 
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from wbsr_plugin.file_util import IMAGE_EXTENSIONS, atomic_write_bytes
+from wbsr_plugin.file_util import atomic_write_bytes
 
 
 class ImageReadError(ValueError):
@@ -37,16 +36,6 @@ class ImageInfo:
     mode: str
     max_value: int
     alpha: np.ndarray = None
-
-
-def list_images(path):
-    """Image files of a folder (sorted, hidden files skipped) or ``[path]`` for a file."""
-    if osp.isfile(path):
-        return [path]
-    if not osp.isdir(path):
-        raise FileNotFoundError(f'no such file or folder: {path}')
-    names = sorted(n for n in os.listdir(path) if not n.startswith('.') and n.lower().endswith(IMAGE_EXTENSIONS))
-    return [osp.join(path, n) for n in names]
 
 
 def read_image(path):

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from wbsr_plugin.data.prepare_util import list_images, read_image_file
+from wbsr_plugin.data.paired_reading import lmdb_meta_shapes
+from wbsr_plugin.data.prepare_util import input_images, read_image_file
 from wbsr_plugin.file_util import atomic_torch_save
 
 PRIOR_FORMAT_VERSION = 1
@@ -98,12 +99,9 @@ class _LmdbImages:
     def __init__(self, folder):
         import lmdb
 
-        meta_info = osp.join(folder, 'meta_info.txt')
-        with open(meta_info) as f:
-            # lines are '<key>.png (h,w,c) <compression>' as written by basicsr.utils.lmdb_util
-            self.keys = [osp.splitext(line.split(' ')[0])[0] for line in f if line.strip()]
+        self.keys = list(lmdb_meta_shapes(folder))
         if not self.keys:
-            raise ValueError(f"'{meta_info}' lists no keys.")
+            raise ValueError(f"'{osp.join(folder, 'meta_info.txt')}' lists no keys.")
         self.folder = folder
         self.env = lmdb.open(folder, readonly=True, lock=False, readahead=False, meminit=False)
 
@@ -128,7 +126,7 @@ def image_source(hr_paths_or_folder):
             lmdb_images = _LmdbImages(folder)
             return lmdb_images.keys, lmdb_images.read
         if osp.isdir(folder):
-            return [osp.join(folder, name) for name in list_images(folder)], read_image_file
+            return [osp.join(folder, name) for name in input_images(folder)], read_image_file
         raise ValueError(f"'{folder}' is neither an image folder nor a BasicSR LMDB folder.")
     paths = [os.fspath(p) for p in hr_paths_or_folder]
     if not paths:

@@ -18,7 +18,8 @@
 import copy
 import dataclasses
 
-from wbsr_plugin.data.hes import dataset_threshold_table, parse_hes_options
+from wbsr_plugin.data.hes import parse_hes_options
+from wbsr_plugin.data.hes_index import dataset_threshold_table
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import read_checkpoint
 from wbsr_plugin.inference.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds

@@ -14,8 +14,9 @@ import yaml
 import wbsr_plugin
 from wbsr_plugin.archs.supernet_util import plain_flops
 from wbsr_plugin.data.difficulty import bgr_image_to_luma, grid_difficulty, quantile_thresholds
-from wbsr_plugin.data.hes import load_or_build_index, parse_hes_options
-from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, list_images
+from wbsr_plugin.data.hes import parse_hes_options
+from wbsr_plugin.data.hes_index import load_or_build_index
+from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, input_images
 from wbsr_plugin.file_util import atomic_write_text
 from wbsr_plugin.inference.sharding import available_cpus
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
@@ -44,7 +45,7 @@ def read_json(path):
 # ----------------------------------------------------------------------------------------------
 def split_training_images(train_hr, val_every):
     """(train names, held-out names): every ``val_every``-th image by sorted name is held out for ARM."""
-    names = list_images(train_hr)
+    names = input_images(train_hr)
     if len(names) < 2:
         raise ValueError(f'{train_hr} holds {len(names)} image(s); at least 2 are needed (training and held-out).')
     held_out = [n for i, n in enumerate(names) if i % val_every == val_every - 1] or [names[-1]]
@@ -62,7 +63,7 @@ def link_images(src_folder, names, dst_folder):
 def difficulty_scores(lr_folder, patch_size):
     """Difficulty of every LR patch of side ``patch_size`` (stride half of it) of a folder."""
     scores = []
-    for name in list_images(lr_folder):
+    for name in input_images(lr_folder):
         img = cv2.imread(osp.join(lr_folder, name), cv2.IMREAD_COLOR).astype(np.float64) / 255.
         luma = bgr_image_to_luma(img)
         scores.append(grid_difficulty(luma, min(patch_size, *luma.shape)))
