@@ -23,8 +23,8 @@ import cv2
 import torch
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.data.prepare_util import input_images, read_image_file
-from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.losses.gmm_prior_util import image_to_tensor
 
 from basicsr.models import build_model

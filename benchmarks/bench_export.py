@@ -17,9 +17,9 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import supernet_types
-from wbsr_plugin.export_util import export_subnets
+from wbsr_plugin.cli.export_files import export_subnets
+from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.inference.checkpoint import load_supernet
-from wbsr_plugin.inference.image_io import read_image
 
 from basicsr.archs import build_network
 

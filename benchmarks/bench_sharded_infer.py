@@ -26,7 +26,7 @@ import torch
 from skimage import data as skimage_data
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin.inference.sharding import available_cpus
+from wbsr_plugin.cli.sharding import available_cpus
 
 from basicsr.archs import build_network
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import run_module, train_options, write_yaml
 
-from wbsr_plugin.card_util import format_model_card
+from wbsr_plugin.cli.model_card import format_model_card
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table, fill_empty_classes, sample_patch_pairs

@@ -5,9 +5,9 @@ import torch
 from conftest import FIXTURES
 
 from wbsr_plugin import subnets
+from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
-from wbsr_plugin.inference.image_io import read_image
 
 V1 = osp.join(FIXTURES, 'checkpoint_v1')
 CHECKPOINT = osp.join(V1, 'tiny_wbsr_resnet_x4.pth')

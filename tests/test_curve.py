@@ -1,4 +1,4 @@
-"""The evaluation library (wbsr_plugin.inference.evaluation) and the curve command built on it."""
+"""The evaluation library (wbsr_plugin.cli.evaluation) and the curve command built on it."""
 import csv
 from os import path as osp
 
@@ -8,8 +8,8 @@ import torch
 from conftest import FIXTURES, TINY_RESNET, y_psnr
 
 from wbsr_plugin import curve
+from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, to_uint8_bgr, whole_image_runner
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
-from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, to_uint8_bgr, whole_image_runner
 
 from basicsr.archs import build_network
 

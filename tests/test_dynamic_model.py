@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import fixture_dirs, parsed_options, read_train_log, run_module, train_options, write_yaml, y_psnr
 
-from wbsr_plugin.compat import load_training_state
+from wbsr_plugin.cli.evaluation import load_pairs
 from wbsr_plugin.inference.checkpoint import load_supernet
 from wbsr_plugin.inference.class_thresholds import ClassThresholds, thresholds_at
-from wbsr_plugin.inference.evaluation import load_pairs
 from wbsr_plugin.models.subnet_sampling import SubnetSampler
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+from wbsr_plugin.utils.compat import load_training_state
 
 from basicsr.archs import build_network
 from basicsr.models import build_model

@@ -26,10 +26,10 @@ from conftest import (
 )
 
 from wbsr_plugin import curve, export, infer, subnets
+from wbsr_plugin.cli.evaluation import load_pairs
+from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
-from wbsr_plugin.inference.evaluation import load_pairs
-from wbsr_plugin.inference.image_io import read_image
 
 from basicsr.archs import build_network
 from basicsr.archs.edsr_arch import EDSR

@@ -10,10 +10,10 @@ import torch
 from conftest import FIXTURES, PLAIN_CLASSES, TINY_SUPERNETS_3X3, parsed_options, train_options
 
 from wbsr_plugin import export, subnets
-from wbsr_plugin.export_util import ExportError, export_subnets, onnx_max_error, resolve_subnet, write_onnx
+from wbsr_plugin.cli.export_files import ExportError, export_subnets, onnx_max_error, resolve_subnet, write_onnx
+from wbsr_plugin.cli.image_io import read_image, subnet_colours, subnet_map_legend, subnet_map_overlay
 from wbsr_plugin.inference.checkpoint import load_supernet, make_wbsr_meta
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.image_io import read_image, subnet_colours, subnet_map_legend, subnet_map_overlay
 
 from basicsr.archs import build_network
 from basicsr.models import build_model

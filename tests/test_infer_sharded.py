@@ -10,10 +10,9 @@ import pytest
 import torch
 from conftest import FIXTURES, TINY_RESNET, run_cli
 
-from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
-from wbsr_plugin.inference.image_io import ImageInfo
-from wbsr_plugin.inference.output_names import output_exists, output_extension, possible_output_paths, shared_names
-from wbsr_plugin.inference.sharding import (
+from wbsr_plugin.cli.image_io import ImageInfo
+from wbsr_plugin.cli.output_names import output_exists, output_extension, possible_output_paths, shared_names
+from wbsr_plugin.cli.sharding import (
     DistContext,
     cpu_threads_per_rank,
     dist_context_from_env,
@@ -22,6 +21,7 @@ from wbsr_plugin.inference.sharding import (
     rank_device,
     share_files,
 )
+from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 
 from basicsr.archs import build_network
 

@@ -15,11 +15,11 @@ import wbsr_plugin  # noqa: F401
 from wbsr_plugin import infer
 from wbsr_plugin.archs.wbsr_rcan_arch import WBSRRCAN
 from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
+from wbsr_plugin.cli.image_io import ImageReadError, read_image, to_image
 from wbsr_plugin.data.difficulty import quantile_thresholds
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, load_supernet, make_wbsr_meta
 from wbsr_plugin.inference.class_thresholds import ClassThresholds, thresholds_at
-from wbsr_plugin.inference.image_io import ImageReadError, read_image, to_image
 from wbsr_plugin.inference.projection import budget_subnets, class_to_subnet
 
 FIXTURES = osp.join(osp.dirname(__file__), 'fixtures', 'lr_x4')

@@ -9,11 +9,21 @@ from conftest import REPO_ROOT
 PACKAGE = 'wbsr_plugin'
 # Command modules: ``python -m wbsr_plugin.X`` and the console scripts.
 COMMANDS = {'train', 'test', 'subnets', 'prepare', 'infer', 'curve', 'fit_prior', 'export', 'demo', 'reproduce'}
-# What only command modules use: argument and file plumbing, reports, the reproduction harness.
-PLUMBING = ('wbsr_plugin.card_util', 'wbsr_plugin.export_util', 'wbsr_plugin.reproduce_util',
-            'wbsr_plugin.inference.sharding', 'wbsr_plugin.inference.image_io', 'wbsr_plugin.inference.output_names',
-            'wbsr_plugin.inference.evaluation', 'wbsr_plugin.inference.options_util')
-CORE = ('wbsr_plugin.archs', 'wbsr_plugin.data', 'wbsr_plugin.losses', 'wbsr_plugin.models', 'wbsr_plugin.inference')
+# What each package may import of the package (besides itself); README.md, "Layout", says the same.
+MAY_IMPORT = {
+    'wbsr_plugin.utils': set(),
+    'wbsr_plugin.archs': {'utils'},
+    'wbsr_plugin.data': {'utils'},
+    'wbsr_plugin.losses': {'utils', 'data'},
+    'wbsr_plugin.inference': {'utils', 'archs', 'data'},
+    'wbsr_plugin.models': {'utils', 'archs', 'data', 'losses', 'inference'},
+    'wbsr_plugin.baselines': {'utils', 'archs', 'data', 'inference'},
+    'wbsr_plugin.cli': {'utils', 'archs', 'data', 'losses', 'inference'},
+    'wbsr_plugin.reproduce_util': {'utils', 'archs', 'data', 'losses', 'inference', 'models', 'baselines', 'cli'},
+}
+# Packages that never exit the process: everything but the commands and their plumbing.
+CORE = ('wbsr_plugin.utils', 'wbsr_plugin.archs', 'wbsr_plugin.data', 'wbsr_plugin.losses', 'wbsr_plugin.inference',
+        'wbsr_plugin.models', 'wbsr_plugin.baselines')
 
 
 def package_modules():
@@ -66,7 +76,7 @@ def within(name, prefixes):
 
 def test_the_walk_sees_relative_and_absolute_imports():
     graph = import_graph()
-    assert 'wbsr_plugin.compat' in graph['wbsr_plugin']  # from . import compat
+    assert 'wbsr_plugin.utils.compat' in graph['wbsr_plugin']  # from .utils import compat
     assert 'wbsr_plugin.archs.supernet_util' in graph['wbsr_plugin.archs.wbsr_resnet_arch']  # from .supernet_util
     assert 'wbsr_plugin.inference.checkpoint' in graph['wbsr_plugin.infer']  # absolute
 
@@ -89,21 +99,43 @@ def test_no_import_cycles():
             visit(module, [module])
 
 
-def test_the_core_never_imports_commands_or_their_plumbing():
+def package_of(module):
+    parts = module.split('.')
+    return '.'.join(parts[:2]) if len(parts) > 2 or module in MAY_IMPORT else None
+
+
+def forbidden_imports(graph):
+    """``(module, imported)`` pairs that break MAY_IMPORT."""
+    found = []
+    for module, targets in graph.items():
+        package = package_of(module)
+        if package is None:
+            continue  # the package's __init__ and the command modules
+        allowed = {f'{PACKAGE}.{p}' for p in MAY_IMPORT[package]} | {package}
+        found += [(module, t) for t in sorted(targets) if package_of(t) not in allowed]
+    return found
+
+
+def test_every_package_imports_only_what_it_may():
     graph = import_graph()
-    commands = {f'{PACKAGE}.{c}' for c in COMMANDS}
-    assert commands <= set(graph), 'a command module is missing'
-    offending = sorted((module, target) for module, targets in graph.items()
-                       if within(module, CORE) and not within(module, PLUMBING)
-                       for target in targets if target in commands or within(target, PLUMBING))
-    assert offending == []
+    assert {f'{PACKAGE}.{c}' for c in COMMANDS} <= set(graph), 'a command module is missing'
+    assert {package_of(m) for m in graph} - {None} == set(MAY_IMPORT), 'a package is not in MAY_IMPORT'
+    assert forbidden_imports(graph) == []
+
+
+def test_the_walk_sees_forbidden_imports():
+    graph = import_graph()
+    graph['wbsr_plugin.data.difficulty'].add('wbsr_plugin.cli.image_io')  # the core reaching up into plumbing
+    graph['wbsr_plugin.inference.engine'].add('wbsr_plugin.infer')  # the core importing a command
+    assert sorted(forbidden_imports(graph)) == [('wbsr_plugin.data.difficulty', 'wbsr_plugin.cli.image_io'),
+                                                ('wbsr_plugin.inference.engine', 'wbsr_plugin.infer')]
 
 
 def test_the_core_never_exits_the_process():
     modules = package_modules()
     offending = []
     for name, path in modules.items():
-        if within(name, CORE) and not within(name, PLUMBING):
+        if within(name, CORE):
             source = open(path, encoding='utf-8').read()
             if 'SystemExit' in source or 'sys.exit' in source:
                 offending.append(name)

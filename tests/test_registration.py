@@ -6,7 +6,7 @@ import torch
 from conftest import REPO_ROOT, run_cli, run_module
 
 import wbsr_plugin
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.registry import register
 
 from basicsr.utils.registry import ARCH_REGISTRY
 

@@ -4,7 +4,7 @@
 
 Sweeps the budget (fraction of the full network's FLOPs) and also runs every fixed subnet
 (tiled) and the full network on the whole image as reference points. PSNR/SSIM, FLOPs and the
-LR images (``--lr``, or MATLAB bicubic of HR) are those of :mod:`wbsr_plugin.inference.evaluation`.
+LR images (``--lr``, or MATLAB bicubic of HR) are those of :mod:`wbsr_plugin.cli.evaluation`.
 Writes curve.md, curve.csv and, when matplotlib is installed, curve.png.
 """
 import argparse
@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import supernet_types
-from wbsr_plugin.file_util import atomic_path, atomic_write_text
+from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
+from wbsr_plugin.cli.image_io import ImageReadError
+from wbsr_plugin.cli.options_yaml import network_options_from_yaml
+from wbsr_plugin.cli.sharding import DistContext, rank_device
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
-from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
-from wbsr_plugin.inference.image_io import ImageReadError
-from wbsr_plugin.inference.options_util import network_options_from_yaml
-from wbsr_plugin.inference.sharding import DistContext, rank_device
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
+from wbsr_plugin.utils.files import atomic_path, atomic_write_text
 
 DEFAULT_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

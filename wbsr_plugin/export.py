@@ -17,9 +17,9 @@ import sys
 import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.export_util import ExportError, export_subnets, write_index
+from wbsr_plugin.cli.export_files import ExportError, export_subnets, write_index
+from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
-from wbsr_plugin.inference.options_util import network_options_from_yaml
 
 CHECK_LQ_SIZE = (37, 53)  # odd sizes, so the dynamic axes are exercised
 

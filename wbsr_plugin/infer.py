@@ -6,10 +6,10 @@ Each image is tiled, every patch is sent to the subnet its difficulty calls for 
 meet ``--budget``, a fraction of the full network's FLOPs), and the outputs are blended.
 One summary line per image: size, subnet histogram, FLOPs and time. Unreadable inputs are
 skipped with a warning, and the exit status is 1 if any image failed. ``--skip-existing`` leaves
-out inputs whose output is already written (see :mod:`wbsr_plugin.inference.output_names`).
+out inputs whose output is already written (see :mod:`wbsr_plugin.cli.output_names`).
 
 Under ``torchrun --nproc_per_node=N -m wbsr_plugin.infer ...`` the folder is shared between the N
-processes (:mod:`wbsr_plugin.inference.sharding`): each writes its own files, on its own GPU when
+processes (:mod:`wbsr_plugin.cli.sharding`): each writes its own files, on its own GPU when
 there is one per process, else on the CPU; rank 0 prints the totals.
 """
 import argparse
@@ -24,10 +24,7 @@ from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.archs.supernet_util import supernet_types
-from wbsr_plugin.file_util import list_images
-from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
-from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.image_io import (
+from wbsr_plugin.cli.image_io import (
     ImageInfo,
     ImageReadError,
     read_image,
@@ -36,15 +33,15 @@ from wbsr_plugin.inference.image_io import (
     to_image,
     write_image_atomic,
 )
-from wbsr_plugin.inference.options_util import network_options_from_yaml
-from wbsr_plugin.inference.output_names import (
+from wbsr_plugin.cli.options_yaml import network_options_from_yaml
+from wbsr_plugin.cli.output_names import (
     OUTPUT_EXTENSIONS,
     output_exists,
     output_extension,
     output_path,
     shared_names,
 )
-from wbsr_plugin.inference.sharding import (
+from wbsr_plugin.cli.sharding import (
     DistContext,
     RankTotals,
     barrier,
@@ -57,7 +54,10 @@ from wbsr_plugin.inference.sharding import (
     rank_device,
     totals_summary,
 )
+from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
+from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
+from wbsr_plugin.utils.files import list_images
 
 
 def budget_fraction(text):

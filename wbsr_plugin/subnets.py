@@ -11,9 +11,9 @@ import argparse
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, supernet_types
-from wbsr_plugin.card_util import format_model_card, format_subnet_table
+from wbsr_plugin.cli.model_card import format_model_card, format_subnet_table
+from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
-from wbsr_plugin.inference.options_util import network_options_from_yaml
 
 from basicsr.archs import build_network
 

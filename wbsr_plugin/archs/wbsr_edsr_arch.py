@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.registry import register
 
 from basicsr.archs.arch_util import ResidualBlockNoBN, Upsample, make_layer
 from basicsr.utils.registry import ARCH_REGISTRY

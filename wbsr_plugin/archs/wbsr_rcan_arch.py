@@ -2,7 +2,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.registry import register
 
 from basicsr.archs.arch_util import Upsample, make_layer
 from basicsr.archs.rcan_arch import ResidualGroup

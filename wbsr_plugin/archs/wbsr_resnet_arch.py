@@ -1,7 +1,7 @@
 from torch import nn
 from torch.nn import functional as F
 
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.registry import register
 
 from basicsr.archs.arch_util import ResidualBlockNoBN, default_init_weights, make_layer
 from basicsr.utils.registry import ARCH_REGISTRY

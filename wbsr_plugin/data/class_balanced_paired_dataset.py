@@ -16,7 +16,7 @@ from wbsr_plugin.data.hes import (
 )
 from wbsr_plugin.data.hes_index import load_or_build_index
 from wbsr_plugin.data.paired_reading import PairReader, list_pairs
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.registry import register
 
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.data.transforms import augment

@@ -18,7 +18,7 @@ from os import path as osp
 
 import numpy as np
 
-from wbsr_plugin.file_util import atomic_path
+from wbsr_plugin.utils.files import atomic_path
 
 from basicsr.utils import get_root_logger
 

@@ -83,7 +83,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.registry import register
 
 from basicsr.losses.loss_util import weight_reduce_loss
 from basicsr.utils.registry import LOSS_REGISTRY

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from wbsr_plugin.data.paired_reading import lmdb_meta_shapes
 from wbsr_plugin.data.prepare_util import input_images, read_image_file
-from wbsr_plugin.file_util import atomic_torch_save
+from wbsr_plugin.utils.files import atomic_torch_save
 
 PRIOR_FORMAT_VERSION = 1
 SPACES = ('residual', 'pixel')

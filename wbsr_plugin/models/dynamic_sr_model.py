@@ -8,11 +8,11 @@ from torch.nn import functional as F
 
 from wbsr_plugin.archs.supernet_util import SupernetMixin, supernet_types
 from wbsr_plugin.data.resume_position import request_resume, resume_position
-from wbsr_plugin.file_util import atomic_torch_save
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.files import atomic_torch_save
+from wbsr_plugin.utils.registry import register
 
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger

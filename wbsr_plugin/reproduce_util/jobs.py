@@ -4,7 +4,7 @@ import os
 import subprocess
 import time
 
-from wbsr_plugin.inference.sharding import available_cpus
+from wbsr_plugin.cli.sharding import available_cpus
 
 Job = collections.namedtuple('Job', ['name', 'args', 'log_path'])
 LOG_TAIL_LINES = 30

@@ -11,22 +11,23 @@ import numpy as np
 import torch
 import yaml
 
-import wbsr_plugin
 from wbsr_plugin.archs.supernet_util import plain_flops
+from wbsr_plugin.baselines.runners import arm_runner, build_arm_table, classsr_runner, load_plain
+from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
+from wbsr_plugin.cli.sharding import available_cpus
 from wbsr_plugin.data.difficulty import bgr_image_to_luma, grid_difficulty, quantile_thresholds
 from wbsr_plugin.data.hes import parse_hes_options
 from wbsr_plugin.data.hes_index import load_or_build_index
 from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, input_images
-from wbsr_plugin.file_util import atomic_write_text
-from wbsr_plugin.inference.sharding import available_cpus
+from wbsr_plugin.inference.checkpoint import load_supernet
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
+from wbsr_plugin.utils.files import atomic_write_text
 
-from . import evaluation as ev
 from .jobs import Job, run_jobs, share_of_machine
 from .rows import COST_ORDER, DYNAMIC_METHODS, RUN_KINDS, TABLE_ROWS, run_kinds, run_name, table_rows, training_options
 from .time_budget import SAFETY, plan_total_iter, probe_measurement
 
-PACKAGE_PARENT = osp.dirname(osp.dirname(osp.abspath(wbsr_plugin.__file__)))
+PACKAGE_PARENT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))  # the folder holding wbsr_plugin/
 
 
 def log(message):
@@ -293,15 +294,15 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
     def network(kind):
         if kind not in nets:
             if RUN_KINDS[kind].model_type == 'DynamicSRModel':
-                nets[kind], metas[kind] = ev.load_supernet(ckpt[kind], network_opt=opts[kind]['network_g'],
+                nets[kind], metas[kind] = load_supernet(ckpt[kind], network_opt=opts[kind]['network_g'],
                                                            device=device)
             else:
-                nets[kind] = ev.load_plain(ckpt[kind], opts[kind]['network_g'], device=device)
+                nets[kind] = load_plain(ckpt[kind], opts[kind]['network_g'], device=device)
         return nets[kind]
 
     def arm_table(kind):
         if kind not in arm_tables:
-            arm_tables[kind] = ev.build_arm_table(network(kind), val_pairs, patch, overlap)
+            arm_tables[kind] = build_arm_table(network(kind), val_pairs, patch, overlap)
         return arm_tables[kind]
 
     def runner(row, budget=None):
@@ -309,23 +310,23 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
         net = network(kind)
         if method == 'whole':
             if RUN_KINDS[kind].model_type == 'DynamicSRModel':
-                return ev.whole_image_runner(net)
+                return whole_image_runner(net)
             net_opt = opts[kind]['network_g']
-            return ev.whole_image_runner(net, lambda h, w: plain_flops(net_opt, h, w))
+            return whole_image_runner(net, lambda h, w: plain_flops(net_opt, h, w))
         elif method == 'dynamic':
-            return ev.engine_runner(net, thresholds, patch_size=patch, overlap=overlap, budget=budget,
+            return engine_runner(net, thresholds, patch_size=patch, overlap=overlap, budget=budget,
                                     class_errors=metas[kind].get('class_errors'))
         elif method == 'arm':
             table = arm_table(kind)
-            return ev.arm_runner(net, table, patch, overlap, eta=table['eta'] if budget is None else None,
+            return arm_runner(net, table, patch, overlap, eta=table['eta'] if budget is None else None,
                                  budget=budget)
         elif method == 'classsr':
-            return ev.classsr_runner(net, patch, overlap, budget=budget)
+            return classsr_runner(net, patch, overlap, budget=budget)
         else:
             raise ValueError(f'unknown evaluation method {method!r}; expected one of whole, dynamic, arm, classsr.')
 
     def measure(run):
-        return {name: ev.evaluate(run, pairs, scale) for name, pairs in test_pairs.items()}
+        return {name: evaluate(run, pairs, scale) for name, pairs in test_pairs.items()}
 
     log(f'evaluate {backbone} seed {seed} on {device.type}: {", ".join(rows)}')
     for row in ([reference] if reference else []) + [r for r in rows if r != reference]:
@@ -336,7 +337,7 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
             result['matched_fraction'] = {name: min(r['flops_percent'] / 100, 1.0)
                                           for name, r in entry['default'].items()}
         if TABLE_ROWS[row][1] in DYNAMIC_METHODS:
-            entry['matched'] = {name: ev.evaluate(runner(row, result['matched_fraction'][name]), pairs, scale)
+            entry['matched'] = {name: evaluate(runner(row, result['matched_fraction'][name]), pairs, scale)
                                 for name, pairs in test_pairs.items()}
         if row == 'wbsr':
             entry['sweep'] = {f'{b:g}': measure(runner(row, b)) for b in preset['sweep_budgets']}
@@ -351,11 +352,11 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
 def evaluate_all(preset, data, test_sets, out_dir):
     """``{backbone: {seed: result}}`` for every backbone and seed (see :func:`evaluate_seed`)."""
     scale = preset['scale']
-    test_pairs = {name: ev.load_pairs(folder, None, scale) for name, folder in test_sets.items()}
+    test_pairs = {name: load_pairs(folder, None, scale) for name, folder in test_sets.items()}
     for name, pairs in test_pairs.items():
         if not pairs:
             raise ValueError(f'test set {name} ({test_sets[name]}) holds no images.')
-    val_pairs = ev.load_pairs(data['val_hr'], None, scale) if 'arm' in preset['rows'] else []
+    val_pairs = load_pairs(data['val_hr'], None, scale) if 'arm' in preset['rows'] else []
     return {backbone: {seed: evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir)
                        for seed in preset['seeds']}
             for backbone in preset['backbones']}

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from wbsr_plugin.file_util import atomic_write_bytes
+from wbsr_plugin.utils.files import atomic_write_bytes
 
 
 class ImageReadError(ValueError):

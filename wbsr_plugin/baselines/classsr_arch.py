@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wbsr_plugin.registry_util import register
+from wbsr_plugin.utils.registry import register
 
 from basicsr.archs.srresnet_arch import MSRResNet
 from basicsr.utils.registry import ARCH_REGISTRY

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
-from wbsr_plugin.file_util import list_images
+from wbsr_plugin.inference.engine import DynamicInferenceEngine
+from wbsr_plugin.utils.files import list_images
 
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
-from .engine import DynamicInferenceEngine
 from .image_io import ImageReadError, read_image
 
 

@@ -1,11 +1,10 @@
-"""Evaluation of every row: whole-image networks, WBSR dynamic inference, ARM and ClassSR.
+"""Runners of the reproduction's baselines, ARM and ClassSR, beside WBSR's (:mod:`wbsr_plugin.cli.evaluation`).
 
 Every dynamic method tiles the LR image the same way (:mod:`wbsr_plugin.inference.tiling`'s
 tiling and blending, ``patch_size`` 32 and ``overlap`` 4 by default) and reports its FLOPs as
 a fraction of the plain network on the whole image. Networks run on their own device (the
 reproduction evaluates on CUDA when it is available); tiling, choices and stitching run on the CPU.
-PSNR/SSIM, the per-image bookkeeping and the whole-image and engine runners are those of
-:mod:`wbsr_plugin.inference.evaluation` (Y channel, ``crop_border = scale``).
+A runner is ``run(lq) -> (sr, report)``, as :func:`wbsr_plugin.cli.evaluation.evaluate` takes it.
 """
 import math
 import time
@@ -14,11 +13,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from wbsr_plugin.archs.classsr_arch import msrresnet_flops
+from wbsr_plugin.baselines.classsr_arch import msrresnet_flops
 from wbsr_plugin.data.difficulty import rgb_to_luma
-from wbsr_plugin.inference.checkpoint import load_supernet, read_checkpoint
+from wbsr_plugin.inference.checkpoint import read_checkpoint
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.inference.tiling import stitch_patches, tile_geometry
 
 from basicsr.archs import build_network
@@ -223,6 +221,3 @@ def classsr_runner(net, patch_size, overlap, budget=None):
 
     return run
 
-
-__all__ = ['load_plain', 'whole_image_runner', 'engine_runner', 'build_arm_table', 'arm_runner',
-           'classsr_runner', 'evaluate', 'load_pairs', 'load_supernet']

@@ -24,8 +24,8 @@ from os import path as osp
 import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
-from wbsr_plugin.card_util import format_subnet_table
-from wbsr_plugin.file_util import atomic_path, atomic_torch_save, atomic_write_text
+from wbsr_plugin.cli.model_card import format_subnet_table
+from wbsr_plugin.utils.files import atomic_path, atomic_torch_save, atomic_write_text
 
 ONNX_OPSET = 17
 ONNX_INPUT, ONNX_OUTPUT = 'lq', 'sr'
