@@ -24,6 +24,7 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
+from wbsr_plugin.cli.training_options import parsed_options, pixel_loss, training_options
 from wbsr_plugin.data.prepare_util import input_images, read_image_file
 from wbsr_plugin.losses.gmm_prior_util import image_to_tensor
 
@@ -36,22 +37,11 @@ NETWORK = {'type': 'WBSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 32
 
 
 def model_options(distill_weight, iters, seed, workdir):
-    return {
-        'name': 'bench_distill', 'model_type': 'DynamicSRModel', 'scale': SCALE, 'num_gpu': 0, 'manual_seed': seed,
-        'dist': False, 'rank': 0, 'world_size': 1, 'is_train': True, 'network_g': dict(NETWORK),
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None, 'models': workdir,
-                 'training_states': workdir, 'visualization': workdir},
-        'train': {
-            'ema_decay': 0,
-            'optim_g': {'type': 'Adam', 'lr': 5.0e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'restart_weights': [1],
-                          'eta_min': 1.0e-6},
-            'total_iter': iters, 'warmup_iter': -1,
-            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
-        },
-        'wbsr': {'subnet_sampling': 'sandwich', 'dynamic_val': False, 'distill_weight': distill_weight},
-        'val': {},
-    }
+    wbsr = {'subnet_sampling': 'sandwich', 'dynamic_val': False, 'distill_weight': distill_weight}
+    opt = training_options('bench_distill', model_type='DynamicSRModel', scale=SCALE, network=dict(NETWORK),
+                           pixel_opt=pixel_loss('l1'), total_iter=iters, lr=5.0e-4, num_gpu=0, manual_seed=seed,
+                           ema_decay=0, eta_min=1.0e-6, wbsr=wbsr)
+    return parsed_options(opt, workdir)
 
 
 def random_batch(images, generator, batch=4, gt_size=64):

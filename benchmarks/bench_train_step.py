@@ -33,6 +33,7 @@ from os import path as osp
 import torch
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.cli.training_options import parsed_options, pixel_loss, training_options
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 
 from basicsr.models import build_model
@@ -41,43 +42,24 @@ from basicsr.utils import get_root_logger
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FIXTURES_HR = osp.join(ROOT, 'tests', 'fixtures', 'hr')
 LOSSES = ('L1Loss', 'MSELoss', 'BDLoss')
+LOSS_KINDS = {'L1Loss': 'l1', 'MSELoss': 'mse', 'BDLoss': 'bdloss'}  # training_options.pixel_loss
 DEFAULT_SIZES = {'cpu': (4, 64), 'cuda': (16, 128)}  # batch, GT patch size
 
 
 def model_options(setup, loss, device, scale, prior_path, workdir):
     """BasicSR training options of one benchmarked model (no datasets: batches are fed directly)."""
-    pixel_opt = {'type': loss, 'loss_weight': 1.0, 'reduction': 'mean'}
-    if loss == 'BDLoss':
-        pixel_opt.update(estimator='gai', prior_path=prior_path, scale=scale)
     network = {'type': 'MSRResNet' if setup == 'plain' else 'WBSRResNet', 'num_in_ch': 3, 'num_out_ch': 3,
                'num_feat': 64, 'num_block': 16, 'upscale': scale}
-    opt = {
-        'name': f'bench_{setup}_{loss}',
-        'model_type': 'SRModel' if setup == 'plain' else 'DynamicSRModel',
-        'scale': scale,
-        'num_gpu': 1 if device == 'cuda' else 0,
-        'manual_seed': 0,
-        'dist': False,
-        'rank': 0,
-        'world_size': 1,
-        'is_train': True,
-        'network_g': network,
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None,
-                 'models': workdir, 'training_states': workdir, 'visualization': workdir},
-        'train': {
-            'ema_decay': 0,
-            'optim_g': {'type': 'Adam', 'lr': 2.0e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': [10**9], 'gamma': 0.5},
-            'total_iter': 10**9,
-            'warmup_iter': -1,
-            'pixel_opt': pixel_opt,
-        },
-        'val': {},
-    }
+    wbsr = None
     if setup != 'plain':
-        opt['wbsr'] = {'subnet_sampling': 'sandwich', 'dynamic_val': False,
-                       'distill_weight': 1.0 if setup == 'sandwich+distill' else 0.0}
-    return opt
+        wbsr = {'subnet_sampling': 'sandwich', 'dynamic_val': False,
+                'distill_weight': 1.0 if setup == 'sandwich+distill' else 0.0}
+    opt = training_options(f'bench_{setup}_{loss}', model_type='SRModel' if setup == 'plain' else 'DynamicSRModel',
+                           scale=scale, network=network, total_iter=10**9, lr=2.0e-4, ema_decay=0,
+                           pixel_opt=pixel_loss(LOSS_KINDS[loss], prior_path=prior_path, scale=scale),
+                           num_gpu=1 if device == 'cuda' else 0, wbsr=wbsr,
+                           scheduler={'type': 'MultiStepLR', 'milestones': [10**9], 'gamma': 0.5})
+    return parsed_options(opt, workdir)
 
 
 def synchronize(device):

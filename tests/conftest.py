@@ -9,6 +9,14 @@ import torch
 import yaml
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.cli.training_options import (  # noqa: F401  (parsed_options: for the tests)
+    paired_dataset,
+    parsed_options,
+    pixel_loss,
+    training_dataset,
+    training_options,
+    y_metrics,
+)
 
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
@@ -53,37 +61,12 @@ def fixture_dirs(scale=4):
 def train_options(name, *, scale=4, total_iter=4, network=None, train_dataset=None, model_type='SRModel', **extra):
     """BasicSR training options on the tracked fixtures (folder backend unless overridden)."""
     hr, lr = fixture_dirs(scale)
-    opt = {
-        'name': name,
-        'model_type': model_type,
-        'scale': scale,
-        'num_gpu': 0,
-        'manual_seed': 10,
-        'datasets': {
-            'train': {
-                'name': 'fixtures', 'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr,
-                'io_backend': {'type': 'disk'}, 'gt_size': 16 * scale, 'use_hflip': True, 'use_rot': True,
-                'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None,
-                **(train_dataset or {})
-            },
-            'val': {'name': 'fixtures_val', 'type': 'PairedImageDataset', 'dataroot_gt': hr, 'dataroot_lq': lr,
-                    'io_backend': {'type': 'disk'}},
-        },
-        'network_g': dict(network or TINY_RESNET, upscale=scale),
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {
-            'ema_decay': 0.999,
-            'optim_g': {'type': 'Adam', 'lr': 2.0e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'restart_weights': [1],
-                          'eta_min': 1.0e-7},
-            'total_iter': total_iter, 'warmup_iter': -1,
-            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
-        },
-        'val': {'val_freq': total_iter, 'save_img': False,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': scale, 'test_y_channel': True}}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': total_iter, 'use_tb_logger': False, 'wandb': None},
-        'dist_params': {'backend': 'gloo', 'port': 29500},
-    }
+    train_set = training_dataset('fixtures', hr, lr, gt_size=16 * scale, batch_size=2, **(train_dataset or {}))
+    datasets = {'train': train_set, 'val': paired_dataset('fixtures_val', hr, lr)}
+    network = dict(network or TINY_RESNET, upscale=scale)
+    opt = training_options(name, model_type=model_type, scale=scale, network=network, pixel_opt=pixel_loss('l1'),
+                           total_iter=total_iter, lr=2.0e-4, datasets=datasets, num_gpu=0, manual_seed=10,
+                           metrics=y_metrics(scale, ssim=False), print_freq=1, dist_backend='gloo')
     opt.update(extra)
     return opt
 
@@ -136,21 +119,6 @@ def fixture_lmdbs(tmp_path_factory):
     root = tmp_path_factory.mktemp('lmdb')
     hr, lr = fixture_dirs(4)
     return make_basicsr_lmdb(hr, root / 'hr.lmdb'), make_basicsr_lmdb(lr, root / 'lr_x4.lmdb')
-
-
-def parsed_options(opt, root):
-    """What ``basicsr.utils.options.parse_options`` adds for a non-distributed training run."""
-    opt = dict(opt, dist=False, rank=0, world_size=1, is_train=True, auto_resume=False, root_path=str(root))
-    experiments = osp.join(str(root), 'experiments', opt['name'])
-    opt['path'] = dict(opt['path'], experiments_root=experiments, models=osp.join(experiments, 'models'),
-                       training_states=osp.join(experiments, 'training_states'), log=experiments,
-                       visualization=osp.join(experiments, 'visualization'))
-    for folder in ('models', 'training_states'):
-        os.makedirs(opt['path'][folder], exist_ok=True)
-    for phase, dataset in opt['datasets'].items():
-        dataset['phase'] = phase.split('_')[0]
-        dataset['scale'] = opt['scale']
-    return opt
 
 
 def y_psnr(sr, hr_bgr, border):

@@ -22,6 +22,7 @@ import yaml
 from skimage import data as skimage_data
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.cli.training_options import paired_dataset, pixel_loss, training_dataset, training_options, y_metrics
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 
 from basicsr.metrics import calculate_psnr, calculate_ssim
@@ -73,47 +74,19 @@ def bicubic_baseline(hr_dir, lr_dir, scale=SCALE):
 def demo_options(folders, prior_path, iters):
     """Training and test options for the demo (BasicSR's YAML layout)."""
     (train_hr, train_lr), (val_hr, val_lr) = folders['train'], folders['val']
-    metrics = {
-        'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE, 'test_y_channel': True},
-        'ssim': {'type': 'calculate_ssim', 'crop_border': SCALE, 'test_y_channel': True},
-    }
-    val_set = {'name': 'chelsea', 'type': 'PairedImageDataset', 'dataroot_gt': val_hr, 'dataroot_lq': val_lr,
-               'io_backend': {'type': 'disk'}}
+    metrics = y_metrics(SCALE)
+    val_set = paired_dataset('chelsea', val_hr, val_lr)
     network = {'type': 'WBSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_block': 16,
                'upscale': SCALE, 'widths': [36, 52, 64], 'depths': [4, 8, 16]}
-    train = {
-        'name': 'wbsr_demo_x4',
-        'model_type': 'DynamicSRModel',
-        'scale': SCALE,
-        'num_gpu': 'auto',
-        'manual_seed': 0,
-        'datasets': {
-            'train': {
-                'name': 'skimage_photos', 'type': 'ClassBalancedPairedDataset', 'dataroot_gt': train_hr,
-                'dataroot_lq': train_lr, 'io_backend': {'type': 'disk'}, 'gt_size': GT_SIZE, 'use_hflip': True,
-                'use_rot': True, 'hes_num_classes': 10, 'hes_delta': 0.9, 'hes_switch_ratio': 0.7,
-                'num_worker_per_gpu': 1, 'batch_size_per_gpu': BATCH_SIZE, 'dataset_enlarge_ratio': 100,
-                'prefetch_mode': None
-            },
-            'val': val_set,
-        },
-        'network_g': network,
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {
-            'ema_decay': 0.99,
-            'optim_g': {'type': 'Adam', 'lr': 5.0e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'restart_weights': [1],
-                          'eta_min': 1.0e-6},
-            'total_iter': iters, 'warmup_iter': -1,
-            'pixel_opt': {'type': 'BDLoss', 'loss_weight': 1.0, 'reduction': 'mean', 'estimator': 'gai',
-                          'prior_path': prior_path, 'kernel': 'gaussian', 'scale': SCALE},
-        },
-        # 64 calibration patches: budgets stay usable with the demo's model, at a quarter of the default's cost
-        'wbsr': {'subnet_sampling': 'sandwich', 'dynamic_val': True, 'calibration_patches': 64, 'inference': INFERENCE},
-        'val': {'val_freq': iters, 'save_img': False, 'metrics': metrics},
-        'logger': {'print_freq': max(iters // 10, 1), 'save_checkpoint_freq': iters, 'use_tb_logger': False,
-                   'wandb': None},
-    }
+    train_set = training_dataset('skimage_photos', train_hr, train_lr, gt_size=GT_SIZE, batch_size=BATCH_SIZE,
+                                 num_worker=1, enlarge_ratio=100, type='ClassBalancedPairedDataset',
+                                 hes_num_classes=10, hes_delta=0.9, hes_switch_ratio=0.7)
+    # 64 calibration patches: budgets stay usable with the demo's model, at a quarter of the default's cost
+    wbsr = {'subnet_sampling': 'sandwich', 'dynamic_val': True, 'calibration_patches': 64, 'inference': INFERENCE}
+    train = training_options('wbsr_demo_x4', model_type='DynamicSRModel', scale=SCALE, network=network,
+                             pixel_opt=pixel_loss('bdloss', prior_path=prior_path, scale=SCALE), total_iter=iters,
+                             lr=5.0e-4, datasets={'train': train_set, 'val': val_set}, ema_decay=0.99, eta_min=1.0e-6,
+                             metrics=metrics, print_freq=max(iters // 10, 1), wbsr=wbsr)
     test = {
         'name': 'wbsr_demo_x4_test',
         'model_type': train['model_type'],

@@ -10,6 +10,7 @@ import collections
 import copy
 
 from wbsr_plugin.archs.supernet_util import supernet_class, supernet_for_label, supernet_types
+from wbsr_plugin.cli import training_options as options
 
 RunKind = collections.namedtuple('RunKind', ['model_type', 'sampling', 'loss', 'distill'])
 
@@ -159,13 +160,8 @@ def training_options(preset, backbone, kind, seed, data):
         raise ValueError(f'unknown run kind {kind!r}; expected one of {sorted(RUN_KINDS)}.')
     model_type, sampling, loss, distill = RUN_KINDS[kind]
     scale, total_iter = preset['scale'], preset['total_iter']
-    dataset = {
-        'name': 'train', 'type': 'PairedImageDataset', 'dataroot_gt': data['train_hr'],
-        'dataroot_lq': data['train_lr'], 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
-        'gt_size': preset['gt_size'], 'use_hflip': True, 'use_rot': True,
-        'num_worker_per_gpu': preset['num_worker'], 'batch_size_per_gpu': preset['batch_size'],
-        'dataset_enlarge_ratio': 1, 'prefetch_mode': None,
-    }
+    dataset = options.training_dataset('train', data['train_hr'], data['train_lr'], gt_size=preset['gt_size'],
+                               batch_size=preset['batch_size'], num_worker=preset['num_worker'], filename_tmpl='{}')
     if model_type == 'DynamicSRModel':
         dataset['type'] = 'ClassBalancedPairedDataset'
         if sampling == 'hes':
@@ -175,45 +171,21 @@ def training_options(preset, backbone, kind, seed, data):
             dataset['hes_enabled'] = False
         else:
             raise ValueError(f'unknown sampling {sampling!r}; expected one of uniform, hes.')
-    if loss == 'l1':
-        pixel_opt = {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}
-    elif loss == 'mse':
-        pixel_opt = {'type': 'MSELoss', 'loss_weight': 1.0, 'reduction': 'mean'}
-    elif loss == 'bdloss':
-        pixel_opt = {'type': 'BDLoss', 'loss_weight': 1.0, 'reduction': 'mean', 'estimator': 'gai',
-                     'prior_path': data['prior'], 'kernel': 'gaussian', 'scale': scale}
-    else:
-        raise ValueError(f'unknown loss {loss!r}; expected one of l1, mse, bdloss.')
-    opt = {
-        'name': run_name(backbone, kind, seed),
-        'model_type': model_type,
-        'scale': scale,
-        'num_gpu': 'auto',
-        'manual_seed': int(seed),
-        'datasets': {'train': dataset},
-        'network_g': network_options(preset, backbone, kind),
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {
-            'ema_decay': preset['ema_decay'],
-            'optim_g': {'type': 'Adam', 'lr': float(preset['lr']), 'weight_decay': 0, 'betas': list(preset['betas'])},
-            'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'restart_weights': [1],
-                          'eta_min': float(preset['eta_min'])},
-            'total_iter': total_iter,
-            'warmup_iter': -1,
-            'pixel_opt': pixel_opt,
-        },
-        'logger': {'print_freq': max(1, min(100, total_iter // 10)), 'save_checkpoint_freq': total_iter,
-                   'use_tb_logger': False, 'wandb': None},
-        'dist_params': {'backend': 'nccl', 'port': 29500},
-    }
+    wbsr = None
     if model_type == 'DynamicSRModel':
-        opt['wbsr'] = {'subnet_sampling': preset['subnet_sampling'], 'loss_lr': 1.0e-2, 'dynamic_val': False,
-                       'thresholds': [float(t) for t in data['thresholds']],
-                       'calibration_patches': int(preset['calibration_patches']),
-                       'inference': {'patch_size': preset['patch_size'], 'overlap': preset['overlap']}}
+        wbsr = {'subnet_sampling': preset['subnet_sampling'], 'loss_lr': 1.0e-2, 'dynamic_val': False,
+                'thresholds': [float(t) for t in data['thresholds']],
+                'calibration_patches': int(preset['calibration_patches']),
+                'inference': {'patch_size': preset['patch_size'], 'overlap': preset['overlap']}}
         if distill:
-            opt['wbsr']['distill_weight'] = float(preset['distill_weight'])
-    elif model_type == 'WBSRClassSRModel':
+            wbsr['distill_weight'] = float(preset['distill_weight'])
+    pixel_opt = options.pixel_loss(loss, prior_path=data['prior'], scale=scale)
+    opt = options.training_options(run_name(backbone, kind, seed), model_type=model_type, scale=scale,
+                                   network=network_options(preset, backbone, kind), pixel_opt=pixel_opt,
+                                   total_iter=total_iter, lr=preset['lr'], datasets={'train': dataset},
+                                   manual_seed=int(seed), ema_decay=preset['ema_decay'], betas=preset['betas'],
+                                   eta_min=preset['eta_min'], wbsr=wbsr, dist_backend='nccl')
+    if model_type == 'WBSRClassSRModel':
         opt['classsr'] = {'branch_ratio': preset['classsr_branch_ratio'],
                           'thresholds': [float(t) for t in data['classsr_thresholds']],
                           'class_loss_weight': 5.0e-4, 'average_loss_weight': 3.0e-3}
