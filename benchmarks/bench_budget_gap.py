@@ -15,7 +15,7 @@ For every checkpoint and HR test folder (LR by MATLAB bicubic), with the engine'
 and the gap of each to the full network, the FLOPs spent (% of the full network on the whole image) and
 how many images the calibrated plan ran whole (small images, where the tiling's overlaps eat the budget).
 The hindsight allocation is not an upper bound: the greedy can miss the best choice of subnets (tested
-against exhaustive search in tests/test_projection.py), and it minimises the error of the patches'
+against exhaustive search in tests/inference/test_projection.py), and it minimises the error of the patches'
 interiors, not of the blended image. A gap close to its gap says that knowing each patch's error would
 not win back much.
 """

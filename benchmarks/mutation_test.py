@@ -37,32 +37,32 @@ MUTMUT = osp.join(osp.dirname(sys.executable), 'mutmut')
 # file does not (found with per-test coverage contexts over the whole suite).
 MODULES = {
     'bd_loss': ('wbsr_plugin/losses/bd_loss.py',
-                ['tests/test_bd_loss.py', 'tests/test_bd_loss_reference.py', 'tests/test_bd_loss_options.py']),
+                ['tests/losses/test_bd_loss.py', 'tests/losses/test_bd_loss_reference.py']),
     **{name: (f'wbsr_plugin/data/{name}.py',
-              ['tests/test_hes_sampling.py', 'tests/test_hes_dataset.py', 'tests/test_hes_prepare.py',
-               'tests/test_hes_index.py',
-               'tests/test_dynamic_model.py::test_distillation_off_trains_as_before'])  # dataset_threshold_table
+              ['tests/data/test_hes_sampling.py', 'tests/data/test_hes_dataset.py', 'tests/data/test_hes_prepare.py',
+               'tests/data/test_hes_index.py',
+               'tests/models/test_dynamic_model.py::test_distillation_off_trains_as_before'])  # dataset_threshold_table
        for name in ('hes', 'hes_index', 'paired_reading')},
     'difficulty': ('wbsr_plugin/data/difficulty.py',
-                   ['tests/test_difficulty.py', 'tests/test_difficulty_reference.py', 'tests/test_hes_sampling.py',
-                    'tests/test_inference.py']),
+                   ['tests/data/test_difficulty.py', 'tests/data/test_difficulty_reference.py', 'tests/data/test_hes_sampling.py',
+                    'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py']),
     'projection': ('wbsr_plugin/inference/projection.py',
-                   ['tests/test_projection.py', 'tests/test_engine.py', 'tests/test_inference.py',
-                    'tests/test_calibration.py']),
+                   ['tests/inference/test_projection.py', 'tests/inference/test_engine.py', 'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py',
+                    'tests/inference/test_calibration.py']),
     **{name: (f'wbsr_plugin/inference/{name}.py',
-              ['tests/test_tiling.py', 'tests/test_projection.py', 'tests/test_engine.py', 'tests/test_inference.py',
-               'tests/test_calibration.py', 'tests/test_checkpoint_compat.py', 'tests/test_class_thresholds.py'])
+              ['tests/inference/test_tiling.py', 'tests/inference/test_projection.py', 'tests/inference/test_engine.py', 'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py',
+               'tests/inference/test_calibration.py', 'tests/inference/test_checkpoint_compat.py', 'tests/inference/test_class_thresholds.py'])
        for name in ('engine', 'tiling', 'planning', 'subnet_cache', 'class_thresholds')},
     'supernet_util': ('wbsr_plugin/archs/supernet_util.py',
-                      ['tests/test_archs.py', 'tests/test_supernet_util.py',
-                       'tests/test_export.py::test_model_card_shows_what_the_checkpoint_holds']),
+                      ['tests/archs/test_archs.py', 'tests/archs/test_supernet_util.py',
+                       'tests/cli/test_export.py::test_model_card_shows_what_the_checkpoint_holds']),
 }
 DESELECT = [  # subprocess (CLI, training) and spawn-worker tests of the selected files
-    'tests/test_bd_loss.py::test_cli_on_fixtures',
-    'tests/test_hes_prepare.py::test_train_pipeline_with_lmdb_switch_and_auto_resume',
-    'tests/test_hes_dataset.py::test_spawn_workers_see_the_published_iteration',
-    'tests/test_inference.py::test_cli_bad_inputs_skip_and_fail',
-    'tests/test_calibration.py::test_checkpoints_store_the_class_errors_of_training_patches',
+    'tests/losses/test_bd_loss.py::test_cli_on_fixtures',
+    'tests/data/test_hes_prepare.py::test_train_pipeline_with_lmdb_switch_and_auto_resume',
+    'tests/data/test_hes_dataset.py::test_spawn_workers_see_the_published_iteration',
+    'tests/cli/test_infer.py::test_cli_bad_inputs_skip_and_fail',
+    'tests/inference/test_calibration.py::test_checkpoints_store_the_class_errors_of_training_patches',
 ]
 CONFIG = """[mutmut]
 source_paths = wbsr_plugin

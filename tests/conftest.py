@@ -18,6 +18,7 @@ from wbsr_plugin.cli.training_options import (  # noqa: F401  (parsed_options: f
     y_metrics,
 )
 
+from basicsr.archs import build_network
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.archs.srresnet_arch import MSRResNet
@@ -49,9 +50,32 @@ def plain_network(name, width, depth, scale=4, sizes=TINY_SUPERNETS):
                                   'upscale': scale})
 
 
+
+def strong_tiny_resnet(scale=4):
+    """The tiny WBSRResNet with larger weights than BasicSR's init, so that padding effects are visible."""
+    net = build_network(dict(TINY_RESNET, upscale=scale)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() == 4:
+                torch.nn.init.kaiming_normal_(p)
+                p.mul_(0.7)
+    return net
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A checkpoint of :func:`strong_tiny_resnet` with thresholds for 16-pixel LR patches."""
+    from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+    net = strong_tiny_resnet()
+    path = str(tmp_path / 'tiny.pth')
+    torch.save({'params': net.state_dict(), WBSR_KEY: make_wbsr_meta(net, [2. * k for k in range(1, 10)], 16)}, path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    np.random.seed(0)
 
 
 def fixture_dirs(scale=4):

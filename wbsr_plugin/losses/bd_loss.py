@@ -50,10 +50,9 @@ linear low-pass: area-downsampling by the SR scale followed by bilinear upsampli
 (``space='residual'``). The prediction enters the balancing term through its own residual
 ``yhat - L(yhat)``: the balancing acts on the detail a prediction adds, never on its colour or
 low frequencies, which the likelihood term (a function of ``y - yhat``, exactly that of the plain
-loss) alone pulls toward the target. Measured: with ``yhat - L(y)`` instead, the balancing term
-cancels most of the likelihood's pull on flat pixels (by ``sigma^2 / (S_0 + sigma^2)`` for the
-narrow prior component of variance ``S_0`` at 0), their low frequencies drift, and a 400-iteration
-demo run fell from 30.9 to 22.1 dB. Why the residual: the imbalance the paper targets is flat
+loss) alone pulls toward the target (with ``yhat - L(y)`` instead, the balancing term cancels most
+of that pull on flat pixels, by ``sigma^2 / (S_0 + sigma^2)`` for the narrow prior component of
+variance ``S_0`` at 0; docs/bdloss.md). Why the residual: the imbalance the paper targets is flat
 versus textured content. Plain intensities (``space='pixel'``) measure how rare a colour is
 (dark sky versus mid-grey), which says nothing about reconstruction difficulty; residuals
 are near 0 in flat regions (the dominant mode of ``p_train``) and large in edges and
@@ -66,10 +65,8 @@ Sigma (our decision: fixed at 0.01 by default). For a prior component of varianc
 balanced optimum of one element is ``(y (S + sigma^2) - mu sigma^2) / S``: the balancing term
 amplifies the detail of flat content by ``(S + sigma^2) / S``. The narrow components of photo
 priors have ``S <= 0.03^2``, so ``sigma = 0.01`` keeps the amplification near 1.1. Learnt as in
-Balanced MSE, sigma follows the prediction error (0.05 -> 0.14 in 400 demo iterations) and the
-amplification reaches ~20: the demo fell from 30.9 to 22.7 dB, while fixed ``sigma = 0.01``
-reached 31.95 dB (L1: 31.26 dB, same run otherwise). ``learn_sigma: true`` is kept for
-experiments.
+Balanced MSE, sigma follows the prediction error and the amplification grows far beyond (what
+that did to the demo: docs/bdloss.md). ``learn_sigma: true`` is kept for experiments.
 
 The paper's ``lambda ||theta||^2`` term is not part of this loss: it is the coupled L2 weight
 decay of the optimizer. Set ``train.optim_g.weight_decay`` to ``2 * lambda`` with ``Adam``

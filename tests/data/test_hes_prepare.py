@@ -7,14 +7,14 @@ from os import path as osp
 
 import cv2
 import numpy as np
+from conftest import FIXTURES, REPO_ROOT
 
 from wbsr_plugin import prepare
 from wbsr_plugin.data.hes_index import HESIndex, load_thresholds
 
 from basicsr.utils.matlab_functions import imresize
 
-FIXTURES = osp.join(osp.dirname(osp.abspath(__file__)), 'fixtures')
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = REPO_ROOT
 
 
 def test_subimages_names_count_and_rerun(tmp_path, capsys):

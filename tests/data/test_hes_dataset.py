@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 from torch.utils.data import DataLoader
 
 from wbsr_plugin.data.class_balanced_paired_dataset import ClassBalancedPairedDataset
@@ -25,7 +26,6 @@ from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.models.base_model import BaseModel
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
-FIXTURES = osp.join(osp.dirname(osp.abspath(__file__)), 'fixtures')
 NAMES = ['astronaut', 'chelsea', 'coffee', 'rocket']
 CHI2_999_DOF9 = 27.88
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.special
 import torch
+from conftest import FIXTURES, REPO_ROOT
 from torch.func import functional_call
 
 import wbsr_plugin  # noqa: F401
@@ -33,8 +34,8 @@ from wbsr_plugin.losses.gmm_prior_util import (
 from basicsr.losses import build_loss
 from basicsr.utils.registry import LOSS_REGISTRY
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FIXTURES_HR = osp.join(ROOT, 'tests', 'fixtures', 'hr')
+ROOT = REPO_ROOT
+FIXTURES_HR = osp.join(FIXTURES, 'hr')
 KERNELS = ('gaussian', 'laplace')
 ESTIMATORS = ('gai', 'bmc')
 

@@ -1,46 +1,22 @@
-"""Dynamic inference: tiling, projection, blending, FLOPs, checkpoints, CLI and bad inputs."""
+"""The engine on real-sized runs: exact output sizes, tiled against whole, batching, budgets, FLOPs, fallbacks."""
 import os
-import shutil
-import subprocess
-import sys
 from os import path as osp
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES, REPO_ROOT, strong_tiny_resnet
 from torch.utils.flop_counter import FlopCounterMode
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin import infer
 from wbsr_plugin.archs.wbsr_rcan_arch import WBSRRCAN
-from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
-from wbsr_plugin.cli.image_io import ImageReadError, read_image, to_image
 from wbsr_plugin.data.difficulty import quantile_thresholds
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, load_supernet, make_wbsr_meta
-from wbsr_plugin.inference.class_thresholds import ClassThresholds, thresholds_at
+from wbsr_plugin.inference.class_thresholds import thresholds_at
 from wbsr_plugin.inference.projection import budget_subnets, class_to_subnet
 
-FIXTURES = osp.join(osp.dirname(__file__), 'fixtures', 'lr_x4')
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-    np.random.seed(0)
-
-
-def tiny_net(scale=4, strong=True):
-    net = WBSRResNet(num_feat=16, num_block=2, upscale=scale, widths=[8, 16], depths=[1, 2]).eval()
-    if strong:  # larger weights than BasicSR's init, so that padding effects are visible
-        with torch.no_grad():
-            for p in net.parameters():
-                if p.dim() == 4:
-                    torch.nn.init.kaiming_normal_(p)
-                    p.mul_(0.7)
-    return net
+LR_FIXTURES = osp.join(FIXTURES, 'lr_x4')
 
 
 # LR pixels an output pixel of the tiny x4 net depends on, on each side (6 LR convs, one at x2, two
@@ -51,7 +27,7 @@ TINY_RECEPTIVE_MARGIN = 8
 @pytest.mark.parametrize('size, scale', [((1, 1), 4), ((2, 3), 3), ((5, 7), 2), ((24, 24), 4), ((31, 33), 3),
                                          ((37, 81), 4), ((65, 17), 2)])
 def test_output_size_is_exact(size, scale):
-    net = tiny_net(scale)
+    net = strong_tiny_resnet(scale)
     for budget in (None, 0.5):
         engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, budget=budget)
         sr, report = engine.run(torch.rand(1, 3, *size))
@@ -61,7 +37,7 @@ def test_output_size_is_exact(size, scale):
 
 
 def test_full_subnet_tiled_equals_whole_image():
-    net = tiny_net()
+    net = strong_tiny_resnet()
     lq = torch.rand(1, 3, 70, 90)
     with torch.no_grad():
         whole = net(lq)
@@ -93,7 +69,7 @@ def test_rcan_runs_tiled():
 
 
 def test_batched_equals_naive_per_patch_loop():
-    net = tiny_net()
+    net = strong_tiny_resnet()
     lq = torch.rand(1, 3, 53, 61)
     engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, max_batch_pixels=16 * 16 * 3,
                                     whole_image_fallback=False)
@@ -121,7 +97,7 @@ def test_batched_equals_naive_per_patch_loop():
 
 @pytest.mark.parametrize('budget', [0.3, 0.45, 0.6, 0.8, 1.0])
 def test_budget_is_met(budget):
-    net = tiny_net()
+    net = strong_tiny_resnet()
     lq = torch.rand(1, 3, 96, 128)
     lq[..., :48, :] *= 0.05  # a flat half and a textured half
     engine = DynamicInferenceEngine(net, patch_size=16, overlap=2, budget=budget)
@@ -173,7 +149,7 @@ def test_eq15_and_quantiles():
 
 
 def test_flops_reported_equal_analytic_counts():
-    net = tiny_net()
+    net = strong_tiny_resnet()
     lq = torch.rand(1, 3, 45, 50)
     engine = DynamicInferenceEngine(net, patch_size=16, overlap=4, thresholds=[5, 10, 20, 30, 40, 50, 60, 70, 80],
                                     whole_image_fallback=False)
@@ -189,7 +165,7 @@ def test_flops_reported_equal_analytic_counts():
 
 
 def test_refresh_after_weight_change():
-    net = tiny_net()
+    net = strong_tiny_resnet()
     lq = torch.rand(1, 3, 20, 20)
     engine = DynamicInferenceEngine(net, patch_size=16, subnet=-1)
     first, _ = engine.run(lq)
@@ -200,7 +176,7 @@ def test_refresh_after_weight_change():
 
 
 def test_engine_rejects_bad_options():
-    net = tiny_net()
+    net = strong_tiny_resnet()
     for budget in (0, -0.1, 1.01, float('nan')):
         with pytest.raises(ValueError, match='budget'):
             DynamicInferenceEngine(net, budget=budget)
@@ -219,133 +195,12 @@ def test_engine_rejects_bad_options():
         DynamicInferenceEngine(torch.nn.Conv2d(3, 3, 3))
 
 
-# ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def checkpoint(tmp_path):
-    net = tiny_net()
-    path = str(tmp_path / 'tiny.pth')
-    thresholds = [2., 4., 6., 8., 10., 12., 14., 16., 18.]
-    torch.save({'params': net.state_dict(), WBSR_KEY: make_wbsr_meta(net, thresholds, 16)}, path)
-    return path
-
-
-def test_checkpoint_round_trip(checkpoint):
-    net, meta = load_supernet(checkpoint, arch='WBSRResNet', scale=4)
-    assert meta['thresholds'] == [2., 4., 6., 8., 10., 12., 14., 16., 18.]
-    assert net.widths == [8, 16] and net.depths == [1, 2]
-    with pytest.raises(CheckpointError, match='not x2'):
-        load_supernet(checkpoint, scale=2)
-    with pytest.raises(CheckpointError, match='not a WBSRRCAN'):
-        load_supernet(checkpoint, arch='WBSRRCAN')
-    with pytest.raises(CheckpointError, match='does not match'):
-        load_supernet(checkpoint, network_opt={'type': 'WBSRResNet', 'num_feat': 16, 'num_block': 2, 'upscale': 2,
-                                               'widths': [8, 16], 'depths': [1, 2]})
-
-
-def test_plain_basicsr_checkpoint_loads(tmp_path):
-    from basicsr.archs.srresnet_arch import MSRResNet
-    path = str(tmp_path / 'plain.pth')
-    torch.save({'params_ema': MSRResNet(upscale=2).state_dict(), 'params': {}}, path)
-    net, meta = load_supernet(path)
-    assert type(net).__name__ == 'WBSRResNet' and net.upscale == 2 and meta == {}
-
-
-def run_cli(args):
-    return subprocess.run([sys.executable, '-m', 'wbsr_plugin.infer', *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
-
-
-def test_cli_on_fixtures(checkpoint, tmp_path):
-    out = tmp_path / 'out'
-    assert infer.main(['-i', FIXTURES, '-o', str(out), '--model', checkpoint, '--budget', '0.6', '--save-map',
-                       '-t', '16']) == 0
-    names = sorted(os.listdir(out))
-    assert names == sorted([f'{n}_out.png' for n in ('astronaut', 'chelsea', 'coffee', 'rocket')] +
-                           [f'{n}_map.png' for n in ('astronaut', 'chelsea', 'coffee', 'rocket')])
-    for name in names:
-        height, width = cv2.imread(str(out / name)).shape[:2]
-        if name.endswith('_map.png'):  # the map, with its legend below
-            assert height > 96 and width >= 96
-        else:
-            assert (height, width) == (96, 96)
-
-
-def test_cli_bad_inputs_skip_and_fail(checkpoint, tmp_path, capsys):
-    inputs = tmp_path / 'in'
-    inputs.mkdir()
-    shutil.copy(osp.join(FIXTURES, 'rocket.png'), inputs / 'good.png')
-    (inputs / 'empty.png').write_bytes(b'')
-    (inputs / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
-    out = tmp_path / 'out'
-    result = run_cli(['-i', str(inputs), '-o', str(out), '--model', checkpoint])
-    assert result.returncode == 1
-    assert 'empty file' in result.stderr and 'cannot decode' in result.stderr
-    assert sorted(os.listdir(out)) == ['good_out.png']  # nothing half-written, no temporary files
-
-    good = str(inputs / 'good.png')
-    for extra, message in ((['--budget', '1.5'], 'budget'), (['--budget', '0'], 'budget'), (['-s', '2'], 'not x2'),
-                           (['--arch', 'WBSRRCAN'], 'not a WBSRRCAN')):
-        with pytest.raises(SystemExit) as exit_info:
-            infer.main(['-i', good, '-o', str(out), '--model', checkpoint, *extra])
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        infer.main(['-i', good, '-o', str(out), '--model', str(tmp_path / 'nope.pth')])
-    assert exit_info.value.code == 2 and 'no such checkpoint' in capsys.readouterr().err
-    assert sorted(os.listdir(out)) == ['good_out.png']
-
-
-def test_failed_write_leaves_nothing(checkpoint, tmp_path, monkeypatch):
-    out = tmp_path / 'out'
-
-    def broken_replace(src, dst):
-        raise OSError('disk full')
-
-    monkeypatch.setattr(os, 'replace', broken_replace)
-    assert infer.main(['-i', osp.join(FIXTURES, 'rocket.png'), '-o', str(out), '--model', checkpoint]) == 1
-    assert os.listdir(out) == []
-
-
-@pytest.mark.parametrize('kind', ['gray', 'rgba', 'rgb16'])
-def test_image_modes_round_trip(kind, tmp_path):
-    rgb = cv2.imread(osp.join(FIXTURES, 'coffee.png'))
-    if kind == 'gray':
-        img = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
-    elif kind == 'rgba':
-        img = np.concatenate([rgb, np.full(rgb.shape[:2] + (1, ), 128, np.uint8)], axis=2)
-    elif kind == 'rgb16':
-        img = rgb.astype(np.uint16) * 257
-    else:
-        raise ValueError(kind)
-    path = str(tmp_path / 'in.png')
-    cv2.imwrite(path, img)
-    lq, info = read_image(path)
-    assert lq.shape == (1, 3, 24, 24) and 0 <= lq.min() and lq.max() <= 1
-    sr, _ = DynamicInferenceEngine(tiny_net(strong=False), patch_size=16).run(lq)
-    out = to_image(sr, info)
-    assert out.dtype == img.dtype and out.shape[:2] == (96, 96) and out.ndim == img.ndim
-    if kind == 'rgba':
-        assert out.shape[2] == 4 and (out[..., 3] == 128).all()
-
-
-def test_unreadable_images_raise(tmp_path):
-    (tmp_path / 'empty.png').write_bytes(b'')
-    with pytest.raises(ImageReadError, match='empty'):
-        read_image(str(tmp_path / 'empty.png'))
-    (tmp_path / 'bad.jpg').write_bytes(b'garbage')
-    with pytest.raises(ImageReadError, match='cannot decode'):
-        read_image(str(tmp_path / 'bad.jpg'))
-
-
-# ------------------------------------------------------------------------------------------------
-# Stitching, the whole-image rule, thresholds per patch size
-
-
 THRESHOLDS_ALL_HARD = [-3., -2.5, -2., -1.5, -1., -0.5, -0.2, -0.1, -0.05]  # every patch in class 10
 
 
 @pytest.mark.parametrize('size', [(5, 7), (24, 24), (37, 81), (70, 90), (97, 130)])
 def test_never_more_than_the_full_network(size):
-    net = tiny_net()
+    net = strong_tiny_resnet()
     lq = torch.rand(1, 3, *size)
     lq[..., :size[0] // 2, :] *= 0.05
     with torch.no_grad():
@@ -379,15 +234,15 @@ def test_never_more_than_the_full_network(size):
 
 def test_threshold_table_interpolates_between_patch_sizes():
     from wbsr_plugin.data.difficulty import bgr_image_to_luma, threshold_table
-    lumas = [bgr_image_to_luma(cv2.imread(osp.join(FIXTURES, name)).astype(np.float32) / 255.)
-             for name in sorted(os.listdir(FIXTURES))]
+    lumas = [bgr_image_to_luma(cv2.imread(osp.join(LR_FIXTURES, name)).astype(np.float32) / 255.)
+             for name in sorted(os.listdir(LR_FIXTURES))]
     table = threshold_table(lumas, 4, patch_sizes=(4, 8, 16, 1000))
     assert sorted(table) == [4, 8, 16]  # 1000 exceeds the smallest image
     assert thresholds_at(table, 8) == table[8]
     assert thresholds_at(table, 2) == table[4] and thresholds_at(table, 64) == table[16]
     middle = thresholds_at(table, 11)
     assert all(min(a, b) <= m <= max(a, b) for a, b, m in zip(table[8], table[16], middle))
-    net = tiny_net()
+    net = strong_tiny_resnet()
     engine = DynamicInferenceEngine(net, thresholds=table, num_classes=4, patch_size=12, overlap=2)
     _, report = engine.run(torch.rand(1, 3, 40, 40))
     assert report.plan.threshold_source == 'model-by-patch-size'
@@ -396,26 +251,11 @@ def test_threshold_table_interpolates_between_patch_sizes():
         DynamicInferenceEngine(net, thresholds={8: [1., 2.], 16: [1.]}, num_classes=3)
 
 
-def test_checkpoint_stores_thresholds_per_patch_size(tmp_path):
-    net = tiny_net()
-    table = {16: [1., 2., 3.], 32: [2., 4., 6.], 64: [4., 6., 8.]}
-    meta = make_wbsr_meta(net, table, 45)
-    t = np.log(45 / 32) / np.log(2)  # linear in log patch size between 32 and 64
-    assert meta['thresholds'] == pytest.approx([2 + 2 * t, 4 + 2 * t, 6 + 2 * t])
-    path = str(tmp_path / 'net.pth')
-    torch.save({'params': net.state_dict(), WBSR_KEY: meta}, path)
-    _, loaded = load_supernet(path)
-    assert ClassThresholds.from_meta(loaded).as_table() == table
-    single = ClassThresholds.from_meta({'thresholds': [1., 2.]})
-    assert single.at(7) == single.at(70) == [1., 2.] and not single.by_patch_size
-    assert ClassThresholds.from_meta({}) is None
-
-
 def test_cuda_only_options_fall_back_on_cpu():
     from wbsr_plugin.inference.cuda_graphs import batch_bucket
     assert [batch_bucket(n, 16) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
     assert batch_bucket(20, 24) == 24
-    net = tiny_net()
+    net = strong_tiny_resnet()
     lq = torch.rand(1, 3, 45, 50)
     eager, _ = DynamicInferenceEngine(net, patch_size=16, budget=0.6).run(lq)
     engine = DynamicInferenceEngine(net, patch_size=16, budget=0.6, cuda_graphs=True)
@@ -426,10 +266,10 @@ def test_cuda_only_options_fall_back_on_cpu():
 
 def test_batch_size_falls_back_to_the_cpu_default():
     from wbsr_plugin.inference.subnet_cache import DEFAULT_MAX_BATCH_PIXELS
-    engine = DynamicInferenceEngine(tiny_net(), patch_size=16)
+    engine = DynamicInferenceEngine(strong_tiny_resnet(), patch_size=16)
     param = next(engine.net.parameters())
     assert engine.subnets.batch_size(0, 16, param) == DEFAULT_MAX_BATCH_PIXELS // 256
-    assert DynamicInferenceEngine(tiny_net(), max_batch_pixels=512).subnets.batch_size(0, 16, param) == 2
+    assert DynamicInferenceEngine(strong_tiny_resnet(), max_batch_pixels=512).subnets.batch_size(0, 16, param) == 2
 
 
 @pytest.fixture
@@ -441,7 +281,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-SHARED_PHOTOS = osp.join(ROOT, '..', 'shared', 'data', 'train', 'sun_hays80')
+SHARED_PHOTOS = osp.join(REPO_ROOT, '..', 'shared', 'data', 'train', 'sun_hays80')
 
 
 @pytest.mark.skipif(not osp.isdir(SHARED_PHOTOS), reason='the shared training photos are not here')

@@ -1,6 +1,6 @@
 """A few training steps of DynamicSRModel on fixed global batches, split over the ranks.
 
-Run by ``torchrun --nproc_per_node=N tests/ddp_steps.py OPTIONS.yml OUT_DIR`` (each rank writes
+Run by ``torchrun --nproc_per_node=N tests/models/ddp_steps.py OPTIONS.yml OUT_DIR`` (each rank writes
 ``OUT_DIR/rank<r>.pth``), or imported and called with one process (:func:`train`).
 """
 import sys

@@ -168,7 +168,7 @@ def test_ddp_ranks_end_equal_to_one_process_on_the_combined_batch(tmp_path):
     opt = parsed_options(opt, tmp_path)
     path = write_yaml(tmp_path / 'options.yml', opt)
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}']
-    run_cli([*torchrun, osp.join(REPO_ROOT, 'tests', 'ddp_steps.py'), path, str(tmp_path)], cwd=tmp_path)
+    run_cli([*torchrun, osp.join(REPO_ROOT, 'tests', 'models', 'ddp_steps.py'), path, str(tmp_path)], cwd=tmp_path)
     ranks = [torch.load(tmp_path / f'rank{r}.pth', map_location='cpu', weights_only=True) for r in (0, 1)]
     single = train(opt)
     initial = build_network(dict(opt['network_g'])).state_dict().keys()
