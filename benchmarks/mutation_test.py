@@ -36,23 +36,23 @@ MUTMUT = osp.join(osp.dirname(sys.executable), 'mutmut')
 # module -> (file to mutate, pytest selection). The extra tests reach functions of the module that its own test
 # file does not (found with per-test coverage contexts over the whole suite).
 MODULES = {
-    'bd_loss': ('wbsr_plugin/losses/bd_loss.py',
-                ['tests/losses/test_bd_loss.py', 'tests/losses/test_bd_loss_reference.py']),
+    **{name: (f'wbsr_plugin/losses/{name}.py',
+              ['tests/losses/test_bd_loss.py', 'tests/losses/test_bd_loss_reference.py'])
+       for name in ('bd_loss', 'balancing_tables')},
     **{name: (f'wbsr_plugin/data/{name}.py',
               ['tests/data/test_hes_sampling.py', 'tests/data/test_hes_dataset.py', 'tests/data/test_hes_prepare.py',
                'tests/data/test_hes_index.py',
                'tests/models/test_dynamic_model.py::test_distillation_off_trains_as_before'])  # dataset_threshold_table
        for name in ('hes', 'hes_index', 'paired_reading')},
     'difficulty': ('wbsr_plugin/data/difficulty.py',
-                   ['tests/data/test_difficulty.py', 'tests/data/test_difficulty_reference.py', 'tests/data/test_hes_sampling.py',
-                    'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py']),
-    'projection': ('wbsr_plugin/inference/projection.py',
-                   ['tests/inference/test_projection.py', 'tests/inference/test_engine.py', 'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py',
-                    'tests/inference/test_calibration.py']),
+                   ['tests/data/test_difficulty.py', 'tests/data/test_difficulty_reference.py',
+                    'tests/data/test_hes_sampling.py', 'tests/inference/test_engine_runs.py']),
     **{name: (f'wbsr_plugin/inference/{name}.py',
-              ['tests/inference/test_tiling.py', 'tests/inference/test_projection.py', 'tests/inference/test_engine.py', 'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py',
-               'tests/inference/test_calibration.py', 'tests/inference/test_checkpoint_compat.py', 'tests/inference/test_class_thresholds.py'])
-       for name in ('engine', 'tiling', 'planning', 'subnet_cache', 'class_thresholds')},
+              ['tests/inference/test_tiling.py', 'tests/inference/test_projection.py', 'tests/inference/test_engine.py',
+               'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py',
+               'tests/inference/test_calibration.py', 'tests/inference/test_checkpoint_compat.py',
+               'tests/inference/test_class_thresholds.py'])
+       for name in ('projection', 'engine', 'tiling', 'planning', 'subnet_cache', 'class_thresholds')},
     'supernet_util': ('wbsr_plugin/archs/supernet_util.py',
                       ['tests/archs/test_archs.py', 'tests/archs/test_supernet_util.py',
                        'tests/cli/test_export.py::test_model_card_shows_what_the_checkpoint_holds']),

@@ -17,8 +17,6 @@ from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
 
 from basicsr.archs import build_network
 
-__all__ = ['format_subnet_table', 'main']
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,12 +15,12 @@ from torch.func import functional_call
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.losses.bd_loss import (
     BDLoss,
-    _hermite_coefficients,
-    _kernel_rho,
-    _log_laplace_conv_normal,
-    _log_sum_laplace_kernels,
-    _table_spacing,
-    _TableLookup,
+    TableLookup,
+    hermite_coefficients,
+    kernel_rho,
+    log_laplace_conv_normal,
+    log_sum_laplace_kernels,
+    table_spacing,
 )
 from wbsr_plugin.losses.gmm_prior_util import (
     fit_gmm_1d,
@@ -114,7 +114,7 @@ def test_laplace_normal_convolution_matches_quadrature(std, b):
     for x in (-3 * (std + b), 0.0, 0.4 * std, 2 * (std + b)):
         normal = torch.exp(-(x - grid - mean)**2 / (2 * std**2)) / math.sqrt(2 * math.pi * std**2)
         expected = torch.trapezoid(laplace * normal, grid)
-        got = _log_laplace_conv_normal(
+        got = log_laplace_conv_normal(
             torch.tensor(x, dtype=torch.float64), mean, torch.tensor(std**2, dtype=torch.float64),
             torch.tensor(b, dtype=torch.float64)).exp()
         assert got.item() == pytest.approx(expected.item(), rel=1e-3)
@@ -363,7 +363,7 @@ def direct_gai_balancing(pred, prior_path, sigma, kernel):
         var = prior['variances'] + sigma**2
         log_components = -0.5 * torch.log(2 * math.pi * var) - 0.5 * (x - prior['means'])**2 / var
     else:
-        log_components = _log_laplace_conv_normal(x, prior['means'], prior['variances'], sigma)
+        log_components = log_laplace_conv_normal(x, prior['means'], prior['variances'], sigma)
     return torch.logsumexp(log_components + prior['weights'].log(), dim=-1)
 
 
@@ -390,8 +390,8 @@ def test_forward_and_backward_never_read_tensors_on_the_host(estimator, kernel, 
 def test_gai_table_is_built_once_per_prior_sigma_device_and_dtype(prior_path, monkeypatch):
     from wbsr_plugin.losses import bd_loss
     builds = []
-    build = bd_loss._hermite_coefficients
-    monkeypatch.setattr(bd_loss, '_hermite_coefficients',
+    build = bd_loss.hermite_coefficients
+    monkeypatch.setattr(bd_loss, 'hermite_coefficients',
                         lambda *args, **kwargs: builds.append(args[5]) or build(*args, **kwargs))
     loss = BDLoss(estimator='gai', prior_path=prior_path)
     target = torch.rand(2, 3, 16, 16)
@@ -594,16 +594,16 @@ def test_shape_errors_and_guards_exact_messages(prior_path):
         loss(pred, pred)
     assert str(info.value) == "estimator must be one of ['gai', 'bmc'], got 'exact'."
     with pytest.raises(ValueError) as info:
-        _kernel_rho(pred, 'cauchy')
+        kernel_rho(pred, 'cauchy')
     assert str(info.value) == "kernel must be one of ['gaussian', 'laplace'], got 'cauchy'."
 
 
 def test_kernel_rho_and_its_derivative():
-    """Protects _kernel_rho: -log K = a * rho + const with rho = d^2 (Gaussian) or |d| (Laplace), and d rho / d d."""
+    """Protects kernel_rho: -log K = a * rho + const with rho = d^2 (Gaussian) or |d| (Laplace), and d rho / d d."""
     diff = torch.tensor([-0.5, 0.25, 2.0], dtype=torch.float64)
-    rho, slope = _kernel_rho(diff, 'gaussian')
+    rho, slope = kernel_rho(diff, 'gaussian')
     assert rho.tolist() == [0.25, 0.0625, 4.0] and slope.tolist() == [-1.0, 0.5, 4.0]
-    rho, slope = _kernel_rho(diff, 'laplace')
+    rho, slope = kernel_rho(diff, 'laplace')
     assert rho.tolist() == [0.5, 0.25, 2.0] and slope.tolist() == [-1.0, 1.0, 1.0]
 
 
@@ -672,15 +672,15 @@ def test_bmc_table_is_rebuilt_for_every_batch():
 
 
 def test_table_spacing_is_the_largest_power_of_two_within_a_sixteenth_of_the_width():
-    """Protects _table_spacing: 2^floor(log2(width / 16)), clamped to [2^-16, 2^-6]."""
-    assert _table_spacing(16 * 2.0**-10) == 2.0**-10  # exactly a power of two
-    assert _table_spacing(16 * 2.0**-10 * 0.999) == 2.0**-11
-    assert _table_spacing(0.01) == 2.0**-11  # 0.01 / 16 = 6.25e-4 in [2^-11, 2^-10)
-    assert _table_spacing(16 * 2.0**-6) == 2.0**-6
-    assert _table_spacing(1.0) == 2.0**-6  # 1 / 16 = 2^-4, capped
-    assert _table_spacing(16 * 2.0**-16) == 2.0**-16
-    assert _table_spacing(1e-9) == 2.0**-16  # floored
-    assert _table_spacing(0.0) == 2.0**-16
+    """Protects table_spacing: 2^floor(log2(width / 16)), clamped to [2^-16, 2^-6]."""
+    assert table_spacing(16 * 2.0**-10) == 2.0**-10  # exactly a power of two
+    assert table_spacing(16 * 2.0**-10 * 0.999) == 2.0**-11
+    assert table_spacing(0.01) == 2.0**-11  # 0.01 / 16 = 6.25e-4 in [2^-11, 2^-10)
+    assert table_spacing(16 * 2.0**-6) == 2.0**-6
+    assert table_spacing(1.0) == 2.0**-6  # 1 / 16 = 2^-4, capped
+    assert table_spacing(16 * 2.0**-16) == 2.0**-16
+    assert table_spacing(1e-9) == 2.0**-16  # floored
+    assert table_spacing(0.0) == 2.0**-16
 
 
 def test_spacing_follows_the_narrowest_kernel_width(prior_path):
@@ -713,18 +713,18 @@ def test_table_range_is_fixed_except_for_gai_with_the_laplace_kernel(tmp_path, p
 
 
 def test_hermite_table_of_a_cubic_is_exact_inside_and_quadratic_outside():
-    """Protects _hermite_coefficients and _TableLookup: a cubic is reproduced exactly on the lattice's range; below
+    """Protects hermite_coefficients and TableLookup: a cubic is reproduced exactly on the lattice's range; below
     the first and above the last node the table continues by the quadratic of the end node's value, slope and
     finite-difference curvature; gradients in x and in the function's parameter follow."""
     scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     # nodes -1, -0.75, ..., 1: f = x^3, f' = 3 x^2; end curvature (f'(1) - f'(0.75)) / 0.25 = 5.25, mirrored below
-    coeffs = _hermite_coefficients(lambda nodes: scale * nodes**3, -4, 9, 0.25, 'cpu', torch.float64, True)
+    coeffs = hermite_coefficients(lambda nodes: scale * nodes**3, -4, 9, 0.25, 'cpu', torch.float64, True)
     assert coeffs.shape == (4, 10) and coeffs.dtype == torch.float64
-    coeffs32 = _hermite_coefficients(lambda nodes: nodes**3, -4, 9, 0.25, 'cpu', torch.float32, False)
+    coeffs32 = hermite_coefficients(lambda nodes: nodes**3, -4, 9, 0.25, 'cpu', torch.float32, False)
     assert coeffs32.dtype == torch.float32
     x = torch.tensor([-7.0, -2.5, -1.1, -1.0, -0.9, -0.3, 0.0, 0.4, 0.95, 1.0, 1.05, 2.0, 6.0], dtype=torch.float64)
     x.requires_grad_()
-    out = _TableLookup.apply(x, coeffs, -4.0, 4.0)
+    out = TableLookup.apply(x, coeffs, -4.0, 4.0)
     below, above = x.detach() + 1, x.detach() - 1
     cube = torch.where(x < -1, -1 + 3 * below - 2.625 * below**2,
                        torch.where(x > 1, 1 + 3 * above + 2.625 * above**2, x.detach()**3))
@@ -814,12 +814,12 @@ def test_laplace_table_continues_exactly_where_the_integral_is_linear(tmp_path, 
 
 
 def test_laplace_reference_sum_counts_ties_as_below():
-    """Protects the split of _log_sum_laplace_kernels: P sums the references r_j <= x, Q those > x, so at a tie the
+    """Protects the split of log_sum_laplace_kernels: P sums the references r_j <= x, Q those > x, so at a tie the
     reference contributes its right derivative -a (the value is the same either way)."""
     a = 20.0
     refs = torch.tensor([0.3, 0.0, -0.2], dtype=torch.float64)
     x = torch.tensor([0.0, 0.3, 0.1], dtype=torch.float64, requires_grad=True)
-    out = _log_sum_laplace_kernels(x, refs, a)
+    out = log_sum_laplace_kernels(x, refs, a)
     grad, = torch.autograd.grad(out.sum(), x)
     expected, expected_grad = [], []
     for xi in (0.0, 0.3, 0.1):
