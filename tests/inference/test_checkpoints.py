@@ -6,7 +6,7 @@ import torch
 from conftest import strong_tiny_resnet
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, load_supernet, make_wbsr_meta
+from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, engine_thresholds, load_supernet, make_wbsr_meta
 from wbsr_plugin.inference.class_thresholds import ClassThresholds
 
 
@@ -44,3 +44,6 @@ def test_checkpoint_stores_thresholds_per_patch_size(tmp_path):
     single = ClassThresholds.from_meta({'thresholds': [1., 2.]})
     assert single.at(7) == single.at(70) == [1., 2.] and not single.by_patch_size
     assert ClassThresholds.from_meta({}) is None
+    # the documented helper gives them as stored
+    assert engine_thresholds(loaded) == table
+    assert engine_thresholds({'thresholds': [1., 2.]}) == [1., 2.] and engine_thresholds({}) is None

@@ -151,6 +151,22 @@ class SupernetMixin:
         ``state`` is not of this architecture."""
         raise NotImplementedError
 
+    def _keep_options(self, arguments):
+        """Refuse unknown options and keep each option of ``OPTIONS`` as an attribute (sequences as tuples).
+
+        Args:
+            arguments (dict): The constructor's ``locals()`` (its options, ``unknown`` holding the rest).
+
+        Returns:
+            str: The class name, for error messages.
+        """
+        name = type(self).__name__
+        reject_unknown_options(name, arguments.get('unknown', {}), self.OPTIONS + ('widths', 'depths'))
+        for key in self.OPTIONS:
+            value = arguments[key]
+            setattr(self, key, tuple(value) if isinstance(value, (list, tuple)) else value)
+        return name
+
     def network_options(self):
         """``build_network`` options that rebuild this supernet."""
         opt = {'type': type(self).__name__}

@@ -13,7 +13,6 @@ from .supernet_util import (
     check_upscale_power_of_two_or_three,
     conv2d_sliced,
     count_indexed,
-    reject_unknown_options,
     residual_blocks_sliced,
     upsample_plan,
     upsample_scale,
@@ -74,17 +73,8 @@ class WBSREDSR(SupernetMixin, nn.Module):
                  depths=None,
                  **unknown):
         super().__init__()
-        name = type(self).__name__
-        reject_unknown_options(name, unknown, self.OPTIONS + ('widths', 'depths'))
+        name = self._keep_options(locals())
         check_upscale_power_of_two_or_three(name, upscale)
-        self.num_in_ch = num_in_ch
-        self.num_out_ch = num_out_ch
-        self.num_feat = num_feat
-        self.num_block = num_block
-        self.upscale = upscale
-        self.res_scale = res_scale
-        self.img_range = img_range
-        self.rgb_mean = tuple(rgb_mean)
         widths = scaled_choices(num_feat, WIDTH_FRACTIONS) if widths is None else widths
         depths = scaled_choices(num_block, DEPTH_FRACTIONS) if depths is None else depths
         self.widths = check_choices(name, 'widths', widths, num_feat, max_option='num_feat')

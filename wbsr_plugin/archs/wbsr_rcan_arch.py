@@ -15,7 +15,6 @@ from .supernet_util import (
     check_upscale_power_of_two_or_three,
     conv2d_sliced,
     count_indexed,
-    reject_unknown_options,
     upsample_plan,
     upsample_scale,
     upsample_sliced,
@@ -71,19 +70,8 @@ class WBSRRCAN(SupernetMixin, nn.Module):
                  depths=(5, 10, 20),
                  **unknown):
         super().__init__()
-        name = type(self).__name__
-        reject_unknown_options(name, unknown, self.OPTIONS + ('widths', 'depths'))
+        name = self._keep_options(locals())
         check_upscale_power_of_two_or_three(name, upscale)
-        self.upscale = upscale
-        self.num_in_ch = num_in_ch
-        self.num_feat = num_feat
-        self.num_group = num_group
-        self.num_block = num_block
-        self.squeeze_factor = squeeze_factor
-        self.num_out_ch = num_out_ch
-        self.res_scale = res_scale
-        self.img_range = img_range
-        self.rgb_mean = tuple(rgb_mean)
         self.widths = check_choices(name, 'widths', widths, num_feat, minimum=squeeze_factor, max_option='num_feat')
         self.depths = check_choices(name, 'depths', depths, num_block, max_option='num_block')
         self.register_buffer('mean', torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

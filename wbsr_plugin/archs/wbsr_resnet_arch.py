@@ -13,7 +13,6 @@ from .supernet_util import (
     conv2d_sliced,
     count_indexed,
     leaky_relu,
-    reject_unknown_options,
     residual_blocks_sliced,
 )
 
@@ -54,15 +53,9 @@ class WBSRResNet(SupernetMixin, nn.Module):
                  depths=(4, 8, 16),
                  **unknown):
         super().__init__()
-        name = type(self).__name__
-        reject_unknown_options(name, unknown, self.OPTIONS + ('widths', 'depths'))
+        name = self._keep_options(locals())
         if upscale not in (2, 3, 4):
             raise ValueError(f'{name}: upscale must be one of [2, 3, 4], got {upscale!r}.')
-        self.upscale = upscale
-        self.num_in_ch = num_in_ch
-        self.num_feat = num_feat
-        self.num_block = num_block
-        self.num_out_ch = num_out_ch
         self.widths = check_choices(name, 'widths', widths, num_feat, max_option='num_feat')
         self.depths = check_choices(name, 'depths', depths, num_block, max_option='num_block')
 

@@ -71,6 +71,14 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
     return meta
 
 
+def engine_thresholds(meta):
+    """The thresholds of a checkpoint's ``'wbsr'`` entry as stored: the table per patch side when there is one,
+    else the single list (None when neither is stored). :meth:`ClassThresholds.from_meta` gives them as one value,
+    with the class errors."""
+    value = ClassThresholds.from_meta(meta)
+    return None if value is None else value.as_table() or list(value.values)
+
+
 def engine_options(meta):
     """The :class:`DynamicInferenceEngine` options a checkpoint's ``'wbsr'`` entry gives: ``thresholds``, a
     :class:`~.class_thresholds.ClassThresholds` with the class errors (None when none are stored)."""

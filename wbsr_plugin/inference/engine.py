@@ -105,7 +105,7 @@ class DynamicInferenceEngine:
         subnet (int | None): Run every patch through this subnet index. Default: None.
         max_batch_pixels (int | None): LR pixels per forward call. None: 32768 on CPU; on CUDA, sized
             from the free memory. Default: None.
-        channels_last (bool): Run the subnets in channels-last memory format (1.3x faster on CPU here,
+        channels_last (bool): Run the subnets in channels-last memory format (faster on CPU;
             docs/inference.md). Default: True.
         whole_image_fallback (bool): Run the whole image when tiling would cost more (see above);
             False always tiles (to measure tiling itself). Default: True.
