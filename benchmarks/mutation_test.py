@@ -51,8 +51,9 @@ MODULES = {
               ['tests/inference/test_tiling.py', 'tests/inference/test_projection.py', 'tests/inference/test_engine.py',
                'tests/inference/test_engine_runs.py', 'tests/inference/test_checkpoints.py',
                'tests/inference/test_calibration.py', 'tests/inference/test_checkpoint_compat.py',
-               'tests/inference/test_class_thresholds.py'])
-       for name in ('projection', 'engine', 'tiling', 'planning', 'subnet_cache', 'class_thresholds')},
+               'tests/inference/test_class_thresholds.py', 'tests/inference/test_time_rules.py'])
+       for name in ('projection', 'engine', 'tiling', 'planning', 'subnet_cache', 'class_thresholds', 'cost_model',
+                    'time_rules')},
     'supernet_util': ('wbsr_plugin/archs/supernet_util.py',
                       ['tests/archs/test_archs.py', 'tests/archs/test_supernet_util.py',
                        'tests/cli/test_export.py::test_model_card_shows_what_the_checkpoint_holds']),

@@ -13,9 +13,11 @@ import torch
 from wbsr_plugin.archs.supernet_util import SupernetMixin, supernet_types
 
 from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors
+from .cost_model import CostTable
 from .planning import InferencePlan, Planner
 from .subnet_cache import SubnetCache
 from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches
+from .time_rules import by_time
 
 
 @dataclass
@@ -67,8 +69,9 @@ class InferenceReport:
         else:
             hist = ' '.join(f'{name}:{n}' for name, n in zip(self.subnet_names, self.histogram) if n)
             what = f'{self.num_patches} patches [{hist}]'
-        return (f'{w}x{h} -> {sw}x{sh} | {what} | {self.gflops:.1f} GFLOPs '
+        line = (f'{w}x{h} -> {sw}x{sh} | {what} | {self.gflops:.1f} GFLOPs '
                 f'({100 * self.flops_ratio:.1f}% of full) | {self.time_s:.2f} s')
+        return line if self.plan.reason is None else f'{line} | {self.plan.reason}'
 
 
 class DynamicInferenceEngine:
@@ -118,6 +121,9 @@ class DynamicInferenceEngine:
             to bigger subnets by error saved per FLOP (:func:`~.projection.calibrated_levels`) instead of
             by Eq. 16, and the whole image runs through one subnet when that is expected to do better
             than the tiled plan (small images, where overlaps eat the budget). Default: None.
+        cost_table (CostTable | None): Measured costs on this device (:mod:`.cost_model`): plans are then
+            chosen by predicted time, never slower than the plain network (:mod:`.time_rules`). None: by FLOPs
+            only, the same plan on every machine. Default: None.
     """
 
     def __init__(self,
@@ -136,7 +142,8 @@ class DynamicInferenceEngine:
                  channels_last=True,
                  whole_image_fallback=True,
                  cuda_graphs=False,
-                 class_errors=None):
+                 class_errors=None,
+                 cost_table=None):
         if not isinstance(net, SupernetMixin):
             raise TypeError(f'net must be a WBSR supernet (one of {supernet_types()}), got {type(net).__name__}.')
         if not isinstance(patch_size, int) or patch_size < 2:
@@ -183,6 +190,12 @@ class DynamicInferenceEngine:
         self.whole_image_fallback = whole_image_fallback
         self.cuda_graphs = cuda_graphs
         self.class_errors = class_errors
+        if cost_table is not None and not isinstance(cost_table, CostTable):
+            raise TypeError(f'cost_table must be a CostTable or None, got {type(cost_table).__name__}.')
+        if cost_table is not None and len(cost_table.whole_pixel_s) != len(net.subnets):
+            raise ValueError(f'cost_table holds {len(cost_table.whole_pixel_s)} subnets, the network '
+                             f'{len(net.subnets)}: it was measured for another network.')
+        self.cost_table = cost_table
         self.scale = net.upscale
         self.subnet_names = [s.name for s in net.subnets]
         self.subnets = SubnetCache(net, channels_last=channels_last, cuda_graphs=cuda_graphs,
@@ -208,8 +221,15 @@ class DynamicInferenceEngine:
         return self._geometry_cache[key]
 
     def plan(self, lq):
-        """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device)."""
-        return self.planner.plan(lq)
+        """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device); with a cost table,
+        the plan predicted fastest of those :mod:`.time_rules` allows."""
+        plan = self.planner.plan(lq)
+        if self.cost_table is None:
+            return plan
+        full = len(self.net.subnets) - 1
+        batch_size = self.subnets.batch_size(full, plan.patch_size, next(self.net.parameters()))
+        return by_time(plan, self.cost_table, num_subnets=full + 1, subnet=self.subnet, budget=self.budget,
+                       flops=self.subnets.flops, batch_size=batch_size)
 
     def patch_batches(self, lq, plan):
         """The forward calls of ``plan``: ``[(runner, patch indices, batch), ...]`` (each used subnet on all its

@@ -38,6 +38,8 @@ class InferencePlan:
         whole_image_subnet (int | None): When set, the tiled plan would cost more than allowed (the full
             network on the whole image, or the budget), or is expected to do worse (``class_errors``), and
             the whole image runs through this subnet.
+        predicted_s (float | None): With a cost table: the predicted seconds of the subnet forwards that run.
+        reason (str | None): With a cost table: why this plan runs (see :mod:`.time_rules`).
     """
     lq_size: tuple
     patch_size: int
@@ -53,6 +55,8 @@ class InferencePlan:
     histogram: list = None
     tiled_flops: int = None
     whole_image_subnet: int = None
+    predicted_s: float = None
+    reason: str = None
 
 
 class Planner:
