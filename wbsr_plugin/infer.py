@@ -6,7 +6,9 @@ Each image is tiled, every patch is sent to the subnet its difficulty calls for 
 meet ``--budget``, a fraction of the full network's FLOPs), and the outputs are blended.
 One summary line per image: size, subnet histogram, FLOPs and time. Unreadable inputs are
 skipped with a warning, and the exit status is 1 if any image failed. ``--skip-existing`` leaves
-out inputs whose output is already written (see :mod:`wbsr_plugin.cli.output_names`).
+out inputs whose output is already written (see :mod:`wbsr_plugin.cli.output_names`). ``--plan-by time``
+lets this device's measured costs choose the plan (never slower than the plain network); the default,
+``flops``, gives the same plan on every machine.
 
 Under ``torchrun --nproc_per_node=N -m wbsr_plugin.infer ...`` the folder is shared between the N
 processes (:mod:`wbsr_plugin.cli.sharding`): each writes its own files, on its own GPU when
@@ -55,6 +57,7 @@ from wbsr_plugin.cli.sharding import (
     totals_summary,
 )
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
+from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.utils.files import list_images
@@ -112,6 +115,11 @@ def build_parser():
                         help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
     parser.add_argument('--skip-existing', action='store_true',
                         help='leave out inputs whose output (and map, with --save-map) already exists')
+    parser.add_argument('--plan-by', choices=('flops', 'time'), default='flops',
+                        help='flops: the same plan on every machine (default); time: this device\'s measured costs '
+                        'decide, never slower than the plain network (measured once and cached; docs/inference.md)')
+    parser.add_argument('--refresh-costs', action='store_true',
+                        help='with --plan-by time: measure this device\'s costs again')
     parser.add_argument('--threads', type=positive_int,
                         help='CPU threads per process. Default: torch\'s, or the cores split between the '
                         'processes of a torchrun launch on the CPU')
@@ -183,9 +191,13 @@ def main(argv=None):
         half = device.type == 'cuda' and not args.fp32
         if half:
             net = net.half()
+        cost_table = None
+        if args.plan_by == 'time':
+            cost_table = load_or_measure(net, device, next(net.parameters()).dtype, refresh=args.refresh_costs)
         engine = DynamicInferenceEngine(
             net,
             **engine_options(meta),
+            cost_table=cost_table,
             patch_size=args.patch_size,
             overlap=args.overlap,
             budget=args.budget,

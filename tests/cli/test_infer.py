@@ -71,3 +71,18 @@ def test_failed_write_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'replace', broken_replace)
     assert infer.main(['-i', osp.join(LR_FIXTURES, 'rocket.png'), '-o', str(out), '--model', tiny_checkpoint]) == 1
     assert os.listdir(out) == []
+
+
+def test_plans_by_measured_time_are_cached(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('WBSR_CACHE_DIR', str(tmp_path / 'cache'))
+    out = tmp_path / 'out'
+    argv = ['-i', osp.join(LR_FIXTURES, 'rocket.png'), '-o', str(out), '--model', tiny_checkpoint, '--plan-by', 'time',
+            '-t', '16', '--budget', '0.6']
+    assert infer.main(argv) == 0
+    (table, ) = (tmp_path / 'cache').iterdir()
+    assert table.name.startswith('cost_') and (out / 'rocket_out.png').is_file()
+    line = next(line for line in capsys.readouterr().out.splitlines() if 'rocket' in line)
+    assert 'predicted' in line  # the summary says why the plan ran
+    os.utime(table, (1, 1))
+    assert infer.main(argv + ['--skip-existing']) == 0 and table.stat().st_mtime == 1  # read from the cache
+    assert infer.main(argv + ['--refresh-costs', '--suffix', 'again']) == 0 and table.stat().st_mtime > 1
