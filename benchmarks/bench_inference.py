@@ -31,6 +31,7 @@ import torch
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import supernet_class, supernet_types
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 
@@ -143,8 +144,8 @@ def engine_breakdown(engine, lq, repeat, device):
 
 def main_section(configs, photo, args, device):
     print('| network | widths | LR | dtype | setting | FLOPs ratio | ms | speedup vs plain (same moment) | '
-          'efficiency | plan ms | gather ms | forwards ms | stitch ms | overhead |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+          'efficiency | plan ms | gather ms | forwards ms | predicted forwards ms | stitch ms | overhead |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for arch, widths, lq_size, dtype, model in configs:
         net, stored = build_supernet(arch, widths, model, args.scale)
         net = net.to(device=device, dtype=dtype)
@@ -156,42 +157,46 @@ def main_section(configs, photo, args, device):
             base = timed(lambda: plain(plain_lq), args.repeat, device)
         name = type(net).LABEL
         prefix = f'| {name} x{args.scale} | {list(net.widths)} | {w}x{h} | {str(dtype).replace("torch.", "")}'
-        print(f'{prefix} | plain, whole image | 1.000 | {1e3 * base:.1f} | 1.00x | 1.00 | - | - | - | - | - |',
+        print(f'{prefix} | plain, whole image | 1.000 | {1e3 * base:.1f} | 1.00x | 1.00 | - | - | - | - | - | - |',
               flush=True)
+        cost = load_or_measure(net, device, dtype) if args.plan_by == 'time' else None
         settings = [('tiled full subnet', {'subnet': -1, 'whole_image_fallback': False}), ('Eq. 15', {})]
         settings += [(f'budget {b:g}', {'budget': b}) for b in args.budgets]
         if device.type == 'cuda' and args.cuda_graphs != 'off':
             graphed = [(f'{label}, CUDA graphs', {**kwargs, 'cuda_graphs': True}) for label, kwargs in settings]
             settings = graphed if args.cuda_graphs == 'on' else settings + graphed
         for label, kwargs in settings:
+            if cost is not None and kwargs.get('whole_image_fallback', True):  # the forced tiling stays a diagnostic
+                kwargs = {**kwargs, 'cost_table': cost}
             try:
-                ratio, plain_s, elapsed, parts, whole = time_setting(net, plain, plain_lq, stored, lq, kwargs, args,
-                                                                     device)
+                ratio, plain_s, elapsed, parts, plan = time_setting(net, plain, plain_lq, stored, lq, kwargs, args,
+                                                                    device)
             except (RuntimeError, ValueError) as err:  # one failing setting does not stop the others
                 print(f'{prefix} | {label} | error: {str(err).splitlines()[0][:120]} |', flush=True)
                 continue
             total = sum(parts.values())
             overhead = (total - parts['forwards']) / total if total else 0.
             speedup = plain_s / elapsed
-            label = f'{label} (whole image)' if whole else label
+            label = f'{label} (whole image)' if plan.whole_image_subnet is not None else label
+            predicted = '-' if plan.predicted_s is None else f'{1e3 * plan.predicted_s:.1f}'
             print(f'{prefix} | {label} | {ratio:.3f} | {1e3 * elapsed:.1f} | {speedup:.2f}x | {speedup * ratio:.2f} | '
                   f"{1e3 * parts['plan']:.1f} | {1e3 * parts['gather']:.1f} | {1e3 * parts['forwards']:.1f} | "
-                  f"{1e3 * parts['stitch']:.1f} | {100 * overhead:.1f}% |", flush=True)
+                  f"{predicted} | {1e3 * parts['stitch']:.1f} | {100 * overhead:.1f}% |", flush=True)
         net = plain = None  # free both before the next configuration
         if device.type == 'cuda':
             torch.cuda.empty_cache()
 
 
 def time_setting(net, plain, plain_lq, stored, lq, kwargs, args, device):
-    """(FLOPs ratio, plain seconds, engine seconds, stage breakdown, whole image?) of one engine setting; the
-    plain network and the engine run alternately, so the speedup compares runs of the same moment."""
+    """(FLOPs ratio, plain seconds, engine seconds, stage breakdown, plan) of one engine setting; the plain network
+    and the engine run alternately, so the speedup compares runs of the same moment."""
     engine = DynamicInferenceEngine(net, **stored, patch_size=args.patch_size, overlap=args.overlap,
                                     max_batch_pixels=args.max_batch_pixels, **kwargs)
     _, report = engine.run(lq)
     with torch.inference_mode():
         plain_s, elapsed = timed_pair(lambda: plain(plain_lq), lambda: engine.run(lq), args.repeat, device)
     parts = engine_breakdown(engine, lq, max(1, args.repeat // 3), device)
-    return report.flops_ratio, plain_s, elapsed, parts, report.whole_image
+    return report.flops_ratio, plain_s, elapsed, parts, report.plan
 
 
 def tiling_section(configs, photo, args, device):
@@ -265,6 +270,9 @@ def main(argv=None):
     parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4), default=4)
     parser.add_argument('--model', help='checkpoint (weights and thresholds) instead of random weights')
     parser.add_argument('--budgets', type=float, nargs='+', default=[0.75, 0.6, 0.5])
+    parser.add_argument('--plan-by', choices=('flops', 'time'), default='flops',
+                        help="time: the engine rows plan with this device's measured costs (cached), and the table "
+                        'shows the predicted forwards beside the measured ones')
     parser.add_argument('--patch-size', type=int, default=DEFAULT_PATCH_SIZE)
     parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
     parser.add_argument('--max-batch-pixels', type=int, help="engine's max_batch_pixels. Default: the engine's")

@@ -73,6 +73,12 @@ def tiny_checkpoint(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _cost_tables_in_a_temporary_cache(tmp_path_factory, monkeypatch):
+    """Measured cost tables (--plan-by time) go to a folder of the test session, never the user's cache."""
+    monkeypatch.setenv('WBSR_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'wbsr_cache'))
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
