@@ -215,7 +215,7 @@ def test_thresholds_at_interpolates_linearly_in_log_patch_size():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_difficulty_stays_on_the_device_of_the_luma():
     luma = torch.from_numpy(np.random.default_rng(7).uniform(0, 255, size=(20, 24)))
-    on_device = luma.cuda()
+    on_device = luma.to(torch.device('cuda'))
     vectors = gradient_vectors(on_device, 6, [0, 14], [0, 9, 18])
     assert vectors.is_cuda
     torch.testing.assert_close(vectors.cpu(), gradient_vectors(luma, 6, [0, 14], [0, 9, 18]))

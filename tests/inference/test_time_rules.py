@@ -23,9 +23,9 @@ def tiny_net():
 def table(net, *, patch_s, whole_pixel_s, patch_call_s=0.0, whole_call_s=0.0):
     """A hand-made table: the same seconds per patch at every side (per pixel: scaled from side 8 to 16)."""
     m = len(net.subnets)
-    return CostTable(cost_key(net, 'cpu', torch.float32, True), (8, 16), tuple((patch_call_s, patch_call_s)
-                                                                            for _ in range(m)),
-                     tuple((s, 4 * s) for s in patch_s), (whole_call_s, ) * m, tuple(whole_pixel_s))
+    calls = ((patch_call_s, patch_call_s), ) * m
+    return CostTable(cost_key(net, 'cpu', torch.float32, True), (8, 16), calls, tuple((s, 4 * s) for s in patch_s),
+                     (whole_call_s, ) * m, tuple(whole_pixel_s))
 
 
 def image():

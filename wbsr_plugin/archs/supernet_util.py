@@ -11,6 +11,8 @@ its options, how to recognise itself from a state dict), so that checkpoints, ex
 model cards, evaluation and the reproduction ask ``ARCH_REGISTRY`` through the functions
 at the end of this module and never name an architecture.
 """
+import copy
+import functools
 import re
 from dataclasses import dataclass
 
@@ -130,10 +132,7 @@ class SupernetMixin:
     @classmethod
     def default_options(cls):
         """The options of the network the constructor builds by default (the paper's), ``type`` aside."""
-        with torch.device('meta'):
-            options = cls().network_options()
-        del options['type']
-        return options
+        return copy.deepcopy(_built_default_options(cls))
 
     @classmethod
     def default_choices(cls, num_feat, num_block):
@@ -302,46 +301,63 @@ def upsample_scale(state, num_feat, prefix='upsample'):
     return 2**len(convs)
 
 
+@functools.lru_cache(maxsize=None)
+def _built_default_options(cls):
+    """:meth:`SupernetMixin.default_options`, read once per class from a network built on the meta device."""
+    with torch.device('meta'):
+        options = cls().network_options()
+    del options['type']
+    return options
+
+
+def _supernets():
+    """``{registry name: class}`` of every supernet in ``ARCH_REGISTRY``, sorted by name."""
+    return dict(sorted((name, obj) for name, obj in ARCH_REGISTRY
+                       if isinstance(obj, type) and issubclass(obj, SupernetMixin)))
+
+
 def supernet_types():
     """Registry names of every supernet in ``ARCH_REGISTRY``, sorted."""
-    return tuple(sorted(name for name, obj in ARCH_REGISTRY
-                        if isinstance(obj, type) and issubclass(obj, SupernetMixin)))
+    return tuple(_supernets())
 
 
 def supernet_class(name):
     """The supernet class registered as ``name``, or None."""
-    return ARCH_REGISTRY.get(name) if name in supernet_types() else None
+    return _supernets().get(name)
 
 
 def supernet_for_plain(plain_type):
     """The supernet class whose plain network is ``plain_type`` (``'MSRResNet'``), or None."""
-    found = [supernet_class(name) for name in supernet_types() if supernet_class(name).PLAIN_TYPE == plain_type]
-    return found[0] if found else None
+    return next((cls for cls in _supernets().values() if cls.PLAIN_TYPE == plain_type), None)
 
 
 def supernet_for_label(label):
     """The supernet class whose ``LABEL`` is ``label``, case-insensitively (``'srresnet'``), or None."""
-    found = [supernet_class(name) for name in supernet_types() if supernet_class(name).LABEL.lower() == label.lower()]
-    return found[0] if found else None
+    return next((cls for cls in _supernets().values() if cls.LABEL.lower() == label.lower()), None)
 
 
 def recognise_state_dict(state):
     """``(supernet class, shape options)`` of the one supernet that recognises ``state``, or (None, None)."""
-    for name in supernet_types():
-        options = supernet_class(name).shape_options(state)
+    for cls in _supernets().values():
+        options = cls.shape_options(state)
         if options is not None:
-            return supernet_class(name), options
+            return cls, options
     return None, None
 
 
-def plain_flops(network_opt, lq_h, lq_w):
-    """FLOPs of the plain BasicSR network ``network_opt`` (a supernet's counterpart) on an LR image,
-    counted on the meta device through a one-subnet supernet."""
+def plain_flops_counter(network_opt):
+    """``flops(lq_h, lq_w)`` of the plain BasicSR network ``network_opt`` (a supernet's counterpart), counted
+    through a one-subnet supernet built once on the meta device."""
     opt = dict(network_opt)
     cls = supernet_for_plain(opt.pop('type'))
     if cls is None:
         raise ValueError(f"plain_flops: {network_opt['type']!r} is not the plain network of a supernet; "
-                         f'expected one of {sorted(supernet_class(n).PLAIN_TYPE for n in supernet_types())}.')
+                         f'expected one of {sorted(c.PLAIN_TYPE for c in _supernets().values())}.')
     with torch.device('meta'):
         net = cls(**opt, widths=[opt['num_feat']], depths=[opt['num_block']])
-    return net.flops(lq_h, lq_w)
+    return net.flops
+
+
+def plain_flops(network_opt, lq_h, lq_w):
+    """FLOPs of the plain BasicSR network ``network_opt`` on an LR image (:func:`plain_flops_counter`)."""
+    return plain_flops_counter(network_opt)(lq_h, lq_w)

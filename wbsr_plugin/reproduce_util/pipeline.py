@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import yaml
 
-from wbsr_plugin.archs.supernet_util import plain_flops
+from wbsr_plugin.archs.supernet_util import plain_flops_counter
 from wbsr_plugin.baselines.runners import arm_runner, build_arm_table, classsr_runner, load_plain
 from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.cli.sharding import available_cpus
@@ -312,7 +312,7 @@ def evaluate_seed(preset, backbone, seed, data, test_pairs, val_pairs, out_dir):
             if RUN_KINDS[kind].model_type == 'DynamicSRModel':
                 return whole_image_runner(net)
             net_opt = opts[kind]['network_g']
-            return whole_image_runner(net, lambda h, w: plain_flops(net_opt, h, w))
+            return whole_image_runner(net, plain_flops_counter(net_opt))
         elif method == 'dynamic':
             return engine_runner(net, thresholds, patch_size=patch, overlap=overlap, budget=budget,
                                     class_errors=metas[kind].get('class_errors'))
