@@ -6,18 +6,23 @@
 
 For every network (SRResNet / RCAN x4 with the paper's widths [36, 52, 64] and the aligned widths
 [32, 48, 64]), LR size and precision it times on the same LR image:
-  plain        BasicSR's MSRResNet / RCAN with the supernet's weights on the whole image (channels-last),
-  tiled full   the engine's full subnet on every patch (tiling forced: what the overlaps cost),
-  Eq. 15       the engine's default projection (its whole-image rule included),
-  budget b     the engine with ``budget=b``,
-and prints the time, the speedup over plain (plain time / time), the FLOPs ratio, the efficiency
-(speedup x FLOPs ratio: 1 = as fast as the FLOPs promise) and where the engine's time goes: plan
-(tiling, difficulty, projection), patch gathering, subnet forwards and stitch (overhead: all but the
-forwards, as a share of the four). Weights are random (speed does not depend on their values);
-thresholds are per-image quantiles (``--model`` gives a checkpoint's, and its class errors). ``--section
-tiling`` sweeps patch size and overlap; ``--section widths`` times every subnet on the whole image. Every
-timing alternates with that of its baseline (the plain network, or the full subnet), so a ratio compares runs
-of the same moment.
+  plain, whole image   BasicSR's MSRResNet / RCAN with the supernet's weights on the whole image (channels-last),
+  plain, tiled         the engine's full subnet on every patch (tiling forced: the plain network as Real-ESRGAN's
+                       ``--tile`` runs it); the faster of the two is the fastest plain execution,
+  Eq. 15               the engine's default projection (its whole-image rule included),
+  budget b             the engine with ``budget=b`` (a share of the FLOPs),
+  latency b            the engine with a latency budget (``budget=b, budget_unit='time'``; ``--latency-budgets``),
+  quality d dB         the engine with a quality target (``max_loss=d``; ``--max-loss``, with ``--model``'s class
+                       errors),
+and prints the time, the speedup over both plain executions, the FLOPs ratio, the efficiency (speedup over the
+whole image x FLOPs ratio: 1 = as fast as the FLOPs promise), the predicted time (with a cost table: ``--plan-by
+time``, and always for latency budgets) and where the engine's time goes: plan (tiling, difficulty, projection),
+patch gathering, subnet forwards and stitch (overhead: all but the forwards, as a share of the four). A last
+table sums each configuration up: the slowest engine row against the fastest plain execution, the latency
+budgets' measured share of it, and the median error of the predictions. Weights are random (speed does not
+depend on their values); thresholds are per-image quantiles (``--model`` gives a checkpoint's, and its class
+errors). ``--section tiling`` sweeps patch size and overlap; ``--section widths`` times every subnet on the
+whole image. Every timing alternates with that of its baselines, so a ratio compares runs of the same moment.
 """
 import argparse
 import platform
@@ -80,17 +85,22 @@ def timed(fn, repeat, device):
     return statistics.median(times)
 
 
-def timed_pair(fn_a, fn_b, repeat, device):
-    """Median seconds of ``fn_a()`` and ``fn_b()`` run alternately (a shared machine's drift hits both)."""
-    times = ([], [])
+def timed_group(fns, repeat, device):
+    """Median seconds of every function of ``fns``, run in turn (a shared machine's drift hits them all)."""
+    times = [[] for _ in fns]
     for attempt in range(repeat + 1):
-        for fn, found in zip((fn_a, fn_b), times):
+        for fn, found in zip(fns, times):
             start = time.perf_counter()
             fn()
             synchronize(device)
             if attempt:  # the first round warms up
                 found.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(found) for found in times]
+
+
+def timed_pair(fn_a, fn_b, repeat, device):
+    """Median seconds of ``fn_a()`` and ``fn_b()`` run alternately."""
+    return tuple(timed_group((fn_a, fn_b), repeat, device))
 
 
 def plain_network(net):
@@ -143,9 +153,10 @@ def engine_breakdown(engine, lq, repeat, device):
 
 
 def main_section(configs, photo, args, device):
-    print('| network | widths | LR | dtype | setting | FLOPs ratio | ms | speedup vs plain (same moment) | '
-          'efficiency | plan ms | gather ms | forwards ms | predicted forwards ms | stitch ms | overhead |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    print('| network | widths | LR | dtype | setting | FLOPs ratio | ms | predicted ms | vs plain whole | '
+          'vs plain tiled | efficiency | plan ms | gather ms | forwards ms | stitch ms | overhead |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    summary = []
     for arch, widths, lq_size, dtype, model in configs:
         net, stored = build_supernet(arch, widths, model, args.scale)
         net = net.to(device=device, dtype=dtype)
@@ -153,50 +164,79 @@ def main_section(configs, photo, args, device):
         h, w = lq.shape[-2:]
         plain = plain_network(net).to(device=device, dtype=dtype, memory_format=torch.channels_last)
         plain_lq = lq.to(dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            base = timed(lambda: plain(plain_lq), args.repeat, device)
+        tiled = engine_for(net, {}, {'subnet': -1, 'whole_image_fallback': False}, args)
         name = type(net).LABEL
         prefix = f'| {name} x{args.scale} | {list(net.widths)} | {w}x{h} | {str(dtype).replace("torch.", "")}'
-        print(f'{prefix} | plain, whole image | 1.000 | {1e3 * base:.1f} | 1.00x | 1.00 | - | - | - | - | - | - |',
-              flush=True)
-        cost = load_or_measure(net, device, dtype) if args.plan_by == 'time' else None
-        settings = [('tiled full subnet', {'subnet': -1, 'whole_image_fallback': False}), ('Eq. 15', {})]
-        settings += [(f'budget {b:g}', {'budget': b}) for b in args.budgets]
+        cost = None
+        if args.plan_by == 'time' or args.latency_budgets:
+            cost = load_or_measure(net, device, dtype)
+        settings = [('Eq. 15', {})] + [(f'budget {b:g}', {'budget': b}) for b in args.budgets]
+        settings += [(f'latency {b:g}', {'budget': b, 'budget_unit': 'time', 'cost_table': cost})
+                     for b in args.latency_budgets]
+        if stored.get('thresholds') is not None and stored['thresholds'].class_errors is not None:
+            settings += [(f'quality {d:g} dB', {'max_loss': d}) for d in args.max_loss]
         if device.type == 'cuda' and args.cuda_graphs != 'off':
             graphed = [(f'{label}, CUDA graphs', {**kwargs, 'cuda_graphs': True}) for label, kwargs in settings]
             settings = graphed if args.cuda_graphs == 'on' else settings + graphed
+        rows = []
         for label, kwargs in settings:
-            if cost is not None and kwargs.get('whole_image_fallback', True):  # the forced tiling stays a diagnostic
-                kwargs = {**kwargs, 'cost_table': cost}
+            if args.plan_by == 'time':
+                kwargs = {'cost_table': cost, **kwargs}
             try:
-                ratio, plain_s, elapsed, parts, plan = time_setting(net, plain, plain_lq, stored, lq, kwargs, args,
-                                                                    device)
+                engine = engine_for(net, stored, kwargs, args)
+                _, report = engine.run(lq)
+                with torch.inference_mode():
+                    whole_s, tiled_s, elapsed = timed_group(
+                        (lambda: plain(plain_lq), lambda: tiled.run(lq), lambda: engine.run(lq)), args.repeat, device)
+                parts = engine_breakdown(engine, lq, max(1, args.repeat // 3), device)
             except (RuntimeError, ValueError) as err:  # one failing setting does not stop the others
                 print(f'{prefix} | {label} | error: {str(err).splitlines()[0][:120]} |', flush=True)
                 continue
+            plan = report.plan
+            rows.append((label, elapsed, min(whole_s, tiled_s), plan.predicted_s))
             total = sum(parts.values())
             overhead = (total - parts['forwards']) / total if total else 0.
-            speedup = plain_s / elapsed
             label = f'{label} (whole image)' if plan.whole_image_subnet is not None else label
             predicted = '-' if plan.predicted_s is None else f'{1e3 * plan.predicted_s:.1f}'
-            print(f'{prefix} | {label} | {ratio:.3f} | {1e3 * elapsed:.1f} | {speedup:.2f}x | {speedup * ratio:.2f} | '
+            efficiency = whole_s / elapsed * report.flops_ratio
+            print(f'{prefix} | {label} | {report.flops_ratio:.3f} | {1e3 * elapsed:.1f} | {predicted} | '
+                  f'{whole_s / elapsed:.2f}x | {tiled_s / elapsed:.2f}x | {efficiency:.2f} | '
                   f"{1e3 * parts['plan']:.1f} | {1e3 * parts['gather']:.1f} | {1e3 * parts['forwards']:.1f} | "
-                  f"{predicted} | {1e3 * parts['stitch']:.1f} | {100 * overhead:.1f}% |", flush=True)
-        net = plain = None  # free both before the next configuration
+                  f"{1e3 * parts['stitch']:.1f} | {100 * overhead:.1f}% |", flush=True)
+        if not rows:
+            continue
+        print(f'{prefix} | plain, whole image | 1.000 | {1e3 * whole_s:.1f} | - | 1.00x | {tiled_s / whole_s:.2f}x | '
+              '1.00 | - | - | - | - | - |', flush=True)
+        print(f'{prefix} | plain, tiled | {tiled.flops(tiled.plan(lq)) / net.flops(h, w):.3f} | {1e3 * tiled_s:.1f} '
+              f'| - | {whole_s / tiled_s:.2f}x | 1.00x | - | - | - | - | - | - |', flush=True)
+        summary.append((prefix, rows))
+        net = plain = tiled = None  # free them before the next configuration
         if device.type == 'cuda':
             torch.cuda.empty_cache()
+    print()
+    summary_table(summary)
 
 
-def time_setting(net, plain, plain_lq, stored, lq, kwargs, args, device):
-    """(FLOPs ratio, plain seconds, engine seconds, stage breakdown, plan) of one engine setting; the plain network
-    and the engine run alternately, so the speedup compares runs of the same moment."""
-    engine = DynamicInferenceEngine(net, **stored, patch_size=args.patch_size, overlap=args.overlap,
-                                    max_batch_pixels=args.max_batch_pixels, **kwargs)
-    _, report = engine.run(lq)
-    with torch.inference_mode():
-        plain_s, elapsed = timed_pair(lambda: plain(plain_lq), lambda: engine.run(lq), args.repeat, device)
-    parts = engine_breakdown(engine, lq, max(1, args.repeat // 3), device)
-    return report.flops_ratio, plain_s, elapsed, parts, report.plan
+def summary_table(summary):
+    """Per configuration: the slowest engine row against the fastest plain execution (time / time), each latency
+    budget's measured share of it, and the median relative error of the predicted times."""
+    print('| network | widths | LR | dtype | slowest engine row vs fastest plain | latency budgets: measured share '
+          'of the fastest plain | median prediction error |')
+    print('|---|---|---|---|---|---|---|')
+    for prefix, rows in summary:
+        if not rows:
+            continue
+        worst = min(rows, key=lambda row: row[2] / row[1])
+        latency = ', '.join(f'{label}: {elapsed / fastest:.2f}' for label, elapsed, fastest, _ in rows
+                            if label.startswith('latency')) or '-'
+        errors = [abs(predicted - elapsed) / elapsed for _, elapsed, _, predicted in rows if predicted is not None]
+        error = f'{100 * statistics.median(errors):.0f}%' if errors else '-'
+        print(f'{prefix} | {worst[2] / worst[1]:.2f}x ({worst[0]}) | {latency} | {error} |', flush=True)
+
+
+def engine_for(net, stored, kwargs, args):
+    return DynamicInferenceEngine(net, **stored, patch_size=args.patch_size, overlap=args.overlap,
+                                  max_batch_pixels=args.max_batch_pixels, **kwargs)
 
 
 def tiling_section(configs, photo, args, device):
@@ -270,9 +310,13 @@ def main(argv=None):
     parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4), default=4)
     parser.add_argument('--model', help='checkpoint (weights and thresholds) instead of random weights')
     parser.add_argument('--budgets', type=float, nargs='+', default=[0.75, 0.6, 0.5])
+    parser.add_argument('--latency-budgets', type=float, nargs='*', default=[0.6],
+                        help='latency budgets (shares of the fastest plain execution\'s time). Default: 0.6')
+    parser.add_argument('--max-loss', type=float, nargs='*', default=[0.05, 0.1],
+                        help='quality targets in dB (rows only with --model\'s class errors). Default: 0.05 0.1')
     parser.add_argument('--plan-by', choices=('flops', 'time'), default='flops',
                         help="time: the engine rows plan with this device's measured costs (cached), and the table "
-                        'shows the predicted forwards beside the measured ones')
+                        'shows the predicted time beside the measured one')
     parser.add_argument('--patch-size', type=int, default=DEFAULT_PATCH_SIZE)
     parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
     parser.add_argument('--max-batch-pixels', type=int, help="engine's max_batch_pixels. Default: the engine's")

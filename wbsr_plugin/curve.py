@@ -2,8 +2,11 @@
 
     python -m wbsr_plugin.curve --hr datasets/Test2K/HR --model net_g_ema.pth -o results/curve
 
-Sweeps the budget (fraction of the full network's FLOPs) and also runs every fixed subnet
-(tiled) and the full network on the whole image as reference points. PSNR/SSIM, FLOPs and the
+Sweeps the budget (fraction of the full network's FLOPs, or with ``--budget-unit time`` of the plain
+network's time on this device) and the quality targets of ``--max-loss``, and also runs every fixed subnet
+and the full network on the whole image as reference points. Plans are made by FLOPs, the same on every
+machine, unless ``--plan-by time``: then this device's measured costs decide (an explicit subnet may then run
+on the whole image, and no plan predicted slower than the plain network runs). PSNR/SSIM, FLOPs and the
 LR images (``--lr``, or MATLAB bicubic of HR) are those of :mod:`wbsr_plugin.cli.evaluation`.
 Writes curve.md, curve.csv and, when matplotlib is installed, curve.png.
 """
@@ -23,6 +26,7 @@ from wbsr_plugin.cli.image_io import ImageReadError
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.cli.sharding import DistContext, rank_device
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
+from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.utils.files import atomic_path, atomic_write_text
 
@@ -38,6 +42,13 @@ def main(argv=None):
     parser.add_argument('--opt', help='training YAML whose network_g builds the network')
     parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), help='expected upscale factor (checked)')
     parser.add_argument('--budgets', type=float, nargs='+', default=list(DEFAULT_BUDGETS))
+    parser.add_argument('--budget-unit', choices=('flops', 'time'), default='flops',
+                        help='flops: budgets are shares of the FLOPs (default); time: of the plain network\'s time '
+                        '(implies --plan-by time)')
+    parser.add_argument('--max-loss', type=float, nargs='+', default=[], metavar='DB',
+                        help='quality targets in dB (need the checkpoint\'s class errors)')
+    parser.add_argument('--plan-by', choices=('flops', 'time'),
+                        help='flops: the same plans on every machine (default); time: by this device\'s costs')
     parser.add_argument('-t', '--tile', '--patch-size', dest='patch_size', type=int, default=DEFAULT_PATCH_SIZE)
     parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
@@ -46,6 +57,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not all(0 < b <= 1 for b in args.budgets):
         parser.error(f'every budget must lie in (0, 1], got {args.budgets}')
+    if not all(loss >= 0 for loss in args.max_loss):
+        parser.error(f'every --max-loss must be >= 0 dB, got {args.max_loss}')
+    if args.budget_unit == 'time' and args.plan_by == 'flops':
+        parser.error('--budget-unit time is a latency budget: it plans by time (drop --plan-by flops)')
+    by_time = args.budget_unit == 'time' or args.plan_by == 'time'
 
     try:
         device = rank_device(args.device, DistContext())
@@ -65,12 +81,20 @@ def main(argv=None):
         parser.exit(2, f'error: {err}\n')
     if not pairs:
         parser.exit(2, f'error: no images in {args.hr}\n')
-    common = dict(**engine_options(meta), patch_size=args.patch_size, overlap=args.overlap)
+    cost_table = load_or_measure(net, device, next(net.parameters()).dtype) if by_time else None
+    common = dict(**engine_options(meta), patch_size=args.patch_size, overlap=args.overlap, cost_table=cost_table)
     thresholds = common['thresholds']
+    if args.max_loss and (thresholds is None or thresholds.class_errors is None):
+        parser.exit(2, f'error: --max-loss needs class errors, and {args.model} stores none\n')
+    tiled = '' if by_time else ', tiled'
+    unit = ' of the time' if args.budget_unit == 'time' else ''
     settings = [('full network, whole image', whole_image_runner(net))]
-    settings += [(f'subnet {s.index} (w{s.width} d{s.depth}), tiled', engine_runner(net, **common, subnet=s.index))
+    settings += [(f'subnet {s.index} (w{s.width} d{s.depth}){tiled}', engine_runner(net, **common, subnet=s.index))
                  for s in net.subnets]
-    settings += [(f'budget {b:g}', engine_runner(net, **common, budget=b)) for b in sorted(args.budgets)]
+    settings += [(f'budget {b:g}{unit}', engine_runner(net, **common, budget=b, budget_unit=args.budget_unit))
+                 for b in sorted(args.budgets)]
+    settings += [(f'quality target {loss:g} dB', engine_runner(net, **common, max_loss=loss))
+                 for loss in sorted(args.max_loss)]
     if thresholds is not None:
         settings.append(('Eq. 15, stored thresholds', engine_runner(net, **common)))
 
@@ -85,8 +109,9 @@ def main(argv=None):
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(osp.join(args.output, 'curve.csv'), buffer.getvalue())
+    source = 'checkpoint' if thresholds is not None else 'per-image quantiles'
     lines = [f'{type(net).__name__} x{net.upscale}, {len(pairs)} image(s) from {args.hr}, patch {args.patch_size}, '
-             f'overlap {args.overlap}, thresholds: {"checkpoint" if thresholds is not None else "per-image quantiles"}',
+             f'overlap {args.overlap}, thresholds: {source}, plans by {"time (this device)" if by_time else "FLOPs"}',
              '', '| setting | PSNR-Y (dB) | SSIM-Y | FLOPs (% of full) | GFLOPs / 32x32 LR | time (s) |',
              '|---|---|---|---|---|---|']
     lines += [f"| {r['setting']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['flops_percent']:.1f} | "

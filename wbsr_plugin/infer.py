@@ -3,12 +3,14 @@
     python -m wbsr_plugin.infer -i inputs/ -o results/ --model net_g_ema.pth --budget 0.6 --save-map
 
 Each image is tiled, every patch is sent to the subnet its difficulty calls for (or chosen to
-meet ``--budget``, a fraction of the full network's FLOPs), and the outputs are blended.
+meet ``--budget``, a fraction of the full network's FLOPs, or with ``--budget-unit time`` of the plain
+network's time on this device; or to keep the expected loss within ``--max-loss`` dB, the default with
+checkpoints that store class errors), and the outputs are blended.
 One summary line per image: size, subnet histogram, FLOPs and time. Unreadable inputs are
 skipped with a warning, and the exit status is 1 if any image failed. ``--skip-existing`` leaves
 out inputs whose output is already written (see :mod:`wbsr_plugin.cli.output_names`). ``--plan-by time``
 lets this device's measured costs choose the plan (never slower than the plain network); the default,
-``flops``, gives the same plan on every machine.
+``flops``, gives the same plan on every machine (docs/inference.md says why).
 
 Under ``torchrun --nproc_per_node=N -m wbsr_plugin.infer ...`` the folder is shared between the N
 processes (:mod:`wbsr_plugin.cli.sharding`): each writes its own files, on its own GPU when
@@ -73,6 +75,23 @@ def budget_fraction(text):
     return value
 
 
+# infer's default quality target with a checkpoint that stores class errors: the largest target that lost no more
+# than Eq. 15 on held-out photos (docs/RESULTS.md, "Quality target against Eq. 15 on held-out photos")
+DEFAULT_MAX_LOSS = 0.03
+
+
+def loss_db(text):
+    if text == 'off':
+        return 'off'
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a loss in dB >= 0 or 'off', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a loss in dB >= 0 or 'off', got {value}")
+    return value
+
+
 def select_device(name, ctx=DistContext()):
     try:
         return rank_device(name, ctx)
@@ -101,7 +120,15 @@ def build_parser():
                         "without 'wbsr' metadata and non-default sizes)")
     parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), help='expected upscale factor (checked)')
     parser.add_argument('--budget', type=budget_fraction,
-                        help='target fraction of the full network FLOPs, in (0, 1]; default: Eq. 15 projection')
+                        help='target fraction of the full network FLOPs (or time, see --budget-unit), in (0, 1]; '
+                        'default: Eq. 15 projection')
+    parser.add_argument('--budget-unit', choices=('flops', 'time'), default='flops',
+                        help='flops: --budget is a share of the FLOPs (default); time: a latency budget, a share of '
+                        'the plain network\'s time on this device (implies --plan-by time)')
+    parser.add_argument('--max-loss', type=loss_db, metavar='DB',
+                        help='quality target: the fastest plan whose expected loss against the full network is at '
+                        'most DB dB of PSNR (needs the checkpoint\'s class errors); off: Eq. 15. Default: '
+                        f'{DEFAULT_MAX_LOSS} with class errors and without --budget or --subnet, else Eq. 15')
     parser.add_argument('--subnet', type=int, help='run every patch through this subnet index (0 = cheapest)')
     parser.add_argument('-t', '--tile', '--patch-size', dest='patch_size', type=int, default=DEFAULT_PATCH_SIZE,
                         help=f'LR patch size. Default: {DEFAULT_PATCH_SIZE}')
@@ -115,9 +142,10 @@ def build_parser():
                         help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
     parser.add_argument('--skip-existing', action='store_true',
                         help='leave out inputs whose output (and map, with --save-map) already exists')
-    parser.add_argument('--plan-by', choices=('flops', 'time'), default='flops',
-                        help='flops: the same plan on every machine (default); time: this device\'s measured costs '
-                        'decide, never slower than the plain network (measured once and cached; docs/inference.md)')
+    parser.add_argument('--plan-by', choices=('flops', 'time'),
+                        help='flops: the same plan on every machine (the default); time: this device\'s measured '
+                        'costs decide, never slower than the plain network (measured once and cached; '
+                        'docs/inference.md)')
     parser.add_argument('--refresh-costs', action='store_true',
                         help='with --plan-by time: measure this device\'s costs again')
     parser.add_argument('--threads', type=positive_int,
@@ -173,9 +201,53 @@ def super_resolve(paths, engine, net, args, totals, prefix=''):
         status_line(f'{prefix}{name}: {report.summary()}')
 
 
+def has_class_errors(meta):
+    thresholds = engine_options(meta)['thresholds']
+    return thresholds is not None and thresholds.class_errors is not None
+
+
+def build_engine(args, parser, device, network_opt):
+    """``(engine, net, meta)`` of the command line; a bad checkpoint or option exits with its message. With
+    ``--plan-by time`` this device's cost table is read, or measured (by rank 0 under torchrun) and cached."""
+    try:
+        net, meta = load_supernet(args.model, arch=args.arch, scale=args.scale, network_opt=network_opt,
+                                  device=device)
+        if device.type == 'cuda' and not args.fp32:
+            net = net.half()
+        max_loss = None if args.max_loss == 'off' else args.max_loss
+        if args.max_loss is None and args.budget is None and args.subnet is None and has_class_errors(meta):
+            max_loss = DEFAULT_MAX_LOSS
+        cost_table = None
+        if args.plan_by == 'time':
+            cost_table = load_or_measure(net, device, next(net.parameters()).dtype, refresh=args.refresh_costs,
+                                         on_measure=lambda path: status_line(
+                                             f"measuring this device's costs (a few seconds, once; kept in {path})",
+                                             file=sys.stderr))
+        engine = DynamicInferenceEngine(
+            net,
+            **engine_options(meta),
+            cost_table=cost_table,
+            patch_size=args.patch_size,
+            overlap=args.overlap,
+            budget=args.budget,
+            budget_unit=args.budget_unit,
+            max_loss=max_loss,
+            subnet=args.subnet)
+    except (CheckpointError, ValueError, TypeError) as err:
+        parser.exit(2, f'error: {err}\n')
+    return engine, net, meta
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.budget_unit == 'time':
+        if args.plan_by == 'flops':
+            parser.error('--budget-unit time is a latency budget: it plans by time (drop --plan-by flops)')
+        if args.budget is None:
+            parser.error('--budget-unit time needs --budget (a share of the plain network\'s time)')
+        args.plan_by = 'time'
+    args.plan_by = args.plan_by or 'flops'
     try:
         ctx = dist_context_from_env()
     except ValueError as err:
@@ -185,40 +257,21 @@ def main(argv=None):
     if threads:
         torch.set_num_threads(threads)
     network_opt = network_options_from_yaml(args.opt) if args.opt else None
-    try:
-        net, meta = load_supernet(args.model, arch=args.arch, scale=args.scale, network_opt=network_opt,
-                                  device=device)
-        half = device.type == 'cuda' and not args.fp32
-        if half:
-            net = net.half()
-        cost_table = None
-        if args.plan_by == 'time':
-            cost_table = load_or_measure(net, device, next(net.parameters()).dtype, refresh=args.refresh_costs)
-        engine = DynamicInferenceEngine(
-            net,
-            **engine_options(meta),
-            cost_table=cost_table,
-            patch_size=args.patch_size,
-            overlap=args.overlap,
-            budget=args.budget,
-            subnet=args.subnet)
-    except (CheckpointError, ValueError, TypeError) as err:
-        parser.exit(2, f'error: {err}\n')
-    try:
-        paths = list_images(args.input)
-    except FileNotFoundError as err:
-        parser.exit(2, f'error: {err}\n')
-    if not paths:
-        parser.exit(2, f'error: no images in {args.input}\n')
-    if ctx.is_main and meta.get('thresholds') is None and args.subnet is None:
-        print('note: the checkpoint stores no class thresholds; using per-image quantiles of the patch '
-              'difficulties.', file=sys.stderr)
-    os.makedirs(args.output, exist_ok=True)
-
     totals = RankTotals(rank=ctx.rank)
-    is_done = partial(is_finished, args=args, shared=shared_names(paths)) if args.skip_existing else None
     crash = None
-    with process_group(ctx, device):
+    with process_group(ctx, device):  # joined first: under torchrun one rank measures this device's costs
+        engine, net, meta = build_engine(args, parser, device, network_opt)
+        try:
+            paths = list_images(args.input)
+        except FileNotFoundError as err:
+            parser.exit(2, f'error: {err}\n')
+        if not paths:
+            parser.exit(2, f'error: no images in {args.input}\n')
+        if ctx.is_main and meta.get('thresholds') is None and args.subnet is None:
+            print('note: the checkpoint stores no class thresholds; using per-image quantiles of the patch '
+                  'difficulties.', file=sys.stderr)
+        os.makedirs(args.output, exist_ok=True)
+        is_done = partial(is_finished, args=args, shared=shared_names(paths)) if args.skip_existing else None
         shares, skipped = broadcast_object(plan_work(paths, ctx.world_size, is_done) if ctx.is_main else None, ctx)
         if ctx.is_main and skipped:
             print(f'{skipped} of {len(paths)} image(s) skipped: their output exists (--skip-existing).')

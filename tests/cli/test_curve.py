@@ -64,3 +64,22 @@ def test_curve_cli(supernet, tmp_path):
     (_, lq, hr_image), = load_pairs(str(hr), str(lr), 4)
     assert float(rows[0]['psnr']) == pytest.approx(y_psnr(supernet(lq).detach(), hr_image, 4), abs=1e-3)
     assert (out / 'curve.md').is_file()
+
+
+def test_curve_latency_budgets_and_quality_targets(supernet, tmp_path, monkeypatch):
+    monkeypatch.setenv('WBSR_CACHE_DIR', str(tmp_path / 'cache'))
+    path = str(tmp_path / 'net.pth')
+    errors = [[1.2, 1.1, 1.05, 1.0]] * 10
+    torch.save({'params': supernet.state_dict(),
+                WBSR_KEY: make_wbsr_meta(supernet, THRESHOLDS, 16, class_errors=errors)}, path)
+    out = tmp_path / 'curve'
+    assert curve.main(['--hr', osp.join(HR, 'rocket.png'), '--model', path, '--budgets', '0.5', '--budget-unit',
+                       'time', '--max-loss', '0.3', '-t', '16', '--device', 'cpu', '-o', str(out)]) == 0
+    with open(out / 'curve.csv') as f:
+        settings = [r['setting'] for r in csv.DictReader(f)]
+    assert settings[1] == 'subnet 0 (w8 d1)'  # by time: tiled or whole, whichever is faster
+    assert settings[-3:] == ['budget 0.5 of the time', 'quality target 0.3 dB', 'Eq. 15, stored thresholds']
+    assert 'plans by time (this device)' in (out / 'curve.md').read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        curve.main(['--hr', HR, '--model', path, '--budget-unit', 'time', '--plan-by', 'flops', '-o', str(out)])
+    assert exit_info.value.code == 2

@@ -1,5 +1,6 @@
 """The infer command: outputs on the fixtures, bad inputs, failed writes."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -7,10 +8,14 @@ from os import path as osp
 
 import cv2
 import pytest
-from conftest import FIXTURES, REPO_ROOT
+import torch
+from conftest import FIXTURES, REPO_ROOT, TINY_RESNET
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin import infer
+from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+
+from basicsr.archs import build_network
 
 LR_FIXTURES = osp.join(FIXTURES, 'lr_x4')
 
@@ -86,3 +91,41 @@ def test_plans_by_measured_time_are_cached(tiny_checkpoint, tmp_path, monkeypatc
     os.utime(table, (1, 1))
     assert infer.main(argv + ['--skip-existing']) == 0 and table.stat().st_mtime == 1  # read from the cache
     assert infer.main(argv + ['--refresh-costs', '--suffix', 'again']) == 0 and table.stat().st_mtime > 1
+
+
+def test_latency_budget_and_quality_target_options(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('WBSR_CACHE_DIR', str(tmp_path / 'cache'))
+    rocket = osp.join(LR_FIXTURES, 'rocket.png')
+    argv = ['-i', rocket, '-o', str(tmp_path / 'out'), '--model', tiny_checkpoint, '-t', '16']
+    assert infer.main(argv + ['--budget', '0.6', '--budget-unit', 'time']) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if 'rocket' in line)
+    assert 'latency budget 0.6' in line and len(list((tmp_path / 'cache').iterdir())) == 1
+    for bad, message in ((['--budget-unit', 'time'], '--budget-unit time needs --budget'),
+                         (['--budget', '0.5', '--budget-unit', 'time', '--plan-by', 'flops'], 'it plans by time'),
+                         (['--max-loss', '-1'], "expected a loss in dB >= 0 or 'off', got -1.0"),
+                         (['--max-loss', '0.1'], 'max_loss (a quality target) needs class errors')):
+        with pytest.raises(SystemExit) as exit_info:
+            infer.main(argv + bad)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_quality_target_with_class_errors(tmp_path, capsys):
+    net = build_network(dict(TINY_RESNET, upscale=4)).eval()
+    errors = [[1.2, 1.1, 1.05, 1.0]] * 10  # expected losses 0.79, 0.41, 0.21 and 0 dB
+    path = str(tmp_path / 'net.pth')
+    torch.save({'params': net.state_dict(),
+                WBSR_KEY: make_wbsr_meta(net, [2. * k for k in range(1, 10)], 16, class_errors=errors)}, path)
+    out = tmp_path / 'out'
+    assert infer.main(['-i', osp.join(LR_FIXTURES, 'rocket.png'), '-o', str(out), '--model', path, '-t', '16',
+                       '--max-loss', '0.5']) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if 'rocket' in line)
+    assert 'quality target 0.5 dB: fastest (by FLOPs)' in line and (out / 'rocket_out.png').is_file()
+    expected = float(re.search(r'within it \((-?[0-9.]+) dB\)', line).group(1))
+    assert 0.2 < expected <= 0.5  # more than subnet w16d1 alone would lose: cheaper
+    # the default with class errors is a quality target of 0.03 dB; 'off', a budget or a subnet give it up
+    rocket = ['-i', osp.join(LR_FIXTURES, 'rocket.png'), '-o', str(out), '--model', path, '-t', '16']
+    for extra, target in (([], True), (['--max-loss', 'off'], False), (['--budget', '0.6'], False),
+                          (['--subnet', '1'], False)):
+        assert infer.main(rocket + extra) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if 'rocket' in line)
+        assert ('quality target 0.03 dB' in line) == target, (extra, line)

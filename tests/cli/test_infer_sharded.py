@@ -154,3 +154,14 @@ def test_torchrun_two_gloo_processes_then_skip_existing(folder):
     assert totals[0].startswith('total: 1 image(s) (rank 0: 1, rank 1: 0), 4 skipped, 1 failed')
     assert '[rank 1] warning: skipped' in proc.stderr and '1 of 6 image(s) failed.' in proc.stderr
     assert sorted(os.listdir(out)) == [f'{n}_out.png' for n in names]
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='torchrun with gloo is exercised on Linux')
+def test_torchrun_ranks_share_one_measurement_of_the_costs(folder, tmp_path, monkeypatch):
+    model, inputs, out = folder
+    monkeypatch.setenv('WBSR_CACHE_DIR', str(tmp_path / 'cache'))
+    proc, done, _ = run_sharded(model, inputs, out, '--plan-by', 'time')
+    assert len(done) == 5 and proc.stderr.count("measuring this device's costs") == 1  # rank 0 only
+    assert len(list((tmp_path / 'cache').iterdir())) == 1
+    proc, done, _ = run_sharded(model, inputs, out, '--plan-by', 'time', '--suffix', 'again')
+    assert len(done) == 5 and "measuring this device's costs" not in proc.stderr  # both ranks read it

@@ -107,7 +107,7 @@ def engine_plan(**options):
 
 def two_classes():
     """One threshold between the flat and the striped patches (K = 2)."""
-    _, report = engine_plan(subnet=0)
+    _, report = engine_plan()  # an explicit subnet needs no difficulty: the plan has none
     difficulty = report.plan.difficulty
     assert difficulty[0].max() == 0 and difficulty[1, 1] > difficulty[1, 0] > 0  # the strong stripes are the hardest
     return [float(difficulty[1].min() + difficulty[0].max()) / 2]

@@ -20,12 +20,15 @@ def tiny_net():
     return build_network(dict(TINY_RESNET, upscale=4)).eval()
 
 
-def table(net, *, patch_s, whole_pixel_s, patch_call_s=0.0, whole_call_s=0.0):
-    """A hand-made table: the same seconds per patch at every side (per pixel: scaled from side 8 to 16)."""
-    m = len(net.subnets)
-    calls = ((patch_call_s, patch_call_s), ) * m
-    return CostTable(cost_key(net, 'cpu', torch.float32, True), (8, 16), calls, tuple((s, 4 * s) for s in patch_s),
-                     (whole_call_s, ) * m, tuple(whole_pixel_s))
+def table(net, calls, *, analysis=(0., 0.), tiling=0., pixels=(256, 4096)):
+    """A hand-made table: ``calls[m]`` are subnet m's seconds per call at ``pixels`` LR pixels."""
+    return CostTable(cost_key(net, 'cpu', torch.float32, True), pixels, tuple(tuple(c) for c in calls), analysis,
+                     tiling)
+
+
+def linear(net, rates, **options):
+    """Seconds per call = ``rates[m]`` per LR pixel, exactly, at any size."""
+    return table(net, [(256 * r, 4096 * r) for r in rates], **options)
 
 
 def image():
@@ -41,48 +44,75 @@ def engine(net, cost, **options):
 
 def test_predictions_by_hand():
     net = tiny_net()
-    cost = table(net, patch_s=[1., 2., 3., 4.], whole_pixel_s=[0.1, 0.2, 0.3, 0.4], patch_call_s=0.5,
-                 whole_call_s=0.25)
-    assert cost.per_patch(3, 8) == (0.5, 4.) and cost.per_patch(3, 16) == (0.5, 16.)
-    assert cost.per_patch(3, 12) == pytest.approx((0.5, 4. + 12. * (144 - 64) / (256 - 64)))  # by pixel count
-    # 3 patches of w8d1 and 5 of w16d2 at side 8, 2 per call: 2 + 3 calls
-    assert cost.tiled_seconds([3, 0, 0, 5], 8, 2) == pytest.approx(2 * 0.5 + 3 * 1. + 3 * 0.5 + 5 * 4.)
-    assert cost.whole_seconds(2, 10, 20) == pytest.approx(0.25 + 200 * 0.3)
-    assert cost.whole_peak_bytes(2, 10, 20) is None
+    cost = table(net, [(1., 2.), (1., 3.), (2., 4.), (4., 8.)], analysis=(0.5, 1e-3), tiling=1e-2)
+    assert cost.call_seconds(3, 256) == 4. and cost.call_seconds(3, 4096) == 8.
+    assert cost.call_seconds(3, 1024) == pytest.approx(4. + 4. * 768 / 3840)  # between the points: a line
+    assert cost.call_seconds(3, 8192) == pytest.approx(16.)  # beyond them: the last point's rate
+    assert cost.call_seconds(1, 128) == pytest.approx(1. - 2. * 128 / 3840)  # before them: the first segment
+    assert cost.whole_seconds(2, 32, 64) == pytest.approx(2. + 2. * (2048 - 256) / 3840)
+    # 3 patches of w8d1 and 5 of w16d2 at side 16, 2 per call: calls of 2, 1; 2, 2, 1 patches
+    expected = (1. + 1. * 256 / 3840) + 1. + 2 * (4. + 4. * 256 / 3840) + 4.
+    assert cost.forward_seconds([3, 0, 0, 5], 16, [2, 2, 2, 2]) == pytest.approx(expected)
+    assert cost.analysis_seconds(10, 20) == pytest.approx(0.5 + 0.2) and cost.tiling_seconds(8, 16) == 8 * 256e-2
+    assert cost.whole_peak_bytes(2, 10, 20) is None and cost.num_subnets == 4
     assert CostTable.from_json(cost.to_json()) == cost
 
 
 def test_a_plan_predicted_slower_runs_the_full_network_on_the_whole_image():
     net, lq = tiny_net(), image()
-    # every patch costs far more than the whole image through the full network
-    cost = table(net, patch_s=[1., 1., 1., 1.], whole_pixel_s=[1e-4] * 4)
-    sr, report = engine(net, cost).run(lq)
+    # one patch per call: the cheapest tiled plan is fast, so the image is analysed; its patches through the full
+    # network cost more than the whole image
+    cost = table(net, [(1e-6, 1e-5)] * 3 + [(1., 1.01)], pixels=(225, 3072))
+    sr, report = engine(net, cost, max_batch_pixels=225).run(lq)
+    assert report.plan.classes is not None and report.plan.histogram[3] > 1
     assert report.plan.whole_image_subnet == 3 and report.whole_image
     assert report.plan.reason.startswith('full network on the whole image: the plan was predicted slower')
-    assert report.plan.predicted_s == pytest.approx(48 * 64 * 1e-4)
+    assert report.plan.predicted_s == pytest.approx(1.01)
     with torch.no_grad():
         torch.testing.assert_close(sr, net(lq), rtol=0, atol=1e-5)
     assert report.summary().endswith(report.plan.reason) and report.flops == report.full_flops
 
 
+def test_the_plain_network_runs_without_analysis_when_nothing_else_could(monkeypatch):
+    net, lq = tiny_net(), image()
+    cost = linear(net, [1e-4] * 4, tiling=1.)  # every tiled plan is slower than the plain network
+
+    def no_difficulty(*args):
+        raise AssertionError('the difficulty was computed')
+
+    monkeypatch.setattr('wbsr_plugin.inference.planning.patch_difficulty', no_difficulty)
+    sr, report = engine(net, cost).run(lq)
+    assert report.plan.whole_image_subnet == 3 and 'no analysis needed' in report.plan.reason
+    assert report.plan.classes is None and report.plan.predicted_s == pytest.approx(48 * 64 * 1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(sr, net(lq), rtol=0, atol=1e-5)
+    with pytest.raises(AssertionError, match='the difficulty was computed'):  # a tiled plan could be faster
+        engine(net, linear(net, [1e-6, 1e-4, 1e-4, 1e-4])).run(lq)
+
+
 def test_a_plan_predicted_faster_runs_as_planned():
     net, lq = tiny_net(), image()
-    cost = table(net, patch_s=[1e-6, 2e-6, 3e-6, 4e-6], whole_pixel_s=[1.] * 4)
+    cost = linear(net, [1e-6, 2e-6, 3e-6, 1.])  # the full network is dear: the plan's cheap patches save time
     by_flops = engine(net, None).plan(lq)
     assert by_flops.whole_image_subnet is None and by_flops.histogram[0] > 0  # a tiled plan, cheap subnets in it
     by_time = engine(net, cost).plan(lq)
     assert by_time.histogram == by_flops.histogram and torch.equal(by_time.subnets, by_flops.subnets)
     assert by_time.whole_image_subnet is None and by_time.reason == 'plan predicted faster than the plain network'
+    assert by_time.predicted_s == pytest.approx(sum(n * by_time.patch_size**2 * r for n, r in zip(by_time.histogram,
+                                                                               [1e-6, 2e-6, 3e-6, 1.])))
     assert by_flops.reason is None and by_flops.predicted_s is None
 
 
 def test_the_full_network_tiled_when_that_is_the_fastest_plain_execution():
     net, lq = tiny_net(), image()
-    # the full subnet is cheap per patch, the others dear; the whole image dearer still
-    cost = table(net, patch_s=[5., 5., 5., 1e-3], whole_pixel_s=[1.] * 4)
-    sr, report = engine(net, cost).run(lq)
+    # one 15 x 15 patch per call: the full subnet is cheap on a patch and dear on the whole image (48 x 64), the
+    # others dear always
+    cost = table(net, [(5., 5.)] * 3 + [(1e-3, 100.)], pixels=(225, 3072))
+    sr, report = engine(net, cost, max_batch_pixels=225).run(lq)
+    assert report.plan.patch_size == 15 and report.num_patches == 20
     assert report.plan.reason.startswith('full network tiled')
     assert report.histogram == [0, 0, 0, report.num_patches] and not report.whole_image
+    assert report.plan.predicted_s == pytest.approx(20 * 1e-3)
     forced, _ = DynamicInferenceEngine(net, patch_size=16, overlap=2, subnet=3, whole_image_fallback=False).run(lq)
     torch.testing.assert_close(sr, forced, rtol=0, atol=0)
 
@@ -95,21 +125,20 @@ def test_under_a_flops_budget_a_faster_whole_image_subnet_within_it():
     fitting = [m for m in range(4) if flops[m] <= budget * flops[3]]
     assert fitting == [0, 1]
     # tiles are dear; every whole-image subnet beats the plain network (the full one on the whole image)
-    cost = table(net, patch_s=[1.] * 4, whole_pixel_s=[1e-5, 2e-5, 3e-5, 4e-5])
+    cost = linear(net, [1e-5, 2e-5, 3e-5, 4e-5], tiling=1.)
     _, report = engine(net, cost, budget=budget).run(lq)
     assert report.plan.whole_image_subnet == 1 and report.flops == flops[1] <= budget * flops[3]
     assert report.plan.reason.startswith('whole-image subnet within the budget')
     # no subnet within the budget beats the plain network: the fastest plain execution runs
-    cost = table(net, patch_s=[1.] * 4, whole_pixel_s=[1., 1., 1., 1e-5])
+    cost = linear(net, [1., 1., 1., 1e-5], tiling=1.)
     _, report = engine(net, cost, budget=budget).run(lq)
     assert report.plan.whole_image_subnet == 3 and report.plan.reason.startswith('full network on the whole image')
 
 
-@pytest.mark.parametrize('whole_pixel_s, whole', [(1e-6, True), (1., False)])
-def test_an_explicit_subnet_runs_tiled_or_whole_whichever_is_faster(whole_pixel_s, whole):
+@pytest.mark.parametrize('calls, whole', [((1., 1.0001), True), ((1e-3, 1.), False)])
+def test_an_explicit_subnet_runs_tiled_or_whole_whichever_is_faster(calls, whole):
     net, lq = tiny_net(), image()
-    cost = table(net, patch_s=[1e-3] * 4, whole_pixel_s=[whole_pixel_s] * 4)
-    sr, report = engine(net, cost, subnet=1).run(lq)
+    sr, report = engine(net, table(net, [calls] * 4, pixels=(225, 3072)), subnet=1, max_batch_pixels=225).run(lq)
     assert report.whole_image == whole and report.histogram[1] == report.num_patches
     assert report.plan.reason == f"subnet: {'whole image' if whole else 'tiled'} predicted faster"
     with torch.no_grad():
@@ -121,7 +150,7 @@ def test_a_table_of_another_network_is_refused():
     net = tiny_net()
     other = build_network({'type': 'WBSRResNet', 'num_feat': 16, 'num_block': 2, 'widths': [16], 'depths': [2]})
     with pytest.raises(ValueError, match='cost_table holds 1 subnets, the network 4'):
-        DynamicInferenceEngine(net, cost_table=table(other, patch_s=[1.], whole_pixel_s=[1.]))
+        DynamicInferenceEngine(net, cost_table=linear(other, [1.]))
     with pytest.raises(TypeError, match='cost_table must be a CostTable or None, got dict'):
         DynamicInferenceEngine(net, cost_table={})
 
@@ -142,9 +171,9 @@ def test_the_key_names_what_the_cost_depends_on():
 
 def test_measured_tables_are_cached_and_refreshed(tmp_path):
     net = tiny_net()
-    measured = measure_cost_table(net, 'cpu', patch_sides=(8, 16), whole_sides=(8, 16))
-    assert all(s >= 0 and math.isfinite(s) for row in measured.patch_s for s in row)
-    assert measured.whole_pixel_s[-1] > 0 and len(measured.patch_s) == 4
+    measured = measure_cost_table(net, 'cpu', sides=(8, 16))
+    assert all(s > 0 and math.isfinite(s) for row in measured.call_s for s in row) and measured.pixels == (64, 256)
+    assert measured.num_subnets == 4 and measured.tiling_pixel_s > 0 and measured.analysis_seconds(8, 8) > 0
     first = load_or_measure(net, 'cpu', folder=str(tmp_path))
     (path, ) = tmp_path.iterdir()
     assert json.loads(path.read_text())['key'] == cost_key(net, 'cpu', torch.float32, True)
@@ -155,3 +184,18 @@ def test_measured_tables_are_cached_and_refreshed(tmp_path):
     assert path.stat().st_mtime > 1  # measured and written again
     path.write_text('not json')
     assert load_or_measure(net, 'cpu', folder=str(tmp_path)).key == first.key  # unreadable: measured again
+
+
+def test_a_whole_image_predicted_not_to_fit_in_memory_is_never_chosen():
+    net, lq = tiny_net(), image()
+    cost = linear(net, [1e-4] * 4, tiling=1.)  # tiles are dear: the whole image through the full network wins
+    cost = CostTable(cost.key, cost.pixels, cost.call_s, cost.analysis_s, cost.tiling_pixel_s, (1., 2., 3., 4.))
+    assert cost.whole_peak_bytes(3, 48, 64) == 4. * 48 * 64
+    fits = engine(net, cost)
+    fits.timer.memory_limit = lambda: 4 * 48 * 64
+    assert fits.plan(lq).whole_image_subnet == 3
+    tight = engine(net, cost)
+    tight.timer.memory_limit = lambda: 4 * 48 * 64 - 1  # the full network on the whole image does not fit
+    plan = tight.plan(lq)
+    assert plan.whole_image_subnet is None and plan.reason.startswith('full network tiled')
+    assert engine(net, cost).timer.memory_limit() is None  # on CPU: no limit

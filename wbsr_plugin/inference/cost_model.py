@@ -3,10 +3,12 @@
 Measured once per key (the device: the CPU's model and torch's thread count, or the CUDA card; the dtype; the
 memory format; the torch version; the network's shape, never its weights), in a few seconds:
 
-* every subnet on batches of LR patches at a few patch sides: seconds per forward call and per patch, from
-  a line through one patch per call and a full batch;
-* every subnet on the whole image: seconds per call and per LR pixel, from two image sizes;
-* on CUDA, the allocator's peak memory of each measurement (None on CPU, where it is not measured).
+* every subnet on square LR inputs of a few sizes: seconds per call by LR pixels in the call. A batch of
+  patches costs what one input of as many pixels costs (checked on CPU within a few per cent), so one curve
+  per subnet predicts both whole images and batches of patches;
+* the engine's own work: the difficulty analysis (per image and per LR pixel), and gathering and stitching
+  the patches (per LR pixel of the patches);
+* on CUDA, the allocator's peak memory per LR pixel of each subnet (None on CPU, where it is not measured).
 
 Tables are kept in the user's cache directory (``$WBSR_CACHE_DIR``, else ``$XDG_CACHE_HOME/wbsr_plugin``, else
 ``~/.cache/wbsr_plugin``), one JSON file per key, written atomically; deleting them costs one new measurement.
@@ -15,7 +17,6 @@ directly, so that nothing depends on the machine's speed.
 """
 import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -24,14 +25,20 @@ from os import path as osp
 
 import torch
 
+from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma
 from wbsr_plugin.utils.files import atomic_write_text
 
+from .class_thresholds import DEFAULT_NUM_CLASSES
+from .projection import apply_levels, classify
 from .subnet_cache import SubnetCache
+from .tiling import DEFAULT_TRIM, BlendGeometry, extract_patches, tile_geometry
 
-COST_MODEL_VERSION = 1
-PATCH_SIDES = (16, 32, 64)  # LR patch sides measured; others are interpolated by pixel count
-PATCH_BATCH_PIXELS = 64 * 64 * 2  # LR pixels of the "full batch" of a patch measurement
-WHOLE_SIDES = (32, 64)  # LR image sides of the whole-image measurements
+COST_MODEL_VERSION = 2
+# LR sides of the square inputs measured: up to the engine's batch of patches (32768 LR pixels on CPU)
+MEASURED_SIDES = {'cpu': (32, 64, 192), 'cuda': (32, 64, 128, 256, 512)}
+WARM_UP_PIXELS = 64 * 64
+OVERHEAD_SIDES = (64, 192)  # LR sides of the images whose analysis, gathering and stitching are timed
+OVERHEAD_PATCH, OVERHEAD_OVERLAP = 64, 4
 REPEAT = 1
 
 
@@ -68,58 +75,70 @@ def key_digest(key):
 
 
 def _interpolate(points, x):
-    """Piecewise-linear through ``[(x, y), ...]`` (ascending x), extended by the end segments' slopes."""
+    """Piecewise-linear through ``[(x, y), ...]`` (ascending x). Below the first point the first segment
+    continues (down to 0); beyond the last, y grows in proportion to x at the last point's rate."""
+    if x >= points[-1][0]:
+        return points[-1][1] * x / points[-1][0]
     if len(points) == 1:
-        return points[0][1]
-    i = max(1, min(len(points) - 1, next((k for k, (px, _) in enumerate(points) if px >= x), len(points) - 1)))
+        return points[0][1] * x / points[0][0]
+    i = max(1, next(k for k, (px, _) in enumerate(points) if px >= x))
     (x0, y0), (x1, y1) = points[i - 1], points[i]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return max(0., y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
 @dataclass(frozen=True)
 class CostTable:
-    """Seconds (and, on CUDA, peak bytes) of every subnet, in cost order, on one device.
+    """Seconds (and, on CUDA, peak bytes) of every subnet, in cost order, and of the engine's own work, on one
+    device.
 
     Attributes:
         key (dict): What the table depends on (:func:`cost_key`).
-        patch_sides (tuple[int]): LR patch sides of the patch measurements, ascending.
-        patch_call_s (tuple[tuple[float]]): Per subnet and patch side: seconds per forward call.
-        patch_s (tuple[tuple[float]]): Per subnet and patch side: seconds per patch.
-        whole_call_s (tuple[float]): Per subnet: seconds per whole-image call.
-        whole_pixel_s (tuple[float]): Per subnet: seconds per LR pixel of a whole image.
-        peak_bytes_per_pixel (tuple[float] | None): Per subnet, on CUDA: peak memory per LR pixel of a whole image.
+        pixels (tuple[int]): LR pixels per call of the measurements, ascending.
+        call_s (tuple[tuple[float]]): Per subnet and entry of ``pixels``: seconds of one call.
+        analysis_s (tuple[float, float]): The difficulty analysis: seconds per image and per LR pixel.
+        tiling_pixel_s (float): Gathering and stitching: seconds per LR pixel of the patches.
+        peak_bytes_per_pixel (tuple[float] | None): Per subnet, on CUDA: peak memory per LR pixel in a call.
     """
     key: dict
-    patch_sides: tuple
-    patch_call_s: tuple
-    patch_s: tuple
-    whole_call_s: tuple
-    whole_pixel_s: tuple
+    pixels: tuple
+    call_s: tuple
+    analysis_s: tuple = (0., 0.)
+    tiling_pixel_s: float = 0.
     peak_bytes_per_pixel: tuple = None
 
-    def per_patch(self, subnet, side):
-        """``(seconds per call, seconds per patch)`` of ``subnet`` on patches of ``side``, by pixel count."""
-        pixels = [s * s for s in self.patch_sides]
-        calls = list(zip(pixels, self.patch_call_s[subnet]))
-        patches = list(zip(pixels, self.patch_s[subnet]))
-        return max(0., _interpolate(calls, side * side)), max(0., _interpolate(patches, side * side))
+    @property
+    def num_subnets(self):
+        return len(self.call_s)
 
-    def tiled_seconds(self, histogram, side, batch_size):
-        """Predicted seconds of running ``histogram[m]`` patches of ``side`` through subnet m, ``batch_size``
-        patches per call (the forwards only: plan and stitch are the engine's own overhead)."""
+    def call_seconds(self, subnet, pixels):
+        """Predicted seconds of one call of ``subnet`` on ``pixels`` LR pixels (one image or a batch)."""
+        return _interpolate(list(zip(self.pixels, self.call_s[subnet])), pixels)
+
+    def whole_seconds(self, subnet, h, w):
+        """Predicted seconds of ``subnet`` on a whole h x w LR image."""
+        return self.call_seconds(subnet, h * w)
+
+    def forward_seconds(self, histogram, side, batch_sizes):
+        """Predicted seconds of the forwards of ``histogram[m]`` patches of ``side`` through subnet m,
+        ``batch_sizes[m]`` patches per call."""
         total = 0.
         for subnet, count in enumerate(histogram):
             if count:
-                call, patch = self.per_patch(subnet, side)
-                total += math.ceil(count / batch_size) * call + count * patch
+                full, rest = divmod(count, batch_sizes[subnet])
+                total += full * self.call_seconds(subnet, batch_sizes[subnet] * side * side)
+                total += self.call_seconds(subnet, rest * side * side) if rest else 0.
         return total
 
-    def whole_seconds(self, subnet, h, w):
-        """Predicted seconds of subnet ``subnet`` on a whole h x w LR image."""
-        return self.whole_call_s[subnet] + h * w * self.whole_pixel_s[subnet]
+    def analysis_seconds(self, h, w):
+        """Predicted seconds of the difficulty analysis of an h x w LR image."""
+        return self.analysis_s[0] + self.analysis_s[1] * h * w
+
+    def tiling_seconds(self, num_patches, side):
+        """Predicted seconds of gathering and stitching ``num_patches`` patches of ``side``."""
+        return self.tiling_pixel_s * num_patches * side * side
 
     def whole_peak_bytes(self, subnet, h, w):
-        """Predicted peak memory of subnet ``subnet`` on a whole h x w LR image, or None when not measured."""
+        """Predicted peak memory of ``subnet`` on a whole h x w LR image, or None when not measured."""
         return None if self.peak_bytes_per_pixel is None else h * w * self.peak_bytes_per_pixel[subnet]
 
     def to_json(self):
@@ -128,15 +147,14 @@ class CostTable:
     @classmethod
     def from_json(cls, text):
         data = json.loads(text)
-        rows = ('patch_call_s', 'patch_s')
-        return cls(**{k: tuple(tuple(r) for r in v) if k in rows else tuple(v) if isinstance(v, list) else v
+        return cls(**{k: tuple(tuple(r) for r in v) if k == 'call_s' else tuple(v) if isinstance(v, list) else v
                       for k, v in data.items()})
 
 
-def _timed(fn, device, repeat):
-    """Median seconds of ``fn()`` over ``repeat`` runs after one warm-up."""
+def _timed(fn, device, repeat, warm_up=True):
+    """Median seconds of ``fn()`` over ``repeat`` runs, after one warm-up run when ``warm_up``."""
     times = []
-    for attempt in range(repeat + 1):
+    for attempt in range(int(not warm_up), repeat + 1):
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -154,8 +172,30 @@ def _line(x0, t0, x1, t1):
     return max(0., t0 - slope * x0), slope
 
 
-def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, patch_sides=PATCH_SIDES,
-                       whole_sides=WHOLE_SIDES, repeat=REPEAT):
+def _analyse(lq, patch, tops, lefts):
+    """What the engine's plan does to an image (its patches' classes, a budget's upgrades), for timing."""
+    difficulty = patch_difficulty(rgb_to_luma(lq[0]), patch, tops, lefts)
+    classes = classify(difficulty, quantile_threshold_tensor(difficulty, DEFAULT_NUM_CLASSES))
+    torch.bincount(classes.flatten(), minlength=DEFAULT_NUM_CLASSES + 1)[1:].tolist()
+    apply_levels(classes, difficulty, [0] * DEFAULT_NUM_CLASSES, [(DEFAULT_NUM_CLASSES, 0, 1, 1)])
+
+
+def _measure_overhead(scale, device, dtype, repeat):
+    """``(analysis_s, tiling_pixel_s)``: the engine's difficulty analysis on two image sizes (a line), and its
+    gathering and stitching per LR pixel of the patches (on the larger one)."""
+    analysis, tiling = [], 0.
+    for side in OVERHEAD_SIDES:
+        lq = torch.rand(1, 3, side, side, device=device)
+        patch, tops, lefts, trim = tile_geometry(side, side, OVERHEAD_PATCH, OVERHEAD_OVERLAP, DEFAULT_TRIM)
+        analysis.append(_timed(lambda: _analyse(lq, patch, tops, lefts), device, repeat))
+        blend = BlendGeometry((side, side), patch, tops, lefts, trim, scale, device)
+        outputs = torch.rand(len(tops) * len(lefts), 3, patch * scale, patch * scale, device=device, dtype=dtype)
+        gather = _timed(lambda: extract_patches(lq, patch, tops, lefts).to(dtype), device, repeat)
+        tiling = (gather + _timed(lambda: blend.stitch(outputs), device, repeat)) / (outputs.shape[0] * patch**2)
+    return _line(OVERHEAD_SIDES[0]**2, analysis[0], OVERHEAD_SIDES[1]**2, analysis[1]), tiling
+
+
+def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sides=None, repeat=REPEAT):
     """Measure a :class:`CostTable` of ``net``'s subnets as the engine runs them (extracted, batched).
 
     Args:
@@ -163,47 +203,37 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, pat
         device (str | torch.device): Where to measure.
         dtype (torch.dtype): Default: float32.
         channels_last (bool): Memory format of the subnets and inputs. Default: True.
-        patch_sides (Sequence[int]): LR patch sides measured. Default: (16, 32, 64).
-        whole_sides (Sequence[int]): Two LR image sides of the whole-image measurements. Default: (32, 64).
+        sides (Sequence[int] | None): LR sides of the square inputs measured, ascending. Default: None
+            (``MEASURED_SIDES`` of the device type).
         repeat (int): Timed runs per measurement (median), after one warm-up. Default: 1.
     """
     device = torch.device(device)
+    sides = tuple(int(s) for s in (sides or MEASURED_SIDES['cuda' if device.type == 'cuda' else 'cpu']))
     cache = SubnetCache(net, channels_last=channels_last, cuda_graphs=False, max_batch_pixels=None)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    patch_call_s, patch_s, whole_call_s, whole_pixel_s, peaks = [], [], [], [], []
+    call_s, peaks = [], []
     with torch.inference_mode():
         for subnet in range(len(net.subnets)):
             module = cache.module(subnet).to(device=device, dtype=dtype)
-            calls, per_patch = [], []
-            for side in patch_sides:
-                batch = max(2, PATCH_BATCH_PIXELS // (side * side))
-                x = torch.rand(batch, 3, side, side, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-                one = _timed(lambda: module(x[:1]), device, repeat)
-                full = _timed(lambda: module(x), device, repeat)
-                call, patch = _line(1, one, batch, full)
-                calls.append(call)
-                per_patch.append(patch)
-            patch_call_s.append(tuple(calls))
-            patch_s.append(tuple(per_patch))
-            small, large = whole_sides
             times = []
-            for side in (small, large):
+            for side in sides:
                 x = torch.rand(1, 3, side, side, device=device, dtype=dtype).contiguous(memory_format=memory_format)
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats(device)
                     base = torch.cuda.memory_allocated(device)
-                times.append(_timed(lambda: module(x), device, repeat))
+                # a new shape's first call costs a few ms more on CPU: past WARM_UP_PIXELS, that is noise
+                warm_up = device.type == 'cuda' or side * side <= WARM_UP_PIXELS
+                times.append(_timed(lambda: module(x), device, repeat, warm_up))
+            call_s.append(tuple(times))
             if device.type == 'cuda':
-                peaks.append((torch.cuda.max_memory_allocated(device) - base) / (large * large))
-            call, pixel = _line(small * small, times[0], large * large, times[1])
-            whole_call_s.append(call)
-            whole_pixel_s.append(pixel)
-    return CostTable(cost_key(net, device, dtype, channels_last), tuple(int(s) for s in patch_sides),
-                     tuple(patch_call_s), tuple(patch_s), tuple(whole_call_s), tuple(whole_pixel_s),
-                     tuple(peaks) if peaks else None)
+                peaks.append((torch.cuda.max_memory_allocated(device) - base) / (sides[-1]**2))
+        analysis_s, tiling_pixel_s = _measure_overhead(net.upscale, device, dtype, repeat)
+    return CostTable(cost_key(net, device, dtype, channels_last), tuple(s * s for s in sides), tuple(call_s),
+                     analysis_s, tiling_pixel_s, tuple(peaks) if peaks else None)
 
 
-def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, refresh=False, folder=None):
+def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, refresh=False, folder=None,
+                    on_measure=None):
     """The cached :class:`CostTable` of this key, measured (and cached) when missing or when ``refresh``.
 
     Under torch.distributed, rank 0 measures and writes while the others wait at a barrier, then read.
@@ -215,6 +245,8 @@ def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, ref
         channels_last (bool): Default: True.
         refresh (bool): Measure again even when a table is cached. Default: False.
         folder (str | None): Cache folder. Default: None (:func:`cache_dir`).
+        on_measure (Callable[[str], None] | None): Called with the table's path before measuring (to tell the
+            user). Default: None.
     """
     key = cost_key(net, device, dtype, channels_last)
     path = osp.join(folder or cache_dir(), f'cost_{key_digest(key)}.json')
@@ -231,6 +263,8 @@ def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, ref
             if table is not None and table.key != key:
                 table = None
         if table is None:
+            if on_measure is not None:
+                on_measure(path)
             table = measure_cost_table(net, device, dtype, channels_last)
             atomic_write_text(path, table.to_json())
     if distributed:

@@ -14,10 +14,11 @@ from wbsr_plugin.archs.supernet_util import SupernetMixin, supernet_types
 
 from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors
 from .cost_model import CostTable
+from .plan_targets import latency_plan, quality_plan
 from .planning import InferencePlan, Planner
 from .subnet_cache import SubnetCache
 from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches
-from .time_rules import by_time
+from .time_rules import PlanTimer, by_time, without_analysis
 
 
 @dataclass
@@ -63,9 +64,9 @@ class InferenceReport:
         """One line: size, subnet histogram (or the whole-image subnet), FLOPs and time."""
         (h, w), (sh, sw) = self.lq_size, self.sr_size
         if self.whole_image:
-            tiled = 100 * self.plan.tiled_flops / self.full_flops
-            what = (f'whole image through {self.subnet_names[self.plan.whole_image_subnet]} '
-                    f'(tiled plan: {tiled:.1f}% of full)')
+            what = f'whole image through {self.subnet_names[self.plan.whole_image_subnet]}'
+            if self.plan.tiled_flops is not None:
+                what += f' (tiled plan: {100 * self.plan.tiled_flops / self.full_flops:.1f}% of full)'
         else:
             hist = ' '.join(f'{name}:{n}' for name, n in zip(self.subnet_names, self.histogram) if n)
             what = f'{self.num_patches} patches [{hist}]'
@@ -102,7 +103,13 @@ class DynamicInferenceEngine:
         num_classes (int | None): K; with ``thresholds`` it must equal their count + 1. Default: None (the
             thresholds' count + 1, or 10 without thresholds).
         budget (float | None): Target fraction in (0, 1] of the FLOPs of the full network on the
-            whole image, met per image. Default: None.
+            whole image, met per image; with ``budget_unit='time'``, of the fastest plain execution's predicted
+            time. Default: None.
+        budget_unit (str): 'flops', or 'time' (a latency budget: the plan of best expected quality whose
+            predicted time fits; needs ``cost_table``; :mod:`.plan_targets`). Default: 'flops'.
+        max_loss (float | None): A quality target: the fastest plan whose expected loss against the full
+            network, in dB of PSNR, is at most this (needs class errors; fastest by ``cost_table``, else by
+            FLOPs; :mod:`.plan_targets`). Default: None.
         target_gflops (float | None): C_t of Eq. 16 in GFLOPs per 32x32 LR patch. Default: None.
         alpha (float): alpha of Eq. 16 (with ``target_gflops``). Default: 1.
         subnet (int | None): Run every patch through this subnet index. Default: None.
@@ -135,6 +142,8 @@ class DynamicInferenceEngine:
                  trim=DEFAULT_TRIM,
                  num_classes=None,
                  budget=None,
+                 budget_unit='flops',
+                 max_loss=None,
                  target_gflops=None,
                  alpha=1.,
                  subnet=None,
@@ -152,8 +161,16 @@ class DynamicInferenceEngine:
             raise ValueError(f'overlap must be an integer in [0, patch_size), got {overlap!r}.')
         if not isinstance(trim, int) or trim < 0:
             raise ValueError(f'trim must be an integer >= 0, got {trim!r}.')
-        if sum(option is not None for option in (budget, target_gflops, subnet)) > 1:
-            raise ValueError('set at most one of budget, target_gflops and subnet.')
+        if sum(option is not None for option in (budget, target_gflops, subnet, max_loss)) > 1:
+            raise ValueError('set at most one of budget, target_gflops, subnet and max_loss.')
+        if budget_unit not in ('flops', 'time'):
+            raise ValueError(f"budget_unit must be 'flops' or 'time', got {budget_unit!r}.")
+        if budget_unit == 'time' and (budget is None or cost_table is None):
+            raise ValueError("budget_unit='time' (a latency budget) needs a budget and a cost_table (this device's "
+                             'measured costs, inference/cost_model.py).')
+        if max_loss is not None and (isinstance(max_loss, bool) or not isinstance(max_loss, (int, float))
+                                     or not max_loss >= 0):
+            raise ValueError(f'max_loss must be a loss in dB >= 0, got {max_loss!r}.')
         if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget <= 1):
             raise ValueError(f'budget must be a fraction of the full FLOPs in (0, 1], got {budget!r}.')
         if target_gflops is not None and not target_gflops > 0:
@@ -173,6 +190,9 @@ class DynamicInferenceEngine:
             class_errors = thresholds.class_error_lists()
         elif class_errors is not None:
             class_errors = check_class_errors(class_errors, num_classes, len(net.subnets))
+        if max_loss is not None and class_errors is None:
+            raise ValueError('max_loss (a quality target) needs class errors, and the checkpoint stores none '
+                             '(DynamicSRModel measures them when it saves a checkpoint; inference/calibration.py).')
         if max_batch_pixels is not None and (not isinstance(max_batch_pixels, int) or max_batch_pixels < 1):
             raise ValueError(f'max_batch_pixels must be a positive integer or None, got {max_batch_pixels!r}.')
         self.net = net
@@ -182,6 +202,8 @@ class DynamicInferenceEngine:
         self.trim = trim
         self.num_classes = num_classes
         self.budget = budget
+        self.budget_unit = budget_unit
+        self.max_loss = max_loss
         self.target_gflops = target_gflops
         self.alpha = alpha
         self.subnet = subnet
@@ -192,16 +214,18 @@ class DynamicInferenceEngine:
         self.class_errors = class_errors
         if cost_table is not None and not isinstance(cost_table, CostTable):
             raise TypeError(f'cost_table must be a CostTable or None, got {type(cost_table).__name__}.')
-        if cost_table is not None and len(cost_table.whole_pixel_s) != len(net.subnets):
-            raise ValueError(f'cost_table holds {len(cost_table.whole_pixel_s)} subnets, the network '
+        if cost_table is not None and cost_table.num_subnets != len(net.subnets):
+            raise ValueError(f'cost_table holds {cost_table.num_subnets} subnets, the network '
                              f'{len(net.subnets)}: it was measured for another network.')
         self.cost_table = cost_table
+        self.timer = None if cost_table is None else PlanTimer(cost_table, self._batch_sizes, self._memory_limit)
         self.scale = net.upscale
         self.subnet_names = [s.name for s in net.subnets]
         self.subnets = SubnetCache(net, channels_last=channels_last, cuda_graphs=cuda_graphs,
                                    max_batch_pixels=max_batch_pixels)
         self.planner = Planner(net, self.subnets.flops, thresholds=thresholds, num_classes=num_classes,
-                               patch_size=patch_size, overlap=overlap, trim=trim, budget=budget,
+                               patch_size=patch_size, overlap=overlap, trim=trim,
+                               budget=budget if budget_unit == 'flops' else None,
                                target_gflops=target_gflops, alpha=alpha, subnet=subnet, class_errors=class_errors,
                                whole_image_fallback=whole_image_fallback)
         self._geometry_cache = {}
@@ -220,16 +244,37 @@ class DynamicInferenceEngine:
                                                       self.scale, device)
         return self._geometry_cache[key]
 
+    def _batch_sizes(self, patch):
+        """Patches per forward call of every subnet at LR patch side ``patch``."""
+        param = next(self.net.parameters())
+        return [self.subnets.batch_size(m, patch, param) for m in range(len(self.net.subnets))]
+
+    def _memory_limit(self):
+        """Bytes a forward may take now: on CUDA the free memory and the allocator's reusable cache; else None."""
+        device = next(self.net.parameters()).device
+        if device.type != 'cuda':
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
     def plan(self, lq):
-        """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device); with a cost table,
-        the plan predicted fastest of those :mod:`.time_rules` allows."""
-        plan = self.planner.plan(lq)
-        if self.cost_table is None:
-            return plan
-        full = len(self.net.subnets) - 1
-        batch_size = self.subnets.batch_size(full, plan.patch_size, next(self.net.parameters()))
-        return by_time(plan, self.cost_table, num_subnets=full + 1, subnet=self.subnet, budget=self.budget,
-                       flops=self.subnets.flops, batch_size=batch_size)
+        """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device): by FLOPs; with a
+        cost table, the plan predicted fastest of those :mod:`.time_rules` allows; with a latency budget or a
+        quality target, the plan :mod:`.plan_targets` searches."""
+        planner, flops = self.planner, self.subnets.flops
+        if self.timer is not None and self.budget_unit == 'flops' and self.max_loss is None:
+            plain = without_analysis(planner, planner.analyse(lq, content=False), self.timer,
+                                     budget=self.budget, flops=flops)
+            if plain is not None:
+                return plain
+        analysis = planner.analyse(lq)
+        if self.budget_unit == 'time':
+            return latency_plan(planner, analysis, self.timer, self.budget, flops)
+        if self.max_loss is not None:
+            return quality_plan(planner, analysis, self.timer, self.max_loss, flops)
+        plan = planner.choose(analysis, self.budget)
+        return plan if self.timer is None else by_time(plan, self.timer, planner, analysis, budget=self.budget,
+                                                       flops=flops)
 
     def patch_batches(self, lq, plan):
         """The forward calls of ``plan``: ``[(runner, patch indices, batch), ...]`` (each used subnet on all its

@@ -13,6 +13,7 @@ import torch
 
 from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma
 
+from .expected_quality import tiled_error, whole_error
 from .projection import apply_levels, budget_levels, calibrated_levels, class_subnet_table, classify
 from .tiling import tile_geometry
 
@@ -39,7 +40,10 @@ class InferencePlan:
             network on the whole image, or the budget), or is expected to do worse (``class_errors``), and
             the whole image runs through this subnet.
         predicted_s (float | None): With a cost table: the predicted seconds of the subnet forwards that run.
-        reason (str | None): With a cost table: why this plan runs (see :mod:`.time_rules`).
+        reason (str | None): With a cost table, a latency budget or a quality target: why this plan runs (see
+            :mod:`.time_rules` and :mod:`.plan_targets`).
+        expected_loss_db (float | None): With a latency budget or a quality target and class errors: the
+            expected loss against the full network in dB of PSNR.
     """
     lq_size: tuple
     patch_size: int
@@ -57,6 +61,36 @@ class InferencePlan:
     whole_image_subnet: int = None
     predicted_s: float = None
     reason: str = None
+    expected_loss_db: float = None
+
+
+@dataclass
+class ImageAnalysis:
+    """What every plan of one image shares: its tiling and its patches' difficulties and classes.
+
+    Attributes:
+        lq_size, patch_size, tops, lefts, trim, difficulty, classes, thresholds, threshold_source: As in
+            :class:`InferencePlan` (``classes`` is None for an explicit subnet).
+        class_counts (list[int] | None): Patches in each class 1..K (None for an explicit subnet).
+        costs (list[int]): FLOPs of one patch through each subnet.
+        full_flops (int): FLOPs of the full network on the whole image.
+    """
+    lq_size: tuple
+    patch_size: int
+    tops: list
+    lefts: list
+    trim: int
+    difficulty: torch.Tensor
+    classes: torch.Tensor
+    class_counts: list
+    thresholds: list
+    threshold_source: str
+    costs: list
+    full_flops: int
+
+    @property
+    def num_patches(self):
+        return len(self.tops) * len(self.lefts)
 
 
 class Planner:
@@ -90,26 +124,20 @@ class Planner:
         else:
             self.class_table = class_subnet_table(num_classes, self.num_subnets)
 
-    def plan(self, lq):
-        """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device)."""
+    def analyse(self, lq, content=True):
+        """Tile ``lq`` (1, c, h, w) and classify its patches (on ``lq``'s device): what every plan of it shares.
+        Without ``content`` (and for an explicit subnet, which needs none), only the tiling: no difficulty."""
         if lq.dim() != 4 or lq.shape[0] != 1:
             raise ValueError(f'expected an LR tensor of shape (1, c, h, w), got {tuple(lq.shape)}.')
         h, w = lq.shape[-2:]
-        device = lq.device
         patch, tops, lefts, trim = tile_geometry(h, w, self.patch_size, self.overlap, self.trim)
-        if patch >= 2:
+        content = content and self.subnet is None
+        if content and patch >= 2:
             difficulty = patch_difficulty(rgb_to_luma(lq[0].detach().float()), patch, tops, lefts)
         else:
-            difficulty = torch.zeros(len(tops), len(lefts), dtype=torch.float64, device=device)
-        num_subnets = self.num_subnets
-        costs = [self.flops(patch, patch, s) for s in range(num_subnets)]
-        full_flops = self.flops(h, w, num_subnets - 1)
-        thresholds, source, classes, alpha = None, 'none', None, None
-        if self.subnet is not None:
-            subnets = torch.full(difficulty.shape, self.subnet, dtype=torch.long, device=device)
-            histogram = [0] * num_subnets
-            histogram[self.subnet] = difficulty.numel()
-        else:
+            difficulty = torch.zeros(len(tops), len(lefts), dtype=torch.float64, device=lq.device)
+        thresholds, source, classes, class_counts = None, 'none', None, None
+        if content:
             if self.thresholds is not None:
                 thresholds, source = self.thresholds.at(patch), self.thresholds.source
             else:
@@ -118,57 +146,90 @@ class Planner:
             class_counts = torch.bincount(classes.flatten(), minlength=self.num_classes + 1)[1:].tolist()
             if torch.is_tensor(thresholds):  # after the histogram's transfer, this waits for nothing
                 thresholds = thresholds.tolist()
-            steps = []
-            if self.budget is not None:
-                if self.class_errors is not None:
-                    levels, steps, alpha = calibrated_levels(class_counts, costs, self.budget * full_flops,
-                                                             self.class_errors)
-                else:
-                    levels, steps, alpha = budget_levels(class_counts, costs, self.budget * full_flops)
-            else:
-                levels = self.class_table
-            subnets = apply_levels(classes, difficulty, levels, steps)
-            histogram = [0] * num_subnets
-            for level, count in zip(levels, class_counts):
-                histogram[level] += count
-            for _, source, target, count in steps:
-                histogram[source] -= count
-                histogram[target] += count
-        tiled_flops = sum(n * cost for n, cost in zip(histogram, costs))
-        whole = self._whole_image_subnet(h, w, tiled_flops, full_flops)
-        if whole is None and self.budget is not None and self.class_errors is not None and classes is not None:
-            whole = self._better_whole_image_subnet(h, w, class_counts, levels, steps, full_flops)
-        return InferencePlan((h, w), patch, tops, lefts, difficulty, classes, subnets, thresholds, source, trim, alpha,
-                             histogram, tiled_flops, whole)
+        costs = [self.flops(patch, patch, s) for s in range(self.num_subnets)]
+        return ImageAnalysis((h, w), patch, tops, lefts, trim, difficulty, classes, class_counts, thresholds, source,
+                             costs, self.flops(h, w, self.num_subnets - 1))
 
-    def _whole_image_subnet(self, h, w, tiled_flops, full_flops):
+    def operating_point(self, analysis, budget):
+        """``(levels, steps, alpha, histogram)`` of the tiled plan under a FLOPs ``budget`` (None: Eq. 15 or
+        Eq. 16) from the class histogram alone (see :func:`~.projection.apply_levels`)."""
+        steps, alpha = [], None
+        if self.subnet is not None:
+            levels = [self.subnet] * (1 if analysis.class_counts is None else len(analysis.class_counts))
+            histogram = [0] * self.num_subnets
+            histogram[self.subnet] = analysis.num_patches
+            return levels, steps, alpha, histogram
+        counts, costs = analysis.class_counts, analysis.costs
+        if budget is None:
+            levels = self.class_table
+        elif self.class_errors is not None:
+            levels, steps, alpha = calibrated_levels(counts, costs, budget * analysis.full_flops, self.class_errors)
+        else:
+            levels, steps, alpha = budget_levels(counts, costs, budget * analysis.full_flops)
+        histogram = [0] * self.num_subnets
+        for level, count in zip(levels, counts):
+            histogram[level] += count
+        for _, source, target, count in steps:
+            histogram[source] -= count
+            histogram[target] += count
+        return levels, steps, alpha, histogram
+
+    def choose(self, analysis, budget, whole_image_fallback=None):
+        """The :class:`InferencePlan` of ``analysis`` under a FLOPs ``budget`` (None: Eq. 15 or Eq. 16, or the
+        explicit subnet), the whole-image rule included unless ``whole_image_fallback`` is False."""
+        levels, steps, alpha, histogram = self.operating_point(analysis, budget)
+        if analysis.classes is None:
+            subnets = torch.full(analysis.difficulty.shape, self.subnet, dtype=torch.long,
+                                 device=analysis.difficulty.device)
+        else:
+            subnets = apply_levels(analysis.classes, analysis.difficulty, levels, steps)
+        (h, w), full_flops = analysis.lq_size, analysis.full_flops
+        tiled_flops = sum(n * cost for n, cost in zip(histogram, analysis.costs))
+        whole = None
+        if self.whole_image_fallback if whole_image_fallback is None else whole_image_fallback:
+            whole = self._whole_image_subnet(h, w, tiled_flops, full_flops, budget)
+            if whole is None and budget is not None and self.class_errors is not None and self.subnet is None:
+                whole = self._better_whole_image_subnet(h, w, analysis.class_counts, levels, steps, budget)
+        return InferencePlan((h, w), analysis.patch_size, analysis.tops, analysis.lefts, analysis.difficulty,
+                             analysis.classes, subnets, analysis.thresholds, analysis.threshold_source,
+                             analysis.trim, alpha, histogram, tiled_flops, whole)
+
+    def fixed_plan(self, analysis, subnet, whole_image):
+        """The plan of ``analysis`` that runs ``subnet`` on every patch, or on the whole image."""
+        counts = [0] * self.num_subnets
+        counts[subnet] = analysis.num_patches
+        subnets = torch.full(analysis.difficulty.shape, subnet, dtype=torch.long, device=analysis.difficulty.device)
+        return InferencePlan(analysis.lq_size, analysis.patch_size, analysis.tops, analysis.lefts,
+                             analysis.difficulty, analysis.classes, subnets, analysis.thresholds,
+                             analysis.threshold_source, analysis.trim, None, counts,
+                             analysis.num_patches * analysis.costs[subnet], subnet if whole_image else None)
+
+    def plan(self, lq):
+        """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device)."""
+        return self.choose(self.analyse(lq), self.budget)
+
+    def _whole_image_subnet(self, h, w, tiled_flops, full_flops, budget):
         """The subnet that runs the whole image when tiling costs more than allowed, else None."""
-        if not self.whole_image_fallback:
-            return None
-        allowed = full_flops if self.budget is None else self.budget * full_flops
+        allowed = full_flops if budget is None else budget * full_flops
         if tiled_flops <= allowed:
             return None
         if self.subnet is not None:
             return self.subnet
-        if self.budget is None:
+        if budget is None:
             return self.num_subnets - 1
         fitting = [s for s in range(self.num_subnets) if self.flops(h, w, s) <= allowed]
         return fitting[-1] if fitting else 0
 
-    def _better_whole_image_subnet(self, h, w, class_counts, levels, steps, full_flops):
+    def _better_whole_image_subnet(self, h, w, class_counts, levels, steps, budget):
         """The subnet within the budget whose expected error on the whole image (``class_errors`` over the
         patches) is below the tiled plan's, else None (small images: the tiling's overlaps eat the budget)."""
         errors = self.class_errors
-        at_level = [{level: count} for level, count in zip(levels, class_counts)]
-        for k, source, target, count in steps:
-            at_level[k - 1][source] -= count
-            at_level[k - 1][target] = at_level[k - 1].get(target, 0) + count
-        tiled = sum(n * errors[k][m] for k, counts in enumerate(at_level) for m, n in counts.items())
-        allowed = self.budget * full_flops
+        tiled = tiled_error(class_counts, levels, steps, errors)
+        allowed = budget * self.flops(h, w, self.num_subnets - 1)
         best, best_error = None, tiled
         for m in range(self.num_subnets):
             if self.flops(h, w, m) <= allowed:
-                error = sum(n * row[m] for n, row in zip(class_counts, errors))
+                error = whole_error(class_counts, errors, m)
                 if error < best_error:
                     best, best_error = m, error
         return best

@@ -1,73 +1,116 @@
-"""Never slower than the plain network: the plan that runs, chosen by predicted time (a :class:`CostTable`).
+"""Plans chosen by predicted time (a :class:`~.cost_model.CostTable`), never slower than the plain network.
 
 The candidates are the FLOPs plan (tiled, or a whole-image subnet), the full network on the whole image and
-the full network tiled (the fastest of those two is the fastest plain execution), and each whole-image subnet:
+the full network tiled (the faster of those two is the fastest plain execution), and each whole-image subnet:
 
 * Eq. 15, Eq. 16 and FLOPs budgets: a plan predicted slower than the fastest plain execution does not run.
   The fastest plain execution runs instead; under a FLOPs budget, the largest whole-image subnet within the
-  budget that is predicted faster than it, when there is one.
+  budget that is predicted faster than it, when there is one. When even the cheapest tiled plan is predicted
+  slower and nothing else could run, the plain network runs without any analysis of the image (tiny images).
 * An explicit subnet runs tiled or whole, whichever is predicted faster.
 
-Times are those of the subnet forwards (``CostTable``); the engine's own work (difficulty, gathering,
-stitching) is not predicted.
+Predicted times are those of the whole run: the difficulty analysis (not for the plain network or an explicit
+subnet, which need none), the subnet forwards, and gathering and stitching the patches.
 """
 import dataclasses
-
-import torch
-
-
-def _tiled_full(plan, num_subnets, flops):
-    """``plan`` with every patch through the full network."""
-    count, p = sum(plan.histogram), plan.patch_size
-    return dataclasses.replace(plan, subnets=torch.full_like(plan.subnets, num_subnets - 1),
-                               histogram=[0] * (num_subnets - 1) + [count], whole_image_subnet=None,
-                               tiled_flops=count * flops(p, p, num_subnets - 1))
+import math
 
 
-def predicted_seconds(plan, cost, batch_size):
-    """Predicted seconds of the forwards of ``plan`` (tiled, or its whole-image subnet)."""
-    if plan.whole_image_subnet is not None:
-        return cost.whole_seconds(plan.whole_image_subnet, *plan.lq_size)
-    return cost.tiled_seconds(plan.histogram, plan.patch_size, batch_size)
-
-
-def by_time(plan, cost, *, num_subnets, subnet, budget, flops, batch_size):
-    """The plan to run instead of ``plan`` (the FLOPs plan), with ``predicted_s`` and ``reason`` set.
+@dataclasses.dataclass
+class PlanTimer:
+    """Predicted seconds of plans on one device.
 
     Args:
-        plan (InferencePlan): The plan by FLOPs (:class:`~.planning.Planner`).
-        cost (CostTable): Measured costs on the device the engine runs on.
-        num_subnets (int): M.
-        subnet (int | None): The engine's explicit subnet.
-        budget (float | None): The engine's FLOPs budget.
-        flops (Callable[[int, int, int], int]): ``flops(h, w, s)``.
-        batch_size (int): Patches per forward call.
+        cost (CostTable): Measured costs of the device.
+        batch_sizes (Callable[[int], list[int]]): Patches per forward call of every subnet, by patch side.
+        memory_limit (Callable[[], int] | None): Bytes a forward may take now (on CUDA); a whole image whose
+            predicted peak memory exceeds it is predicted to take forever, so it is never chosen. None: no limit.
     """
-    h, w = plan.lq_size
+    cost: object
+    batch_sizes: object
+    memory_limit: object = None
+
+    def tiled(self, histogram, side, h, w, analysed=True):
+        """Seconds of ``histogram[m]`` patches of ``side`` through subnet m on an h x w LR image."""
+        seconds = self.cost.forward_seconds(histogram, side, self.batch_sizes(side))
+        seconds += self.cost.tiling_seconds(sum(histogram), side)
+        return seconds + (self.cost.analysis_seconds(h, w) if analysed else 0.)
+
+    def whole(self, subnet, h, w, analysed=True):
+        """Seconds of ``subnet`` on the whole h x w LR image (inf when it is predicted not to fit in memory)."""
+        peak = self.cost.whole_peak_bytes(subnet, h, w)
+        limit = None if peak is None or self.memory_limit is None else self.memory_limit()
+        if limit is not None and peak > limit:
+            return math.inf
+        return self.cost.whole_seconds(subnet, h, w) + (self.cost.analysis_seconds(h, w) if analysed else 0.)
+
+    def of(self, plan, analysed=True):
+        """Seconds of ``plan`` (tiled, or its whole-image subnet)."""
+        h, w = plan.lq_size
+        if plan.whole_image_subnet is not None:
+            return self.whole(plan.whole_image_subnet, h, w, analysed)
+        return self.tiled(plan.histogram, plan.patch_size, h, w, analysed)
+
+    def fastest_plain(self, analysis, num_subnets):
+        """``(seconds, whole_image)`` of the fastest plain execution (no analysis): whole image or tiled."""
+        full, (h, w) = num_subnets - 1, analysis.lq_size
+        tiled = self.tiled([0] * full + [analysis.num_patches], analysis.patch_size, h, w, analysed=False)
+        whole = self.whole(full, h, w, analysed=False)
+        return (whole, True) if whole <= tiled else (tiled, False)
+
+
+def plain_plan(planner, analysis, timer, reason, plan=None):
+    """The fastest plain execution as a plan, with ``predicted_s`` and ``reason`` (run whole, it keeps the tiled
+    ``plan`` it replaces, when given, for the report)."""
+    seconds, whole_image = timer.fastest_plain(analysis, planner.num_subnets)
+    if whole_image and plan is not None:
+        plan = dataclasses.replace(plan, whole_image_subnet=planner.num_subnets - 1)
+    else:
+        plan = planner.fixed_plan(analysis, planner.num_subnets - 1, whole_image)
+    what = 'full network on the whole image' if whole_image else 'full network tiled'
+    return dataclasses.replace(plan, predicted_s=seconds, reason=f'{what}: {reason}')
+
+
+def without_analysis(planner, geometry, timer, *, budget, flops):
+    """The plain plan when no analysis of the image could change it (Eq. 15 and Eq. 16 modes, or a FLOPs budget
+    whose whole-image subnets are all predicted slower than the plain network, and every tiled plan predicted
+    slower too); else None."""
+    if planner.subnet is not None:
+        return None
+    (h, w), full = geometry.lq_size, planner.num_subnets - 1
+    plain_s, _ = timer.fastest_plain(geometry, planner.num_subnets)
+    cheapest = timer.tiled([geometry.num_patches] + [0] * full, geometry.patch_size, h, w)
+    if cheapest < plain_s:
+        return None
+    if budget is not None and any(flops(h, w, m) <= budget * flops(h, w, full) and timer.whole(m, h, w) < plain_s
+                                  for m in range(full)):
+        return None
+    return plain_plan(planner, geometry, timer, 'every other plan was predicted slower (no analysis needed)')
+
+
+def by_time(plan, timer, planner, analysis, *, budget, flops):
+    """The plan to run instead of ``plan`` (the FLOPs plan of ``analysis``), with ``predicted_s`` and ``reason``."""
+    (h, w), num_subnets = plan.lq_size, planner.num_subnets
     full = num_subnets - 1
-    whole = dataclasses.replace(plan, whole_image_subnet=full)
-    if subnet is not None:
+    if planner.subnet is not None:
         tiled = dataclasses.replace(plan, whole_image_subnet=None)
-        as_whole = dataclasses.replace(plan, whole_image_subnet=subnet)
-        t_tiled, t_whole = predicted_seconds(tiled, cost, batch_size), predicted_seconds(as_whole, cost, batch_size)
+        as_whole = dataclasses.replace(plan, whole_image_subnet=planner.subnet)
+        t_tiled, t_whole = timer.of(tiled, analysed=False), timer.of(as_whole, analysed=False)
         if t_whole < t_tiled:
             return dataclasses.replace(as_whole, predicted_s=t_whole, reason='subnet: whole image predicted faster')
         return dataclasses.replace(tiled, predicted_s=t_tiled, reason='subnet: tiled predicted faster')
-    tiled_full = _tiled_full(plan, num_subnets, flops)
-    plain = min((predicted_seconds(whole, cost, batch_size), 'full network on the whole image', whole),
-                (predicted_seconds(tiled_full, cost, batch_size), 'full network tiled', tiled_full),
-                key=lambda option: option[0])
-    own = predicted_seconds(plan, cost, batch_size)
-    if own <= plain[0]:
+    plain_s, _ = timer.fastest_plain(analysis, num_subnets)
+    own = timer.of(plan)
+    if own <= plain_s:
         return dataclasses.replace(plan, predicted_s=own, reason='plan predicted faster than the plain network')
     if budget is not None:
         allowed = budget * flops(h, w, full)
-        faster = [m for m in range(num_subnets)
-                  if flops(h, w, m) <= allowed and cost.whole_seconds(m, h, w) < plain[0]]
+        faster = [m for m in range(num_subnets) if flops(h, w, m) <= allowed and timer.whole(m, h, w) < plain_s]
         if faster:
             m = faster[-1]
-            return dataclasses.replace(plan, whole_image_subnet=m, predicted_s=cost.whole_seconds(m, h, w),
+            return dataclasses.replace(plan, whole_image_subnet=m, predicted_s=timer.whole(m, h, w),
                                        reason='whole-image subnet within the budget predicted faster than the plan '
                                        'and the plain network')
-    return dataclasses.replace(plain[2], predicted_s=plain[0],
-                               reason=f'{plain[1]}: the plan was predicted slower ({own:.3g} s > {plain[0]:.3g} s)')
+    return plain_plan(planner, analysis, timer, f'the plan was predicted slower ({own:.3g} s > {plain_s:.3g} s)',
+                      plan)
+
