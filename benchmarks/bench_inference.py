@@ -15,14 +15,15 @@ For every network (SRResNet / RCAN x4 with the paper's widths [36, 52, 64] and t
   quality d dB         the engine with a quality target (``max_loss=d``; ``--max-loss``, with ``--model``'s class
                        errors),
 and prints the time, the speedup over both plain executions, the FLOPs ratio, the efficiency (speedup over the
-whole image x FLOPs ratio: 1 = as fast as the FLOPs promise), the predicted time (with a cost table: ``--plan-by
-time``, and always for latency budgets) and where the engine's time goes: plan (tiling, difficulty, projection),
-patch gathering, subnet forwards and stitch (overhead: all but the forwards, as a share of the four). A last
-table sums each configuration up: the slowest engine row against the fastest plain execution, the latency
-budgets' measured share of it, and the median error of the predictions. Weights are random (speed does not
-depend on their values); thresholds are per-image quantiles (``--model`` gives a checkpoint's, and its class
-errors). ``--section tiling`` sweeps patch size and overlap; ``--section widths`` times every subnet on the
-whole image. Every timing alternates with that of its baselines, so a ratio compares runs of the same moment.
+whole image x FLOPs ratio: 1 = as fast as the FLOPs promise), the time this device's cost table predicts
+(cached; with ``--plan-by time`` it also chooses the plans) and where the engine's time goes: plan (tiling,
+difficulty, projection), patch gathering, subnet forwards and stitch (overhead: all but the forwards, as a share
+of the four). A last table sums each configuration up: the slowest engine row against the fastest plain
+execution, the latency budgets' measured share of it, and the median error of the predictions. Weights are
+random (speed does not depend on their values); thresholds are per-image quantiles (``--model`` gives a
+checkpoint's, and its class errors). ``--section tiling`` sweeps patch size and overlap; ``--section widths``
+times every subnet on the whole image. Every timing alternates with that of its baselines, each round in another
+order, so a ratio compares runs of the same moment.
 """
 import argparse
 import platform
@@ -39,6 +40,7 @@ from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
+from wbsr_plugin.inference.time_rules import PlanTimer
 
 from basicsr.archs import build_network
 
@@ -86,15 +88,17 @@ def timed(fn, repeat, device):
 
 
 def timed_group(fns, repeat, device):
-    """Median seconds of every function of ``fns``, run in turn (a shared machine's drift hits them all)."""
+    """Median seconds of every function of ``fns``, run in turn (a shared machine's drift hits them all), each
+    round starting one further along (no function always runs after the same one)."""
     times = [[] for _ in fns]
     for attempt in range(repeat + 1):
-        for fn, found in zip(fns, times):
+        for i in range(len(fns)):
+            index = (attempt + i) % len(fns)
             start = time.perf_counter()
-            fn()
+            fns[index]()
             synchronize(device)
             if attempt:  # the first round warms up
-                found.append(time.perf_counter() - start)
+                times[index].append(time.perf_counter() - start)
     return [statistics.median(found) for found in times]
 
 
@@ -167,9 +171,7 @@ def main_section(configs, photo, args, device):
         tiled = engine_for(net, {}, {'subnet': -1, 'whole_image_fallback': False}, args)
         name = type(net).LABEL
         prefix = f'| {name} x{args.scale} | {list(net.widths)} | {w}x{h} | {str(dtype).replace("torch.", "")}'
-        cost = None
-        if args.plan_by == 'time' or args.latency_budgets:
-            cost = load_or_measure(net, device, dtype)
+        cost = load_or_measure(net, device, dtype)  # plans by time, latency rows, and every row's prediction
         settings = [('Eq. 15', {})] + [(f'budget {b:g}', {'budget': b}) for b in args.budgets]
         settings += [(f'latency {b:g}', {'budget': b, 'budget_unit': 'time', 'cost_table': cost})
                      for b in args.latency_budgets]
@@ -193,11 +195,14 @@ def main_section(configs, photo, args, device):
                 print(f'{prefix} | {label} | error: {str(err).splitlines()[0][:120]} |', flush=True)
                 continue
             plan = report.plan
-            rows.append((label, elapsed, min(whole_s, tiled_s), plan.predicted_s))
+            predicted_s = plan.predicted_s
+            if predicted_s is None and cost is not None:  # a plan by FLOPs: what this device's costs predict
+                predicted_s = PlanTimer(cost, engine._batch_sizes).of(plan, analysed=plan.classes is not None)
+            rows.append((label, elapsed, min(whole_s, tiled_s), predicted_s))
             total = sum(parts.values())
             overhead = (total - parts['forwards']) / total if total else 0.
             label = f'{label} (whole image)' if plan.whole_image_subnet is not None else label
-            predicted = '-' if plan.predicted_s is None else f'{1e3 * plan.predicted_s:.1f}'
+            predicted = '-' if predicted_s is None else f'{1e3 * predicted_s:.1f}'
             efficiency = whole_s / elapsed * report.flops_ratio
             print(f'{prefix} | {label} | {report.flops_ratio:.3f} | {1e3 * elapsed:.1f} | {predicted} | '
                   f'{whole_s / elapsed:.2f}x | {tiled_s / elapsed:.2f}x | {efficiency:.2f} | '

@@ -229,6 +229,7 @@ class DynamicInferenceEngine:
                                target_gflops=target_gflops, alpha=alpha, subnet=subnet, class_errors=class_errors,
                                whole_image_fallback=whole_image_fallback)
         self._geometry_cache = {}
+        self._batch_size_cache = {}
 
     def refresh(self):
         """Forget the extracted subnets (they are rebuilt from the supernet on the next run)."""
@@ -245,9 +246,13 @@ class DynamicInferenceEngine:
         return self._geometry_cache[key]
 
     def _batch_sizes(self, patch):
-        """Patches per forward call of every subnet at LR patch side ``patch``."""
+        """Patches per forward call of every subnet at LR patch side ``patch`` (fixed once seen)."""
         param = next(self.net.parameters())
-        return [self.subnets.batch_size(m, patch, param) for m in range(len(self.net.subnets))]
+        key = (patch, param.dtype, param.device)
+        if key not in self._batch_size_cache:
+            self._batch_size_cache[key] = [self.subnets.batch_size(m, patch, param)
+                                           for m in range(len(self.net.subnets))]
+        return self._batch_size_cache[key]
 
     def _memory_limit(self):
         """Bytes a forward may take now: on CUDA the free memory and the allocator's reusable cache; else None."""

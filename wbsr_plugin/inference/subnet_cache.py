@@ -44,7 +44,9 @@ class SubnetCache:
         self.fingerprint = None
 
     def _weights_fingerprint(self):
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.net.parameters())
+        """Where every parameter lives and how often it was written in place (a move, a cast or a new
+        parameter changes where it lives)."""
+        return tuple((p.data_ptr(), p._version) for p in self.net.parameters())
 
     def drop_stale(self):
         """Forget the extracted subnets if a parameter of the supernet changed since they were made."""
