@@ -17,10 +17,10 @@ processes (:mod:`wbsr_plugin.cli.sharding`): each writes its own files, on its o
 there is one per process, else on the CPU; rank 0 prints the totals.
 """
 import argparse
-import os
+import errno
+import signal
 import sys
 import time
-from functools import partial
 from os import path as osp
 
 import torch
@@ -38,12 +38,13 @@ from wbsr_plugin.cli.image_io import (
     write_image_atomic,
 )
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
+from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
 from wbsr_plugin.cli.output_names import (
     OUTPUT_EXTENSIONS,
-    output_exists,
+    OutputConflict,
+    OutputNames,
     output_extension,
-    output_path,
-    shared_names,
+    outputs_among_inputs,
 )
 from wbsr_plugin.cli.sharding import (
     DistContext,
@@ -78,6 +79,9 @@ def budget_fraction(text):
 # infer's default quality target with a checkpoint that stores class errors: the largest target that lost no more
 # than Eq. 15 on held-out photos (docs/RESULTS.md, "Quality target against Eq. 15 on held-out photos")
 DEFAULT_MAX_LOSS = 0.03
+
+
+INTERRUPTED = 130  # exit status after Ctrl-C or SIGTERM
 
 
 def loss_db(text):
@@ -140,8 +144,13 @@ def build_parser():
     parser.add_argument('--suffix', default='out', help='output name suffix: NAME_SUFFIX.EXT. Default: out')
     parser.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
                         help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
-    parser.add_argument('--skip-existing', action='store_true',
-                        help='leave out inputs whose output (and map, with --save-map) already exists')
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument('--skip-existing', action='store_true',
+                          help='leave out inputs whose output (and map, with --save-map) already exists; of the '
+                          'others, write only the missing files')
+    existing.add_argument('--overwrite', action='store_true',
+                          help='replace files this run writes that exist already (without it, or --skip-existing, '
+                          'the run stops before computing when one exists)')
     parser.add_argument('--plan-by', choices=('flops', 'time'),
                         help='flops: the same plan on every machine (the default); time: this device\'s measured '
                         'costs decide, never slower than the plain network (measured once and cached; '
@@ -154,14 +163,14 @@ def build_parser():
     return parser
 
 
-def is_finished(input_path, args, shared=frozenset()):
-    """True if ``input_path``'s output (and map, with ``--save-map``) is in the output folder.
+class DiskFull(OSError):
+    """The output device is full: the run stops."""
 
-    ``shared``: names that several inputs have (see :func:`output_exists`).
-    """
-    name = osp.splitext(osp.basename(input_path))[0]
-    return output_exists(args.output, input_path, args.suffix, args.ext, own_extension_only=name in shared) and (
-        not args.save_map or osp.isfile(output_path(args.output, input_path, 'map', 'png')))
+
+def is_out_of_memory(err):
+    """True for CUDA's and the CPU allocator's out-of-memory errors."""
+    text = str(err)
+    return isinstance(err, MemoryError) or 'out of memory' in text or "can't allocate memory" in text
 
 
 def status_line(text, file=None):
@@ -172,33 +181,72 @@ def status_line(text, file=None):
     file.flush()
 
 
-def super_resolve(paths, engine, net, args, totals, prefix=''):
-    """Run and write every image of ``paths``, counting into ``totals`` (a :class:`RankTotals`)."""
+def super_resolve(paths, engine, net, names, args, totals, prefix=''):
+    """Run and write every image of ``paths`` (at their :class:`OutputNames`), counting into ``totals`` (a
+    :class:`RankTotals`). A file that exists is replaced only with ``--overwrite``."""
     for path in tqdm(paths, unit='img', disable=len(paths) < 2 or bool(prefix)):
-        name = osp.splitext(osp.basename(path))[0]
         try:
             lq, info = read_image(path)
             sr, report = engine.run(lq)
-            out = to_image(sr, info)
-            ext = output_extension(path, args.ext, info)
-            write_image_atomic(output_path(args.output, path, args.suffix, ext), out)
-            if args.save_map:
+            target = names.image_path(path, output_extension(path, args.ext, info))
+            if args.overwrite or not osp.exists(target):
+                write_image_atomic(target, to_image(sr, info))
+            if args.save_map and (args.overwrite or not osp.exists(names.map_path(path))):
                 bgr = to_image(sr, ImageInfo('rgb', 255))
                 overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
                                              legend=subnet_map_legend(report, net))
-                write_image_atomic(output_path(args.output, path, 'map', 'png'), overlay)
-        except (ImageReadError, OSError) as err:
+                write_image_atomic(names.map_path(path), overlay)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:  # every later image would fail the same way
+                raise DiskFull(f'-o: no space left on the device of {args.output} (writing {osp.basename(path)})') \
+                    from None
             status_line(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
             totals.failed.append(path)
             continue
-        except RuntimeError as err:
-            if 'out of memory' not in str(err):
+        except ImageReadError as err:
+            status_line(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
+            totals.failed.append(path)
+            continue
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
                 raise
-            status_line(f'{prefix}warning: skipped {path}: out of memory; try a smaller --tile.', file=sys.stderr)
+            status_line(f'{prefix}warning: skipped {path}: out of memory; try --budget, a smaller --tile or fewer '
+                        '--threads.', file=sys.stderr)
             totals.failed.append(path)
             continue
         totals.add(report)
-        status_line(f'{prefix}{name}: {report.summary()}')
+        status_line(f'{prefix}{osp.basename(path)}: {report.summary()}')
+
+
+def plan_outputs(args, parser, ctx):
+    """``(inputs, OutputNames)`` of the run, checked before any computation (the policy of
+    :mod:`wbsr_plugin.cli.output_names`); a conflict exits with one ``error:`` line on every rank."""
+    try:
+        paths = list_images(args.input)
+    except FileNotFoundError as err:
+        parser.exit(2, f'error: -i: {err}\n')
+    paths, left_out = outputs_among_inputs(paths, args.input, args.output, args.suffix)
+    if not paths:
+        parser.exit(2, f'error: -i: no images in {args.input}\n')
+    problem = None
+    try:
+        names = OutputNames(args.output, paths, args.suffix, args.ext, args.save_map)
+    except OutputConflict as err:
+        problem = str(err)
+    if ctx.is_main and problem is None:  # rank 0 looks at the folder before any rank writes into it
+        try:
+            check_output_folder(args.output)
+            names.check_existing(paths, args.overwrite, args.skip_existing)
+        except (OutputFolderError, OutputConflict) as err:
+            problem = str(err)
+    problem = broadcast_object(problem, ctx)
+    if problem is not None:
+        parser.exit(2, f'error: {problem}\n')
+    if ctx.is_main and left_out:
+        print(f'note: left out {len(left_out)} file(s) of {args.input} that look like outputs of this command '
+              f'(-o lies in -i): {", ".join(osp.basename(p) for p in left_out[:5])}'
+              + (' ...' if len(left_out) > 5 else ''), file=sys.stderr)
+    return paths, names
 
 
 def has_class_errors(meta):
@@ -248,6 +296,15 @@ def main(argv=None):
             parser.error('--budget-unit time needs --budget (a share of the plain network\'s time)')
         args.plan_by = 'time'
     args.plan_by = args.plan_by or 'flops'
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends the run as Ctrl-C does
+    try:
+        return run(args, parser)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args, parser):
+    """The run of parsed arguments; its exit status (0, 1 when an image failed, 130 when interrupted)."""
     try:
         ctx = dist_context_from_env()
     except ValueError as err:
@@ -260,25 +317,26 @@ def main(argv=None):
     totals = RankTotals(rank=ctx.rank)
     crash = None
     with process_group(ctx, device):  # joined first: under torchrun one rank measures this device's costs
+        paths, names = plan_outputs(args, parser, ctx)
         engine, net, meta = build_engine(args, parser, device, network_opt)
-        try:
-            paths = list_images(args.input)
-        except FileNotFoundError as err:
-            parser.exit(2, f'error: {err}\n')
-        if not paths:
-            parser.exit(2, f'error: no images in {args.input}\n')
         if ctx.is_main and meta.get('thresholds') is None and args.subnet is None:
             print('note: the checkpoint stores no class thresholds; using per-image quantiles of the patch '
                   'difficulties.', file=sys.stderr)
-        os.makedirs(args.output, exist_ok=True)
-        is_done = partial(is_finished, args=args, shared=shared_names(paths)) if args.skip_existing else None
+        is_done = names.finished if args.skip_existing else None
         shares, skipped = broadcast_object(plan_work(paths, ctx.world_size, is_done) if ctx.is_main else None, ctx)
         if ctx.is_main and skipped:
             print(f'{skipped} of {len(paths)} image(s) skipped: their output exists (--skip-existing).')
         start = time.perf_counter()
+        prefix = f'[rank {ctx.rank}] ' if ctx.distributed else ''
         try:
-            prefix = f'[rank {ctx.rank}] ' if ctx.distributed else ''
-            super_resolve(shares[ctx.rank], engine, net, args, totals, prefix)
+            super_resolve(shares[ctx.rank], engine, net, names, args, totals, prefix)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the file being written was removed
+            print(f'\n{prefix}interrupted: {totals.images} image(s) written, the others not started or removed '
+                  'unfinished; run again with --skip-existing to go on.', file=sys.stderr)
+            return INTERRUPTED
+        except DiskFull as err:
+            print(f'{prefix}error: {err}; {totals.images} image(s) written.', file=sys.stderr)
+            return 1
         except Exception as err:  # the other ranks still get this rank's totals; re-raised below
             crash, totals.error = err, f'{type(err).__name__}: {err}'
         totals.wall_s = time.perf_counter() - start

@@ -12,11 +12,13 @@ if not __package__:  # run as a file: import the package, not the files beside t
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import wbsr_plugin  # noqa: E402, F401  (registers the plugin and applies the compatibility fixes)
+from wbsr_plugin.cli.pipeline_checks import check_pipeline_options  # noqa: E402
 
 from basicsr.test import test_pipeline  # noqa: E402
 
 
 def main():
+    check_pipeline_options(sys.argv[1:])  # one line, before any folder is made, for a bad option file
     test_pipeline(os.getcwd())
 
 

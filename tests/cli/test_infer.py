@@ -55,16 +55,16 @@ def test_cli_bad_inputs_skip_and_fail(tiny_checkpoint, tmp_path, capsys):
     assert 'empty file' in result.stderr and 'cannot decode' in result.stderr
     assert sorted(os.listdir(out)) == ['good_out.png']  # nothing half-written, no temporary files
 
-    good = str(inputs / 'good.png')
+    good, fresh = str(inputs / 'good.png'), tmp_path / 'fresh'
     for extra, message in ((['--budget', '1.5'], 'budget'), (['--budget', '0'], 'budget'), (['-s', '2'], 'not x2'),
                            (['--arch', 'WBSRRCAN'], 'not a WBSRRCAN')):
         with pytest.raises(SystemExit) as exit_info:
-            infer.main(['-i', good, '-o', str(out), '--model', tiny_checkpoint, *extra])
+            infer.main(['-i', good, '-o', str(fresh), '--model', tiny_checkpoint, *extra])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        infer.main(['-i', good, '-o', str(out), '--model', str(tmp_path / 'nope.pth')])
+        infer.main(['-i', good, '-o', str(fresh), '--model', str(tmp_path / 'nope.pth')])
     assert exit_info.value.code == 2 and 'no such checkpoint' in capsys.readouterr().err
-    assert sorted(os.listdir(out)) == ['good_out.png']
+    assert not fresh.exists() and sorted(os.listdir(out)) == ['good_out.png']  # nothing made, nothing changed
 
 
 def test_failed_write_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
@@ -105,7 +105,7 @@ def test_latency_budget_and_quality_target_options(tiny_checkpoint, tmp_path, mo
                          (['--max-loss', '-1'], "expected a loss in dB >= 0 or 'off', got -1.0"),
                          (['--max-loss', '0.1'], 'max_loss (a quality target) needs class errors')):
         with pytest.raises(SystemExit) as exit_info:
-            infer.main(argv + bad)
+            infer.main(argv + bad + ['--overwrite'])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -123,7 +123,7 @@ def test_quality_target_with_class_errors(tmp_path, capsys):
     expected = float(re.search(r'within it \((-?[0-9.]+) dB\)', line).group(1))
     assert 0.2 < expected <= 0.5  # more than subnet w16d1 alone would lose: cheaper
     # the default with class errors is a quality target of 0.03 dB; 'off', a budget or a subnet give it up
-    rocket = ['-i', osp.join(LR_FIXTURES, 'rocket.png'), '-o', str(out), '--model', path, '-t', '16']
+    rocket = ['-i', osp.join(LR_FIXTURES, 'rocket.png'), '-o', str(out), '--model', path, '-t', '16', '--overwrite']
     for extra, target in (([], True), (['--max-loss', 'off'], False), (['--budget', '0.6'], False),
                           (['--subnet', '1'], False)):
         assert infer.main(rocket + extra) == 0

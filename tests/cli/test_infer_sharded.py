@@ -1,7 +1,10 @@
 """Sharded folder inference: launch detection, devices, threads, file sharing, output names, torchrun."""
+import glob
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from os import path as osp
 
@@ -11,7 +14,7 @@ import torch
 from conftest import FIXTURES, TINY_RESNET, run_cli
 
 from wbsr_plugin.cli.image_io import ImageInfo
-from wbsr_plugin.cli.output_names import output_exists, output_extension, possible_output_paths, shared_names
+from wbsr_plugin.cli.output_names import OutputNames, output_extension
 from wbsr_plugin.cli.sharding import (
     DistContext,
     cpu_threads_per_rank,
@@ -82,18 +85,18 @@ def test_output_names_without_decoding(tmp_path):
     assert output_extension('a.jpg', 'auto', ImageInfo('rgba', 255)) == 'png'
     assert output_extension('a.tif', 'auto', ImageInfo('rgb', 65535)) == 'tif'
     out = str(tmp_path)
-    assert possible_output_paths(out, 'in/a.JPG', 'out', 'auto') == [osp.join(out, 'a_out.jpg'),
-                                                                      osp.join(out, 'a_out.png')]
-    assert possible_output_paths(out, 'in/a.tif', 'out', 'auto') == [osp.join(out, 'a_out.tif')]
-    assert possible_output_paths(out, 'in/a.png', 'x4', 'webp') == [osp.join(out, 'a_x4.webp')]
-    assert not output_exists(out, 'in/a.jpg', 'out', 'auto')
-    (tmp_path / '.a_out.png.123.tmp.png').write_bytes(b'')  # an unfinished write does not count
-    assert not output_exists(out, 'in/a.jpg', 'out', 'auto')
+    names = OutputNames(out, ['in/a.JPG', 'in/b.tif', 'in/c.png'], 'out', 'auto', save_map=False)
+    assert names.image_candidates('in/a.JPG') == [osp.join(out, 'a_out.jpg'), osp.join(out, 'a_out.png')]
+    assert names.image_candidates('in/b.tif') == [osp.join(out, 'b_out.tif')]
+    assert OutputNames(out, ['in/a.png'], 'x4', 'webp', False).image_candidates('in/a.png') == [
+        osp.join(out, 'a_x4.webp')]
+    assert not names.finished('in/a.JPG')
+    (tmp_path / '.a_out.png.host-123-abc.tmp.png').write_bytes(b'')  # an unfinished write does not count
+    assert not names.finished('in/a.JPG')
     (tmp_path / 'a_out.png').write_bytes(b'')  # an RGBA/16-bit JPEG-named input would give this
-    assert output_exists(out, 'in/a.jpg', 'out', 'auto') and not output_exists(out, 'in/a.jpg', 'out', 'jpg')
-    assert not output_exists(out, 'in/a.tif', 'out', 'auto')
-    assert shared_names(['in/a.jpg', 'in/a.png', 'in/b.png']) == {'a'}
-    assert not output_exists(out, 'in/a.jpg', 'out', 'auto', own_extension_only=True)  # a_out.png is a.png's
+    assert names.finished('in/a.JPG') and not names.finished('in/b.tif')
+    with_maps = OutputNames(out, ['in/a.JPG'], 'out', 'auto', save_map=True)
+    assert not with_maps.finished('in/a.JPG') and with_maps.map_path('in/a.JPG') == osp.join(out, 'a_map.png')
 
 
 @pytest.fixture
@@ -122,10 +125,22 @@ def test_plan_work_shares_by_pixels_and_skips_done(folder):
 
 
 def run_sharded(model, inputs, out, *extra, check=True):
-    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    """Run infer under torchrun with 2 ranks; each rank's stdout and stderr go to their own files (``--redirects``),
+    so that lines of the two ranks can never cut into each other. Returns the process (its ``stdout`` and
+    ``stderr`` the ranks' files, rank 0's first, and torchrun's own), the (rank, name) of every image done and the
+    totals lines."""
+    logs = tempfile.mkdtemp(prefix='torchrun-logs-', dir=osp.dirname(inputs))
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--log-dir', logs,
+                '--redirects', '3']
     proc = run_cli([*torchrun, '-m', 'wbsr_plugin.infer', '-i', inputs, '-o', str(out), '--model', model, '-t', '16',
                     '--device', 'cpu', *extra], cwd=osp.dirname(inputs), timeout=120, check=check)
-    done = re.findall(r'\[rank (\d)\] (\w+): \d+x\d+ -> ', proc.stdout)  # found anywhere in a line
+    for stream in ('stdout', 'stderr'):
+        files = sorted(glob.glob(osp.join(logs, '**', f'{stream}.log'), recursive=True),
+                       key=lambda f: int(osp.basename(osp.dirname(f))))  # .../attempt_0/RANK/stdout.log
+        assert len(files) == 2, files
+        setattr(proc, stream, ''.join(open(f).read() for f in files) + getattr(proc, stream))
+    shutil.rmtree(logs)
+    done = re.findall(r'^\[rank (\d)\] (\w+)\.png: \d+x\d+ -> ', proc.stdout, flags=re.M)
     totals = [line for line in proc.stdout.splitlines() if line.startswith('total: ')]
     return proc, done, totals
 

@@ -1,20 +1,35 @@
-"""Output names of super-resolved images, and whether an input's output already exists.
+"""Where a run writes, decided before any computation, so that no run loses work (the output policy).
 
-An input ``NAME.EXT`` is written as ``NAME_SUFFIX.OUT``. ``OUT`` is the ``--ext`` choice, or with
-``auto`` the input's own extension, except that 16-bit and RGBA inputs are written as PNG unless the
-input already is PNG or TIFF (the formats that keep them). Whether an output exists is decided from
-the name alone, without decoding the input: with a fixed extension the exact name must exist; with
-``auto`` either ``NAME_SUFFIX.EXT`` or, for inputs that are not PNG/TIFF, ``NAME_SUFFIX.png``
-(unless another input has the same ``NAME``: then only ``NAME_SUFFIX.EXT``, since the PNG may be
-the other input's). Outputs are renamed into place only when complete, so an existing name is a
+* An input ``NAME.EXT`` is written as ``NAME_SUFFIX.OUT`` (and, with ``--save-map``, its map as ``NAME_map.png``).
+  ``OUT`` is the ``--ext`` choice, or with ``auto`` the input's own extension, except that 16-bit and RGBA
+  inputs are written as PNG unless the input already is PNG or TIFF (the formats that keep them).
+* Inputs whose names differ only in their extension or in letter case (``a.png``, ``a.jpg``, ``A.png``) are
+  written as ``NAME_EXT_SUFFIX.OUT``, so two inputs never share an output; when even that is ambiguous the run
+  stops before computing anything.
+* No output may be an input, and no map may be an image of the same run: such runs stop before computing.
+* When ``-o`` is ``-i`` or lies inside it, files that look like this command's outputs (``*_SUFFIX.*``,
+  ``*_map.png``) are not taken as inputs; the run says how many it left out.
+* A file the run would write that already exists is never replaced silently: the run stops before computing and
+  lists them, unless ``--overwrite`` (replace them) or ``--skip-existing`` (leave out the inputs whose outputs
+  all exist; of the others, only the missing files are written).
+
+Whether an output exists is decided from its name alone, without decoding the input: with ``auto`` either
+extension an input may get counts. Outputs are renamed into place only when complete, so an existing name is a
 finished image.
 """
-from collections import Counter
+import os
+from collections import defaultdict
 from os import path as osp
 
 OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'tif', 'webp')
 # Formats that keep 16 bits per channel and an alpha channel.
 DEEP_EXTENSIONS = ('png', 'tif', 'tiff')
+MAP_SUFFIX = 'map'
+LISTED = 5  # paths named in a conflict message
+
+
+class OutputConflict(ValueError):
+    """A run that would lose work (see the module docstring)."""
 
 
 def _input_extension(input_path):
@@ -37,48 +52,116 @@ def output_extension(input_path, ext, info):
         if info.mode == 'rgba' or info.max_value > 255:
             ext = ext if ext in DEEP_EXTENSIONS else 'png'
         return ext
-    elif ext in OUTPUT_EXTENSIONS:
+    if ext in OUTPUT_EXTENSIONS:
         return ext
-    else:
-        raise ValueError(f'unknown extension {ext!r}; expected one of {OUTPUT_EXTENSIONS}.')
+    raise ValueError(f'unknown extension {ext!r}; expected one of {OUTPUT_EXTENSIONS}.')
 
 
-def output_path(folder, input_path, suffix, ext):
-    """``folder/NAME_SUFFIX.EXT`` for an input ``NAME.*`` and an extension without the dot."""
-    name = osp.splitext(osp.basename(input_path))[0]
-    return osp.join(folder, f'{name}_{suffix}.{ext}')
+def _key(path):
+    """A path as the file system may see it: absolute, and case-insensitive."""
+    return osp.normcase(osp.realpath(path)).casefold()
 
 
-def possible_output_paths(folder, input_path, suffix, ext, own_extension_only=False):
-    """Every path :func:`output_extension` can give ``input_path``, known without decoding it.
+def _listed(paths):
+    paths = sorted(paths)
+    more = f' and {len(paths) - LISTED} more' if len(paths) > LISTED else ''
+    return ', '.join(paths[:LISTED]) + more
+
+
+class OutputNames:
+    """The output paths of one run's inputs (see the module docstring).
 
     Args:
         folder (str): Output folder.
-        input_path (str): Input image path.
+        inputs (Sequence[str]): Every input of the run (all ranks'), in order.
         suffix (str): Output name suffix.
         ext (str): One of :data:`OUTPUT_EXTENSIONS`.
-        own_extension_only (bool): With 'auto', leave out the PNG a 16-bit or RGBA input would
-            give (for inputs whose name another input shares). Default: False.
+        save_map (bool): Whether each input also gets a map.
 
-    Returns:
-        list[str]: One path for a fixed extension or a PNG/TIFF input, else two (own extension, PNG).
+    Raises:
+        OutputConflict: Two inputs would share an output.
     """
-    if ext == 'auto':
+
+    def __init__(self, folder, inputs, suffix, ext, save_map):
+        if ext not in OUTPUT_EXTENSIONS:
+            raise ValueError(f'unknown extension {ext!r}; expected one of {OUTPUT_EXTENSIONS}.')
+        self.folder, self.suffix, self.ext, self.save_map = folder, suffix, ext, save_map
+        by_stem = defaultdict(list)
+        for path in inputs:
+            by_stem[osp.splitext(osp.basename(path))[0].casefold()].append(path)
+        self.stems = {}
+        for paths in by_stem.values():
+            for path in paths:
+                stem, extension = osp.splitext(osp.basename(path))
+                self.stems[path] = stem if len(paths) == 1 else f'{stem}_{extension.lstrip(".").lower()}'
+        self.check_unique(inputs)
+
+    def image_path(self, input_path, ext):
+        """``folder/STEM_SUFFIX.EXT`` of ``input_path`` (an extension without the dot)."""
+        return osp.join(self.folder, f'{self.stems[input_path]}_{self.suffix}.{ext}')
+
+    def image_candidates(self, input_path):
+        """Every path the input's image may get, known without decoding it."""
+        if self.ext != 'auto':
+            return [self.image_path(input_path, self.ext)]
         own = _input_extension(input_path)
-        extensions = [own] if own in DEEP_EXTENSIONS or own_extension_only else [own, 'png']
-    elif ext in OUTPUT_EXTENSIONS:
-        extensions = [ext]
-    else:
-        raise ValueError(f'unknown extension {ext!r}; expected one of {OUTPUT_EXTENSIONS}.')
-    return [output_path(folder, input_path, suffix, e) for e in extensions]
+        return [self.image_path(input_path, e) for e in ([own] if own in DEEP_EXTENSIONS else [own, 'png'])]
+
+    def map_path(self, input_path):
+        """``folder/STEM_map.png``, or None without ``save_map``."""
+        return osp.join(self.folder, f'{self.stems[input_path]}_{MAP_SUFFIX}.png') if self.save_map else None
+
+    def paths(self, input_path):
+        """Every path the input may write."""
+        return self.image_candidates(input_path) + ([self.map_path(input_path)] if self.save_map else [])
+
+    def finished(self, input_path):
+        """True when the input's image (and map, with ``save_map``) exists."""
+        return any(osp.isfile(p) for p in self.image_candidates(input_path)) and (
+            not self.save_map or osp.isfile(self.map_path(input_path)))
+
+    def check_unique(self, inputs):
+        """No two inputs (or an input's image and map) share a path; no path is an input."""
+        owners = {}
+        for path in inputs:
+            for kind, target in [('output', p) for p in self.image_candidates(path)] + (
+                    [('map', self.map_path(path))] if self.save_map else []):
+                other = owners.setdefault(_key(target), (path, kind, target))
+                if other[0] != path or other[1] != kind:
+                    raise OutputConflict(
+                        f'{other[0]} ({other[1]}) and {path} ({kind}) would both be written as {target}'
+                        + ('; choose another --suffix than map' if MAP_SUFFIX in (other[1], kind) else
+                           '; rename one of them'))
+        for path in inputs:
+            if _key(path) in owners:
+                owner, kind, _ = owners[_key(path)]
+                raise OutputConflict(f'the {kind} of {owner} would overwrite the input {path}; choose another '
+                                     '-o or --suffix')
+
+    def check_existing(self, inputs, overwrite, skip_existing):
+        """Stop when a file the run would write exists, unless ``overwrite`` or ``skip_existing``."""
+        if overwrite or skip_existing:
+            return
+        existing = [p for path in inputs for p in self.paths(path) if osp.isfile(p)]
+        if existing:
+            raise OutputConflict(f'{len(existing)} file(s) this run would write exist already: {_listed(existing)}; '
+                                 'pass --skip-existing to keep them or --overwrite to replace them')
 
 
-def output_exists(folder, input_path, suffix, ext, own_extension_only=False):
-    """True if a finished output of ``input_path`` is in ``folder`` (see :func:`possible_output_paths`)."""
-    return any(osp.isfile(p) for p in possible_output_paths(folder, input_path, suffix, ext, own_extension_only))
+def looks_like_output(path, suffix):
+    """True for ``*_SUFFIX.*`` and ``*_map.png``: what this command writes."""
+    stem, extension = osp.splitext(osp.basename(path))
+    stem = stem.casefold()
+    return stem.endswith(f'_{suffix}'.casefold()) or (stem.endswith(f'_{MAP_SUFFIX}') and extension.lower() == '.png')
 
 
-def shared_names(paths):
-    """Names (file name without extension) that more than one of ``paths`` has."""
-    counts = Counter(osp.splitext(osp.basename(p))[0] for p in paths)
-    return {name for name, count in counts.items() if count > 1}
+def outputs_among_inputs(inputs, input_path, output_folder, suffix):
+    """``(inputs, left_out)``: when ``output_folder`` is ``input_path`` or lies inside it, the files that look
+    like outputs (:func:`looks_like_output`) are left out of the inputs."""
+    if not osp.isdir(input_path):
+        return list(inputs), []
+    root, out = _key(input_path), _key(output_folder)
+    if not (out == root or out.startswith(root.rstrip(os.sep) + os.sep)):
+        return list(inputs), []
+    left_out = [p for p in inputs if looks_like_output(p, suffix)]
+    return [p for p in inputs if p not in left_out], left_out

@@ -24,6 +24,7 @@ per-image quantile thresholds.
 import torch
 
 from wbsr_plugin.archs.supernet_util import recognise_state_dict, supernet_class, supernet_types
+from wbsr_plugin.utils.checkpoint_files import CheckpointError, load_checkpoint_file
 
 from basicsr.archs import build_network
 
@@ -32,10 +33,6 @@ from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_
 WBSR_KEY = 'wbsr'
 META_VERSION = 1
 DIFFICULTY_NAME = 'wbsr_plugin.data.difficulty.patch_difficulty'
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked."""
 
 
 def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=None, class_errors=None):
@@ -102,12 +99,7 @@ def infer_network_options(state):
 
 def read_checkpoint(path):
     """Weights (``params_ema`` preferred, then ``params``, else the dict itself) and the ``'wbsr'`` entry."""
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f'no such checkpoint: {path}') from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f'cannot read the checkpoint {path}: {err}') from None
+    ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{path}: expected a dict of weights, got {type(ckpt).__name__}.')
     meta = ckpt.get(WBSR_KEY) or {}

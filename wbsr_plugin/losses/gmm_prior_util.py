@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from wbsr_plugin.data.paired_reading import lmdb_meta_shapes
 from wbsr_plugin.data.prepare_util import input_images, read_image_file
+from wbsr_plugin.utils.checkpoint_files import load_checkpoint_file
 from wbsr_plugin.utils.files import atomic_torch_save
 
 PRIOR_FORMAT_VERSION = 1
@@ -315,4 +316,4 @@ def load_gmm_prior(path):
     if not osp.isfile(path):
         raise ValueError(f"GMM prior file '{path}' does not exist; fit one with "
                          '`python -m wbsr_plugin.fit_prior -i HR_DIR -o PRIOR.pth -s SCALE`.')
-    return check_gmm_prior(torch.load(path, map_location='cpu', weights_only=True), where=f"prior '{path}'")
+    return check_gmm_prior(load_checkpoint_file(path), where=f"prior '{path}'")

@@ -21,14 +21,24 @@ nothing in site-packages is edited.
    CUDA we use gloo.
 5. ``BaseModel.model_to_device`` wraps DDP with CUDA ``device_ids``; on the CPU
    DDP needs ``device_ids=None``.
+6. ``basicsr.utils.options.ordered_yaml`` parses option files with ``yaml.Loader``,
+   which builds Python objects from tags: an option file could run code. Ours is a
+   safe loader that keeps key order (``!!float`` and the other standard tags stay).
+7. ``BaseModel.load_network`` (``path.pretrain_network_g`` and the like) calls
+   ``torch.load`` without ``weights_only``; ours reads tensors only, on the CPU,
+   with one clear error for a file that is not a checkpoint.
 """
 import collections
 import importlib
 import os
 import sys
+from copy import deepcopy
 from os import path as osp
 
 import torch
+import yaml
+
+from .checkpoint_files import load_checkpoint_file
 
 _PATCHED = '_wbsr_compat_patched'
 
@@ -75,8 +85,7 @@ SAFE_STATE_GLOBALS = [collections.Counter, collections.OrderedDict]
 
 def load_training_state(path):
     """Load a ``.state`` file on the CPU with ``weights_only=True``."""
-    with torch.serialization.safe_globals(SAFE_STATE_GLOBALS):
-        return torch.load(path, map_location='cpu', weights_only=True)
+    return load_checkpoint_file(path, extra_globals=SAFE_STATE_GLOBALS)
 
 
 def _latest_state_path(state_dir):
@@ -131,11 +140,51 @@ def _model_to_device(self, net):
     return net
 
 
+class OrderedSafeLoader(getattr(yaml, 'CSafeLoader', yaml.SafeLoader)):
+    """YAML's safe loader (no Python tags), with mappings as OrderedDicts as BasicSR expects."""
+
+
+OrderedSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                  lambda loader, node: collections.OrderedDict(loader.construct_pairs(node)))
+
+
+def safe_ordered_yaml():
+    """Replacement of ``basicsr.utils.options.ordered_yaml``: (safe loader, BasicSR's dumper)."""
+    return OrderedSafeLoader, _basicsr_ordered_yaml()[1]
+
+
+def _basicsr_ordered_yaml():
+    import basicsr.utils.options
+    return getattr(basicsr.utils.options, '_wbsr_original_ordered_yaml', basicsr.utils.options.ordered_yaml)()
+
+
+def _load_network(self, net, load_path, strict=True, param_key='params'):
+    """``BaseModel.load_network`` reading tensors only (:func:`load_checkpoint_file`)."""
+    from basicsr.utils import get_root_logger
+
+    logger = get_root_logger()
+    net = self.get_bare_model(net)
+    load_net = load_checkpoint_file(load_path)
+    if param_key is not None:
+        if param_key not in load_net and 'params' in load_net:
+            param_key = 'params'
+            logger.info('Loading: params_ema does not exist, use params.')
+        load_net = load_net[param_key]
+    logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    for k, v in deepcopy(load_net).items():  # remove DataParallel's 'module.'
+        if k.startswith('module.'):
+            load_net[k[7:]] = v
+            load_net.pop(k)
+    self._print_different_keys_loading(net, load_net, strict)
+    net.load_state_dict(load_net, strict=strict)
+
+
 def patch_basicsr():
     """Apply every workaround; safe to call more than once."""
     import_torchvision()
     import basicsr.train
     import basicsr.utils.dist_util
+    import basicsr.utils.options
     from basicsr.models.base_model import BaseModel
 
     if getattr(basicsr, _PATCHED, False):
@@ -143,6 +192,9 @@ def patch_basicsr():
     basicsr.train.load_resume_state = load_resume_state
     basicsr.utils.dist_util._init_dist_pytorch = _init_dist_pytorch
     BaseModel.model_to_device = _model_to_device
+    BaseModel.load_network = _load_network
+    basicsr.utils.options._wbsr_original_ordered_yaml = basicsr.utils.options.ordered_yaml
+    basicsr.utils.options.ordered_yaml = safe_ordered_yaml
     setattr(basicsr, _PATCHED, True)
 
 

@@ -1,0 +1,65 @@
+"""Reading checkpoint files safely: tensors only, on the CPU, and one clear line for anything else.
+
+Every checkpoint the package reads (supernets, priors, training states, BasicSR's ``pretrain_network_*``) goes
+through :func:`load_checkpoint_file`: ``torch.load(..., map_location='cpu', weights_only=True)``, so a file that
+holds Python objects runs nothing. A file that is not a checkpoint (empty, text, an HTML page, a git-LFS pointer,
+random bytes) or that holds other Python objects gives a :class:`CheckpointError` naming the file and what it is.
+"""
+import pickle
+from os import path as osp
+
+import torch
+
+HEAD_BYTES = 512
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked."""
+
+
+def describe_non_checkpoint(path):
+    """What the first bytes of ``path`` look like: 'a git-LFS pointer ...', 'an HTML page', 'a text file', ..."""
+    with open(path, 'rb') as f:
+        head = f.read(HEAD_BYTES)
+    if head.startswith(b'version https://git-lfs'):
+        return 'a git-LFS pointer: fetch the file itself with `git lfs pull`'
+    text = head.lstrip().lower()
+    if text.startswith((b'<!doctype html', b'<html')):
+        return 'an HTML page: a failed download?'
+    try:
+        head.decode('utf-8')
+        return 'a text file'
+    except UnicodeDecodeError:
+        pass
+    if head.startswith(b'PK'):
+        return 'a truncated or corrupt checkpoint (a zip archive torch cannot read)'
+    return 'unrecognised bytes'
+
+
+def load_checkpoint_file(path, *, extra_globals=()):
+    """``torch.load(path, map_location='cpu', weights_only=True)``, or a :class:`CheckpointError` with one line.
+
+    Args:
+        path (str): The file.
+        extra_globals (Sequence[type]): Plain classes allowed beside tensors (``torch.serialization.safe_globals``).
+    """
+    if not osp.exists(path):
+        raise CheckpointError(f'no such checkpoint: {path}')
+    if osp.isdir(path):
+        raise CheckpointError(f'{path} is a folder, not a checkpoint')
+    try:
+        if osp.getsize(path) == 0:
+            raise CheckpointError(f'{path} is empty, not a PyTorch checkpoint')
+        with torch.serialization.safe_globals(list(extra_globals)):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except CheckpointError:
+        raise
+    except OSError as err:
+        raise CheckpointError(f'cannot read {path}: {err.strerror or err}') from None
+    except pickle.UnpicklingError as err:
+        if 'global' in str(err).split('WeightsUnpickler error:')[-1].lower():  # a Python object, not a tensor
+            raise CheckpointError(f'{path} holds Python objects besides tensors, which are never loaded (they could '
+                                  'run code); save only tensors and plain containers') from None
+        raise CheckpointError(f'{path} is not a PyTorch checkpoint ({describe_non_checkpoint(path)})') from None
+    except Exception:  # noqa: BLE001  (torch raises KeyError, IndexError, RuntimeError, EOFError... on garbage)
+        raise CheckpointError(f'{path} is not a PyTorch checkpoint ({describe_non_checkpoint(path)})') from None
