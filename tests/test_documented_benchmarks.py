@@ -35,6 +35,7 @@ TINY = {
     'bench_loader.py': ['--batches', '1', '--workers', '0', '--repeats', '1'],
     'bench_reproduce_runs.py': ['--preset', 'toy', '--iters', '6', '--rows', 'plain'],
     'bench_sharded_infer.py': ['--images', '2', '--size', '16', '--settings', '1x1', '--repeat', '1'],
+    'bench_soak.py': ['--images', '21', '--sizes', '12', '20', '--num-feat', '8', '--num-block', '4'],
     'bench_train_step.py': ['--batch', '1', '--gt-size', '16', '--repeat', '1', '--warmup', '0', '--no-distill'],
 }
 

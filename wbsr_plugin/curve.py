@@ -24,8 +24,9 @@ from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.cli.image_io import ImageReadError
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
+from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
 from wbsr_plugin.cli.sharding import DistContext, rank_device
-from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
+from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.utils.files import atomic_path, atomic_write_text
@@ -54,6 +55,8 @@ def main(argv=None):
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     parser.add_argument('--fp32', action='store_true', help='full precision on CUDA (CPU is always fp32)')
     parser.add_argument('-o', '--output', default='results/curve', help='output folder')
+    parser.add_argument('--overwrite', action='store_true', help='replace curve.csv, curve.md and curve.png if they '
+                        'exist (without it, the run stops before computing)')
     args = parser.parse_args(argv)
     if not all(0 < b <= 1 for b in args.budgets):
         parser.error(f'every budget must lie in (0, 1], got {args.budgets}')
@@ -62,6 +65,13 @@ def main(argv=None):
     if args.budget_unit == 'time' and args.plan_by == 'flops':
         parser.error('--budget-unit time is a latency budget: it plans by time (drop --plan-by flops)')
     by_time = args.budget_unit == 'time' or args.plan_by == 'time'
+    try:  # before any computation
+        check_output_folder(args.output)
+    except OutputFolderError as err:
+        parser.exit(2, f'error: {err}\n')
+    existing = [p for p in (osp.join(args.output, f'curve.{e}') for e in ('csv', 'md', 'png')) if osp.exists(p)]
+    if existing and not args.overwrite:
+        parser.exit(2, f'error: {", ".join(existing)} exist(s) already; pass --overwrite to replace them\n')
 
     try:
         device = rank_device(args.device, DistContext())
@@ -71,7 +81,7 @@ def main(argv=None):
         net, meta = load_supernet(args.model, arch=args.arch, scale=args.scale,
                                   network_opt=network_options_from_yaml(args.opt) if args.opt else None,
                                   device=device)
-    except CheckpointError as err:
+    except (ValueError, TypeError) as err:  # CheckpointError, network options that do not fit
         parser.exit(2, f'error: {err}\n')
     if device.type == 'cuda' and not args.fp32:
         net = net.half()

@@ -17,9 +17,9 @@ import sys
 import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.cli.export_files import ExportError, export_subnets, write_index
+from wbsr_plugin.cli.export_files import export_subnets, write_index
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
-from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
+from wbsr_plugin.inference.checkpoint import load_supernet
 
 CHECK_LQ_SIZE = (37, 53)  # odd sizes, so the dynamic axes are exercised
 
@@ -33,6 +33,9 @@ def build_parser():
                        'repeat for several')
     which.add_argument('--all', action='store_true', help='every subnet, plus index.json and index.md')
     parser.add_argument('--onnx', action='store_true', help='also write ONNX (needs the export extra)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace files that exist (without it, an existing file stops the export before '
+                        'anything is written)')
     parser.add_argument('--onnx-only', action='store_true', help='write ONNX and no BasicSR checkpoint')
     parser.add_argument('--fp16', action='store_true', help='half-precision ONNX (weights, input and output)')
     parser.add_argument('--no-check', action='store_true', help='skip the ONNX Runtime vs PyTorch check')
@@ -56,10 +59,10 @@ def main(argv=None):
         check_lq = None if args.no_check else torch.rand(1, net.conv_first.in_channels, *CHECK_LQ_SIZE,
                                                          generator=generator)
         exported = export_subnets(net, keys, args.output, checkpoint=not args.onnx_only, onnx=onnx, fp16=args.fp16,
-                                  check_lq=check_lq)
+                                  check_lq=check_lq, index=args.all, overwrite=args.overwrite)
         if args.all:
             index_files = write_index(net, exported, args.output, source=args.model)
-    except (CheckpointError, ExportError) as err:
+    except (ValueError, TypeError) as err:  # CheckpointError, ExportError, network options that do not fit
         parser.exit(2, f'error: {err}\n')
     for entry in exported:
         files = ', '.join(f'{name} ({entry.sizes[kind] / 1e6:.2f} MB, {entry.seconds[kind]:.2f} s)'

@@ -43,7 +43,7 @@ def main(argv=None):
         save_gmm_prior(prior, args.output)
     except (ValueError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
-        return 1
+        return 2  # a bad input or option (docs/safety.md)
     print(f"wrote {args.output}: K={prior['weights'].numel()}, space={prior['space']}, scale={prior['scale']}, "
           f"{prior['num_values']} values from {prior['num_images']} images, "
           f"mean log-likelihood {prior['log_likelihood']:.4f}")

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.archs.supernet_util import supernet_types
+from wbsr_plugin.cli.arg_types import positive_int
 from wbsr_plugin.cli.image_io import (
     ImageInfo,
     ImageReadError,
@@ -64,6 +65,7 @@ from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.utils.files import list_images
+from wbsr_plugin.utils.memory import bound_onednn_cache, release_freed_memory
 
 
 def budget_fraction(text):
@@ -101,16 +103,6 @@ def select_device(name, ctx=DistContext()):
         return rank_device(name, ctx)
     except ValueError as err:
         raise SystemExit(f'error: --device: {err}') from None
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
-    return value
 
 
 def build_parser():
@@ -181,30 +173,37 @@ def status_line(text, file=None):
     file.flush()
 
 
+def super_resolve_one(path, engine, net, names, args):
+    """Read, run and write one image (its image and, with ``--save-map``, its map); returns the report. A file that
+    exists is replaced only with ``--overwrite``."""
+    lq, info = read_image(path)
+    sr, report = engine.run(lq)
+    target = names.image_path(path, output_extension(path, args.ext, info))
+    if args.overwrite or not osp.exists(target):
+        write_image_atomic(target, to_image(sr, info))
+    if args.save_map and (args.overwrite or not osp.exists(names.map_path(path))):
+        bgr = to_image(sr, ImageInfo('rgb', 255))
+        overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
+                                     legend=subnet_map_legend(report, net))
+        write_image_atomic(names.map_path(path), overlay)
+    return report
+
+
 def super_resolve(paths, engine, net, names, args, totals, prefix=''):
     """Run and write every image of ``paths`` (at their :class:`OutputNames`), counting into ``totals`` (a
-    :class:`RankTotals`). A file that exists is replaced only with ``--overwrite``."""
+    :class:`RankTotals`)."""
     for path in tqdm(paths, unit='img', disable=len(paths) < 2 or bool(prefix)):
         try:
-            lq, info = read_image(path)
-            sr, report = engine.run(lq)
-            target = names.image_path(path, output_extension(path, args.ext, info))
-            if args.overwrite or not osp.exists(target):
-                write_image_atomic(target, to_image(sr, info))
-            if args.save_map and (args.overwrite or not osp.exists(names.map_path(path))):
-                bgr = to_image(sr, ImageInfo('rgb', 255))
-                overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
-                                             legend=subnet_map_legend(report, net))
-                write_image_atomic(names.map_path(path), overlay)
+            report = super_resolve_one(path, engine, net, names, args)
         except OSError as err:
             if err.errno == errno.ENOSPC:  # every later image would fail the same way
                 raise DiskFull(f'-o: no space left on the device of {args.output} (writing {osp.basename(path)})') \
                     from None
-            status_line(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
+            status_line(f'{prefix}warning: skipped {path}: {err.strerror or err}', file=sys.stderr)
             totals.failed.append(path)
             continue
-        except ImageReadError as err:
-            status_line(f'{prefix}warning: skipped {path}: {err}', file=sys.stderr)
+        except ImageReadError as err:  # its message starts with the path
+            status_line(f'{prefix}warning: skipped {err}', file=sys.stderr)
             totals.failed.append(path)
             continue
         except (RuntimeError, MemoryError) as err:
@@ -215,6 +214,7 @@ def super_resolve(paths, engine, net, names, args, totals, prefix=''):
             totals.failed.append(path)
             continue
         totals.add(report)
+        release_freed_memory()  # the image's tensors are gone: resident memory stays flat over many sizes
         status_line(f'{prefix}{osp.basename(path)}: {report.summary()}')
 
 
@@ -296,6 +296,7 @@ def main(argv=None):
             parser.error('--budget-unit time needs --budget (a share of the plain network\'s time)')
         args.plan_by = 'time'
     args.plan_by = args.plan_by or 'flops'
+    bound_onednn_cache()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends the run as Ctrl-C does
     try:
         return run(args, parser)

@@ -150,7 +150,7 @@ def main(argv=None):
         return 0
     except (prepare_util.PreparationError, ValueError, FileNotFoundError, PermissionError) as err:
         print(f'error: {err}', file=sys.stderr)
-        return 1
+        return 2  # a bad input or option (docs/safety.md)
     return 0
 
 

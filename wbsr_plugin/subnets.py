@@ -11,9 +11,10 @@ import argparse
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, supernet_types
+from wbsr_plugin.cli.arg_types import positive_int
 from wbsr_plugin.cli.model_card import format_model_card, format_subnet_table
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
-from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
+from wbsr_plugin.inference.checkpoint import load_supernet
 
 from basicsr.archs import build_network
 
@@ -24,21 +25,26 @@ def main(argv=None):
     parser.add_argument('--opt', help="a BasicSR YAML file; its network_g is used (with --model: for checkpoints "
                         "without 'wbsr' metadata and non-default sizes)")
     parser.add_argument('--arch', choices=supernet_types(), default='WBSRResNet', help='supernet type (without --opt)')
-    parser.add_argument('-s', '--scale', type=int, default=4, help='upscale factor (without --opt)')
-    parser.add_argument('--lq-size', type=int, default=REFERENCE_LQ_SIZE, help='LR patch side for FLOPs')
+    parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), default=4,
+                        help='upscale factor (without --opt). Default: 4')
+    parser.add_argument('--lq-size', type=positive_int, default=REFERENCE_LQ_SIZE,
+                        help=f'LR patch side for FLOPs. Default: {REFERENCE_LQ_SIZE}')
     args = parser.parse_args(argv)
 
     network_opt = network_options_from_yaml(args.opt) if args.opt else None
     if args.model:
         try:
             net, meta = load_supernet(args.model, network_opt=network_opt)
-        except CheckpointError as err:
+        except (ValueError, TypeError) as err:  # CheckpointError, network options that do not fit
             parser.exit(2, f'error: {err}\n')
         print(format_model_card(net, meta, args.model, args.lq_size))
         return
     if network_opt is None:
         network_opt = {'type': args.arch, 'upscale': args.scale}
-    net = build_network(network_opt)
+    try:
+        net = build_network(network_opt)
+    except (ValueError, TypeError, KeyError) as err:
+        parser.exit(2, f'error: network_g {dict(network_opt)}: {err}\n')
     if not isinstance(net, SupernetMixin):
         parser.error(f"network_g type {network_opt['type']!r} is not a supernet; expected one of {supernet_types()}.")
     print(format_subnet_table(net, args.lq_size))

@@ -120,8 +120,8 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
         (['--model', model, '-o', str(tmp_path / 'o1'), '--subnet', 'w99d1'], "unknown subnet 'w99d1'"),
         (['--model', str(not_a_supernet), '-o', str(tmp_path / 'o2'), '--all'], 'match none of the supernets'),
         (['--model', str(tmp_path / 'missing.pth'), '-o', str(tmp_path / 'o3'), '--all'], 'no such checkpoint'),
-        (['--model', model, '-o', str(blocker), '--all'], 'exists and is not a folder'),
-        (['--model', model, '-o', str(blocker / 'sub'), '--all'], 'cannot write in the output folder'),
+        (['--model', model, '-o', str(blocker), '--all'], 'is a file, not a folder'),
+        (['--model', model, '-o', str(blocker / 'sub'), '--all'], 'which is a file'),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -130,6 +130,31 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and 'Traceback' not in err and err.count('\n') == 1, err
     assert not (tmp_path / 'o1').exists() or not os.listdir(tmp_path / 'o1')
+
+
+def test_an_export_replaces_nothing_without_overwrite_and_its_index_lists_the_folder(tmp_path, capsys):
+    net = tiny_supernet('WBSRResNet', 4)
+    model = save_checkpoint(net, tmp_path / 'net_g.pth')
+    out = tmp_path / 'out'
+    export.main(['--model', model, '-o', str(out), '--all'])
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:  # the same export again: everything exists
+        export.main(['--model', model, '-o', str(out), '--all'])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and 'exist already' in err and '--overwrite' in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    (out / 'index.md').unlink()
+    (out / 'index.md').mkdir()  # a folder where a file would go: refused even with --overwrite
+    with pytest.raises(SystemExit):
+        export.main(['--model', model, '-o', str(out), '--all', '--overwrite'])
+    assert 'is a folder' in capsys.readouterr().err
+    (out / 'index.md').rmdir()
+    first = sorted(p.name for p in out.iterdir() if p.suffix == '.pth')
+    (out / first[0]).rename(out / 'kept_aside.pth')  # one subnet's checkpoint leaves the folder
+    export.main(['--model', model, '-o', str(out), '--subnet', '0', '--overwrite'])
+    export.main(['--model', model, '-o', str(out), '--all', '--overwrite'])
+    index = (out / 'index.md').read_text()
+    assert all(name in index for name in first)  # every file the folder holds, earlier exports' too
 
 
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ def test_subimages_names_count_and_rerun(tmp_path, capsys):
     assert prepare.main(argv) == 0
     assert 'already complete' in capsys.readouterr().out
     os.remove(out / 'chelsea_s004.png')
-    assert prepare.main(argv) == 1
+    assert prepare.main(argv) == 2
     assert 'missing' in capsys.readouterr().err
 
 
@@ -45,7 +45,7 @@ def test_downsample_is_matlab_bicubic(tmp_path, capsys):
     odd.mkdir()
     cv2.imwrite(str(odd / 'x.png'), np.zeros((30, 32, 3), np.uint8))
     capsys.readouterr()
-    assert prepare.main(['downsample', '-i', str(odd), '-o', str(tmp_path / 'odd_lr'), '-s', '4']) == 1
+    assert prepare.main(['downsample', '-i', str(odd), '-o', str(tmp_path / 'odd_lr'), '-s', '4']) == 2
     assert 'x.png' in capsys.readouterr().err
 
 

@@ -13,8 +13,6 @@ Every file is written to a temporary name and renamed, so an interrupted export 
 a half-written file.
 """
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections import OrderedDict
@@ -25,6 +23,7 @@ import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.cli.model_card import format_subnet_table
+from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
 from wbsr_plugin.utils.files import atomic_path, atomic_torch_save, atomic_write_text
 
 ONNX_OPSET = 17
@@ -91,15 +90,34 @@ def subnet_state_dict(net, spec):
 
 
 def prepare_output_folder(folder):
-    """Create ``folder`` if needed and check that files can be written in it."""
-    if osp.exists(folder) and not osp.isdir(folder):
-        raise ExportError(f'output folder {folder} exists and is not a folder.')
+    """Check that files can be written in ``folder`` (made on the first write), without creating it."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ExportError(f'cannot write in the output folder {folder}: {err.strerror or err}.') from None
+        check_output_folder(folder)
+    except OutputFolderError as err:
+        raise ExportError(str(err)) from None
+
+
+def planned_files(net, specs, folder, *, checkpoint, onnx, fp16, index):
+    """Every path an export would write: each subnet's files, and the index with ``index``."""
+    names = []
+    for spec in specs:
+        stem = file_stem(net, spec)
+        names += [f'{stem}.pth'] if checkpoint else []
+        names += [f'{stem}_fp16.onnx' if fp16 else f'{stem}.onnx'] if onnx else []
+    names += [f'{INDEX_NAME}.json', f'{INDEX_NAME}.md'] if index else []
+    return [osp.join(folder, name) for name in names]
+
+
+def check_planned_files(paths, overwrite):
+    """No planned path is a folder; none exists unless ``overwrite`` (the output policy of ``infer``)."""
+    folders = [p for p in paths if osp.isdir(p)]
+    if folders:
+        raise ExportError(f'{folders[0]} is a folder; it cannot be replaced by an exported file')
+    existing = [p for p in paths if osp.exists(p)]
+    if existing and not overwrite:
+        listed = ', '.join(existing[:5]) + (f' and {len(existing) - 5} more' if len(existing) > 5 else '')
+        raise ExportError(f'{len(existing)} file(s) this export would write exist already: {listed}; pass '
+                          '--overwrite to replace them')
 
 
 def write_checkpoint(net, spec, path):
@@ -174,7 +192,8 @@ def _timed_write(entry, kind, folder, name, write, *args, **kwargs):
     entry.sizes[kind] = osp.getsize(path)
 
 
-def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=False, check_lq=None):
+def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=False, check_lq=None, index=False,
+                   overwrite=False):
     """Write each subnet of ``subnets`` into ``folder``.
 
     Args:
@@ -186,6 +205,10 @@ def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=Fa
         fp16 (bool): Half-precision ONNX. Default: False.
         check_lq (Tensor | None): LR input on which every ONNX file is compared with PyTorch
             (``onnx_max_error``). Default: None (no check).
+        index (bool): An index will be written too (:func:`write_index`): its files count as planned. Default:
+            False.
+        overwrite (bool): Replace files that exist; without it an existing file stops the export before anything
+            is written. Default: False.
 
     Returns:
         list[ExportedSubnet]: One entry per subnet, in the order asked.
@@ -196,6 +219,8 @@ def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=Fa
     if onnx:
         require_onnx()
     prepare_output_folder(folder)
+    check_planned_files(planned_files(net, specs, folder, checkpoint=checkpoint, onnx=onnx, fp16=fp16, index=index),
+                        overwrite)
     table = net.subnet_table(REFERENCE_LQ_SIZE)
     exported = []
     for spec in specs:
@@ -215,14 +240,16 @@ def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=Fa
 
 
 def write_index(net, exported, folder, source=None):
-    """Write ``index.json`` and ``index.md`` describing ``exported`` into ``folder``; return their paths."""
-    by_index = {e.index: e for e in exported}
+    """Write ``index.json`` and ``index.md`` into ``folder`` and return their paths: ``exported``, and in the
+    files column every exported file of each subnet that the folder holds (earlier exports' too)."""
     records = [{k: v for k, v in asdict(e).items() if k != 'seconds'} for e in exported]
     doc = {'supernet': type(net).__name__, 'upscale': net.upscale, 'source': source,
            'flops_lq_size': REFERENCE_LQ_SIZE, 'subnets': records}
     json_path, md_path = osp.join(folder, f'{INDEX_NAME}.json'), osp.join(folder, f'{INDEX_NAME}.md')
     atomic_write_text(json_path, json.dumps(doc, indent=2) + '\n')
-    files = [', '.join(by_index[s.index].files.values()) if s.index in by_index else '' for s in net.subnets]
+    files = [', '.join(name for name in (f'{file_stem(net, s)}.pth', f'{file_stem(net, s)}.onnx',
+                                         f'{file_stem(net, s)}_fp16.onnx') if osp.isfile(osp.join(folder, name)))
+             for s in net.subnets]
     head = f'Exported from {source}\n\n' if source else ''
     atomic_write_text(md_path, head + format_subnet_table(net, extra_columns={'files': files}) + '\n')
     return json_path, md_path
