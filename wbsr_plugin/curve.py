@@ -23,6 +23,7 @@ import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.cli.image_io import ImageReadError
+from wbsr_plugin.cli.interrupts import run_interruptibly
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
 from wbsr_plugin.cli.sharding import DistContext, rank_device
@@ -34,7 +35,7 @@ from wbsr_plugin.utils.files import atomic_path, atomic_write_text
 DEFAULT_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def main(argv=None):
+def run(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--hr', required=True, help='folder of HR images')
     parser.add_argument('--lr', help='folder of LR images (same names, or NAMExS); default: MATLAB bicubic of HR')
@@ -150,6 +151,11 @@ def main(argv=None):
     with atomic_path(osp.join(args.output, 'curve.png')) as tmp:
         fig.savefig(tmp, format='png', dpi=120)
     return 0
+
+
+def main(argv=None):
+    """The command; Ctrl-C or SIGTERM ends it with status 130 and no unfinished file."""
+    return run_interruptibly(run, argv, 'curve')
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.cli.export_files import export_subnets, write_index
+from wbsr_plugin.cli.interrupts import run_interruptibly
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.inference.checkpoint import load_supernet
 
@@ -44,7 +45,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def run(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     onnx = args.onnx or args.onnx_only or args.fp16
@@ -74,5 +75,10 @@ def main(argv=None):
         print(f'index: {index_files[0]}, {index_files[1]}')
 
 
+def main(argv=None):
+    """The command; Ctrl-C or SIGTERM ends it with status 130 and no unfinished file."""
+    return run_interruptibly(run, argv, 'export')
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -18,7 +18,6 @@ there is one per process, else on the CPU; rank 0 prints the totals.
 """
 import argparse
 import errno
-import signal
 import sys
 import time
 from os import path as osp
@@ -38,6 +37,7 @@ from wbsr_plugin.cli.image_io import (
     to_image,
     write_image_atomic,
 )
+from wbsr_plugin.cli.interrupts import INTERRUPTED, sigterm_as_interrupt
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
 from wbsr_plugin.cli.output_names import (
@@ -81,9 +81,6 @@ def budget_fraction(text):
 # infer's default quality target with a checkpoint that stores class errors: the largest target that lost no more
 # than Eq. 15 on held-out photos (docs/RESULTS.md, "Quality target against Eq. 15 on held-out photos")
 DEFAULT_MAX_LOSS = 0.03
-
-
-INTERRUPTED = 130  # exit status after Ctrl-C or SIGTERM
 
 
 def loss_db(text):
@@ -297,11 +294,8 @@ def main(argv=None):
         args.plan_by = 'time'
     args.plan_by = args.plan_by or 'flops'
     bound_onednn_cache()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends the run as Ctrl-C does
-    try:
+    with sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
         return run(args, parser)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args, parser):

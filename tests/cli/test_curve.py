@@ -83,3 +83,20 @@ def test_curve_latency_budgets_and_quality_targets(supernet, tmp_path, monkeypat
     with pytest.raises(SystemExit) as exit_info:
         curve.main(['--hr', HR, '--model', path, '--budget-unit', 'time', '--plan-by', 'flops', '-o', str(out)])
     assert exit_info.value.code == 2
+
+
+def test_an_interrupted_curve_writes_nothing(supernet, tmp_path, monkeypatch, capsys):
+    path = str(tmp_path / 'net.pth')
+    torch.save({'params': supernet.state_dict(), WBSR_KEY: make_wbsr_meta(supernet, THRESHOLDS, 16)}, path)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {'psnr': 1., 'ssim': 1., 'flops_percent': 1., 'gflops_per_32x32': 1., 'time_s': 1.}
+
+    monkeypatch.setattr(curve, 'evaluate', interrupted)
+    out = tmp_path / 'curve'
+    assert curve.main(['--hr', osp.join(HR, 'rocket.png'), '--model', path, '-o', str(out), '--device', 'cpu']) == 130
+    assert 'curve: interrupted' in capsys.readouterr().err and (not out.exists() or not list(out.iterdir()))
