@@ -139,8 +139,9 @@ def main(argv=None):
     _run('wbsr_plugin.test', '-opt', 'test_wbsr_demo_x4.yml', cwd=out)
     model = osp.join(out, 'experiments', train_opt['name'], 'models', 'net_g_latest.pth')
     subnet_maps = osp.join(out, 'results', 'subnet_maps')
+    # --overwrite: a rerun of the demo replaces the maps of its earlier model
     _run('wbsr_plugin.infer', '-i', folders['val'][1], '-o', subnet_maps, '--model', model, '--save-map', '--tile',
-         str(INFERENCE['patch_size']), '--overlap', str(INFERENCE['overlap']), cwd=out)
+         str(INFERENCE['patch_size']), '--overlap', str(INFERENCE['overlap']), '--overwrite', cwd=out)
 
     results = osp.join(out, 'results', test_opt['name'])
     log = sorted(f for f in os.listdir(results) if f.endswith('.log'))[-1]
