@@ -52,3 +52,22 @@ def test_entry_point_files_run_as_scripts(tmp_path):
     for script in ('train.py', 'test.py'):
         proc = run_cli([sys.executable, f'{REPO_ROOT}/wbsr_plugin/{script}', '-h'], cwd=tmp_path)
         assert '--auto_resume' in proc.stdout and '--force_yml' in proc.stdout
+
+
+def test_the_ema_update_is_basicsr_s_formula():
+    """``BaseModel.model_ema`` (patched: one foreach lerp) gives decay * ema + (1 - decay) * param."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    ema = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    expected = {k: 0.9 * v.detach().clone() + 0.1 * dict(net.named_parameters())[k].detach()
+                for k, v in ema.named_parameters()}
+
+    class Model:
+        get_bare_model = staticmethod(lambda n: n)
+
+    model = Model()
+    model.net_g, model.net_g_ema = net, ema
+    from basicsr.models.base_model import BaseModel
+    BaseModel.model_ema(model, decay=0.9)
+    for k, v in ema.named_parameters():
+        torch.testing.assert_close(v.detach(), expected[k], rtol=0, atol=1e-7)

@@ -104,3 +104,4 @@ def test_a_pretrained_network_that_is_not_a_checkpoint_stops_before_training(tmp
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     assert f'error: {opt}: path.pretrain_network_g: {notes} is not a PyTorch checkpoint (a text file)' in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ['net.pth', 'opt.yml']
+

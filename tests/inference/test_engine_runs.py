@@ -264,6 +264,23 @@ def test_cuda_only_options_fall_back_on_cpu():
     assert engine.subnets.runner(0, 4) is engine.subnets.module(0)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA devices')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_cuda_graphs_of_a_network_on_a_device_that_is_not_the_current_one(dtype):
+    """Graphs captured on the current device's stream would record nothing and replay the capture's output."""
+    torch.cuda.set_device(0)
+    net = strong_tiny_resnet().to('cuda:1', dtype)
+    lq = torch.rand(1, 3, 45, 50)
+    eager, _ = DynamicInferenceEngine(net, patch_size=16, budget=0.6).run(lq)
+    engine = DynamicInferenceEngine(net, patch_size=16, budget=0.6, cuda_graphs=True)
+    for _ in range(2):  # the second run replays
+        graphed, _ = engine.run(lq)
+        torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-6 if dtype == torch.float32 else 2e-3)
+    other, _ = engine.run(lq.flip(-1))  # new contents: a replay that only returned the capture would fail here
+    expected, _ = DynamicInferenceEngine(net, patch_size=16, budget=0.6).run(lq.flip(-1))
+    torch.testing.assert_close(other, expected, rtol=0, atol=1e-6 if dtype == torch.float32 else 2e-3)
+
+
 def test_batch_size_falls_back_to_the_cpu_default():
     from wbsr_plugin.inference.subnet_cache import DEFAULT_MAX_BATCH_PIXELS
     engine = DynamicInferenceEngine(strong_tiny_resnet(), patch_size=16)

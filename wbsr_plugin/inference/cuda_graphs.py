@@ -34,6 +34,11 @@ class GraphedSubnet:
         self.graphs = OrderedDict()
 
     def _capture(self, shape, dtype, device, memory_format):
+        """Capture on ``device``'s streams: a capture on another device's stream records nothing of the module."""
+        with torch.cuda.device(device):
+            return self._capture_on_current_device(shape, dtype, device, memory_format)
+
+    def _capture_on_current_device(self, shape, dtype, device, memory_format):
         static_in = torch.zeros(shape, dtype=dtype, device=device).contiguous(memory_format=memory_format)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -60,5 +65,6 @@ class GraphedSubnet:
         self.graphs.move_to_end(key)
         graph, static_in, static_out = self.graphs[key]
         static_in[:count].copy_(batch)
-        graph.replay()
+        with torch.cuda.device(batch.device):  # replay on the stream the copy was queued on
+            graph.replay()
         return static_out[:count]  # overwritten by the next replay: the caller copies it at once
