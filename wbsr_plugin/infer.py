@@ -246,11 +246,6 @@ def plan_outputs(args, parser, ctx):
     return paths, names
 
 
-def has_class_errors(meta):
-    thresholds = engine_options(meta)['thresholds']
-    return thresholds is not None and thresholds.class_errors is not None
-
-
 def build_engine(args, parser, device, network_opt):
     """``(engine, net, meta)`` of the command line; a bad checkpoint or option exits with its message. With
     ``--plan-by time`` this device's cost table is read, or measured (by rank 0 under torchrun) and cached."""
@@ -259,8 +254,10 @@ def build_engine(args, parser, device, network_opt):
                                   device=device)
         if device.type == 'cuda' and not args.fp32:
             net = net.half()
+        stored = engine_options(meta)
+        has_class_errors = stored['thresholds'] is not None and stored['thresholds'].class_errors is not None
         max_loss = None if args.max_loss == 'off' else args.max_loss
-        if args.max_loss is None and args.budget is None and args.subnet is None and has_class_errors(meta):
+        if args.max_loss is None and args.budget is None and args.subnet is None and has_class_errors:
             max_loss = DEFAULT_MAX_LOSS
         cost_table = None
         if args.plan_by == 'time':
@@ -270,7 +267,7 @@ def build_engine(args, parser, device, network_opt):
                                              file=sys.stderr))
         engine = DynamicInferenceEngine(
             net,
-            **engine_options(meta),
+            **stored,
             cost_table=cost_table,
             patch_size=args.patch_size,
             overlap=args.overlap,

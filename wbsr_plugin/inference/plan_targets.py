@@ -48,6 +48,8 @@ class TargetSearch:
         self.errors = planner.class_errors
         self.full = planner.num_subnets - 1
         self.full_error = whole_error(analysis.class_counts, self.errors, self.full) if self.errors else None
+        # (seconds, whole image) of the fastest plain execution, measured once per image
+        self.fastest = None if timer is None else timer.fastest_plain(analysis, planner.num_subnets)
 
     def _loss(self, error):
         return None if self.errors is None else loss_db(error, self.full_error)
@@ -76,7 +78,7 @@ class TargetSearch:
         if self.timer is None:
             seconds = self.flops(h, w, subnet)
         elif subnet == full:
-            seconds = self.timer.fastest_plain(self.analysis, self.planner.num_subnets)[0]
+            seconds = self.fastest[0]
         else:
             seconds = self.timer.whole(subnet, h, w)
         return Candidate(seconds, error, subnet=subnet, loss_db=0. if subnet == full else self._loss(error))
@@ -104,7 +106,7 @@ class TargetSearch:
             if self.timer is None:
                 plan = planner.fixed_plan(analysis, self.full, True)
             else:
-                plan = plain_plan(planner, analysis, self.timer, reason)
+                plan = plain_plan(planner, analysis, self.fastest, reason)
             return dataclasses.replace(plan, reason=reason, expected_loss_db=choice.loss_db)
         if choice.subnet is not None:
             plan = planner.fixed_plan(analysis, choice.subnet, True)
@@ -117,7 +119,7 @@ class TargetSearch:
 def latency_plan(planner, analysis, timer, fraction, flops):
     """The plan of a latency budget: ``fraction`` of the fastest plain execution's predicted time."""
     search = TargetSearch(planner, analysis, timer, flops)
-    allowed = fraction * timer.fastest_plain(analysis, planner.num_subnets)[0]
+    allowed = fraction * search.fastest[0]
     candidates = [search.whole(m) for m in range(planner.num_subnets)]
     tiled = search.bisect(lambda c: c.seconds <= allowed, largest=True)
     candidates += [tiled] if tiled is not None else [search.tiled(LEAST_BUDGET)]

@@ -59,10 +59,10 @@ class PlanTimer:
         return (whole, True) if whole <= tiled else (tiled, False)
 
 
-def plain_plan(planner, analysis, timer, reason, plan=None):
-    """The fastest plain execution as a plan, with ``predicted_s`` and ``reason`` (run whole, it keeps the tiled
-    ``plan`` it replaces, when given, for the report)."""
-    seconds, whole_image = timer.fastest_plain(analysis, planner.num_subnets)
+def plain_plan(planner, analysis, fastest, reason, plan=None):
+    """The fastest plain execution (``fastest``: :meth:`PlanTimer.fastest_plain`) as a plan, with ``predicted_s``
+    and ``reason`` (run whole, it keeps the tiled ``plan`` it replaces, when given, for the report)."""
+    seconds, whole_image = fastest
     if whole_image and plan is not None:
         plan = dataclasses.replace(plan, whole_image_subnet=planner.num_subnets - 1)
     else:
@@ -78,14 +78,15 @@ def without_analysis(planner, geometry, timer, *, budget, flops):
     if planner.subnet is not None:
         return None
     (h, w), full = geometry.lq_size, planner.num_subnets - 1
-    plain_s, _ = timer.fastest_plain(geometry, planner.num_subnets)
+    fastest = timer.fastest_plain(geometry, planner.num_subnets)
+    plain_s = fastest[0]
     cheapest = timer.tiled([geometry.num_patches] + [0] * full, geometry.patch_size, h, w)
     if cheapest < plain_s:
         return None
     if budget is not None and any(flops(h, w, m) <= budget * flops(h, w, full) and timer.whole(m, h, w) < plain_s
                                   for m in range(full)):
         return None
-    return plain_plan(planner, geometry, timer, 'every other plan was predicted slower (no analysis needed)')
+    return plain_plan(planner, geometry, fastest, 'every other plan was predicted slower (no analysis needed)')
 
 
 def by_time(plan, timer, planner, analysis, *, budget, flops):
@@ -99,7 +100,8 @@ def by_time(plan, timer, planner, analysis, *, budget, flops):
         if t_whole < t_tiled:
             return dataclasses.replace(as_whole, predicted_s=t_whole, reason='subnet: whole image predicted faster')
         return dataclasses.replace(tiled, predicted_s=t_tiled, reason='subnet: tiled predicted faster')
-    plain_s, _ = timer.fastest_plain(analysis, num_subnets)
+    fastest = timer.fastest_plain(analysis, num_subnets)
+    plain_s = fastest[0]
     own = timer.of(plan)
     if own <= plain_s:
         return dataclasses.replace(plan, predicted_s=own, reason='plan predicted faster than the plain network')
@@ -111,6 +113,6 @@ def by_time(plan, timer, planner, analysis, *, budget, flops):
             return dataclasses.replace(plan, whole_image_subnet=m, predicted_s=timer.whole(m, h, w),
                                        reason='whole-image subnet within the budget predicted faster than the plan '
                                        'and the plain network')
-    return plain_plan(planner, analysis, timer, f'the plan was predicted slower ({own:.3g} s > {plain_s:.3g} s)',
+    return plain_plan(planner, analysis, fastest, f'the plan was predicted slower ({own:.3g} s > {plain_s:.3g} s)',
                       plan)
 

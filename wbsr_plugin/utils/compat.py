@@ -21,9 +21,10 @@ nothing in site-packages is edited.
    CUDA we use gloo.
 5. ``BaseModel.model_to_device`` wraps DDP with CUDA ``device_ids``; on the CPU
    DDP needs ``device_ids=None``.
-6. ``basicsr.utils.options.ordered_yaml`` parses option files with ``yaml.Loader``,
-   which builds Python objects from tags: an option file could run code. Ours is a
-   safe loader that keeps key order (``!!float`` and the other standard tags stay).
+6. ``basicsr.utils.options.ordered_yaml`` parses option files with PyYAML's full
+   loader, which builds Python objects from tags: an option file could run code.
+   Ours is the safe loader, keeping key order (``!!float`` and the other standard
+   tags stay).
 7. ``BaseModel.load_network`` (``path.pretrain_network_g`` and the like) calls
    ``torch.load`` without ``weights_only``; ours reads tensors only, on the CPU,
    with one clear error for a file that is not a checkpoint.
@@ -150,14 +151,16 @@ OrderedSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
                                   lambda loader, node: collections.OrderedDict(loader.construct_pairs(node)))
 
 
+class OrderedSafeDumper(yaml.SafeDumper):
+    """YAML's safe dumper, writing OrderedDicts as plain mappings in their order."""
+
+
+OrderedSafeDumper.add_representer(collections.OrderedDict, lambda dumper, data: dumper.represent_dict(data.items()))
+
+
 def safe_ordered_yaml():
-    """Replacement of ``basicsr.utils.options.ordered_yaml``: (safe loader, BasicSR's dumper)."""
-    return OrderedSafeLoader, _basicsr_ordered_yaml()[1]
-
-
-def _basicsr_ordered_yaml():
-    import basicsr.utils.options
-    return getattr(basicsr.utils.options, '_wbsr_original_ordered_yaml', basicsr.utils.options.ordered_yaml)()
+    """Replacement of ``basicsr.utils.options.ordered_yaml``: (safe loader, safe dumper), both keeping key order."""
+    return OrderedSafeLoader, OrderedSafeDumper
 
 
 def _load_network(self, net, load_path, strict=True, param_key='params'):
@@ -206,7 +209,6 @@ def patch_basicsr():
     BaseModel.model_to_device = _model_to_device
     BaseModel.load_network = _load_network
     BaseModel.model_ema = _model_ema
-    basicsr.utils.options._wbsr_original_ordered_yaml = basicsr.utils.options.ordered_yaml
     basicsr.utils.options.ordered_yaml = safe_ordered_yaml
     setattr(basicsr, _PATCHED, True)
 

@@ -54,11 +54,11 @@ TEMP_NAME = re.compile(r'^\..+\.(?P<host>\w+)-(?P<pid>\d+)-\w+\.tmp(\.[^./]*)?$'
 
 def _alive(pid):
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: another user's live process
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
+    except PermissionError:
+        pass
     return True
 
 
