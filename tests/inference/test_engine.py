@@ -407,23 +407,29 @@ def test_batch_sizes_on_cpu():
     assert [explicit.subnets.batch_size(3, p, param) for p in (8, 16, 31, 32)] == [15, 3, 1, 1]
 
 
-def test_cuda_batch_size_follows_the_free_memory(monkeypatch):
-    """Protects the CUDA batch sizing of docs/inference.md: as many patches as fit in half of the free memory at
-    6 x width x (patch x scale)^2 x element size each (width at least the 3 output channels), sized once per
-    subnet, patch side and dtype. No GPU here: a stand-in fp16 parameter on 'cuda:1', and torch's free-memory
-    query answered per device."""
-    free = {1: 10 * 2**20}
+def test_cuda_batch_size_follows_the_available_memory(monkeypatch):
+    """Protects the CUDA batch sizing of docs/inference.md: as many patches as fit in half of the available memory
+    (the driver's free memory and the allocator's unused cache) at 6 x width x (patch x scale)^2 x element size each
+    (width at least the 3 output channels), at most 4 GiB, rounded down to a bucket, sized once per subnet, patch
+    side and dtype. No GPU here: a stand-in fp16 parameter on 'cuda:1', and torch's memory queries answered per
+    device."""
+    free = {1: 8 * 2**20}
     monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device: (free[torch.device(device).index], 2**36))
+    monkeypatch.setattr(torch.cuda, 'memory_reserved', lambda device: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, 'memory_allocated', lambda device: 2**20)
     param = types.SimpleNamespace(device=torch.device('cuda', 1), dtype=torch.float16, element_size=lambda: 2)
     engine = DynamicInferenceEngine(tiny_net(widths=(2, 16)))  # subnets w2d1, w2d2, w16d1, w16d2; x4
-    # half of 10 MiB = 5242880 bytes; per patch of 16 (64 x 64 SR pixels): 6 x 3 x 4096 x 2 = 147456 for width 2
-    # (3 output channels), 6 x 16 x 4096 x 2 = 786432 for width 16; patches of 8: a quarter
-    assert engine.subnets.batch_size(0, 16, param) == 5242880 // 147456 == 35
-    assert engine.subnets.batch_size(2, 16, param) == 5242880 // 786432 == 6
-    assert engine.subnets.batch_size(2, 8, param) == 5242880 // 196608 == 26
-    free[1] = 2**20  # later calls keep the sizes found (CUDA graphs need fixed shapes); new ones see 1 MiB
-    assert [engine.subnets.batch_size(i, 16, param) for i in (0, 2)] == [35, 6]
-    assert engine.subnets.batch_size(3, 16, param) == 1  # 524288 // 786432 = 0: still one patch per call
+    # available: 8 + 3 - 1 = 10 MiB, half = 5242880 bytes; per patch of 16 (64 x 64 SR pixels): 6 x 3 x 4096 x 2 =
+    # 147456 for width 2 (3 output channels), 6 x 16 x 4096 x 2 = 786432 for width 16; patches of 8: a quarter.
+    # Buckets: every size to 16, then steps of 2 to 32, of 4 to 64
+    assert engine.subnets.batch_size(0, 16, param) == 32  # 5242880 // 147456 = 35
+    assert engine.subnets.batch_size(2, 16, param) == 6  # 5242880 // 786432 = 6
+    assert engine.subnets.batch_size(2, 8, param) == 26  # 5242880 // 196608 = 26
+    free[1] = 0  # later calls keep the sizes found (CUDA graphs need fixed shapes); new ones see 1 MiB
+    assert [engine.subnets.batch_size(i, 16, param) for i in (0, 2)] == [32, 6]
+    assert engine.subnets.batch_size(3, 16, param) == 1  # 1048576 // 786432 = 1
+    free[1] = 2**40  # a terabyte free: at most 4 GiB per call, 4294967296 // 147456 = 29127 -> 28672 (steps of 2048)
+    assert DynamicInferenceEngine(tiny_net(widths=(2, 16))).subnets.batch_size(0, 16, param) == 28672
 
 
 def test_patch_batches_cover_every_patch_once_in_calls_of_at_most_the_batch_size():

@@ -252,16 +252,13 @@ def test_threshold_table_interpolates_between_patch_sizes():
 
 
 def test_cuda_only_options_fall_back_on_cpu():
-    from wbsr_plugin.inference.cuda_graphs import batch_bucket
-    assert [batch_bucket(n, 16) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
-    assert batch_bucket(20, 24) == 24
     net = strong_tiny_resnet()
     lq = torch.rand(1, 3, 45, 50)
     eager, _ = DynamicInferenceEngine(net, patch_size=16, budget=0.6).run(lq)
     engine = DynamicInferenceEngine(net, patch_size=16, budget=0.6, cuda_graphs=True)
     graphed, report = engine.run(lq)
     assert torch.equal(graphed, eager) and not engine.subnets.graphs
-    assert engine.subnets.runner(0, 4) is engine.subnets.module(0)
+    assert engine.subnets.runner(0) is engine.subnets.module(0)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA devices')

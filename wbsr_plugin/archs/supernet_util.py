@@ -230,16 +230,28 @@ class SupernetMixin:
         return sum(c.flops(lq_h, lq_w) for c in self.conv_plan(spec.width, spec.depth))
 
     @torch.no_grad()
-    def extract_subnet(self, subnet):
-        """A stand-alone BasicSR network with contiguous copies of a subnet's weights."""
+    def extract_subnet(self, subnet, width_multiple=None):
+        """A stand-alone BasicSR network with contiguous copies of a subnet's weights.
+
+        Args:
+            subnet (int | Subnet | tuple): The subnet (see :meth:`get_subnet`).
+            width_multiple (int | None): Zero-pad the width to a multiple of this (hardware-friendly channel
+                counts): the extra channels get zero weights and biases, so they stay zero and the output is the
+                same up to rounding. Default: None (the subnet's own width).
+        """
         spec = self.get_subnet(subnet)
-        net = self.plain_network(spec.width, spec.depth)
+        width = spec.width if width_multiple is None else -(-spec.width // width_multiple) * width_multiple
+        net = self.plain_network(width, spec.depth)
+        shapes = {key: value.shape for key, value in net.state_dict().items()}
         modules = dict(self.named_modules())
         state = {}
         for use in self.conv_plan(spec.width, spec.depth):
             conv = modules[use.name]
-            state[f'{use.name}.weight'] = conv.weight[:use.out_ch, :use.in_ch].clone()
-            state[f'{use.name}.bias'] = conv.bias[:use.out_ch].clone()
+            used = {'weight': conv.weight[:use.out_ch, :use.in_ch], 'bias': conv.bias[:use.out_ch]}
+            for kind, value in used.items():
+                key = f'{use.name}.{kind}'
+                state[key] = value.detach().new_zeros(shapes[key])  # the leading slices hold the subnet's weights
+                state[key][tuple(slice(0, n) for n in value.shape)] = value.detach()
         net.load_state_dict(state, strict=True)
         reference = next(self.parameters())
         return net.to(device=reference.device, dtype=reference.dtype).eval()

@@ -18,6 +18,8 @@ is linear in the number of pixels whatever the number and overlap of the patches
 import numpy as np
 import torch
 
+from wbsr_plugin.utils.device_tensors import to_device
+
 LUMA_WEIGHTS_RGB = (0.299, 0.587, 0.114)
 
 
@@ -59,8 +61,8 @@ def grid_positions(length, patch_size, stride):
 def _window_sums(values, tops, lefts, height, width):
     """Sums of ``values`` (..., H, W) over the windows [top, top+height) x [left, left+width)."""
     table = torch.nn.functional.pad(values.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
-    t = torch.as_tensor(tops, device=values.device).view(-1, 1)
-    l = torch.as_tensor(lefts, device=values.device).view(1, -1)
+    t = to_device(tops, values.device, torch.long).view(-1, 1)
+    l = to_device(lefts, values.device, torch.long).view(1, -1)
     b, r = t + height, l + width
     return table[..., b, r] - table[..., t, r] - table[..., b, l] + table[..., t, l]
 
@@ -139,13 +141,13 @@ def quantile_threshold_tensor(scores, num_classes):
     if ordered.numel() == 0:
         raise ValueError('cannot compute thresholds of an empty set of scores.')
     positions = [k * ordered.numel() // num_classes for k in range(1, num_classes)]
-    return ordered[torch.tensor(positions, dtype=torch.long, device=ordered.device)]
+    return ordered[to_device(positions, ordered.device, torch.long)]
 
 
 def difficulty_classes(scores, thresholds):
     """Class in 0..K-1 of every score: the number of thresholds at or below it (numpy or torch)."""
     if torch.is_tensor(scores):
-        bounds = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device)
+        bounds = to_device(thresholds, scores.device, scores.dtype)
         return torch.bucketize(scores, bounds, right=True)
     return np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.asarray(scores, dtype=np.float64),
                            side='right')

@@ -1,70 +1,116 @@
-"""CUDA graphs of subnet forwards: one launch per call instead of one per layer.
+"""Batch buckets, and CUDA graphs of subnet forwards: one launch per call instead of one per layer.
 
-A subnet's forward on a GPU issues a kernel per layer (RCAN x4: about 2,200), so with a few small
-batches the time goes to launching, not computing. A captured graph replays all of them at once.
-Graphs need fixed shapes: batch sizes are rounded up to a power of two (at most the chunk size), and
-one graph is kept per (patch side, batch bucket, dtype), sharing one memory pool.
+A subnet's forward on a GPU issues a kernel per layer (RCAN x4: about 2,200), so with a few small batches the time
+goes to launching, not computing. A captured graph replays all of them at once. Graphs need fixed shapes, and each new
+eager shape costs cuDNN a new configuration (with ``cudnn.benchmark``, a benchmark): batches are padded up to a
+bucket, one of :data:`BUCKETS_PER_OCTAVE` sizes per power of two (at most 1/8 wasted; 144 patches run as 144).
 """
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import torch
 
-MAX_GRAPHS = 64
+BUCKETS_PER_OCTAVE = 8
+MAX_GRAPHS = 64  # graphs kept per engine (all subnets together); the least recently used goes first
+
+Captured = namedtuple('Captured', ['graph', 'static_in', 'static_out'])
 
 
-def batch_bucket(count, limit):
-    """The power of two at or above ``count``, at most ``limit``."""
-    return min(1 << max(0, count - 1).bit_length(), limit)
+def _step(count):
+    """Spacing of the buckets around ``count``: 1 up to 2 x BUCKETS_PER_OCTAVE, then a power of two."""
+    return max(1, 1 << max(0, count.bit_length() - 1 - BUCKETS_PER_OCTAVE.bit_length() + 1))
 
 
-class GraphedSubnet:
-    """Runs ``module`` through CUDA graphs captured on first use of each input shape.
+def batch_bucket(count):
+    """The smallest bucket >= ``count`` (>= 1): every size up to 16, then 18, 20, ..., 32, 36, ..., 64, 72, ..."""
+    step = _step(count)
+    return -(-count // step) * step
+
+
+def bucket_floor(count):
+    """The largest bucket <= ``count`` (>= 1)."""
+    return max(1, count // _step(count) * _step(count))
+
+
+def memory_format_of(batch):
+    """channels_last for a channels-last batch (that is not also contiguous), else contiguous_format."""
+    channels_last = batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def padded_forward(module, batch):
+    """``module`` on ``batch`` padded with zeros to its bucket; the outputs of ``batch``'s rows."""
+    count = batch.shape[0]
+    bucket = batch_bucket(count)
+    if bucket == count:
+        return module(batch)
+    padded = batch.new_zeros((bucket, *batch.shape[1:])).contiguous(memory_format=memory_format_of(batch))
+    padded[:count] = batch
+    return module(padded)[:count]
+
+
+class GraphCache:
+    """CUDA graphs of the subnets of one engine, keyed by subnet, bucket, shape and dtype; at most ``max_graphs``.
+
+    All graphs share one memory pool (the subnets run one after another). A capture runs on a side stream of the
+    network's device (the current device's stream would record nothing of a network on another device) and, unlike
+    ``torch.cuda.graph``, neither synchronises the device nor empties the allocator's cache. Captures are
+    thread-local, so other threads (``infer``'s readers and writers) may use the device meanwhile.
 
     Args:
-        module (nn.Module): A stand-alone subnet in eval mode on a CUDA device.
-        pool: A CUDA graph memory pool shared with the other subnets of the engine
-            (``torch.cuda.graph_pool_handle()``); the subnets run one after another.
-        limit (int): Largest batch a call may bring (the engine's chunk).
+        max_graphs (int): Graphs kept; the least recently used is dropped first. Default: :data:`MAX_GRAPHS`.
     """
 
-    def __init__(self, module, pool, limit):
-        self.module = module
-        self.pool = pool
-        self.limit = limit
+    def __init__(self, max_graphs=MAX_GRAPHS):
+        self.max_graphs = max_graphs
         self.graphs = OrderedDict()
+        self.pool = None
+        self.streams = {}
 
-    def _capture(self, shape, dtype, device, memory_format):
-        """Capture on ``device``'s streams: a capture on another device's stream records nothing of the module."""
-        with torch.cuda.device(device):
-            return self._capture_on_current_device(shape, dtype, device, memory_format)
+    def __len__(self):
+        return len(self.graphs)
 
-    def _capture_on_current_device(self, shape, dtype, device, memory_format):
-        static_in = torch.zeros(shape, dtype=dtype, device=device).contiguous(memory_format=memory_format)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up outside the graph (lazy initialisation, algorithm choice)
-                self.module(static_in)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            static_out = self.module(static_in)
-        return graph, static_in, static_out
+    def clear(self):
+        """Drop every graph (the subnets changed)."""
+        self.graphs.clear()
+        self.pool = None
 
-    def __call__(self, batch):
+    def run(self, index, module, batch):
+        """Subnet ``index`` (its stand-alone ``module``, eval mode, on a CUDA device) on ``batch``, through the graph
+        of ``batch``'s bucket (captured on first use). The output is a view that the next replay overwrites: the
+        caller copies it at once."""
         count = batch.shape[0]
-        bucket = max(count, batch_bucket(count, self.limit))
-        key = (bucket, tuple(batch.shape[1:]), batch.dtype)
+        bucket = batch_bucket(count)
+        memory_format = memory_format_of(batch)
+        key = (index, bucket, tuple(batch.shape[1:]), batch.dtype, batch.device, memory_format)
         if key not in self.graphs:
-            if len(self.graphs) >= MAX_GRAPHS:
+            while len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
-            memory_format = (torch.channels_last
-                             if batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
-                             else torch.contiguous_format)
-            self.graphs[key] = self._capture((bucket, *batch.shape[1:]), batch.dtype, batch.device, memory_format)
+            self.graphs[key] = self._capture(module, (bucket, *batch.shape[1:]), batch.dtype, batch.device,
+                                             memory_format)
         self.graphs.move_to_end(key)
-        graph, static_in, static_out = self.graphs[key]
-        static_in[:count].copy_(batch)
-        with torch.cuda.device(batch.device):  # replay on the stream the copy was queued on
-            graph.replay()
-        return static_out[:count]  # overwritten by the next replay: the caller copies it at once
+        captured = self.graphs[key]
+        with torch.cuda.device(batch.device):
+            captured.static_in[:count].copy_(batch)
+            captured.graph.replay()
+        return captured.static_out[:count]
+
+    def _capture(self, module, shape, dtype, device, memory_format):
+        with torch.cuda.device(device):
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            if device not in self.streams:
+                self.streams[device] = torch.cuda.Stream(device)
+            side, current = self.streams[device], torch.cuda.current_stream(device)
+            static_in = torch.zeros(shape, dtype=dtype, device=device).contiguous(memory_format=memory_format)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside the graph (lazy initialisation, algorithm choice)
+                    module(static_in)
+                graph = torch.cuda.CUDAGraph()
+                graph.capture_begin(self.pool, capture_error_mode='thread_local')
+                try:
+                    static_out = module(static_in)
+                finally:
+                    graph.capture_end()
+            current.wait_stream(side)
+        return Captured(graph, static_in, static_out)

@@ -5,6 +5,7 @@ the plan (:mod:`.planning`: tiling, difficulty, classes, subnets), the subnets (
 stand-alone copies of their weights, batched, on CUDA optionally as graphs) and the blending
 (:mod:`.tiling`); then it reports what the image cost.
 """
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,9 +17,14 @@ from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_
 from .cost_model import CostTable
 from .plan_targets import latency_plan, quality_plan
 from .planning import InferencePlan, Planner
-from .subnet_cache import SubnetCache
-from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches
+from .subnet_cache import SubnetCache, available_cuda_memory
+from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, tile_geometry
 from .time_rules import PlanTimer, by_time, without_analysis
+
+# CUDA kernels index a tensor with 32-bit integers: a larger whole image runs in tiles overlapping by this many LR
+# pixels, of which the outer half of each side gets no weight (it sees the tile's zero padding)
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+WHOLE_IMAGE_TILE_OVERLAP = 32
 
 
 @dataclass
@@ -120,8 +126,14 @@ class DynamicInferenceEngine:
         whole_image_fallback (bool): Run the whole image when tiling would cost more (see above);
             False always tiles (to measure tiling itself). Default: True.
         cuda_graphs (bool): On CUDA, replay each subnet's forward as a CUDA graph (one launch instead
-            of one per layer; batch sizes bucketed to powers of two). Ignored on other devices.
+            of one per layer; batches padded to a bucket size, :mod:`.cuda_graphs`). Ignored on other devices.
             Default: False.
+        pad_batches (bool): Pad every eager batch to a bucket size (at most 1/8 more patches), so that a GPU sees a
+            few batch shapes instead of a new one per image (each new shape costs cuDNN a configuration). Outputs
+            are unchanged. Default: False.
+        pad_widths (int | None): Zero-pad every subnet's width to a multiple of this (8: what fp16 tensor cores
+            want; widths 36 and 52 become 40 and 56). Outputs are unchanged up to rounding, FLOPs are reported
+            unpadded. Default: None.
         class_errors (list[list[float]] | None): Expected error of each class (rows) through each subnet
             (columns), as checkpoints store it (``inference/calibration.py``); replaces those of a
             ``ClassThresholds``. With ``budget``, patches move
@@ -151,6 +163,8 @@ class DynamicInferenceEngine:
                  channels_last=True,
                  whole_image_fallback=True,
                  cuda_graphs=False,
+                 pad_batches=False,
+                 pad_widths=None,
                  class_errors=None,
                  cost_table=None):
         if not isinstance(net, SupernetMixin):
@@ -221,8 +235,11 @@ class DynamicInferenceEngine:
         self.timer = None if cost_table is None else PlanTimer(cost_table, self._batch_sizes, self._memory_limit)
         self.scale = net.upscale
         self.subnet_names = [s.name for s in net.subnets]
+        if pad_widths is not None and (isinstance(pad_widths, bool) or not isinstance(pad_widths, int)
+                                       or pad_widths < 1):
+            raise ValueError(f'pad_widths must be a positive integer or None, got {pad_widths!r}.')
         self.subnets = SubnetCache(net, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                                   max_batch_pixels=max_batch_pixels)
+                                   max_batch_pixels=max_batch_pixels, pad_batches=pad_batches, pad_widths=pad_widths)
         self.planner = Planner(net, self.subnets.flops, thresholds=thresholds, num_classes=num_classes,
                                patch_size=patch_size, overlap=overlap, trim=trim,
                                budget=budget if budget_unit == 'flops' else None,
@@ -230,6 +247,7 @@ class DynamicInferenceEngine:
                                whole_image_fallback=whole_image_fallback)
         self._geometry_cache = {}
         self._batch_size_cache = {}
+        self.max_tensor_elements = MAX_TENSOR_ELEMENTS
 
     def refresh(self):
         """Forget the extracted subnets (they are rebuilt from the supernet on the next run)."""
@@ -257,10 +275,7 @@ class DynamicInferenceEngine:
     def _memory_limit(self):
         """Bytes a forward may take now: on CUDA the free memory and the allocator's reusable cache; else None."""
         device = next(self.net.parameters()).device
-        if device.type != 'cuda':
-            return None
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return available_cuda_memory(device) if device.type == 'cuda' else None
 
     def plan(self, lq):
         """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device): by FLOPs; with a
@@ -297,7 +312,7 @@ class DynamicInferenceEngine:
             members = order[start:start + count]
             start += count
             chunk = self.subnets.batch_size(index, p, param)
-            runner = self.subnets.runner(index, chunk)
+            runner = self.subnets.runner(index)
             for first in range(0, count, chunk):
                 ids = members[first:first + chunk]
                 batch = patches if ids.numel() == patches.shape[0] else patches[ids]  # one subnet: no gather
@@ -314,13 +329,33 @@ class DynamicInferenceEngine:
         return outputs
 
     def run_whole(self, lq, index):
-        """Subnet ``index`` on the whole image; returns the SR image (1, c, h*s, w*s) in float32."""
+        """Subnet ``index`` on the whole image; returns the SR image (1, c, h*s, w*s) in float32. An image whose
+        largest tensor would exceed ``max_tensor_elements`` runs in overlapping tiles, blended."""
         module = self.subnets.module(index)
         param = next(module.parameters())
         x = lq.to(dtype=param.dtype)
+        per_pixel = self.subnets.elements_per_pixel(index)
+        if x.shape[-2] * x.shape[-1] * per_pixel > self.max_tensor_elements:
+            return self._run_whole_in_tiles(x, module, per_pixel)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return module(x).float()
+
+    def _run_whole_in_tiles(self, x, module, per_pixel):
+        """``module`` on tiles of ``x`` (1, c, h, w) as large as ``max_tensor_elements`` allows, one at a time,
+        blended as the tiled plan blends its patches."""
+        h, w = x.shape[-2:]
+        side = max(2 * WHOLE_IMAGE_TILE_OVERLAP + 2, math.isqrt(self.max_tensor_elements // per_pixel))
+        patch, tops, lefts, trim = tile_geometry(h, w, side, WHOLE_IMAGE_TILE_OVERLAP, WHOLE_IMAGE_TILE_OVERLAP // 2)
+        outputs = []
+        for top in tops:
+            for left in lefts:
+                tile = x[..., top:top + patch, left:left + patch]
+                if self.channels_last:
+                    tile = tile.contiguous(memory_format=torch.channels_last)
+                outputs.append(module(tile).float())
+        geometry = BlendGeometry((h, w), patch, tops, lefts, trim, self.scale, x.device)
+        return geometry.stitch(torch.cat(outputs))
 
     def stitch(self, outputs, plan):
         """Blend SR patches (N, c, p*s, p*s) in grid order into the SR image (1, c, h*s, w*s)."""

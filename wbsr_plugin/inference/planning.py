@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma
+from wbsr_plugin.utils.device_tensors import class_histogram
 
 from .expected_quality import tiled_error, whole_error
 from .projection import apply_levels, budget_levels, calibrated_levels, class_subnet_table, classify
@@ -93,6 +94,16 @@ class ImageAnalysis:
         return len(self.tops) * len(self.lefts)
 
 
+def read_histogram(classes, num_classes, thresholds):
+    """``(class counts, thresholds)`` as Python lists in one read from the device (the plan's only host sync):
+    the patches of each class 1..K, and the thresholds (a tensor when they are the image's quantiles)."""
+    counts = class_histogram(classes, num_classes + 1)[1:]
+    if not torch.is_tensor(thresholds):
+        return counts.tolist(), thresholds
+    values = torch.cat([counts.to(thresholds.dtype), thresholds]).tolist()
+    return [int(n) for n in values[:num_classes]], values[num_classes:]
+
+
 class Planner:
     """The plan policy of a :class:`~.engine.DynamicInferenceEngine` (whose options it takes, validated).
 
@@ -143,9 +154,7 @@ class Planner:
             else:
                 thresholds, source = quantile_threshold_tensor(difficulty, self.num_classes), 'image-quantiles'
             classes = classify(difficulty, thresholds)
-            class_counts = torch.bincount(classes.flatten(), minlength=self.num_classes + 1)[1:].tolist()
-            if torch.is_tensor(thresholds):  # after the histogram's transfer, this waits for nothing
-                thresholds = thresholds.tolist()
+            class_counts, thresholds = read_histogram(classes, self.num_classes, thresholds)
         costs = [self.flops(patch, patch, s) for s in range(self.num_subnets)]
         return ImageAnalysis((h, w), patch, tops, lefts, trim, difficulty, classes, class_counts, thresholds, source,
                              costs, self.flops(h, w, self.num_subnets - 1))

@@ -22,6 +22,7 @@ import math
 import torch
 
 from wbsr_plugin.data.difficulty import difficulty_classes
+from wbsr_plugin.utils.device_tensors import class_histogram, to_device
 
 
 def classify(difficulty, thresholds):
@@ -47,7 +48,7 @@ def cost_target_subnets(classes, costs, target_cost, alpha, num_classes):
     Returns:
         Tensor: Subnet indices, shape of ``classes``; ties go to the cheaper subnet.
     """
-    costs = torch.as_tensor(costs, dtype=torch.float64, device=classes.device)
+    costs = to_device(costs, classes.device, torch.float64)
     aim = alpha * classes.double() * target_cost / num_classes
     return (aim.unsqueeze(-1) - costs).abs().argmin(dim=-1)
 
@@ -163,14 +164,14 @@ def apply_levels(classes, difficulty, levels, steps=()):
         Tensor: Subnet indices, shape of ``classes``.
     """
     device = classes.device
-    subnets = torch.as_tensor(levels, dtype=torch.long, device=device)[classes - 1]
+    subnets = to_device(levels, device, torch.long)[classes - 1]
     if not steps:
         return subnets
     flat_classes = classes.reshape(-1)
     # rank of every patch inside its class, the hardest first
     by_difficulty = difficulty.reshape(-1).double().argsort(descending=True, stable=True)
     order = by_difficulty[flat_classes[by_difficulty].argsort(stable=True)]
-    counts = torch.bincount(flat_classes, minlength=len(levels) + 1)[1:]
+    counts = class_histogram(flat_classes, len(levels) + 1)[1:]
     starts = counts.cumsum(0) - counts
     rank = torch.empty_like(flat_classes)
     rank[order] = torch.arange(flat_classes.numel(), device=device) - starts[flat_classes[order] - 1]
@@ -183,8 +184,8 @@ def apply_levels(classes, difficulty, levels, steps=()):
         step_counts[k - 1][taken[k - 1]] = count
         targets[k - 1][taken[k - 1] + 1:] = [target] * (width - taken[k - 1])
         taken[k - 1] += 1
-    step_counts = torch.tensor(step_counts, dtype=torch.long, device=device)[flat_classes - 1]
-    targets = torch.tensor(targets, dtype=torch.long, device=device)[flat_classes - 1]
+    step_counts = to_device(step_counts, device, torch.long)[flat_classes - 1]
+    targets = to_device(targets, device, torch.long)[flat_classes - 1]
     done = (rank.unsqueeze(-1) < step_counts).sum(-1, keepdim=True)
     return targets.gather(-1, done).view_as(subnets)
 
@@ -204,6 +205,6 @@ def budget_subnets(classes, difficulty, costs, budget_cost, num_classes):
         ``C_t`` = the full subnet's cost (``inf`` when every patch gets the full subnet).
     """
     classes = classes.flatten()
-    counts = torch.bincount(classes, minlength=num_classes + 1)[1:].tolist()
+    counts = class_histogram(classes, num_classes + 1)[1:].tolist()
     levels, steps, alpha = budget_levels(counts, costs, budget_cost)
     return apply_levels(classes, difficulty.flatten(), levels, steps), alpha

@@ -2,16 +2,29 @@
 
 Each subnet runs through a stand-alone copy of its weights (``extract_subnet``: contiguous tensors
 run at the speed their FLOPs promise), made on first use and kept until a parameter of the supernet
-changes (training updates it between validations). On CUDA a subnet can replay as CUDA graphs.
+changes (training updates it between validations). On CUDA a subnet can replay as CUDA graphs, and
+batches can be padded to a few bucket sizes (:mod:`.cuda_graphs`).
 """
 import torch
 
-from .cuda_graphs import GraphedSubnet
+from wbsr_plugin.archs.channels_last import use_channels_last_pixel_shuffle
+
+from .cuda_graphs import GraphCache, bucket_floor, padded_forward
 
 DEFAULT_MAX_BATCH_PIXELS = 64 * 64 * 8  # CPU: larger batches ran no faster (docs/inference.md)
-# CUDA batch sizing: bytes per patch ~ factor x width x (patch x scale)^2 x element size, within a share of free memory
+# CUDA batch sizing: bytes per patch ~ factor x width x (patch x scale)^2 x element size, within a share of the
+# memory the device and the allocator's cache have available, and at most a cap (several processes may share the GPU;
+# a GPU is busy long before one call takes gigabytes)
 CUDA_ACTIVATION_FACTOR = 6
 CUDA_MEMORY_SHARE = 0.5
+CUDA_MAX_BATCH_BYTES = 4 * 2**30
+
+
+def available_cuda_memory(device):
+    """Bytes a forward on CUDA ``device`` may take now: the driver's free memory and what the allocator holds unused
+    (its reusable cache)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 class SubnetCache:
@@ -22,17 +35,20 @@ class SubnetCache:
         channels_last (bool): Keep the extracted subnets in channels-last memory format.
         cuda_graphs (bool): On CUDA, run each subnet through CUDA graphs.
         max_batch_pixels (int | None): LR pixels per forward call; None: 32768 on CPU, on CUDA sized
-            from the free memory.
+            from the available memory.
+        pad_batches (bool): Pad eager batches to bucket sizes (graphs always are). Default: False.
+        pad_widths (int | None): Zero-pad the subnets' widths to a multiple of this. Default: None.
     """
 
-    def __init__(self, net, *, channels_last, cuda_graphs, max_batch_pixels):
+    def __init__(self, net, *, channels_last, cuda_graphs, max_batch_pixels, pad_batches=False, pad_widths=None):
         self.net = net
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
         self.max_batch_pixels = max_batch_pixels
+        self.pad_batches = pad_batches
+        self.pad_widths = pad_widths
         self.modules = {}
-        self.graphs = {}
-        self.graph_pool = None
+        self.graphs = GraphCache()
         self.cuda_batch = {}
         self.fingerprint = None
         self.flops_cache = {}
@@ -59,25 +75,32 @@ class SubnetCache:
         """The stand-alone network of subnet ``index`` (cached; see :meth:`drop_stale`)."""
         if index not in self.modules:
             with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, also inside inference mode
-                module = self.net.extract_subnet(index)
+                module = self.net.extract_subnet(index, width_multiple=self.pad_widths)
                 if self.channels_last:
-                    module = module.to(memory_format=torch.channels_last)
+                    module = use_channels_last_pixel_shuffle(module.to(memory_format=torch.channels_last))
             for p in module.parameters():
                 p.requires_grad_(False)
             self.modules[index] = module
         return self.modules[index]
 
-    def runner(self, index, chunk):
-        """What runs subnet ``index`` on a batch of ``chunk`` patches: its module, or its CUDA graphs."""
+    def runner(self, index):
+        """What runs subnet ``index`` on a batch: its module, the module on batches padded to a bucket, or its CUDA
+        graphs (whose output the next call overwrites)."""
         module = self.module(index)
-        if not self.cuda_graphs or next(module.parameters()).device.type != 'cuda':
-            return module
-        key = (index, chunk)
-        if key not in self.graphs:
-            if self.graph_pool is None:
-                self.graph_pool = torch.cuda.graph_pool_handle()
-            self.graphs[key] = GraphedSubnet(module, self.graph_pool, chunk)
-        return self.graphs[key]
+        if self.cuda_graphs and next(module.parameters()).device.type == 'cuda':
+            return lambda batch: self.graphs.run(index, module, batch)
+        if self.pad_batches:
+            return lambda batch: padded_forward(module, batch)
+        return module
+
+    def elements_per_pixel(self, index):
+        """Elements per LR pixel of the largest tensor subnet ``index`` makes (its widest output, at its resolution;
+        padded widths included)."""
+        spec = self.net.subnets[index]
+        width = spec.width if self.pad_widths is None else -(-spec.width // self.pad_widths) * self.pad_widths
+        uses = self.net.conv_plan(spec.width, spec.depth)
+        largest = max(use.out_ch * use.resolution**2 for use in uses if use.resolution)
+        return -(-largest * width // spec.width)
 
     def flops(self, h, w, subnet):
         """FLOPs of subnet ``subnet`` on an h x w LR input (cached)."""
@@ -94,9 +117,9 @@ class SubnetCache:
             return max(1, DEFAULT_MAX_BATCH_PIXELS // (patch * patch))
         key = (index, patch, param.dtype, param.device)
         if key not in self.cuda_batch:  # sized once, so batch shapes (and CUDA graphs) stay the same
-            free, _ = torch.cuda.mem_get_info(param.device)
+            allowed = min(int(available_cuda_memory(param.device) * CUDA_MEMORY_SHARE), CUDA_MAX_BATCH_BYTES)
             # the largest activations live at the output resolution: a few tensors of width x (p s)^2
             width = max(self.net.subnets[index].width, 3)
             per_patch = CUDA_ACTIVATION_FACTOR * width * (patch * self.net.upscale)**2 * param.element_size()
-            self.cuda_batch[key] = max(1, int(free * CUDA_MEMORY_SHARE) // per_patch)
+            self.cuda_batch[key] = bucket_floor(allowed // per_patch)  # a bucket: full chunks need no padding
         return self.cuda_batch[key]

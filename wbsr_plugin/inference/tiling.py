@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from wbsr_plugin.utils.device_tensors import to_device
+
 DEFAULT_PATCH_SIZE = 64
 DEFAULT_OVERLAP = 4
 DEFAULT_TRIM = 1
@@ -93,11 +95,11 @@ class BlendGeometry:
         (h, w), p, s = lq_size, patch, scale
         self.lq_size, self.patch, self.scale = (h, w), p, s
         self.tops, self.lefts = list(tops), list(lefts)
-        self.row_weights = blend_weights(self.tops, h, p, s, trim).to(device=device, dtype=torch.float32)
-        self.col_weights = blend_weights(self.lefts, w, p, s, trim).to(device=device, dtype=torch.float32)
+        self.row_weights = to_device(blend_weights(self.tops, h, p, s, trim), device, torch.float32)
+        self.col_weights = to_device(blend_weights(self.lefts, w, p, s, trim), device, torch.float32)
         offsets = torch.arange(p * s, device=device)
-        self.row_index = (torch.as_tensor(self.tops, device=device).view(-1, 1) * s + offsets).flatten()
-        self.col_index = (torch.as_tensor(self.lefts, device=device).view(-1, 1) * s + offsets).flatten()
+        self.row_index = (to_device(self.tops, device, torch.long).view(-1, 1) * s + offsets).flatten()
+        self.col_index = (to_device(self.lefts, device, torch.long).view(-1, 1) * s + offsets).flatten()
 
     def stitch_vectorised(self, outputs):
         """Weight all patches at once, then add them into place with two ``index_add_`` (few kernel launches)."""
@@ -143,8 +145,8 @@ def stitch_patches(outputs, lq_size, patch, tops, lefts, trim, scale, vectorised
 def extract_patches(lq, patch_size, tops, lefts):
     """Every patch of the grid (row-major) of ``lq`` (1, c, h, w), shape (n, c, p, p), in one gather."""
     offsets = torch.arange(patch_size, device=lq.device)
-    tops = torch.as_tensor(tops, device=lq.device)
-    lefts = torch.as_tensor(lefts, device=lq.device)
+    tops = to_device(tops, lq.device, torch.long)
+    lefts = to_device(lefts, lq.device, torch.long)
     rows = (tops.unsqueeze(1) + offsets).repeat_interleave(len(lefts), dim=0)
     cols = (lefts.unsqueeze(1) + offsets).repeat(len(tops), 1)
     return lq[0][:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3).contiguous()

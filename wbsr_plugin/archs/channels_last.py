@@ -1,0 +1,35 @@
+"""Channels-last helpers for the stand-alone subnets the inference engine runs.
+
+``nn.PixelShuffle`` on a channels-last tensor goes through NCHW and back: two extra copies of the largest tensor of
+the network. Read as NHWC memory, the shuffle is one permutation, done here in one copy that is channels-last again.
+"""
+import torch
+from torch import nn
+
+
+def pixel_shuffle_channels_last(x, factor):
+    """``F.pixel_shuffle(x, factor)`` of a channels-last ``x`` (n, c r^2, h, w), returned channels-last."""
+    n, c, h, w = x.shape
+    out_ch = c // (factor * factor)
+    nhwc = x.permute(0, 2, 3, 1).view(n, h, w, out_ch, factor, factor)
+    shuffled = nhwc.permute(0, 1, 4, 2, 5, 3).reshape(n, h * factor, w * factor, out_ch)
+    return shuffled.permute(0, 3, 1, 2)
+
+
+class ChannelsLastPixelShuffle(nn.PixelShuffle):
+    """``nn.PixelShuffle`` that shuffles channels-last inputs in their own layout (others as before)."""
+
+    def forward(self, x):
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+                and not x.is_contiguous():
+            return pixel_shuffle_channels_last(x, self.upscale_factor)
+        return super().forward(x)
+
+
+def use_channels_last_pixel_shuffle(module):
+    """Replace every ``nn.PixelShuffle`` inside ``module`` by :class:`ChannelsLastPixelShuffle` (in place)."""
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.PixelShuffle:
+                parent._modules[name] = ChannelsLastPixelShuffle(child.upscale_factor)
+    return module
