@@ -14,6 +14,9 @@ For every network (SRResNet / RCAN x4 with the paper's widths [36, 52, 64] and t
   latency b            the engine with a latency budget (``budget=b, budget_unit='time'``; ``--latency-budgets``),
   quality d dB         the engine with a quality target (``max_loss=d``; ``--max-loss``, with ``--model``'s class
                        errors),
+  ..., VARIANT         each of these again with an engine option of ``--variants`` on: cuda-graphs (the default,
+                       on CUDA), pad-batches (``pad_batches``), pad-widths (zero-padded to multiples of 8,
+                       (``pad_widths=8``),
 and prints the time, the speedup over both plain executions, the FLOPs ratio, the efficiency (speedup over the
 whole image x FLOPs ratio: 1 = as fast as the FLOPs promise), the time this device's cost table predicts
 (cached; with ``--plan-by time`` it also chooses the plans) and where the engine's time goes: plan (tiling,
@@ -45,6 +48,9 @@ from wbsr_plugin.inference.time_rules import PlanTimer
 from basicsr.archs import build_network
 
 SECTIONS = ('main', 'tiling', 'widths', 'all')
+# --variants: engine options whose best value is a property of the device (off by default in the engine)
+VARIANTS = {'cuda-graphs': {'cuda_graphs': True}, 'pad-batches': {'pad_batches': True},
+            'pad-widths': {'pad_widths': 8}}
 PAPER_WIDTHS, ALIGNED_WIDTHS = [36, 52, 64], [32, 48, 64]
 # Default LR sizes: on CUDA all of them; on CPU the largest whose plain network stays within CPU_GFLOPS.
 DEFAULT_LQ_SIZES = {'cpu': [(256, 192), (128, 96)], 'cuda': [(480, 270), (960, 540)]}
@@ -177,9 +183,8 @@ def main_section(configs, photo, args, device):
                      for b in args.latency_budgets]
         if stored.get('thresholds') is not None and stored['thresholds'].class_errors is not None:
             settings += [(f'quality {d:g} dB', {'max_loss': d}) for d in args.max_loss]
-        if device.type == 'cuda' and args.cuda_graphs != 'off':
-            graphed = [(f'{label}, CUDA graphs', {**kwargs, 'cuda_graphs': True}) for label, kwargs in settings]
-            settings = graphed if args.cuda_graphs == 'on' else settings + graphed
+        settings += [(f'{label}, {variant}', {**kwargs, **VARIANTS[variant]}) for variant in args.variants
+                     for label, kwargs in settings if variant != 'cuda-graphs' or device.type == 'cuda']
         rows = []
         for label, kwargs in settings:
             if args.plan_by == 'time':
@@ -327,8 +332,9 @@ def main(argv=None):
     parser.add_argument('--max-batch-pixels', type=int, help="engine's max_batch_pixels. Default: the engine's")
     parser.add_argument('--patch-sizes', type=int, nargs='+', default=[32, 48, 64, 96, 128])
     parser.add_argument('--overlaps', type=int, nargs='+', default=[4])
-    parser.add_argument('--cuda-graphs', choices=('off', 'on', 'both'), default='both',
-                        help='CUDA only: engine settings without and/or with CUDA graphs. Default: both')
+    parser.add_argument('--variants', nargs='*', choices=sorted(VARIANTS), default=['cuda-graphs'],
+                        help='engine options, each repeating every setting with it on (cuda-graphs: on CUDA only). '
+                             "Default: cuda-graphs")
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeat', type=int, help='timed runs per setting (median). Default: 3 on CPU, 5 on CUDA')
     parser.add_argument('--section', choices=SECTIONS, default='main')

@@ -41,7 +41,7 @@ DEFAULTS = {
 }
 INFERENCE_KEYS = ('patch_size', 'overlap', 'trim', 'num_classes', 'budget', 'target_gflops', 'alpha', 'subnet',
                   'max_batch_pixels', 'channels_last', 'whole_image_fallback',
-                  'cuda_graphs')
+                  'cuda_graphs', 'pad_batches', 'pad_widths')
 
 
 def parse_wbsr_options(section):

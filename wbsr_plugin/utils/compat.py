@@ -30,11 +30,19 @@ nothing in site-packages is edited.
    with one clear error for a file that is not a checkpoint.
 8. ``BaseModel.model_ema`` launches two kernels per parameter every step (RCAN:
    about 1.7k parameter tensors); ours updates them all with one foreach lerp.
+9. Python 3.12 has no ``distutils``, which ``basicsr.archs.arch_util`` imports for
+   ``LooseVersion``; where it is missing, a module with a ``LooseVersion`` of its own
+   stands in.
+10. ``basicsr.utils`` imports ``requests`` for its download helpers only; on a machine
+   without it, a stand-in module raises a clear ImportError when a download is tried.
 """
 import collections
 import importlib
+import importlib.util
 import os
+import re
 import sys
+import types
 from copy import deepcopy
 from os import path as osp
 
@@ -194,8 +202,68 @@ def _model_ema(self, decay=0.999):
                              1 - decay)
 
 
+class LooseVersion:
+    """``distutils.version.LooseVersion``'s ordering: numbers compare as numbers, other parts as text."""
+
+    def __init__(self, text):
+        self.vstring = str(text)
+        parts = re.findall(r'\d+|[a-z]+', self.vstring.lower())
+        self.version = [int(p) if p.isdigit() else p for p in parts]
+
+    def _key(self, other):
+        other = other if isinstance(other, LooseVersion) else LooseVersion(other)
+        key = [(0, p) if isinstance(p, int) else (-1, p) for p in self.version]
+        return key, [(0, p) if isinstance(p, int) else (-1, p) for p in other.version]
+
+    def __eq__(self, other):
+        mine, theirs = self._key(other)
+        return mine == theirs
+
+    def __lt__(self, other):
+        mine, theirs = self._key(other)
+        return mine < theirs
+
+    def __le__(self, other):
+        return self == other or self < other
+
+    def __gt__(self, other):
+        return not self <= other
+
+    def __ge__(self, other):
+        return not self < other
+
+    def __repr__(self):
+        return f"LooseVersion('{self.vstring}')"
+
+
+def _importable(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def provide_missing_modules():
+    """Stand-ins for ``distutils.version`` and ``requests`` where Python or the machine lacks them (fixes 9, 10)."""
+    if not _importable('distutils'):
+        distutils, version = types.ModuleType('distutils'), types.ModuleType('distutils.version')
+        version.LooseVersion = LooseVersion
+        distutils.version = version
+        sys.modules.setdefault('distutils', distutils)
+        sys.modules.setdefault('distutils.version', version)
+    if not _importable('requests'):
+        requests = types.ModuleType('requests')
+
+        def missing(*args, **kwargs):
+            raise ImportError('downloading needs the requests package: pip install requests')
+
+        requests.get = requests.Session = missing
+        sys.modules.setdefault('requests', requests)
+
+
 def patch_basicsr():
     """Apply every workaround; safe to call more than once."""
+    provide_missing_modules()
     import_torchvision()
     import basicsr.train
     import basicsr.utils.dist_util
