@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py [--device cpu|cuda|all] [--batch B] [--gt-size S] [--threads T]
                                           [--repeat R] [--warmup W] [--prior PRIOR.pth] [--no-distill]
+                                          [--print-freq N]
 
 One step is what BasicSR's training loop runs per iteration: ``feed_data`` of a synthetic batch
 already on the device (no data loader) and ``optimize_parameters`` (forward, loss, backward,
@@ -21,6 +22,14 @@ every loss alone (forward + backward on a fixed output of the batch's size, the 
 of the difference) and the second table gives what it adds over L1Loss per step (one call for
 the plain network, three for a sandwich) as a share of the L1 step. On CUDA, the device is
 synchronised before and after each timed step or loss call.
+
+The third table (L1Loss; ``--print-freq 0`` leaves it out) times blocks of ``--print-freq`` steps
+without synchronising inside them, as BasicSR's loop runs, on two copies of each model stepped
+round robin: one whose log is read (``get_current_log()``) after every step, one read once per block,
+at its last step, as BasicSR reads it every ``logger.print_freq`` iterations. A read waits for the
+device, so on CUDA reading every step stops the host from queueing the next step while the device
+works; on the CPU there is nothing to overlap. BasicSR's ``SRModel`` (``plain``) reads its losses in
+every step whatever the reader does.
 """
 import argparse
 import logging
@@ -77,14 +86,17 @@ def time_loss(loss, gt, device):
     return time.perf_counter() - start
 
 
-def time_steps(setups, device, batch, gt_size, scale, repeat, warmup, prior_path):
-    """Median seconds per step of every (setup, loss), stepped round robin, and of each loss alone."""
+def synthetic_batch(device, batch, gt_size, scale):
     generator = torch.Generator().manual_seed(0)
     gt = torch.rand(batch, 3, gt_size, gt_size, generator=generator)
-    data = {
+    return {
         'gt': gt.to(device),
         'lq': torch.nn.functional.interpolate(gt, scale_factor=1 / scale, mode='bicubic', antialias=True).to(device)
     }
+
+
+def time_steps(setups, device, data, scale, repeat, warmup, prior_path):
+    """Median seconds per step of every (setup, loss), stepped round robin, and of each loss alone."""
     with tempfile.TemporaryDirectory() as workdir:
         models = {}
         for setup in setups:
@@ -106,6 +118,41 @@ def time_steps(setups, device, batch, gt_size, scale, repeat, warmup, prior_path
                         loss_times[key[1]].append(time_loss(model.cri_pix, data['gt'], device))
     return ({key: statistics.median(values) for key, values in times.items()},
             {loss: statistics.median(values) for loss, values in loss_times.items()})
+
+
+def time_log_reads(setups, device, data, scale, repeat, warmup, prior_path, print_freq):
+    """Median seconds per step (L1Loss) of every setup with the log read every step or every ``print_freq``."""
+    policies = {'every step': lambda i: True, f'every {print_freq}': lambda i: i == print_freq - 1}
+    with tempfile.TemporaryDirectory() as workdir:
+        models = {}
+        for setup in setups:
+            for policy in policies:
+                torch.manual_seed(0)
+                models[setup, policy] = build_model(model_options(setup, 'L1Loss', device, scale, prior_path, workdir))
+        times = {key: [] for key in models}
+        for block in range(warmup + repeat):
+            for (setup, policy), model in models.items():
+                reads = policies[policy]
+                synchronize(device)
+                start = time.perf_counter()
+                for i in range(print_freq):
+                    model.feed_data(data)
+                    model.optimize_parameters(block * print_freq + i + 1)
+                    if reads(i):
+                        model.get_current_log()
+                synchronize(device)
+                if block >= warmup:
+                    times[setup, policy].append((time.perf_counter() - start) / print_freq)
+    return {key: statistics.median(values) for key, values in times.items()}, list(policies)
+
+
+def print_log_reads(medians, policies, setups, print_freq, repeat):
+    every_step, every_block = policies
+    print(f'\nReading the log (L1Loss), ms/step: median of {repeat} round-robin blocks of {print_freq} steps')
+    print(f"{'setup':<17} {every_step:>12} {every_block:>12} {'saved':>7}")
+    for setup in setups:
+        slow, fast = medians[setup, every_step], medians[setup, every_block]
+        print(f'{setup:<17} {slow * 1e3:12.1f} {fast * 1e3:12.1f} {100 * (1 - fast / slow):+6.1f}%')
 
 
 def print_table(medians, loss_medians, setups, device, batch, gt_size, scale, repeat):
@@ -142,7 +189,11 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first. Default: 2')
     parser.add_argument('--prior', help='BDLoss GMM prior (default: fitted on tests/fixtures/hr)')
     parser.add_argument('--no-distill', action='store_true', help='leave out the sandwich+distill setup')
+    parser.add_argument('--print-freq', type=int, default=10,
+                        help='steps per log read in the log-reading table (0: leave it out). Default: 10')
     args = parser.parse_args(argv)
+    if args.print_freq < 0:
+        parser.error(f'--print-freq must be >= 0, got {args.print_freq}')
     for name in ('batch', 'gt_size', 'repeat', 'threads'):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -169,9 +220,13 @@ def main(argv=None):
         for device in devices:
             batch = args.batch or DEFAULT_SIZES[device][0]
             gt_size = args.gt_size or DEFAULT_SIZES[device][1]
-            medians, loss_medians = time_steps(setups, device, batch, gt_size, args.scale, args.repeat, args.warmup,
-                                               prior_path)
+            data = synthetic_batch(device, batch, gt_size, args.scale)
+            medians, loss_medians = time_steps(setups, device, data, args.scale, args.repeat, args.warmup, prior_path)
             print_table(medians, loss_medians, setups, device, batch, gt_size, args.scale, args.repeat)
+            if args.print_freq:
+                read_medians, policies = time_log_reads(setups, device, data, args.scale, args.repeat, args.warmup,
+                                                        prior_path, args.print_freq)
+                print_log_reads(read_medians, policies, setups, args.print_freq, args.repeat)
 
 
 if __name__ == '__main__':

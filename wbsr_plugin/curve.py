@@ -7,7 +7,9 @@ network's time on this device) and the quality targets of ``--max-loss``, and al
 and the full network on the whole image as reference points. Plans are made by FLOPs, the same on every
 machine, unless ``--plan-by time``: then this device's measured costs decide (an explicit subnet may then run
 on the whole image, and no plan predicted slower than the plain network runs). PSNR/SSIM, FLOPs and the
-LR images (``--lr``, or MATLAB bicubic of HR) are those of :mod:`wbsr_plugin.cli.evaluation`.
+LR images (``--lr``, or MATLAB bicubic of HR) are those of :mod:`wbsr_plugin.cli.evaluation`, and so are the
+times: every setting runs once untimed at each new image size, the full network in the engine's
+channels-last format.
 Writes curve.md, curve.csv and, when matplotlib is installed, curve.png.
 """
 import argparse
@@ -93,13 +95,14 @@ def run(argv=None):
     if not pairs:
         parser.exit(2, f'error: no images in {args.hr}\n')
     cost_table = load_or_measure(net, device, next(net.parameters()).dtype) if by_time else None
-    common = dict(**engine_options(meta), patch_size=args.patch_size, overlap=args.overlap, cost_table=cost_table)
+    common = dict(**engine_options(meta), patch_size=args.patch_size, overlap=args.overlap, cost_table=cost_table,
+                  channels_last=True)
     thresholds = common['thresholds']
     if args.max_loss and (thresholds is None or thresholds.class_errors is None):
         parser.exit(2, f'error: --max-loss needs class errors, and {args.model} stores none\n')
     tiled = '' if by_time else ', tiled'
     unit = ' of the time' if args.budget_unit == 'time' else ''
-    settings = [('full network, whole image', whole_image_runner(net))]
+    settings = [('full network, whole image', whole_image_runner(net, channels_last=common['channels_last']))]
     settings += [(f'subnet {s.index} (w{s.width} d{s.depth}){tiled}', engine_runner(net, **common, subnet=s.index))
                  for s in net.subnets]
     settings += [(f'budget {b:g}{unit}', engine_runner(net, **common, budget=b, budget_unit=args.budget_unit))

@@ -69,7 +69,8 @@ def build_parser():
                             'fits in SECONDS; a short probe measures the speed first')
     parser.add_argument('--seeds', type=int, nargs='+', help='override the preset: seeds')
     parser.add_argument('--jobs', type=positive(int), default=1,
-                        help='training runs at once, sharing the GPU, loader workers and CPU threads. Default: 1')
+                        help='training runs at once, sharing loader workers and CPU threads; with CUDA each run '
+                        'sees one GPU (run i of the pool: GPU i %% G). Default: 1')
     parser.add_argument('--skip-training', action='store_true', help='evaluate existing runs only')
     return parser
 

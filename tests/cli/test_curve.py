@@ -100,3 +100,70 @@ def test_an_interrupted_curve_writes_nothing(supernet, tmp_path, monkeypatch, ca
     out = tmp_path / 'curve'
     assert curve.main(['--hr', osp.join(HR, 'rocket.png'), '--model', path, '-o', str(out), '--device', 'cpu']) == 130
     assert 'curve: interrupted' in capsys.readouterr().err and (not out.exists() or not list(out.iterdir()))
+
+
+# ----------------------------------------------------------------------------------------------
+# fair timing: the plain network in the engine's memory format, every runner warmed up per input shape
+def counting_forward(module, calls):
+    forward = module.forward
+
+    def counted(x, *args, **kwargs):
+        calls.append((tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last)))
+        return forward(x, *args, **kwargs)
+
+    module.forward = counted
+
+
+def test_the_plain_network_runs_channels_last_with_unchanged_output(supernet):
+    lq = torch.rand(1, 3, 10, 13, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = supernet(lq)
+    for channels_last in (True, False):
+        sr, report = whole_image_runner(supernet, channels_last=channels_last)(lq)
+        torch.testing.assert_close(sr, expected, rtol=0, atol=1e-5)
+        assert sr.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert report['flops'] == supernet.flops(10, 13)
+    # the caller's network is left in NCHW
+    assert all(p.is_contiguous() for p in supernet.parameters())
+
+
+def test_plain_network_is_warmed_up_once_per_input_shape(supernet, monkeypatch):
+    import copy
+
+    from wbsr_plugin.cli import evaluation
+
+    calls = []
+
+    def counting_copy(net):
+        copied = copy.deepcopy(net).to(memory_format=torch.channels_last)
+        counting_forward(copied, calls)
+        return copied
+
+    monkeypatch.setattr(evaluation, 'channels_last_copy', counting_copy)
+    run = whole_image_runner(supernet)
+    small, large = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 12)
+    for lq in (small, small, large, small, large):
+        run(lq)
+    # shape 8x8: warm-up + 3 timed calls, 8x12: warm-up + 2, every call channels-last
+    assert [shape for shape, _ in calls] == [small.shape] * 3 + [large.shape] * 2 + [small.shape, large.shape]
+    assert all(channels_last for _, channels_last in calls)
+
+
+def test_engine_runner_is_warmed_up_once_per_input_shape(supernet, monkeypatch):
+    from wbsr_plugin.cli import evaluation
+
+    calls = []
+    engine_run = evaluation.DynamicInferenceEngine.run
+
+    def counted(engine, lq):
+        calls.append(tuple(lq.shape))
+        return engine_run(engine, lq)
+
+    monkeypatch.setattr(evaluation.DynamicInferenceEngine, 'run', counted)
+    run = engine_runner(supernet, THRESHOLDS, patch_size=16, overlap=2)
+    small, large = torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 28)
+    first, _ = run(small)
+    second, _ = run(small)
+    run(large)
+    assert calls == [(1, 3, 20, 20)] * 3 + [(1, 3, 20, 28)] * 2
+    torch.testing.assert_close(first, second, rtol=0, atol=0)

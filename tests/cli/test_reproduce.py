@@ -154,3 +154,66 @@ def test_rows_jobs_and_time_budget_on_toy(tmp_path):
                       '--out', str(out), '--rows', 'plain_mse', 'uniform_mse', '--jobs', '2', '--time-budget', '45',
                       cwd=tmp_path, timeout=120)
     assert f"chose total_iter {plan['total_iter']}; reused" in proc.stdout and 'done before, skipped' in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# one device per run
+def test_each_slot_gets_one_device():
+    from wbsr_plugin.reproduce_util.jobs import one_device_each
+
+    assert one_device_each(3, 0) == [{}, {}, {}]  # CPU: nothing changes
+    assert [e['CUDA_VISIBLE_DEVICES'] for e in one_device_each(3, 2)] == ['0', '1', '0']
+    assert [e['CUDA_VISIBLE_DEVICES'] for e in one_device_each(2, 4)] == ['0', '1']
+    # the user's own selection: its entries are handed out, as written
+    assert [e['CUDA_VISIBLE_DEVICES'] for e in one_device_each(3, 2, '5, 2')] == ['5', '2', '5']
+    assert [e['CUDA_VISIBLE_DEVICES'] for e in one_device_each(2, 1, 'GPU-1a2b,GPU-3c4d')] == ['GPU-1a2b'] * 2
+    assert one_device_each(2, 0, '') == [{}, {}]
+    with pytest.raises(ValueError, match='slots must be at least 1'):
+        one_device_each(0, 2)
+
+
+def test_run_jobs_gives_each_job_the_environment_of_its_slot(tmp_path):
+    import sys
+
+    from wbsr_plugin.reproduce_util.jobs import Job, run_jobs
+
+    def job(name, sleep):
+        code = f'import os, time; time.sleep({sleep}); print(os.environ["SLOT_DEVICE"], os.environ["SHARED"])'
+        return Job(name, [sys.executable, '-c', code], str(tmp_path / f'{name}.log'))
+
+    # 'slow' holds slot 0 while 'fast' ends, so 'next' runs in slot 1
+    jobs = [job('slow', 1.5), job('fast', 0), job('next', 0)]
+    run_jobs(jobs, 2, str(tmp_path), {'SHARED': 'x'}, log=lambda m: None,
+             slot_envs=[{'SLOT_DEVICE': 'a'}, {'SLOT_DEVICE': 'b'}])
+    assert [(tmp_path / f'{name}.log').read_text() for name in ('slow', 'fast', 'next')] == ['a x\n', 'b x\n', 'b x\n']
+    with pytest.raises(ValueError, match='1 environment'):
+        run_jobs(jobs, 2, str(tmp_path), None, slot_envs=[{}])
+
+
+@pytest.mark.parametrize('device_count, visible, expected', [(0, None, ('auto', [None])),
+                                                             (2, '6,3', (1, ['6', '3']))])
+def test_training_runs_use_one_device_each(device_count, visible, expected, tmp_path, monkeypatch):
+    from wbsr_plugin.reproduce_util import pipeline
+
+    monkeypatch.setattr(pipeline.torch.cuda, 'device_count', lambda: device_count)
+    if visible is None:
+        monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    else:
+        monkeypatch.setenv('CUDA_VISIBLE_DEVICES', visible)
+    calls = []
+
+    def run_jobs(todo, parallel, cwd, env, log, slot_envs):
+        calls.append(slot_envs)
+        for job in todo:
+            checkpoint = pipeline.checkpoint_path(str(tmp_path), job.name)
+            (tmp_path / 'runs' / 'experiments' / job.name / 'models').mkdir(parents=True)
+            open(checkpoint, 'w').close()
+        return {}
+
+    monkeypatch.setattr(pipeline, 'run_jobs', run_jobs)
+    preset = get_preset('toy', {'rows': ['plain'], 'seeds': [0, 1]})
+    pipeline.train_all(preset, DATA, str(tmp_path), jobs=2)
+    num_gpu, devices = expected
+    assert [env.get('CUDA_VISIBLE_DEVICES') for env in calls[0]] == devices * (2 // len(devices))
+    options = sorted((tmp_path / 'runs' / 'options').iterdir())
+    assert len(options) == 2 and {yaml.safe_load(o.read_text())['num_gpu'] for o in options} == {num_gpu}

@@ -6,6 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
+from wbsr_plugin.models.dynamic_sr_model import DeferredLogMixin
 from wbsr_plugin.utils.registry import register
 
 from basicsr.models.sr_model import SRModel
@@ -48,7 +49,7 @@ def average_loss(probs):
 
 
 @register(MODEL_REGISTRY)
-class WBSRClassSRModel(SRModel):
+class WBSRClassSRModel(DeferredLogMixin, SRModel):
     """SRModel for ``WBSRClassSRNet``: branch pre-training, then joint training with the classifier.
 
     Paper: ClassSR: A General Framework to Accelerate Super-Resolution Networks by Data
@@ -69,23 +70,41 @@ class WBSRClassSRModel(SRModel):
         if opt['network_g']['type'] != 'WBSRClassSRNet':
             raise ValueError(
                 f"WBSRClassSRModel trains WBSRClassSRNet, got network_g.type {opt['network_g']['type']!r}.")
+        self._class_bounds = None
         super().__init__(opt)
+
+    def patch_classes(self, lq, num_classes):
+        """Difficulty class in 0..num_classes-1 of every LR patch of ``lq`` (n, c, h, w), on its device."""
+        if self._class_bounds is None or self._class_bounds.device != lq.device:
+            self._class_bounds = torch.as_tensor(self.classsr_opt['thresholds'], dtype=torch.float64,
+                                                 device=lq.device)
+        origin = torch.zeros(1, dtype=torch.long, device=lq.device)  # a device tensor: no host copy per step
+        score = patch_difficulty(rgb_to_luma(lq.detach().float()), lq.shape[-1], origin, origin).flatten()
+        return torch.bucketize(score, self._class_bounds, right=True).clamp(max=num_classes - 1)
+
+    def _branch_loss(self, net):
+        """Pixel loss of every branch on its class of patches, weighted by the class's share of the batch.
+
+        The patches are grouped by class with one sort; the class sizes are the step's only host read.
+        """
+        num_branches = len(net.branches)
+        classes = self.patch_classes(self.lq, num_branches)
+        order = classes.argsort(stable=True)
+        sizes = (classes[:, None] == torch.arange(num_branches, device=classes.device)).sum(dim=0).tolist()
+        lq_groups = self.lq.index_select(0, order).split(sizes)
+        gt_groups = self.gt.index_select(0, order).split(sizes)
+        l_pix = 0
+        for branch, (lq, gt) in enumerate(zip(lq_groups, gt_groups)):
+            if len(lq):
+                l_pix = l_pix + self.cri_pix(net.branch_forward(lq, branch), gt) * (len(lq) / len(self.lq))
+        return l_pix
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
         net = self.get_bare_model(self.net_g)
         loss_dict = OrderedDict()
         if current_iter <= self.classsr_opt['branch_ratio'] * self.opt['train']['total_iter']:
-            size = self.lq.shape[-1]
-            score = patch_difficulty(rgb_to_luma(self.lq.detach().float().cpu()), size, [0], [0]).flatten()
-            bounds = torch.as_tensor(self.classsr_opt['thresholds'], dtype=score.dtype)
-            classes = torch.bucketize(score, bounds, right=True).clamp(max=len(net.branches) - 1).to(self.lq.device)
-            l_pix = 0
-            for branch in range(len(net.branches)):
-                members = classes == branch
-                if members.any():
-                    out = net.branch_forward(self.lq[members], branch)
-                    l_pix = l_pix + self.cri_pix(out, self.gt[members]) * members.float().mean()
+            l_pix = self._branch_loss(net)
             self.output = None
             l_pix.backward()
             loss_dict['l_pix'] = l_pix.detach()
@@ -101,6 +120,6 @@ class WBSRClassSRModel(SRModel):
             total.backward()
             loss_dict.update(l_pix=l_pix.detach(), l_class=l_class.detach(), l_average=l_average.detach())
         self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.store_log(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)

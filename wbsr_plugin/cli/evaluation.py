@@ -2,17 +2,21 @@
 
 Used by ``python -m wbsr_plugin.curve`` and the reproduction (``wbsr_plugin.reproduce_util``).
 A method is a *runner*: ``run(lq) -> (sr, report)`` with ``lq`` (1, 3, h, w) RGB in [0, 1] and
-``report`` a dict with at least ``flops``, ``full_flops`` and ``time_s``. PSNR/SSIM are BasicSR's
-``calculate_psnr``/``calculate_ssim`` on the Y channel with ``crop_border = scale``. Without an LR
+``report`` a dict with at least ``flops``, ``full_flops`` and ``time_s``. The runners made here are
+timed alike: one untimed call first at every new input shape, and the plain network in the engine's
+memory format. PSNR/SSIM are BasicSR's ``calculate_psnr``/``calculate_ssim`` on the Y channel with
+``crop_border = scale``. Without an LR
 folder, LR images are made from the HR ones by MATLAB bicubic (``basicsr.utils.matlab_functions
 .imresize``) after cropping HR to a multiple of the scale.
 """
+import copy
 import time
 from os import path as osp
 
 import numpy as np
 import torch
 
+from wbsr_plugin.archs.channels_last import use_channels_last_pixel_shuffle
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.utils.files import list_images
@@ -99,38 +103,68 @@ def evaluate(run, pairs, scale):
     }
 
 
-def whole_image_runner(net, flops_fn=None):
-    """Runner of a network on the whole image (on the network's device and dtype).
+def warmed_up(run):
+    """``run`` preceded, at the first input of every shape, by one untimed call whose result is dropped.
+
+    So that no runner's time includes first-call costs (memory allocation, cuDNN's choice of algorithms,
+    extracting subnets, caching a tiling): each runner of this module is warmed up alike.
+    """
+    seen_shapes = set()
+
+    def run_warm(lq):
+        shape = tuple(lq.shape)
+        if shape not in seen_shapes:
+            seen_shapes.add(shape)
+            run(lq)
+        return run(lq)
+
+    return run_warm
+
+
+def channels_last_copy(net):
+    """A copy of ``net`` with its 4-D weights in channels-last memory format and the engine's channels-last pixel
+    shuffle (``net`` is left as it is)."""
+    return use_channels_last_pixel_shuffle(copy.deepcopy(net).to(memory_format=torch.channels_last))
+
+
+def whole_image_runner(net, flops_fn=None, channels_last=True):
+    """Runner of a network on the whole image (on the network's device and dtype), warmed up per input shape.
 
     Args:
         net (nn.Module): Any BasicSR SR network in eval mode.
         flops_fn (callable | None): ``flops_fn(h, w)`` -> FLOPs on an ``h x w`` LR image.
             Default: None (``net.flops``, as WBSR supernets have).
+        channels_last (bool): Run a channels-last copy of ``net`` on channels-last input, as
+            :class:`DynamicInferenceEngine` runs its subnets with its option of the same name (so that
+            both are timed in the same memory format). Default: True (the engine's default).
     """
     flops_fn = net.flops if flops_fn is None else flops_fn
+    model = channels_last_copy(net) if channels_last else net
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    param = next(model.parameters())
 
     def run(lq):
         start = time.perf_counter()
-        param = next(net.parameters())
         with torch.inference_mode():
-            sr = net(lq.to(device=param.device, dtype=param.dtype))
+            x = lq.to(device=param.device, dtype=param.dtype).contiguous(memory_format=memory_format)
+            sr = model(x)
             if sr.device.type == 'cuda':
                 torch.cuda.synchronize(sr.device)
         flops = flops_fn(*lq.shape[-2:])
         return sr, {'flops': flops, 'full_flops': flops, 'time_s': time.perf_counter() - start}
 
-    return run
+    return warmed_up(run)
 
 
 def engine_runner(net, thresholds=None, **engine_opt):
-    """Runner of WBSR's dynamic inference engine.
+    """Runner of WBSR's dynamic inference engine, warmed up per input shape.
 
     Args:
         net (nn.Module): WBSR supernet.
         thresholds (list[float] | dict[int, list[float]] | None): Class thresholds (K - 1), or a table of
             them per LR patch side; None: per-image quantiles. Default: None.
         **engine_opt: Further :class:`DynamicInferenceEngine` options (``patch_size``,
-            ``overlap``, ``budget``, ``subnet``, ...).
+            ``overlap``, ``budget``, ``subnet``, ``channels_last``, ...).
     """
     engine = DynamicInferenceEngine(net, thresholds=thresholds, **engine_opt)
 
@@ -139,7 +173,7 @@ def engine_runner(net, thresholds=None, **engine_opt):
         return sr, {'flops': report.flops, 'full_flops': report.full_flops, 'time_s': report.time_s,
                     'histogram': report.histogram}
 
-    return run
+    return warmed_up(run)
 
 
-__all__ = ['to_uint8_bgr', 'load_pairs', 'evaluate', 'whole_image_runner', 'engine_runner']
+__all__ = ['to_uint8_bgr', 'load_pairs', 'evaluate', 'warmed_up', 'whole_image_runner', 'engine_runner']

@@ -1,4 +1,4 @@
-"""Training subprocesses, several at once (``reproduce --jobs N``), each with its own log file."""
+"""Training subprocesses, several at once (``reproduce --jobs N``), each with its own log file and device."""
 import collections
 import os
 import subprocess
@@ -35,6 +35,28 @@ def share_of_machine(jobs, num_worker, cpus=None):
     return workers, max(1, cpus // jobs)
 
 
+def one_device_each(slots, device_count, visible=None):
+    """The CUDA device of each of ``slots`` runs at once: slot ``i`` sees only device ``i % device_count``.
+
+    Args:
+        slots (int): Runs at once.
+        device_count (int): CUDA devices this process sees (0: none; the runs train on the CPU).
+        visible (str | None): The user's ``CUDA_VISIBLE_DEVICES``, whose entries (indices or UUIDs) are
+            handed out; None or empty: devices ``0 .. device_count - 1``. Default: None.
+
+    Returns:
+        list[dict]: Per slot, the environment entries to add: ``{'CUDA_VISIBLE_DEVICES': device}``,
+        or ``{}`` without CUDA devices.
+    """
+    if slots < 1:
+        raise ValueError(f'slots must be at least 1, got {slots}.')
+    if device_count < 1:
+        return [{} for _ in range(slots)]
+    entries = [entry.strip() for entry in visible.split(',')] if visible else []
+    devices = entries[:device_count] or [str(index) for index in range(device_count)]
+    return [{'CUDA_VISIBLE_DEVICES': devices[slot % len(devices)]} for slot in range(slots)]
+
+
 def _tail(path, lines=LOG_TAIL_LINES):
     try:
         with open(path, encoding='utf-8', errors='replace') as f:
@@ -57,41 +79,51 @@ def _stop(procs):
             proc.wait()
 
 
-def run_jobs(jobs, parallel, cwd, env, log=print):
+def run_jobs(jobs, parallel, cwd, env, log=print, slot_envs=None):
     """Run every job (a subprocess writing stdout and stderr to its log), ``parallel`` at a time.
 
-    Jobs start in list order. After a failure no new job starts; the running ones finish (their
-    results stay usable on a rerun), then :class:`JobsFailed` names every failed job with its
-    exit status, log file and the log's last lines. On ``KeyboardInterrupt`` (Ctrl-C) or any
-    other exception the running children are terminated before it propagates.
+    Jobs start in list order, each in a free one of ``parallel`` slots (the first ``parallel`` jobs in
+    slots 0, 1, ...; a later job in the slot of a finished one). After a failure no new job starts;
+    the running ones finish (their results stay usable on a rerun), then :class:`JobsFailed` names
+    every failed job with its exit status, log file and the log's last lines. On
+    ``KeyboardInterrupt`` (Ctrl-C) or any other exception the running children are terminated
+    before it propagates.
 
     Args:
         jobs (list[Job]): ``name``, ``args`` (the command), ``log_path``.
         parallel (int): Subprocesses at once (>= 1).
         cwd (str): Working folder of every subprocess.
-        env (dict): Their environment.
+        env (dict | None): Their environment (None: this process's).
         log (callable): Progress messages. Default: print.
+        slot_envs (list[dict] | None): Per slot, entries added to ``env`` for the job running in it
+            (one device per slot: :func:`one_device_each`). Default: None (``env`` for all).
 
     Returns:
         dict: ``{name: seconds}`` of every job, from its start to its exit.
     """
     if parallel < 1:
         raise ValueError(f'parallel must be at least 1, got {parallel}.')
+    slot_envs = slot_envs or [{}] * parallel
+    if len(slot_envs) != parallel:
+        raise ValueError(f'slot_envs holds {len(slot_envs)} environment(s) for {parallel} slot(s).')
     pending = collections.deque(jobs)
-    running = {}  # Popen -> (job, start time, log file)
+    free_slots = list(range(parallel))
+    running = {}  # Popen -> (job, start time, log file, slot)
     seconds, failures = {}, []
     try:
         while pending or running:
-            while pending and not failures and len(running) < parallel:
-                job = pending.popleft()
+            while pending and not failures and free_slots:
+                job, slot = pending.popleft(), free_slots.pop(0)
                 os.makedirs(os.path.dirname(os.path.abspath(job.log_path)), exist_ok=True)
                 log_file = open(job.log_path, 'w', encoding='utf-8')
-                proc = subprocess.Popen(job.args, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-                running[proc] = (job, time.perf_counter(), log_file)
+                job_env = {**(os.environ if env is None else env), **slot_envs[slot]} if slot_envs[slot] else env
+                proc = subprocess.Popen(job.args, cwd=cwd, env=job_env, stdout=log_file, stderr=subprocess.STDOUT)
+                running[proc] = (job, time.perf_counter(), log_file, slot)
             if failures:
                 pending.clear()
             for proc in [p for p in running if p.poll() is not None]:
-                job, start, log_file = running.pop(proc)
+                job, start, log_file, slot = running.pop(proc)
+                free_slots.append(slot)
                 log_file.close()
                 seconds[job.name] = time.perf_counter() - start
                 if proc.returncode != 0:
@@ -103,7 +135,7 @@ def run_jobs(jobs, parallel, cwd, env, log=print):
                 time.sleep(POLL_SECONDS)
     except BaseException:
         _stop(list(running))
-        for _, _, log_file in running.values():
+        for _, _, log_file, _ in running.values():
             log_file.close()
         raise
     if failures:

@@ -23,7 +23,7 @@ from wbsr_plugin.inference.checkpoint import load_supernet
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 from wbsr_plugin.utils.files import atomic_write_text
 
-from .jobs import Job, run_jobs, share_of_machine
+from .jobs import Job, one_device_each, run_jobs, share_of_machine
 from .rows import COST_ORDER, DYNAMIC_METHODS, RUN_KINDS, TABLE_ROWS, run_kinds, run_name, table_rows, training_options
 from .time_budget import SAFETY, plan_total_iter, probe_measurement
 
@@ -138,6 +138,24 @@ def subprocess_env(threads=None):
     return env
 
 
+def device_slots(jobs):
+    """Per slot of ``jobs`` runs at once, the environment entries that give it one CUDA device ([{}, ...] without
+    CUDA); see :func:`~wbsr_plugin.reproduce_util.jobs.one_device_each`."""
+    return one_device_each(jobs, torch.cuda.device_count(), os.environ.get('CUDA_VISIBLE_DEVICES'))
+
+
+def on_one_device(opt, slot_envs):
+    """``opt`` with ``num_gpu: 1`` when every run sees one device (``slot_envs`` of :func:`device_slots`), rather
+    than ``auto``, which would take every GPU of the machine."""
+    return dict(opt, num_gpu=1) if slot_envs[0] else opt
+
+
+def devices_note(slot_envs):
+    """`` on GPU(s) 0, 1`` for the log, or nothing without CUDA."""
+    devices = sorted({env['CUDA_VISIBLE_DEVICES'] for env in slot_envs if env})
+    return f" on GPU(s) {', '.join(devices)}, one per run" if devices else ''
+
+
 def build_hes_index(preset, data):
     """Build the HES index of the training data once, before runs that sample by HES start side by side."""
     backbone = next(iter(preset['backbones']))
@@ -159,15 +177,17 @@ def train_jobs(preset, data, out_dir, jobs, runs):
 
     Each run is ``python -m wbsr_plugin.train -opt <out>/runs/options/<name>.yml`` (BasicSR's
     pipeline) with its output in ``<out>/runs/logs/<name>.log``. With ``jobs`` > 1 the preset's
-    loader workers and the CPU threads are split between the runs (:func:`share_of_machine`).
-    Returns ``{name: seconds}`` of the runs trained now.
+    loader workers and the CPU threads are split between the runs (:func:`share_of_machine`); with
+    CUDA each run sees one GPU (:func:`device_slots`). Returns ``{name: seconds}`` of the runs trained now.
     """
     runs_dir = osp.join(out_dir, 'runs')
     workers, threads = machine_share(preset, jobs)
+    slot_envs = device_slots(jobs)
     run_preset = dict(preset, num_worker=workers)
     todo = []
     for backbone, seed, kind in runs:
-        job = training_job(training_options(run_preset, backbone, kind, seed, data), runs_dir)
+        opt = on_one_device(training_options(run_preset, backbone, kind, seed, data), slot_envs)
+        job = training_job(opt, runs_dir)
         if osp.isfile(checkpoint_path(out_dir, job.name)):
             log(f'train {job.name}: done before, skipped')
             continue
@@ -177,8 +197,10 @@ def train_jobs(preset, data, out_dir, jobs, runs):
     if any(RUN_KINDS[kind].sampling == 'hes' for _, _, kind in runs):
         build_hes_index(preset, data)
     log(f"train {len(todo)} run(s), {preset['total_iter']} iterations each, {jobs} at a time"
-        + (f' ({workers} loader worker(s) and {threads} CPU thread(s) each)' if jobs > 1 else ''))
-    seconds = run_jobs(todo, jobs, runs_dir, subprocess_env(threads), log=lambda m: log(f'train {m}'))
+        + (f' ({workers} loader worker(s) and {threads} CPU thread(s) each)' if jobs > 1 else '')
+        + devices_note(slot_envs))
+    seconds = run_jobs(todo, jobs, runs_dir, subprocess_env(threads), log=lambda m: log(f'train {m}'),
+                       slot_envs=slot_envs)
     for job in todo:
         if not osp.isfile(checkpoint_path(out_dir, job.name)):
             raise RuntimeError(f'training {job.name} ended without {checkpoint_path(out_dir, job.name)}; '
@@ -211,6 +233,7 @@ def probe_speed(preset, data, out_dir, jobs, kinds=None):
     shutil.rmtree(probe_dir, ignore_errors=True)  # the runs of an earlier probe
     probe_iter = preset['probe_iter']
     workers, threads = machine_share(preset, jobs)
+    slot_envs = device_slots(jobs)
     probe_preset = dict(preset, total_iter=probe_iter, num_worker=workers)
     kinds = kinds or {b: costliest_kind(b, preset['rows']) for b in preset['backbones']}
     backbones = list(kinds)
@@ -219,13 +242,14 @@ def probe_speed(preset, data, out_dir, jobs, kinds=None):
     todo = []
     for i in range(max(jobs, len(backbones))):
         backbone = backbones[i % len(backbones)]
-        opt = training_options(probe_preset, backbone, kinds[backbone], i, data)
+        opt = on_one_device(training_options(probe_preset, backbone, kinds[backbone], i, data), slot_envs)
         opt['name'] = f'probe_{run_name(backbone, kinds[backbone], i)}'
         opt['logger']['print_freq'] = 1
         todo.append(training_job(opt, probe_dir))
     log(f'time-budget probe: {len(todo)} run(s) of {probe_iter} iterations, {jobs} at a time '
         f"({', '.join(f'{b} {k}' for b, k in kinds.items())})")
-    seconds = run_jobs(todo, jobs, probe_dir, subprocess_env(threads), log=lambda m: log(f'probe {m}'))
+    seconds = run_jobs(todo, jobs, probe_dir, subprocess_env(threads), log=lambda m: log(f'probe {m}'),
+                       slot_envs=slot_envs)
     speeds = {}
     for i, job in enumerate(todo):
         backbone = backbones[i % len(backbones)]
