@@ -10,7 +10,7 @@ import torch
 from conftest import parsed_options, train_options
 from torch.overrides import TorchFunctionMode
 
-from wbsr_plugin.models.dynamic_sr_model import log_to_floats
+from wbsr_plugin.utils.deferred_log import log_to_floats
 
 from basicsr.models import build_model
 from basicsr.models.sr_model import SRModel

@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
-from wbsr_plugin.models.dynamic_sr_model import DeferredLogMixin
+from wbsr_plugin.utils.deferred_log import DeferredLogMixin
 from wbsr_plugin.utils.registry import register
 
 from basicsr.models.sr_model import SRModel

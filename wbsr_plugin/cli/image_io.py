@@ -72,7 +72,11 @@ def read_image(path):
 
 def to_image(sr, info):
     """The SR tensor (1, 3, H, W) as an OpenCV array in the input's mode and bit depth."""
-    rgb = sr[0].detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
+    return rgb_to_image(sr[0].detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0), info)
+
+
+def rgb_to_image(rgb, info):
+    """An RGB float32 array (H, W, 3) in [0, 1] as an OpenCV array in the input's mode and bit depth."""
     height, width = rgb.shape[:2]
     if info.mode == 'gray':
         img = cv2.cvtColor(rgb[:, :, ::-1].copy(), cv2.COLOR_BGR2GRAY)
@@ -83,8 +87,87 @@ def to_image(sr, info):
         img = np.concatenate([rgb[:, :, ::-1], alpha.clip(0, 1)[:, :, None]], axis=2)
     else:
         raise ValueError(f"unknown image mode {info.mode!r}; expected one of ['gray', 'rgb', 'rgba'].")
-    dtype = np.uint8 if info.max_value == 255 else np.uint16
-    return np.ascontiguousarray((img * info.max_value).round().astype(dtype))
+    return np.ascontiguousarray((img * info.max_value).round().astype(output_dtype(info.max_value)))
+
+
+def output_dtype(max_value):
+    """The NumPy integer type of ``max_value`` (255 or 65535)."""
+    if max_value == 255:
+        return np.uint8
+    if max_value == 65535:
+        return np.uint16
+    raise ValueError(f'unknown bit depth: max_value {max_value}; expected one of [255, 65535].')
+
+
+def device_pixels(sr, max_value):
+    """The SR tensor (1, 3, H, W) as BGR integers (H, W, 3) on its own device, computed as :func:`to_image`
+    computes them on the host: clamped to [0, 1], scaled by ``max_value``, rounded half to even, then uint8
+    (``max_value`` 255) or uint16 (65535)."""
+    dtype = torch.uint8 if output_dtype(max_value) == np.uint8 else torch.uint16
+    scaled = sr[0].detach().float().clamp(0, 1).mul_(max_value).round_()
+    pixels = torch.empty(scaled.shape[1:] + (3, ), dtype=dtype, device=sr.device)
+    return pixels.copy_(scaled.permute(1, 2, 0).flip(2))
+
+
+def copy_to_host(tensor):
+    """``(host tensor, event or None)``: on CUDA a copy into pinned memory that does not block and the event
+    that marks its end; elsewhere the tensor on the CPU (itself when it is there)."""
+    if tensor.device.type != 'cuda':
+        return tensor.cpu(), None
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(tensor.device))
+    return host, copied
+
+
+class HostImage:
+    """An SR image converted on its device and copied to the host once, for its output file and its map.
+
+    Colour images become integers on the device (:func:`device_pixels`), and an 8-bit one's pixels are
+    also the base of its subnet map. Grayscale images (converted as OpenCV's ``cvtColor`` does) and 16-bit
+    ones with a map (which needs 8 bits too) are copied as float and converted on the host. On CUDA the copy
+    goes into pinned memory without blocking; :meth:`image` and :meth:`map_base` wait for it, so they may run
+    in another thread while the device goes on.
+
+    Args:
+        sr (Tensor): SR image (1, 3, H, W) from the engine, not clamped, on any device.
+        info (ImageInfo): The input's mode and bit depth.
+        with_map (bool): Whether :meth:`map_base` will be wanted. Default: False.
+    """
+
+    def __init__(self, sr, info, with_map=False):
+        self.info = info
+        self.with_map = with_map
+        self.as_pixels = info.mode != 'gray' and (info.max_value == 255 or not with_map)
+        on_device = device_pixels(sr, info.max_value) if self.as_pixels else sr[0].detach().float().clamp(0, 1)
+        self._host, self._copied = copy_to_host(on_device)
+
+    def _array(self):
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self._host.numpy()
+
+    def image(self):
+        """The output image, the same array as :func:`to_image` gives."""
+        if not self.as_pixels:
+            return rgb_to_image(self._array().transpose(1, 2, 0), self.info)
+        pixels = self._array()
+        if self.info.mode == 'rgb':
+            return pixels
+        if self.info.mode == 'rgba':
+            alpha = cv2.resize(self.info.alpha, pixels.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            alpha = (alpha.clip(0, 1) * self.info.max_value).round().astype(pixels.dtype)
+            return np.concatenate([pixels, alpha[:, :, None]], axis=2)
+        raise ValueError(f"unknown image mode {self.info.mode!r}; expected one of ['rgb', 'rgba'] here.")
+
+    def map_base(self):
+        """The 8-bit BGR image (H, W, 3) under the subnet map, as ``to_image(sr, ImageInfo('rgb', 255))``."""
+        if not self.with_map:
+            raise ValueError('HostImage(with_map=False) keeps no map base.')
+        if self.as_pixels:
+            return self._array()
+        return rgb_to_image(self._array().transpose(1, 2, 0), ImageInfo('rgb', 255))
 
 
 def write_image_atomic(path, img):
@@ -170,6 +253,16 @@ def draw_map_legend(width, legend):
     return strip
 
 
+def _owners(positions, length, patch, scale):
+    """For every output pixel along one axis (``length`` of them), the patch of LR offsets ``positions`` whose
+    centre is nearest among those that cover it (NumPy only: it may run beside the network's threads)."""
+    starts = np.asarray(positions, dtype=np.float64)
+    coords = (np.arange(length, dtype=np.float64) + 0.5) / scale
+    inside = (coords[:, None] >= starts[None]) & (coords[:, None] < starts[None] + patch)
+    distance = np.where(inside, np.abs(coords[:, None] - (starts + patch / 2)[None]), np.inf)
+    return distance.argmin(axis=1)
+
+
 def subnet_map_overlay(img_bgr, plan, scale, num_subnets, opacity=0.45, legend=None):
     """Colour each output pixel by the subnet that weighs most in it, over ``img_bgr`` (uint8, H x W x 3).
 
@@ -178,29 +271,19 @@ def subnet_map_overlay(img_bgr, plan, scale, num_subnets, opacity=0.45, legend=N
     With ``legend`` (:func:`subnet_map_legend`), a legend strip is added below the image (the
     image is padded with white on the right when the strip is wider).
     """
-    p = plan.patch_size
     height, width = img_bgr.shape[:2]
-
-    def owners(positions, length):
-        centres = torch.tensor(positions, dtype=torch.float64) + p / 2
-        coords = (torch.arange(length, dtype=torch.float64) + 0.5) / scale
-        inside = (coords[:, None] >= torch.tensor(positions)[None]) & (
-            coords[:, None] < torch.tensor(positions)[None] + p)
-        distance = (coords[:, None] - centres[None]).abs().masked_fill(~inside, float('inf'))
-        return distance.argmin(dim=1)
-
     whole = _whole_image_subnet(plan)
-    rows, cols = owners(plan.tops, height), owners(plan.lefts, width)
+    rows, cols = _owners(plan.tops, height, plan.patch_size, scale), _owners(plan.lefts, width, plan.patch_size, scale)
     if whole is None:
-        index = plan.subnets.cpu()[rows][:, cols].numpy()
+        index = plan.subnets.cpu().numpy()[rows][:, cols]
     else:  # the whole image ran through one subnet, not the tiled plan
         index = np.full((height, width), whole)
     colours = subnet_colours(num_subnets)[index]
     overlay = cv2.addWeighted(img_bgr, 1 - opacity, colours, opacity, 0)
     if whole is None:
         edges = np.zeros((height, width), dtype=bool)
-        edges[1:, :] |= (rows[1:] != rows[:-1]).numpy()[:, None]
-        edges[:, 1:] |= (cols[1:] != cols[:-1]).numpy()[None, :]
+        edges[1:, :] |= (rows[1:] != rows[:-1])[:, None]
+        edges[:, 1:] |= (cols[1:] != cols[:-1])[None, :]
         overlay[edges] = 0
     if legend is None:
         return overlay
