@@ -1,5 +1,5 @@
-"""Folder time of ``wbsr_plugin.infer``: reading, the engine and writing one after another (``--serial``) against
-overlapped (the default), side by side in one process.
+"""Folder time of ``wbsr_plugin.infer``: reading, the engine and writing one after another (``--pipeline serial``)
+against overlapped (``--pipeline overlapped``, the default on a GPU), side by side in one process.
 
     python benchmarks/bench_infer_folder.py --device cpu --threads 2 --lq-size 160x120
     python benchmarks/bench_infer_folder.py --device cuda --images 40
@@ -35,7 +35,7 @@ from wbsr_plugin.utils.files import list_images
 from basicsr.archs import build_network
 
 DEFAULT_DATA = '../shared/data/train/sun_hays80/'
-MODES = {'serial': True, 'overlapped': False}  # mode: --serial
+MODES = ('serial', 'overlapped')  # infer --pipeline
 
 
 def parse_size(text):
@@ -84,10 +84,10 @@ def infer_args(lr_folder, out, model, args):
     return parser, parsed
 
 
-def folder_run(lr_folder, out, serial, engine, net, cli):
+def folder_run(lr_folder, out, mode, engine, net, cli):
     """``(wall s, engine s)`` of infer's loop over the folder into ``out`` in one mode."""
     parser, args = cli(out)
-    args.serial = serial
+    args.pipeline = mode
     paths, names = infer.plan_outputs(args, parser, DistContext())
     totals = RankTotals()
     start = time.perf_counter()
@@ -135,7 +135,7 @@ def main(argv=None):
         for i in range(args.repeat):
             order = list(MODES) if i % 2 == 0 else list(MODES)[::-1]
             for mode in order:
-                runs[mode].append(folder_run(lr_folder, osp.join(root, f'{mode}{i}'), MODES[mode], engine, net, cli))
+                runs[mode].append(folder_run(lr_folder, osp.join(root, f'{mode}{i}'), mode, engine, net, cli))
 
     shown = ', '.join(f'{w}x{h}' for w, h in sizes[:3]) + (' ...' if len(sizes) > 3 else '')
     print(f'{args.images} images of {shown} LR, {args.arch} x4 ({"--model" if args.model else "random weights"}), '

@@ -46,17 +46,18 @@ rm -rf "$WBSR_CACHE_DIR"
 device=$("$py" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 photo=$(ls .devdata/train/sun_hays80/*.jpg ../shared/data/train/sun_hays80/*.jpg 2>/dev/null | head -1)
 image=${photo:+--image $photo}
+photos=${photo:+--data $(dirname "$photo")}
 if [ "$device" = cuda ]; then
   infer_args=(--device cuda --arch WBSRResNet WBSRRCAN --lq-sizes 960x540 --dtype fp16 --budgets 0.6
               --latency-budgets 0.6 --max-loss --variants cuda-graphs pad-batches pad-widths --repeat 5)
   train_args=(--device cuda)
-  folder_args=(--device cuda --images 20)
+  folder_args=(--device cuda --images 20 --repeat 2)
   limits=(140 200 60 45)  # 445 s: under 8 minutes with the install
 else
   infer_args=(--device cpu --arch WBSRResNet --widths 36 52 64 --lq-sizes 64x48 --budgets 0.6 --latency-budgets 0.6
               --max-loss --variants pad-batches pad-widths --repeat 2)
   train_args=(--device cpu --batch 2 --gt-size 32 --repeat 3 --warmup 1)
-  folder_args=(--device cpu --images 4 --lq-size 64x48)
+  folder_args=(--device cpu --images 4 --lq-size 64x48 --repeat 1)
   limits=(600 300 300 300)
 fi
 
@@ -84,7 +85,7 @@ step cuda_tests "${limits[0]}" "$py" -m pytest -q -p no:cacheprovider tests/cuda
   tests/inference/test_host_syncs.py tests/inference/test_engine_runs.py
 step bench_inference "${limits[1]}" "$py" benchmarks/bench_inference.py "${infer_args[@]}" $image
 step bench_train_step "${limits[2]}" "$py" benchmarks/bench_train_step.py "${train_args[@]}"
-step bench_infer_folder "${limits[3]}" "$py" benchmarks/bench_infer_folder.py "${folder_args[@]}"
+step bench_infer_folder "${limits[3]}" "$py" benchmarks/bench_infer_folder.py "${folder_args[@]}" $photos --save-map
 cat "$WBSR_CACHE_DIR"/*.json > "$out/cost_tables.json" 2>/dev/null || true
 cat "$out/summary.txt"
 exit $status

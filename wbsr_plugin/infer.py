@@ -10,9 +10,9 @@ One summary line per image: size, subnet histogram, FLOPs and time. Unreadable i
 skipped with a warning, and the exit status is 1 if any image failed. ``--skip-existing`` leaves
 out inputs whose output is already written (see :mod:`wbsr_plugin.cli.output_names`). ``--plan-by time``
 lets this device's measured costs choose the plan (never slower than the plain network); the default,
-``flops``, gives the same plan on every machine (docs/inference.md says why). The next images are decoded and the
-finished ones written in background threads while the network runs (:mod:`wbsr_plugin.cli.image_pipeline`);
-``--serial`` does one step after another.
+``flops``, gives the same plan on every machine (docs/inference.md says why). On a GPU (or with a CPU core to
+spare) the next images are decoded and the finished ones written in background threads while the network runs
+(:mod:`wbsr_plugin.cli.image_pipeline`); ``--pipeline serial`` does one step after another.
 
 Under ``torchrun --nproc_per_node=N -m wbsr_plugin.infer ...`` the folder is shared between the N
 processes (:mod:`wbsr_plugin.cli.sharding`): each writes its own files, on its own GPU when
@@ -55,6 +55,7 @@ from wbsr_plugin.cli.output_names import (
 from wbsr_plugin.cli.sharding import (
     DistContext,
     RankTotals,
+    available_cpus,
     barrier,
     broadcast_object,
     cpu_threads_per_rank,
@@ -154,9 +155,11 @@ def build_parser():
     parser.add_argument('--threads', type=positive_int,
                         help='CPU threads per process. Default: torch\'s, or the cores split between the '
                         'processes of a torchrun launch on the CPU')
-    parser.add_argument('--serial', action='store_true',
-                        help='read, run and write each image in turn (for comparison and debugging); by default '
-                        'the next images are read and the finished ones written while the network runs')
+    parser.add_argument('--pipeline', choices=('auto', 'overlapped', 'serial'), default='auto',
+                        help='overlapped: read the next images and write the finished ones in background threads '
+                        'while the network runs; serial: one step after another. Default: auto (overlapped on a '
+                        'GPU, or on a CPU when the network\'s threads leave a core free; else serial, since the '
+                        'background threads would only take cores from the network)')
     return parser
 
 
@@ -243,7 +246,7 @@ def super_resolve_one(path, engine, net, names, args):
 
 
 def super_resolve_serially(paths, engine, net, names, args, totals, prefix=''):
-    """:func:`super_resolve` one step after another (``--serial``)."""
+    """:func:`super_resolve` one step after another (``--pipeline serial``)."""
     for path in progress(paths, len(paths), prefix):
         try:
             report = super_resolve_one(path, engine, net, names, args)
@@ -334,8 +337,15 @@ def super_resolve(paths, engine, net, names, args, totals, prefix=''):
     """Run and write every image of ``paths`` (at their :class:`OutputNames`), counting into ``totals`` (a
     :class:`RankTotals`). Status lines come in the order of ``paths``; a failed image is skipped with a warning;
     a full disk raises :class:`DiskFull`."""
-    run_all = super_resolve_serially if args.serial else super_resolve_overlapped
+    run_all = super_resolve_overlapped if overlaps_io(args, net) else super_resolve_serially
     run_all(paths, engine, net, names, args, totals, prefix)
+
+
+def overlaps_io(args, net):
+    """``--pipeline``'s choice; with 'auto', overlapped on a GPU or when torch's threads leave a CPU core free."""
+    if args.pipeline != 'auto':
+        return args.pipeline == 'overlapped'
+    return next(net.parameters()).device.type != 'cpu' or torch.get_num_threads() < available_cpus()
 
 
 def plan_outputs(args, parser, ctx):

@@ -1,5 +1,6 @@
-"""infer's overlapped pipeline (wbsr_plugin.cli.image_pipeline) against ``--serial``: the same files, lines and
+"""infer's overlapped pipeline (wbsr_plugin.cli.image_pipeline) against ``--pipeline serial``: the same files, lines and
 exit status; the conversion on the device against the host's; full disks, failures and interrupts."""
+import argparse
 import errno
 import os
 import re
@@ -61,7 +62,8 @@ def pipeline_threads():
 def test_overlapped_writes_the_same_files_and_lines_as_serial(tiny_checkpoint, tmp_path, capsys):
     inputs = mixed_folder(tmp_path)
     runs = {}
-    for mode, extra in (('overlapped', []), ('serial', ['--serial'])):
+    for mode in ('overlapped', 'serial'):
+        extra = ['--pipeline', mode]
         status = run_infer(tiny_checkpoint, inputs, tmp_path / mode, '--save-map', *extra)
         captured = capsys.readouterr()
         messages = [line for line in captured.err.splitlines() if 'warning' in line or 'failed' in line]
@@ -142,7 +144,7 @@ def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, caps
 
     monkeypatch.setattr(infer, 'write_image_atomic', full_after_a)
     out = tmp_path / 'out'
-    status = run_infer(tiny_checkpoint, inputs, out, *(['--serial'] if serial else []))
+    status = run_infer(tiny_checkpoint, inputs, out, '--pipeline', 'serial' if serial else 'overlapped')
     captured = capsys.readouterr()
     assert status == 1 and os.listdir(out) == ['a_out.png']
     assert [line for line in captured.err.splitlines() if 'error' in line] == [
@@ -174,7 +176,7 @@ def test_a_failed_write_or_out_of_memory_skips_its_image_only(tiny_checkpoint, t
     monkeypatch.setattr(infer, 'write_image_atomic', refuse_b)
     monkeypatch.setattr(DynamicInferenceEngine, 'run', out_of_memory_on_third)
     out = tmp_path / 'out'
-    assert run_infer(tiny_checkpoint, inputs, out, *(['--serial'] if serial else [])) == 1
+    assert run_infer(tiny_checkpoint, inputs, out, '--pipeline', 'serial' if serial else 'overlapped') == 1
     captured = capsys.readouterr()
     assert sorted(os.listdir(out)) == ['a_out.png', 'd_out.png'] and image_lines(captured.out) == ['a.png', 'd.png']
     warnings = [line for line in captured.err.splitlines() if 'warning' in line]
@@ -279,3 +281,17 @@ def test_background_threads_run_at_a_lower_priority():
         (_, future), = reads
         main = niceness(None)
         assert future.result() == min(19, main + 10)
+
+
+@pytest.mark.parametrize('pipeline, device, threads, cpus, expected', [
+    ('auto', 'cpu', 2, 2, False),  # every core computes: the threads would only take cores from the network
+    ('auto', 'cpu', 2, 4, True),  # a core to spare
+    ('auto', 'meta', 2, 2, True),  # a GPU (any device but the CPU) computes: the host cores are free
+    ('overlapped', 'cpu', 2, 2, True),
+    ('serial', 'meta', 1, 8, False),
+])
+def test_auto_overlaps_only_where_a_core_is_free(monkeypatch, pipeline, device, threads, cpus, expected):
+    monkeypatch.setattr(infer.torch, 'get_num_threads', lambda: threads)
+    monkeypatch.setattr(infer, 'available_cpus', lambda: cpus)
+    net = torch.nn.Conv2d(1, 1, 1, device=device)
+    assert infer.overlaps_io(argparse.Namespace(pipeline=pipeline), net) is expected

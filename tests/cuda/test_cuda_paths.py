@@ -10,6 +10,7 @@ import torch
 from conftest import parsed_options, strong_tiny_resnet, tiny_checkpoint, train_options  # noqa: F401
 
 from wbsr_plugin import export, infer
+from wbsr_plugin.archs.channels_last import ChannelsLastPixelShuffle
 from wbsr_plugin.inference import DynamicInferenceEngine
 
 from basicsr.models import build_model
@@ -66,6 +67,14 @@ def test_padded_batches_and_widths_on_cuda_give_the_same_images(extra):
     options = dict(patch_size=16, budget=0.6, whole_image_fallback=False)
     plain = DynamicInferenceEngine(net, **options).run(lq)[0]
     torch.testing.assert_close(DynamicInferenceEngine(net, **options, **extra).run(lq)[0], plain, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('factor, shape', [(2, (2, 256, 33, 47)), (3, (1, 27, 10, 12))])
+def test_the_channels_last_pixel_shuffle_on_cuda_equals_torchs(factor, shape):
+    x = torch.randn(shape, device='cuda').contiguous(memory_format=torch.channels_last)
+    out = ChannelsLastPixelShuffle(factor)(x)
+    assert torch.equal(out, torch.nn.functional.pixel_shuffle(x.contiguous(), factor))
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_the_whole_image_above_the_element_limit_runs_in_tiles_on_cuda():
@@ -130,6 +139,6 @@ def test_infers_overlapped_pipeline_writes_what_the_serial_one_writes(tmp_path, 
     for mode in ('serial', 'overlapped'):
         out = tmp_path / mode
         args = ['-i', str(inputs), '-o', str(out), '--model', tiny_checkpoint, '--device', 'cuda', '--save-map']
-        assert infer.main(args + (['--serial'] if mode == 'serial' else [])) in (0, None)
+        assert infer.main(args + ['--pipeline', mode]) in (0, None)
         outputs[mode] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     assert outputs['serial'] == outputs['overlapped'] and len(outputs['serial']) == 8

@@ -105,8 +105,9 @@ def test_channels_last_pixel_shuffle_equals_torchs(factor, shape):
     out = pixel_shuffle_channels_last(x, factor)
     assert torch.equal(out, expected)
     assert out.is_contiguous(memory_format=CHANNELS_LAST)
-    module = ChannelsLastPixelShuffle(factor)
+    module = ChannelsLastPixelShuffle(factor)  # on the CPU: torch's own channels-last kernel
     assert torch.equal(module(x), expected) and torch.equal(module(x.contiguous()), expected)
+    assert module(x).is_contiguous(memory_format=CHANNELS_LAST)
 
 
 def test_extracted_channels_last_subnets_use_the_channels_last_shuffle():

@@ -1,7 +1,9 @@
 """Channels-last helpers for the stand-alone subnets the inference engine runs.
 
-``nn.PixelShuffle`` on a channels-last tensor goes through NCHW and back: two extra copies of the largest tensor of
-the network. Read as NHWC memory, the shuffle is one permutation, done here in one copy that is channels-last again.
+On CUDA, ``nn.PixelShuffle`` on a channels-last tensor goes through NCHW and back: two extra copies of the largest
+tensor of the network. Read as NHWC memory, the shuffle is one permutation, done here in one copy that is
+channels-last again. The CPU has a channels-last kernel of its own, faster than this (2 threads: 26 against 31 ms on
+a 256 x 240 x 320 tensor), which is kept there.
 """
 import torch
 from torch import nn
@@ -17,10 +19,10 @@ def pixel_shuffle_channels_last(x, factor):
 
 
 class ChannelsLastPixelShuffle(nn.PixelShuffle):
-    """``nn.PixelShuffle`` that shuffles channels-last inputs in their own layout (others as before)."""
+    """``nn.PixelShuffle`` that shuffles channels-last inputs on a GPU in their own layout (others as before)."""
 
     def forward(self, x):
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        if x.device.type != 'cpu' and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
                 and not x.is_contiguous():
             return pixel_shuffle_channels_last(x, self.upscale_factor)
         return super().forward(x)
