@@ -101,6 +101,20 @@ def train_options(name, *, scale=4, total_iter=4, network=None, train_dataset=No
     return opt
 
 
+def record_subnet_outputs(model):
+    """``(subnets, outputs)``: filled with the subnet and output of every forward of ``model.net_g``, in order."""
+    subnets, outputs = [], []
+    forward = model.net_g.forward
+
+    def recording(x, subnet=None):
+        subnets.append(subnet)
+        outputs.append(forward(x, subnet=subnet))
+        return outputs[-1]
+
+    model.net_g.forward = recording
+    return subnets, outputs
+
+
 def write_yaml(path, opt):
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)

@@ -127,12 +127,18 @@ def test_host_image_from_cuda_is_pinned_and_equals_to_image(max_value):
         assert host.map_base().tobytes() == to_image(sr, info).tobytes()
 
 
-@pytest.mark.parametrize('serial', [False, True])
-def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch, serial):
+def four_rockets(tmp_path):
+    """A folder of a.png .. d.png, the same rocket each."""
     inputs = tmp_path / 'in'
     inputs.mkdir()
     for name in ('a.png', 'b.png', 'c.png', 'd.png'):
         cv2.imwrite(str(inputs / name), ROCKET)
+    return inputs
+
+
+@pytest.mark.parametrize('serial', [False, True])
+def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch, serial):
+    inputs = four_rockets(tmp_path)
     write = infer.write_image_atomic
     tried = []
 
@@ -155,10 +161,7 @@ def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, caps
 
 @pytest.mark.parametrize('serial', [False, True])
 def test_a_failed_write_or_out_of_memory_skips_its_image_only(tiny_checkpoint, tmp_path, capsys, monkeypatch, serial):
-    inputs = tmp_path / 'in'
-    inputs.mkdir()
-    for name in ('a.png', 'b.png', 'c.png', 'd.png'):
-        cv2.imwrite(str(inputs / name), ROCKET)
+    inputs = four_rockets(tmp_path)
     write, run = infer.write_image_atomic, DynamicInferenceEngine.run
     calls = []
 

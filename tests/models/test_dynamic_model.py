@@ -5,7 +5,16 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dirs, parsed_options, read_train_log, run_module, train_options, write_yaml, y_psnr
+from conftest import (
+    fixture_dirs,
+    parsed_options,
+    read_train_log,
+    record_subnet_outputs,
+    run_module,
+    train_options,
+    write_yaml,
+    y_psnr,
+)
 
 from wbsr_plugin.cli.evaluation import load_pairs
 from wbsr_plugin.inference.checkpoint import load_supernet
@@ -137,25 +146,12 @@ def _record_mse(monkeypatch):
     return calls
 
 
-def _record_subnets(model):
-    order, outputs = [], []
-    forward = model.net_g.forward
-
-    def recording(x, subnet=None):
-        order.append(subnet)
-        outputs.append(forward(x, subnet=subnet))
-        return outputs[-1]
-
-    model.net_g.forward = recording
-    return order, outputs
-
-
 def test_distillation_uses_the_detached_full_output_of_the_same_step(tmp_path, monkeypatch):
     opt = dynamic_options('distill', total_iter=10)
     opt['wbsr']['distill_weight'] = 0.5
     model = build_model(parsed_options(opt, tmp_path))
     calls = _record_mse(monkeypatch)
-    order, outputs = _record_subnets(model)
+    order, outputs = record_subnet_outputs(model)
     model.feed_data(random_batch())
     model.optimize_parameters(1)
     full = model.full_subnet
@@ -174,7 +170,7 @@ def test_distillation_off_trains_as_before(tmp_path, monkeypatch):
     model = build_model(parsed_options(opt, tmp_path))
     assert model.wbsr_opt['distill_weight'] == 0
     calls = _record_mse(monkeypatch)
-    order, _ = _record_subnets(model)
+    order, _ = record_subnet_outputs(model)
     expected_order = SubnetSampler(model.get_bare_model(model.net_g).subnets, 'sandwich', 10).sample()
     model.feed_data(random_batch())
     model.optimize_parameters(1)

@@ -7,7 +7,7 @@ from os import path as osp
 import numpy as np
 import pytest
 import torch
-from conftest import parsed_options, train_options
+from conftest import parsed_options, record_subnet_outputs, train_options
 from torch.overrides import TorchFunctionMode
 
 from wbsr_plugin.utils.deferred_log import log_to_floats
@@ -50,20 +50,6 @@ def random_batch(seed, n=2, size=8, scale=4):
             'gt': torch.rand(n, 3, size * scale, size * scale, generator=generator)}
 
 
-def record_outputs(model):
-    """The subnets the model runs and their outputs, in order."""
-    subnets, outputs = [], []
-    forward = model.net_g.forward
-
-    def recording(x, subnet=None):
-        subnets.append(subnet)
-        outputs.append(forward(x, subnet=subnet))
-        return outputs[-1]
-
-    model.net_g.forward = recording
-    return subnets, outputs
-
-
 def test_the_recorder_sees_every_host_read():
     value = torch.tensor([2.5])
     with HostReads() as reads:
@@ -73,7 +59,7 @@ def test_the_recorder_sees_every_host_read():
 
 def test_logged_losses_equal_the_hand_computed_ones(tmp_path):
     model = build_model(parsed_options(dynamic_options('log_values'), tmp_path))
-    subnets, outputs = record_outputs(model)
+    subnets, outputs = record_subnet_outputs(model)
     batch = random_batch(0)
     model.feed_data(batch)
     model.optimize_parameters(1)

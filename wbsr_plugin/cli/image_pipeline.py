@@ -31,11 +31,24 @@ def _lower_priority():
         pass
 
 
-def _background_thread(name):
-    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_lower_priority)
+class _BackgroundThread:
+    """One lower-priority worker thread; closing it (it is a context manager) cancels the work not started and
+    waits for the item in progress."""
+
+    def __init__(self, name):
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_lower_priority)
+
+    def close(self):
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
-class ReadAhead:
+class ReadAhead(_BackgroundThread):
     """Iterate over ``(path, future)`` in the order of ``paths``: each future the result of ``read(path)``,
     started up to ``ahead`` images early in one background thread.
 
@@ -48,10 +61,10 @@ class ReadAhead:
     def __init__(self, read, paths, ahead=2):
         if ahead < 1:
             raise ValueError(f'ahead must be at least 1, got {ahead}')
+        super().__init__('wbsr-read')
         self._read = read
         self._paths = list(paths)
         self._ahead = ahead
-        self._executor = _background_thread('wbsr-read')
 
     def __len__(self):
         return len(self._paths)
@@ -64,16 +77,6 @@ class ReadAhead:
                 yield started.popleft()
         while started:
             yield started.popleft()
-
-    def close(self):
-        """Cancel the reads not started and wait for the one in progress."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 def _wait(future):
@@ -91,7 +94,7 @@ def _failed(error):
     return future
 
 
-class WriteBehind:
+class WriteBehind(_BackgroundThread):
     """Run jobs one after another in a background thread and hand back their outcomes in the order given.
 
     Outcomes known at once (an image that failed before its job) take their place in the same order
@@ -110,7 +113,7 @@ class WriteBehind:
         self._halts = halts or (lambda error: False)
         self._halted = Event()
         self._outcomes = deque()  # (key, future) in the order given
-        self._executor = _background_thread('wbsr-write')
+        super().__init__('wbsr-write')
 
     def _run(self, job, args):
         if self._halted.is_set():
@@ -144,17 +147,6 @@ class WriteBehind:
             key, future = self._outcomes.popleft()
             _wait(future)
             yield key, future
-
-    def close(self):
-        """Cancel the jobs not started and wait for the one in progress; their outcomes stay in
-        :meth:`finished` (cancelled ones raise ``CancelledError``)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 def succeeded(future):
