@@ -7,8 +7,10 @@
 # tables measured (cost_tables.json) and summary.txt (each step's exit status).
 #
 #   bash benchmarks/device_check.sh [OUT_DIR]       # default: $OUT, else ./device_check_results
-#   bash benchmarks/device_check.sh --prepare       # here, before a GPU machine without a package registry:
-#                                                   # wheels into .whl/ (basicsr, lmdb, pytest), photos into .devdata/
+#   bash benchmarks/device_check.sh --prepare [PHOTO_DIR]
+#       here, for a GPU machine without a package registry (Python 3.12, or TARGET_PYTHON): wheels of basicsr,
+#       lmdb and pytest into .whl/, and PHOTO_DIR's photos into .devdata/photos (else the benchmarks use
+#       ../shared/data/train/sun_hays80 when present, or scikit-image's astronaut); send both along
 #
 # Where basicsr, lmdb or pytest is missing (a GPU machine prepared with --prepare), the wheels in .whl/ are
 # installed into a folder of their own and put on PYTHONPATH; the project runs from this checkout.
@@ -16,13 +18,17 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-if [ "${1:-}" = "--prepare" ]; then
+if [ "${1:-}" = "--prepare" ]; then  # --prepare [PHOTO_DIR]
   set -e
-  bash ../shared/tools/gpu_prep.sh
   py=$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
-  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 -d .whl pytest pluggy iniconfig packaging pygments
-  ls .whl
+  mkdir -p .whl
+  # basicsr 1.4.2 is an sdist: build its wheel here (its setup.py imports torch)
+  ls .whl/basicsr-1.4.2-*.whl >/dev/null 2>&1 || "$py" -m pip wheel -q --no-deps --no-build-isolation -w .whl basicsr==1.4.2
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "${TARGET_PYTHON:-3.12}" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    lmdb pytest pluggy iniconfig packaging pygments
+  if [ -n "${2:-}" ]; then mkdir -p .devdata/photos && cp "$2"/*.jpg .devdata/photos/; fi
+  du -sh .whl .devdata 2>/dev/null || true
   exit 0
 fi
 
@@ -44,7 +50,7 @@ export WBSR_CACHE_DIR=${TMPDIR:-/tmp}/wbsr_device_costs
 rm -rf "$WBSR_CACHE_DIR"
 
 device=$("$py" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
-photo=$(ls .devdata/train/sun_hays80/*.jpg ../shared/data/train/sun_hays80/*.jpg 2>/dev/null | head -1)
+photo=$(ls .devdata/photos/*.jpg .devdata/train/sun_hays80/*.jpg ../shared/data/train/sun_hays80/*.jpg 2>/dev/null | head -1)
 image=${photo:+--image $photo}
 photos=${photo:+--data $(dirname "$photo")}
 if [ "$device" = cuda ]; then
