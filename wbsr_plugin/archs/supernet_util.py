@@ -76,6 +76,11 @@ class Subnet:
         return f'w{self.width}d{self.depth}'
 
 
+def padded_width(width, multiple=None):
+    """``width`` rounded up to a multiple of ``multiple`` (None: ``width`` itself)."""
+    return width if multiple is None else -(-width // multiple) * multiple
+
+
 def conv2d_sliced(conv, x, in_ch=None, out_ch=None):
     """Run ``conv`` on the first ``in_ch`` input and ``out_ch`` output channels."""
     out_ch = conv.out_channels if out_ch is None else out_ch
@@ -240,8 +245,7 @@ class SupernetMixin:
                 same up to rounding. Default: None (the subnet's own width).
         """
         spec = self.get_subnet(subnet)
-        width = spec.width if width_multiple is None else -(-spec.width // width_multiple) * width_multiple
-        net = self.plain_network(width, spec.depth)
+        net = self.plain_network(padded_width(spec.width, width_multiple), spec.depth)
         shapes = {key: value.shape for key, value in net.state_dict().items()}
         modules = dict(self.named_modules())
         state = {}

@@ -8,6 +8,7 @@ batches can be padded to a few bucket sizes (:mod:`.cuda_graphs`).
 import torch
 
 from wbsr_plugin.archs.channels_last import use_channels_last_pixel_shuffle
+from wbsr_plugin.archs.supernet_util import padded_width
 
 from .cuda_graphs import GraphCache, bucket_floor, padded_forward
 
@@ -97,10 +98,9 @@ class SubnetCache:
         """Elements per LR pixel of the largest tensor subnet ``index`` makes (its widest output, at its resolution;
         padded widths included)."""
         spec = self.net.subnets[index]
-        width = spec.width if self.pad_widths is None else -(-spec.width // self.pad_widths) * self.pad_widths
         uses = self.net.conv_plan(spec.width, spec.depth)
         largest = max(use.out_ch * use.resolution**2 for use in uses if use.resolution)
-        return -(-largest * width // spec.width)
+        return -(-largest * padded_width(spec.width, self.pad_widths) // spec.width)
 
     def flops(self, h, w, subnet):
         """FLOPs of subnet ``subnet`` on an h x w LR input (cached)."""
