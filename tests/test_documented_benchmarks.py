@@ -30,7 +30,7 @@ TINY = {
     'bench_budget_gap.py': ['--patch-size', '12', '--overlap', '2'],
     'bench_distill.py': ['--holdout', '1', '--iters', '2', '--weights', '0,1'],
     'bench_export.py': [],
-    'bench_infer_folder.py': ['--images', '2', '--lq-size', '16x12', '--repeat', '1'],
+    'bench_infer_folder.py': ['--images', '2', '--lq-size', '16x12', '--repeat', '1', '--data', HR],
     'bench_inference.py': ['--lq-sizes', '24x16', '--budgets', '0.6', '--repeat', '1', '--patch-sizes', '12',
                            '--patch-size', '12', '--overlap', '2'],
     'bench_loader.py': ['--batches', '1', '--workers', '0', '--repeats', '1'],
