@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin.archs.channels_last import use_channels_last_pixel_shuffle
+from wbsr_plugin.archs.channels_last import to_channels_last
 from wbsr_plugin.archs.supernet_util import supernet_class, supernet_types
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
@@ -117,7 +117,7 @@ def timed_pair(fn_a, fn_b, repeat, device):
 def plain_network(net):
     """BasicSR's own network class with the supernet's weights, in channels-last with the engine's channels-last
     pixel shuffle (so that the plain network is timed as the engine runs its subnets)."""
-    return use_channels_last_pixel_shuffle(net.extract_subnet(None).to(memory_format=torch.channels_last))
+    return to_channels_last(net.extract_subnet(None))
 
 
 def default_lq_sizes(arch, scale, device_type):

@@ -19,29 +19,16 @@ processes (:mod:`wbsr_plugin.cli.sharding`): each writes its own files, on its o
 there is one per process, else on the CPU; rank 0 prints the totals.
 """
 import argparse
-import errno
 import sys
 import time
-from dataclasses import dataclass, replace
 from os import path as osp
 
 import torch
-from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.cli.arg_types import positive_int
-from wbsr_plugin.cli.image_io import (
-    HostImage,
-    ImageInfo,
-    ImageReadError,
-    read_image,
-    subnet_map_legend,
-    subnet_map_overlay,
-    to_image,
-    write_image_atomic,
-)
-from wbsr_plugin.cli.image_pipeline import ReadAhead, WriteBehind, succeeded
+from wbsr_plugin.cli.folder_inference import DiskFull, status_line, super_resolve
 from wbsr_plugin.cli.interrupts import INTERRUPTED, sigterm_as_interrupt
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
@@ -49,13 +36,11 @@ from wbsr_plugin.cli.output_names import (
     OUTPUT_EXTENSIONS,
     OutputConflict,
     OutputNames,
-    output_extension,
     outputs_among_inputs,
 )
 from wbsr_plugin.cli.sharding import (
     DistContext,
     RankTotals,
-    available_cpus,
     barrier,
     broadcast_object,
     cpu_threads_per_rank,
@@ -71,7 +56,7 @@ from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 from wbsr_plugin.utils.files import list_images
-from wbsr_plugin.utils.memory import bound_onednn_cache, release_freed_memory
+from wbsr_plugin.utils.memory import bound_onednn_cache
 
 
 def budget_fraction(text):
@@ -161,191 +146,6 @@ def build_parser():
                         'GPU, or on a CPU when the network\'s threads leave a core free; else serial, since the '
                         'background threads would only take cores from the network)')
     return parser
-
-
-READ_AHEAD = 2  # images decoded while the network runs another
-WRITE_BEHIND = 2  # finished images waiting to be written at most (memory stays bounded)
-
-
-class DiskFull(OSError):
-    """The output device is full: the run stops."""
-
-
-def is_out_of_memory(err):
-    """True for CUDA's and the CPU allocator's out-of-memory errors."""
-    text = str(err)
-    return isinstance(err, MemoryError) or 'out of memory' in text or "can't allocate memory" in text
-
-
-def is_image_failure(err):
-    """True for an error that fails its image only (the run goes on): an unreadable input, a failed write (but
-    a full disk, which would fail every later image), out of memory."""
-    if isinstance(err, OSError):
-        return err.errno != errno.ENOSPC
-    return isinstance(err, ImageReadError) or (isinstance(err, (RuntimeError, MemoryError)) and is_out_of_memory(err))
-
-
-def status_line(text, file=None):
-    """Write one status line in one call and flush it, so that the lines of processes sharing a pipe
-    (torchrun ranks) never cut into each other."""
-    file = sys.stdout if file is None else file
-    tqdm.write(text + '\n', file=file, end='')
-    file.flush()
-
-
-def image_done(path, report, totals, prefix):
-    """Count a written image and print its line."""
-    totals.add(report)
-    release_freed_memory()  # the image's tensors are gone: resident memory stays flat over many sizes
-    status_line(f'{prefix}{osp.basename(path)}: {report.summary()}')
-
-
-def image_failed(path, err, args, totals, prefix):
-    """Count a failed image and warn; raise instead when ``err`` ends the run (a full disk, an unexpected error)."""
-    if not is_image_failure(err):
-        if isinstance(err, OSError):
-            raise DiskFull(f'-o: no space left on the device of {args.output} (writing {osp.basename(path)})') \
-                from None
-        raise err
-    if isinstance(err, OSError):
-        warning = f'{path}: {err.strerror or err}'
-    elif isinstance(err, ImageReadError):  # its message starts with the path
-        warning = str(err)
-    else:
-        warning = f'{path}: out of memory; try --budget, a smaller --tile or fewer --threads.'
-    status_line(f'{prefix}warning: skipped {warning}', file=sys.stderr)
-    totals.failed.append(path)
-
-
-def outputs_to_write(path, info, names, args):
-    """``(image path or None, map path or None)``: the files of ``path`` this run writes (an existing file is
-    replaced only with ``--overwrite``)."""
-    target = names.image_path(path, output_extension(path, args.ext, info))
-    map_target = names.map_path(path) if args.save_map else None
-    return (target if args.overwrite or not osp.exists(target) else None,
-            map_target if map_target and (args.overwrite or not osp.exists(map_target)) else None)
-
-
-def progress(items, total, prefix):
-    return tqdm(items, total=total, unit='img', disable=total < 2 or bool(prefix))
-
-
-def super_resolve_one(path, engine, net, names, args):
-    """Read, run and write one image (its image and, with ``--save-map``, its map); returns the report."""
-    lq, info = read_image(path)
-    sr, report = engine.run(lq)
-    target, map_target = outputs_to_write(path, info, names, args)
-    if target:
-        write_image_atomic(target, to_image(sr, info))
-    if map_target:
-        bgr = to_image(sr, ImageInfo('rgb', 255))
-        overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
-                                     legend=subnet_map_legend(report, net))
-        write_image_atomic(map_target, overlay)
-    return report
-
-
-def super_resolve_serially(paths, engine, net, names, args, totals, prefix=''):
-    """:func:`super_resolve` one step after another (``--pipeline serial``)."""
-    for path in progress(paths, len(paths), prefix):
-        try:
-            report = super_resolve_one(path, engine, net, names, args)
-        except (OSError, ImageReadError, RuntimeError, MemoryError) as err:
-            image_failed(path, err, args, totals, prefix)
-            continue
-        image_done(path, report, totals, prefix)
-
-
-@dataclass
-class ComputedImage:
-    """An image the network has run, on its way to its files.
-
-    Attributes:
-        info (ImageInfo): How the input was stored.
-        host (HostImage): The SR image, copied to the host once.
-        report (InferenceReport): The engine's report.
-        map_plan (InferencePlan | None): With ``--save-map``, the report's plan with its subnets on the host.
-        legend (MapLegend | None): With ``--save-map``, the subnet map's legend.
-    """
-    info: ImageInfo
-    host: HostImage
-    report: object
-    map_plan: object = None
-    legend: object = None
-
-
-def compute_image(decoded, engine, net, args):
-    """Run the network on a decoded image ``(lq, info)`` and start copying its output to the host."""
-    lq, info = decoded
-    sr, report = engine.run(lq)
-    image = ComputedImage(info, HostImage(sr, info, with_map=args.save_map), report)
-    if args.save_map:
-        image.map_plan = replace(report.plan, subnets=report.plan.subnets.cpu())
-        image.legend = subnet_map_legend(report, net)
-    return image
-
-
-def write_outputs(path, image, names, args, scale, num_subnets):
-    """Write a :class:`ComputedImage` (its image and, with ``--save-map``, its map); returns its report."""
-    target, map_target = outputs_to_write(path, image.info, names, args)
-    if target:
-        write_image_atomic(target, image.host.image())
-    if map_target:
-        overlay = subnet_map_overlay(image.host.map_base(), image.map_plan, scale, num_subnets, legend=image.legend)
-        write_image_atomic(map_target, overlay)
-    return image.report
-
-
-def record_outcomes(outcomes, args, totals, prefix):
-    """Count and print finished images ``(path, future)`` in order; raise when one ends the run."""
-    for path, future in outcomes:
-        try:
-            report = future.result()
-        except Exception as err:
-            image_failed(path, err, args, totals, prefix)
-            continue
-        image_done(path, report, totals, prefix)
-
-
-def super_resolve_overlapped(paths, engine, net, names, args, totals, prefix=''):
-    """:func:`super_resolve` with the next images read and the finished ones written in background threads."""
-    with ReadAhead(read_image, paths, READ_AHEAD) as reads, \
-            WriteBehind(WRITE_BEHIND, halts=lambda err: not is_image_failure(err)) as writes:
-        try:
-            for path, decoding in progress(reads, len(paths), prefix):
-                try:
-                    image = compute_image(decoding.result(), engine, net, args)
-                except Exception as err:
-                    if not is_image_failure(err):
-                        writes.add_failed(path, err)
-                        break  # the images before it are still written, as one step after another would
-                    writes.add_failed(path, err.with_traceback(None))  # its frames would hold the image's tensors
-                else:
-                    writes.submit(path, write_outputs, path, image, names, args, engine.scale, len(net.subnets))
-                    del image  # the write job holds it until written
-                record_outcomes(writes.finished(), args, totals, prefix)
-            record_outcomes(writes.finished(wait_all=True), args, totals, prefix)
-        except KeyboardInterrupt:
-            writes.close()  # the write in progress ends: its file is complete or removed
-            for path, future in writes.finished():
-                if succeeded(future):
-                    image_done(path, future.result(), totals, prefix)
-            raise
-
-
-def super_resolve(paths, engine, net, names, args, totals, prefix=''):
-    """Run and write every image of ``paths`` (at their :class:`OutputNames`), counting into ``totals`` (a
-    :class:`RankTotals`). Status lines come in the order of ``paths``; a failed image is skipped with a warning;
-    a full disk raises :class:`DiskFull`."""
-    run_all = super_resolve_overlapped if overlaps_io(args, net) else super_resolve_serially
-    run_all(paths, engine, net, names, args, totals, prefix)
-
-
-def overlaps_io(args, net):
-    """``--pipeline``'s choice; with 'auto', overlapped on a GPU or when torch's threads leave a CPU core free."""
-    if args.pipeline != 'auto':
-        return args.pipeline == 'overlapped'
-    return next(net.parameters()).device.type != 'cpu' or torch.get_num_threads() < available_cpus()
 
 
 def plan_outputs(args, parser, ctx):

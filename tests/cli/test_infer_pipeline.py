@@ -16,6 +16,7 @@ import torch
 from conftest import FIXTURES
 
 from wbsr_plugin import infer
+from wbsr_plugin.cli import folder_inference
 from wbsr_plugin.cli.image_io import HostImage, ImageInfo, device_pixels, to_image
 from wbsr_plugin.cli.image_pipeline import ReadAhead, WriteBehind
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
@@ -139,7 +140,7 @@ def four_rockets(tmp_path):
 @pytest.mark.parametrize('serial', [False, True])
 def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch, serial):
     inputs = four_rockets(tmp_path)
-    write = infer.write_image_atomic
+    write = folder_inference.write_image_atomic
     tried = []
 
     def full_after_a(path, img):
@@ -148,7 +149,7 @@ def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, caps
             raise OSError(errno.ENOSPC, 'No space left on device')
         write(path, img)
 
-    monkeypatch.setattr(infer, 'write_image_atomic', full_after_a)
+    monkeypatch.setattr(folder_inference, 'write_image_atomic', full_after_a)
     out = tmp_path / 'out'
     status = run_infer(tiny_checkpoint, inputs, out, '--pipeline', 'serial' if serial else 'overlapped')
     captured = capsys.readouterr()
@@ -162,7 +163,7 @@ def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, caps
 @pytest.mark.parametrize('serial', [False, True])
 def test_a_failed_write_or_out_of_memory_skips_its_image_only(tiny_checkpoint, tmp_path, capsys, monkeypatch, serial):
     inputs = four_rockets(tmp_path)
-    write, run = infer.write_image_atomic, DynamicInferenceEngine.run
+    write, run = folder_inference.write_image_atomic, DynamicInferenceEngine.run
     calls = []
 
     def refuse_b(path, img):
@@ -176,7 +177,7 @@ def test_a_failed_write_or_out_of_memory_skips_its_image_only(tiny_checkpoint, t
             raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')
         return run(self, lq)
 
-    monkeypatch.setattr(infer, 'write_image_atomic', refuse_b)
+    monkeypatch.setattr(folder_inference, 'write_image_atomic', refuse_b)
     monkeypatch.setattr(DynamicInferenceEngine, 'run', out_of_memory_on_third)
     out = tmp_path / 'out'
     assert run_infer(tiny_checkpoint, inputs, out, '--pipeline', 'serial' if serial else 'overlapped') == 1
@@ -195,7 +196,7 @@ def test_an_interrupt_counts_every_file_written_and_leaves_no_temporary_file(tin
     inputs.mkdir()
     for i in range(6):
         cv2.imwrite(str(inputs / f'{i}.png'), ROCKET)
-    write, run = infer.write_image_atomic, DynamicInferenceEngine.run
+    write, run = folder_inference.write_image_atomic, DynamicInferenceEngine.run
     calls = []
 
     def slow_write(path, img):  # the writer is behind when Ctrl-C comes
@@ -208,7 +209,7 @@ def test_an_interrupt_counts_every_file_written_and_leaves_no_temporary_file(tin
             raise KeyboardInterrupt
         return run(self, lq)
 
-    monkeypatch.setattr(infer, 'write_image_atomic', slow_write)
+    monkeypatch.setattr(folder_inference, 'write_image_atomic', slow_write)
     monkeypatch.setattr(DynamicInferenceEngine, 'run', interrupted_on_fourth)
     out = tmp_path / 'out'
     assert run_infer(tiny_checkpoint, inputs, out) == 130
@@ -294,7 +295,7 @@ def test_background_threads_run_at_a_lower_priority():
     ('serial', 'meta', 1, 8, False),
 ])
 def test_auto_overlaps_only_where_a_core_is_free(monkeypatch, pipeline, device, threads, cpus, expected):
-    monkeypatch.setattr(infer.torch, 'get_num_threads', lambda: threads)
-    monkeypatch.setattr(infer, 'available_cpus', lambda: cpus)
+    monkeypatch.setattr(folder_inference.torch, 'get_num_threads', lambda: threads)
+    monkeypatch.setattr(folder_inference, 'available_cpus', lambda: cpus)
     net = torch.nn.Conv2d(1, 1, 1, device=device)
-    assert infer.overlaps_io(argparse.Namespace(pipeline=pipeline), net) is expected
+    assert folder_inference.overlaps_io(argparse.Namespace(pipeline=pipeline), net) is expected

@@ -16,6 +16,7 @@ from wbsr_plugin.inference import DynamicInferenceEngine
 from basicsr.models import build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+CUDA = torch.device('cuda')
 
 # fp16 against fp32 on [0, 1] images through a small network: half a grey level of an 8-bit image
 FP16_TOLERANCE = 2e-3
@@ -79,7 +80,7 @@ def test_the_channels_last_pixel_shuffle_on_cuda_equals_torchs(factor, shape):
 
 def test_the_whole_image_above_the_element_limit_runs_in_tiles_on_cuda():
     net = strong_tiny_resnet().to('cuda')
-    lq = textured(150, 130).cuda()
+    lq = textured(150, 130).to(CUDA)
     engine = DynamicInferenceEngine(net, subnet=3)
     with torch.inference_mode():
         whole = engine.run_whole(lq, 3)
@@ -91,7 +92,7 @@ def test_the_whole_image_above_the_element_limit_runs_in_tiles_on_cuda():
 def test_the_plan_waits_for_the_device_once():
     """The class histogram (with the image's thresholds) is the plan's only read from the device."""
     net = strong_tiny_resnet().to('cuda')
-    lq = textured(70, 90).cuda()
+    lq = textured(70, 90).to(CUDA)
     engine = DynamicInferenceEngine(net, patch_size=16, budget=0.5, whole_image_fallback=False)
     engine.run(lq)
     torch.cuda.set_sync_debug_mode('warn')

@@ -16,7 +16,7 @@ from os import path as osp
 import numpy as np
 import torch
 
-from wbsr_plugin.archs.channels_last import use_channels_last_pixel_shuffle
+from wbsr_plugin.archs.channels_last import to_channels_last
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.utils.files import list_images
@@ -124,7 +124,7 @@ def warmed_up(run):
 def channels_last_copy(net):
     """A copy of ``net`` with its 4-D weights in channels-last memory format and the engine's channels-last pixel
     shuffle (``net`` is left as it is)."""
-    return use_channels_last_pixel_shuffle(copy.deepcopy(net).to(memory_format=torch.channels_last))
+    return to_channels_last(copy.deepcopy(net))
 
 
 def whole_image_runner(net, flops_fn=None, channels_last=True):

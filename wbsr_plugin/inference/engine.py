@@ -18,13 +18,11 @@ from .cost_model import CostTable
 from .plan_targets import latency_plan, quality_plan
 from .planning import InferencePlan, Planner
 from .subnet_cache import SubnetCache, available_cuda_memory
-from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, tile_geometry
+from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, run_in_tiles
 from .time_rules import PlanTimer, by_time, without_analysis
 
-# CUDA kernels index a tensor with 32-bit integers: a larger whole image runs in tiles overlapping by this many LR
-# pixels, of which the outer half of each side gets no weight (it sees the tile's zero padding)
+# CUDA kernels index a tensor with 32-bit integers: a larger whole image runs in tiles (tiling.run_in_tiles)
 MAX_TENSOR_ELEMENTS = 2**31 - 1
-WHOLE_IMAGE_TILE_OVERLAP = 32
 
 
 @dataclass
@@ -336,26 +334,11 @@ class DynamicInferenceEngine:
         x = lq.to(dtype=param.dtype)
         per_pixel = self.subnets.elements_per_pixel(index)
         if x.shape[-2] * x.shape[-1] * per_pixel > self.max_tensor_elements:
-            return self._run_whole_in_tiles(x, module, per_pixel)
+            side = math.isqrt(self.max_tensor_elements // per_pixel)  # tiles as large as the limit allows
+            return run_in_tiles(module, x, side, self.scale, self.channels_last)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return module(x).float()
-
-    def _run_whole_in_tiles(self, x, module, per_pixel):
-        """``module`` on tiles of ``x`` (1, c, h, w) as large as ``max_tensor_elements`` allows, one at a time,
-        blended as the tiled plan blends its patches."""
-        h, w = x.shape[-2:]
-        side = max(2 * WHOLE_IMAGE_TILE_OVERLAP + 2, math.isqrt(self.max_tensor_elements // per_pixel))
-        patch, tops, lefts, trim = tile_geometry(h, w, side, WHOLE_IMAGE_TILE_OVERLAP, WHOLE_IMAGE_TILE_OVERLAP // 2)
-        outputs = []
-        for top in tops:
-            for left in lefts:
-                tile = x[..., top:top + patch, left:left + patch]
-                if self.channels_last:
-                    tile = tile.contiguous(memory_format=torch.channels_last)
-                outputs.append(module(tile).float())
-        geometry = BlendGeometry((h, w), patch, tops, lefts, trim, self.scale, x.device)
-        return geometry.stitch(torch.cat(outputs))
 
     def stitch(self, outputs, plan):
         """Blend SR patches (N, c, p*s, p*s) in grid order into the SR image (1, c, h*s, w*s)."""

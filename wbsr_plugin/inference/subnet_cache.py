@@ -7,7 +7,7 @@ batches can be padded to a few bucket sizes (:mod:`.cuda_graphs`).
 """
 import torch
 
-from wbsr_plugin.archs.channels_last import use_channels_last_pixel_shuffle
+from wbsr_plugin.archs.channels_last import to_channels_last
 from wbsr_plugin.archs.supernet_util import padded_width
 
 from .cuda_graphs import GraphCache, bucket_floor, padded_forward
@@ -53,6 +53,7 @@ class SubnetCache:
         self.cuda_batch = {}
         self.fingerprint = None
         self.flops_cache = {}
+        self.elements_cache = {}
 
     def refresh(self):
         """Forget the extracted subnets (they are rebuilt from the supernet on next use)."""
@@ -78,7 +79,7 @@ class SubnetCache:
             with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, also inside inference mode
                 module = self.net.extract_subnet(index, width_multiple=self.pad_widths)
                 if self.channels_last:
-                    module = use_channels_last_pixel_shuffle(module.to(memory_format=torch.channels_last))
+                    module = to_channels_last(module)
             for p in module.parameters():
                 p.requires_grad_(False)
             self.modules[index] = module
@@ -97,10 +98,12 @@ class SubnetCache:
     def elements_per_pixel(self, index):
         """Elements per LR pixel of the largest tensor subnet ``index`` makes (its widest output, at its resolution;
         padded widths included)."""
-        spec = self.net.subnets[index]
-        uses = self.net.conv_plan(spec.width, spec.depth)
-        largest = max(use.out_ch * use.resolution**2 for use in uses if use.resolution)
-        return -(-largest * padded_width(spec.width, self.pad_widths) // spec.width)
+        if index not in self.elements_cache:  # RCAN's conv plan lists about 400 convolutions: once per subnet
+            spec = self.net.subnets[index]
+            uses = self.net.conv_plan(spec.width, spec.depth)
+            largest = max(use.out_ch * use.resolution**2 for use in uses if use.resolution)
+            self.elements_cache[index] = -(-largest * padded_width(spec.width, self.pad_widths) // spec.width)
+        return self.elements_cache[index]
 
     def flops(self, h, w, subnet):
         """FLOPs of subnet ``subnet`` on an h x w LR input (cached)."""

@@ -142,6 +142,26 @@ def stitch_patches(outputs, lq_size, patch, tops, lefts, trim, scale, vectorised
     return geometry.stitch(outputs, vectorised)
 
 
+# run_in_tiles: tiles overlap by this many LR pixels, of which the outer half of each side gets no weight (it sees
+# the tile's zero padding)
+TILE_OVERLAP = 32
+
+
+def run_in_tiles(module, x, side, scale, channels_last):
+    """``module`` on overlapping tiles of ``x`` (1, c, h, w) of at most ``side`` LR pixels a side, one at a time,
+    blended as the engine blends its patches: for an image whose whole-image tensors would be too large."""
+    h, w = x.shape[-2:]
+    patch, tops, lefts, trim = tile_geometry(h, w, max(2 * TILE_OVERLAP + 2, side), TILE_OVERLAP, TILE_OVERLAP // 2)
+    outputs = []
+    for top in tops:
+        for left in lefts:
+            tile = x[..., top:top + patch, left:left + patch]
+            if channels_last:
+                tile = tile.contiguous(memory_format=torch.channels_last)
+            outputs.append(module(tile).float())
+    return BlendGeometry((h, w), patch, tops, lefts, trim, scale, x.device).stitch(torch.cat(outputs))
+
+
 def extract_patches(lq, patch_size, tops, lefts):
     """Every patch of the grid (row-major) of ``lq`` (1, c, h, w), shape (n, c, p, p), in one gather."""
     offsets = torch.arange(patch_size, device=lq.device)
