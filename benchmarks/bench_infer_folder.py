@@ -28,6 +28,7 @@ import torch
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin import infer
 from wbsr_plugin.archs.supernet_util import supernet_types
+from wbsr_plugin.cli.folder_inference import WriterSettings
 from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.cli.sharding import DistContext, RankTotals
 from wbsr_plugin.utils.files import list_images
@@ -80,7 +81,6 @@ def infer_args(lr_folder, out, model, args):
     argv += ['--fp32'] if args.fp32 else []
     parser = infer.build_parser()
     parsed = parser.parse_args(argv)
-    parsed.plan_by = 'flops'
     return parser, parsed
 
 
@@ -92,7 +92,8 @@ def folder_run(lr_folder, out, mode, engine, net, cli):
     totals = RankTotals()
     start = time.perf_counter()
     with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
-        infer.super_resolve(paths, engine, net, names, args, totals)
+        settings = WriterSettings(args.output, args.ext, args.save_map, args.overwrite, args.pipeline)
+        infer.super_resolve(paths, engine, net, names, settings, totals)
     wall = time.perf_counter() - start
     if totals.failed or totals.images != len(paths):
         raise SystemExit(f'error: {len(totals.failed)} image(s) failed:\n{err.getvalue()[-2000:]}')
@@ -130,7 +131,7 @@ def main(argv=None):
         device = infer.select_device(first.device)
         if args.threads:
             torch.set_num_threads(args.threads)
-        engine, net, _ = infer.build_engine(first, cli_parser, device, None)
+        engine, net, _, _ = infer.build_engine(first, cli_parser, device, None)
         engine.run(read_image(list_images(lr_folder)[0])[0])  # warm-up
         for i in range(args.repeat):
             order = list(MODES) if i % 2 == 0 else list(MODES)[::-1]

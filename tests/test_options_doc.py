@@ -11,7 +11,7 @@ from wbsr_plugin.archs.supernet_util import supernet_class, supernet_types
 from wbsr_plugin.data.hes import HES_OPTIONS
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.losses import bd_loss
-from wbsr_plugin.models.wbsr_options import DEFAULTS, INFERENCE_KEYS
+from wbsr_plugin.models.wbsr_options import DEFAULTS, INFERENCE_KEYS, POLICY_KEYS
 
 DOC = osp.join(REPO_ROOT, 'docs', 'options.md')
 MARKER = re.compile(r'^<!-- options: (\S+) -->$')
@@ -27,7 +27,7 @@ def code_tables():
     """Section -> {option: default} as the code declares them."""
     return {
         'wbsr': dict(DEFAULTS),
-        'wbsr.inference': signature_defaults(DynamicInferenceEngine, INFERENCE_KEYS),
+        'wbsr.inference': {**signature_defaults(DynamicInferenceEngine, INFERENCE_KEYS), **POLICY_KEYS},
         'hes': {key: default for key, (default, _) in HES_OPTIONS.items()},
         'BDLoss': signature_defaults(bd_loss.BDLoss, bd_loss._OPTIONS),
         **{name: signature_defaults(supernet_class(name), supernet_class(name).OPTIONS + ('widths', 'depths'))

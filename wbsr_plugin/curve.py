@@ -12,17 +12,23 @@ times: every setting runs once untimed at each new image size, the full network 
 channels-last format.
 Writes curve.md, curve.csv and, when matplotlib is installed, curve.png.
 """
-import argparse
 import csv
 import io
 import os
 import sys
 from os import path as osp
 
+import torch
 from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin.archs.supernet_util import supernet_types
+from wbsr_plugin.cli.common_args import (
+    CommandParser,
+    add_device_arguments,
+    add_model_arguments,
+    add_planning_arguments,
+    sweep_targets,
+)
 from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
 from wbsr_plugin.cli.image_io import ImageReadError
 from wbsr_plugin.cli.interrupts import run_interruptibly
@@ -31,86 +37,77 @@ from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folde
 from wbsr_plugin.cli.sharding import DistContext, rank_device
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
-from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
+from wbsr_plugin.inference.planning_target import PlanningTarget, checkpoint_policy
 from wbsr_plugin.utils.files import atomic_path, atomic_write_text
 
 DEFAULT_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def run(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = CommandParser('curve', __doc__)
     parser.add_argument('--hr', required=True, help='folder of HR images')
     parser.add_argument('--lr', help='folder of LR images (same names, or NAMExS); default: MATLAB bicubic of HR')
-    parser.add_argument('--model', required=True, help='supernet checkpoint')
-    parser.add_argument('--arch', choices=supernet_types(), help='expected architecture (checked)')
-    parser.add_argument('--opt', help='training YAML whose network_g builds the network')
-    parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), help='expected upscale factor (checked)')
-    parser.add_argument('--budgets', type=float, nargs='+', default=list(DEFAULT_BUDGETS))
-    parser.add_argument('--budget-unit', choices=('flops', 'time'), default='flops',
-                        help='flops: budgets are shares of the FLOPs (default); time: of the plain network\'s time '
-                        '(implies --plan-by time)')
-    parser.add_argument('--max-loss', type=float, nargs='+', default=[], metavar='DB',
-                        help='quality targets in dB (need the checkpoint\'s class errors)')
-    parser.add_argument('--plan-by', choices=('flops', 'time'),
-                        help='flops: the same plans on every machine (default); time: by this device\'s costs')
-    parser.add_argument('-t', '--tile', '--patch-size', dest='patch_size', type=int, default=DEFAULT_PATCH_SIZE)
-    parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    parser.add_argument('--fp32', action='store_true', help='full precision on CUDA (CPU is always fp32)')
+    add_model_arguments(parser)
+    add_planning_arguments(parser, sweep=True)
+    add_device_arguments(parser)
     parser.add_argument('-o', '--output', default='results/curve', help='output folder')
     parser.add_argument('--overwrite', action='store_true', help='replace curve.csv, curve.md and curve.png if they '
                         'exist (without it, the run stops before computing)')
+    return parser
+
+
+def run(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if not all(0 < b <= 1 for b in args.budgets):
-        parser.error(f'every budget must lie in (0, 1], got {args.budgets}')
-    if not all(loss >= 0 for loss in args.max_loss):
-        parser.error(f'every --max-loss must be >= 0 dB, got {args.max_loss}')
-    if args.budget_unit == 'time' and args.plan_by == 'flops':
-        parser.error('--budget-unit time is a latency budget: it plans by time (drop --plan-by flops)')
-    by_time = args.budget_unit == 'time' or args.plan_by == 'time'
+    targets = sweep_targets(args, parser, DEFAULT_BUDGETS)
     try:  # before any computation
         check_output_folder(args.output)
     except OutputFolderError as err:
-        parser.exit(2, f'error: {err}\n')
+        parser.exit(2, f'{parser.prog}: error: {err}\n')
     existing = [p for p in (osp.join(args.output, f'curve.{e}') for e in ('csv', 'md', 'png')) if osp.exists(p)]
     if existing and not args.overwrite:
-        parser.exit(2, f'error: {", ".join(existing)} exist(s) already; pass --overwrite to replace them\n')
+        parser.exit(2, f'{parser.prog}: error: {", ".join(existing)} exist(s) already; pass --overwrite to replace '
+                    'them\n')
 
     try:
         device = rank_device(args.device, DistContext())
     except ValueError as err:
-        parser.exit(2, f'error: --device: {err}\n')
+        parser.exit(2, f'{parser.prog}: error: --device: {err}\n')
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         net, meta = load_supernet(args.model, arch=args.arch, scale=args.scale,
                                   network_opt=network_options_from_yaml(args.opt) if args.opt else None,
                                   device=device)
-    except (ValueError, TypeError) as err:  # CheckpointError, network options that do not fit
-        parser.exit(2, f'error: {err}\n')
+        policy = checkpoint_policy(meta, patch_size=args.patch_size, overlap=args.overlap, plan_by=args.plan_by)
+        thresholds = engine_options(meta)['thresholds']
+        for target in targets:
+            checkpoint_policy(meta, target=target)  # a quality target without class errors: one line, now
+    except (ValueError, TypeError) as err:  # CheckpointError, PlanningTargetError, network options that do not fit
+        parser.exit(2, f'{parser.prog}: error: {err}\n')
     if device.type == 'cuda' and not args.fp32:
         net = net.half()
     try:
         pairs = load_pairs(args.hr, args.lr, net.upscale)
     except (ImageReadError, FileNotFoundError) as err:
-        parser.exit(2, f'error: {err}\n')
+        parser.exit(2, f'{parser.prog}: error: {err}\n')
     if not pairs:
-        parser.exit(2, f'error: no images in {args.hr}\n')
+        parser.exit(2, f'{parser.prog}: error: no images in {args.hr}\n')
+    by_time = policy.target.by_time or any(t.by_time for t in targets)
     cost_table = load_or_measure(net, device, next(net.parameters()).dtype) if by_time else None
-    common = dict(**engine_options(meta), patch_size=args.patch_size, overlap=args.overlap, cost_table=cost_table,
+    common = dict(thresholds=thresholds, patch_size=policy.patch_size, overlap=policy.overlap, cost_table=cost_table,
                   channels_last=True)
-    thresholds = common['thresholds']
-    if args.max_loss and (thresholds is None or thresholds.class_errors is None):
-        parser.exit(2, f'error: --max-loss needs class errors, and {args.model} stores none\n')
     tiled = '' if by_time else ', tiled'
-    unit = ' of the time' if args.budget_unit == 'time' else ''
     settings = [('full network, whole image', whole_image_runner(net, channels_last=common['channels_last']))]
-    settings += [(f'subnet {s.index} (w{s.width} d{s.depth}){tiled}', engine_runner(net, **common, subnet=s.index))
+    settings += [(f'subnet {s.index} (w{s.width} d{s.depth}){tiled}',
+                  engine_runner(net, **common, target=PlanningTarget.fixed_subnet(s.index, policy.target.plan_by)))
                  for s in net.subnets]
-    settings += [(f'budget {b:g}{unit}', engine_runner(net, **common, budget=b, budget_unit=args.budget_unit))
-                 for b in sorted(args.budgets)]
-    settings += [(f'quality target {loss:g} dB', engine_runner(net, **common, max_loss=loss))
-                 for loss in sorted(args.max_loss)]
+    settings += [(str(t), engine_runner(net, **common, target=t))
+                 for t in sorted(targets, key=lambda t: (t.kind, t.value))]
     if thresholds is not None:
-        settings.append(('Eq. 15, stored thresholds', engine_runner(net, **common)))
+        settings.append(('Eq. 15, stored thresholds',
+                         engine_runner(net, **common, target=PlanningTarget.eq15(policy.target.plan_by))))
+    settings.append((f'default policy: {policy.target}', engine_runner(net, **common, target=policy.target)))
 
     rows = []
     for label, run in tqdm(settings, unit='setting'):
@@ -124,8 +121,8 @@ def run(argv=None):
     writer.writerows(rows)
     atomic_write_text(osp.join(args.output, 'curve.csv'), buffer.getvalue())
     source = 'checkpoint' if thresholds is not None else 'per-image quantiles'
-    lines = [f'{type(net).__name__} x{net.upscale}, {len(pairs)} image(s) from {args.hr}, patch {args.patch_size}, '
-             f'overlap {args.overlap}, thresholds: {source}, plans by {"time (this device)" if by_time else "FLOPs"}',
+    lines = [f'{type(net).__name__} x{net.upscale}, {len(pairs)} image(s) from {args.hr}, patch {policy.patch_size}, '
+             f'overlap {policy.overlap}, thresholds: {source}, plans by {"time (this device)" if by_time else "FLOPs"}',
              '', '| setting | PSNR-Y (dB) | SSIM-Y | FLOPs (% of full) | GFLOPs / 32x32 LR | time (s) |',
              '|---|---|---|---|---|---|']
     lines += [f"| {r['setting']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['flops_percent']:.1f} | "
@@ -141,7 +138,7 @@ def run(argv=None):
         print('matplotlib is not installed: curve.png skipped (pip install matplotlib).', file=sys.stderr)
         return 0
     fig, ax = plt.subplots(figsize=(6, 4))
-    budget_rows = [r for r in rows if r['setting'].startswith('budget')]
+    budget_rows = [r for r in rows if r['setting'].startswith(('FLOPs budget', 'latency budget'))]
     subnet_rows = [r for r in rows if r['setting'].startswith('subnet')]
     ax.plot([r['flops_percent'] for r in budget_rows], [r['psnr'] for r in budget_rows], 'o-', label='dynamic (budget)')
     ax.plot([r['flops_percent'] for r in subnet_rows], [r['psnr'] for r in subnet_rows], 's', label='fixed subnets')

@@ -8,7 +8,6 @@ trains a ``WBSRResNet`` supernet with ``DynamicSRModel`` (HES sampling, BDLoss) 
 which subnet served each patch with ``wbsr_plugin.infer --save-map``, and prints PSNR/SSIM next to
 bicubic upsampling, the FLOPs dynamic inference spent, and where the outputs are.
 """
-import argparse
 import os
 import re
 import subprocess
@@ -22,6 +21,7 @@ import yaml
 from skimage import data as skimage_data
 
 import wbsr_plugin  # noqa: F401
+from wbsr_plugin.cli.common_args import CommandParser
 from wbsr_plugin.cli.training_options import paired_dataset, pixel_loss, training_dataset, training_options, y_metrics
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 
@@ -119,7 +119,7 @@ def read_test_log(log_file):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser('demo', __doc__)
     parser.add_argument('--out', default='demo_output', help='output folder (default: demo_output)')
     parser.add_argument('--iters', type=int, default=400, help='training iterations (default: 400)')
     args = parser.parse_args(argv)

@@ -11,12 +11,12 @@ Runtime). --all writes every subnet plus index.json and index.md (name, width, d
 GFLOPs per 32x32 LR patch, files).
 ONNX needs the export extra: pip install -e ".[export]".
 """
-import argparse
 import sys
 
 import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
+from wbsr_plugin.cli.common_args import CommandParser
 from wbsr_plugin.cli.export_files import export_subnets, write_index
 from wbsr_plugin.cli.interrupts import run_interruptibly
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
@@ -26,7 +26,7 @@ CHECK_LQ_SIZE = (37, 53)  # odd sizes, so the dynamic axes are exercised
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser('export', __doc__)
     parser.add_argument('--model', required=True, help='checkpoint (.pth) of a WBSR supernet')
     parser.add_argument('-o', '--output', required=True, help='output folder (created if missing)')
     which = parser.add_mutually_exclusive_group(required=True)
@@ -40,7 +40,7 @@ def build_parser():
     parser.add_argument('--onnx-only', action='store_true', help='write ONNX and no BasicSR checkpoint')
     parser.add_argument('--fp16', action='store_true', help='half-precision ONNX (weights, input and output)')
     parser.add_argument('--no-check', action='store_true', help='skip the ONNX Runtime vs PyTorch check')
-    parser.add_argument('--opt', help="training YAML whose network_g builds the network (for checkpoints "
+    parser.add_argument('-opt', '--opt', help="training YAML whose network_g builds the network (for checkpoints "
                         "without 'wbsr' metadata and non-default sizes)")
     return parser
 

@@ -7,16 +7,15 @@ Usage::
 The input is an image folder (searched recursively) or a BasicSR LMDB folder (``*.lmdb`` with
 ``data.mdb`` and ``meta_info.txt``). Point ``train.pixel_opt.prior_path`` at the output file.
 """
-import argparse
 import sys
 
 import wbsr_plugin  # noqa: F401  (applies the basicsr compatibility fixes)
+from wbsr_plugin.cli.common_args import CommandParser
 from wbsr_plugin.losses.gmm_prior_util import SPACES, fit_gmm_prior, save_gmm_prior
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog='python -m wbsr_plugin.fit_prior', description='Fit the GMM prior of BDLoss (estimator: gai).')
+    parser = CommandParser('fit_prior', 'Fit the GMM prior of BDLoss (estimator: gai).')
     parser.add_argument('-i', '--input', required=True, help='HR image folder or BasicSR LMDB folder')
     parser.add_argument('-o', '--output', required=True, help='prior file to write (.pth)')
     parser.add_argument('-s', '--scale', type=int, required=True, choices=[1, 2, 3, 4, 8], help='SR scale')

@@ -18,7 +18,6 @@ Under ``torchrun --nproc_per_node=N -m wbsr_plugin.infer ...`` the folder is sha
 processes (:mod:`wbsr_plugin.cli.sharding`): each writes its own files, on its own GPU when
 there is one per process, else on the CPU; rank 0 prints the totals.
 """
-import argparse
 import sys
 import time
 from os import path as osp
@@ -26,9 +25,14 @@ from os import path as osp
 import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.archs.supernet_util import supernet_types
-from wbsr_plugin.cli.arg_types import positive_int
-from wbsr_plugin.cli.folder_inference import DiskFull, status_line, super_resolve
+from wbsr_plugin.cli.common_args import (
+    CommandParser,
+    add_device_arguments,
+    add_model_arguments,
+    add_planning_arguments,
+    planning_target,
+)
+from wbsr_plugin.cli.folder_inference import DiskFull, WriterSettings, status_line, super_resolve
 from wbsr_plugin.cli.interrupts import INTERRUPTED, sigterm_as_interrupt
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
@@ -54,36 +58,9 @@ from wbsr_plugin.cli.sharding import (
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
+from wbsr_plugin.inference.planning_target import checkpoint_policy
 from wbsr_plugin.utils.files import list_images
 from wbsr_plugin.utils.memory import bound_onednn_cache
-
-
-def budget_fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'budget must be a number in (0, 1], got {text!r}') from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f'budget must be a fraction of the full FLOPs in (0, 1], got {value}')
-    return value
-
-
-# infer's default quality target with a checkpoint that stores class errors: the largest target that lost no more
-# than Eq. 15 on held-out photos (docs/RESULTS.md, "Quality target against Eq. 15 on held-out photos")
-DEFAULT_MAX_LOSS = 0.03
-
-
-def loss_db(text):
-    if text == 'off':
-        return 'off'
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a loss in dB >= 0 or 'off', got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a loss in dB >= 0 or 'off', got {value}")
-    return value
 
 
 def select_device(name, ctx=DistContext()):
@@ -94,53 +71,25 @@ def select_device(name, ctx=DistContext()):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser('infer', __doc__)
     parser.add_argument('-i', '--input', required=True, help='input image or folder')
     parser.add_argument('-o', '--output', default='results', help='output folder. Default: results')
-    parser.add_argument('--model', required=True, help='checkpoint (.pth) of a WBSR supernet')
-    parser.add_argument('--arch', choices=supernet_types(),
-                        help='expected architecture (checked against the checkpoint)')
-    parser.add_argument('--opt', help="training YAML whose network_g builds the network (for checkpoints "
-                        "without 'wbsr' metadata and non-default sizes)")
-    parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), help='expected upscale factor (checked)')
-    parser.add_argument('--budget', type=budget_fraction,
-                        help='target fraction of the full network FLOPs (or time, see --budget-unit), in (0, 1]; '
-                        'default: Eq. 15 projection')
-    parser.add_argument('--budget-unit', choices=('flops', 'time'), default='flops',
-                        help='flops: --budget is a share of the FLOPs (default); time: a latency budget, a share of '
-                        'the plain network\'s time on this device (implies --plan-by time)')
-    parser.add_argument('--max-loss', type=loss_db, metavar='DB',
-                        help='quality target: the fastest plan whose expected loss against the full network is at '
-                        'most DB dB of PSNR (needs the checkpoint\'s class errors); off: Eq. 15. Default: '
-                        f'{DEFAULT_MAX_LOSS} with class errors and without --budget or --subnet, else Eq. 15')
-    parser.add_argument('--subnet', type=int, help='run every patch through this subnet index (0 = cheapest)')
-    parser.add_argument('-t', '--tile', '--patch-size', dest='patch_size', type=int, default=DEFAULT_PATCH_SIZE,
-                        help=f'LR patch size. Default: {DEFAULT_PATCH_SIZE}')
-    parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP,
-                        help=f'least LR overlap between patches. Default: {DEFAULT_OVERLAP}')
-    parser.add_argument('--fp32', action='store_true', help='full precision on CUDA (CPU is always fp32)')
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto', help='Default: auto')
-    parser.add_argument('--save-map', action='store_true', help='also write NAME_map.png: subnet per patch')
-    parser.add_argument('--suffix', default='out', help='output name suffix: NAME_SUFFIX.EXT. Default: out')
-    parser.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
+    add_model_arguments(parser)
+    add_planning_arguments(parser)
+    add_device_arguments(parser)
+    output = parser.add_argument_group('output')
+    output.add_argument('--save-map', action='store_true', help='also write NAME_map.png: subnet per patch')
+    output.add_argument('--suffix', default='out', help='output name suffix: NAME_SUFFIX.EXT. Default: out')
+    output.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
                         help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
-    existing = parser.add_mutually_exclusive_group()
+    existing = output.add_mutually_exclusive_group()
     existing.add_argument('--skip-existing', action='store_true',
                           help='leave out inputs whose output (and map, with --save-map) already exists; of the '
                           'others, write only the missing files')
     existing.add_argument('--overwrite', action='store_true',
                           help='replace files this run writes that exist already (without it, or --skip-existing, '
                           'the run stops before computing when one exists)')
-    parser.add_argument('--plan-by', choices=('flops', 'time'),
-                        help='flops: the same plan on every machine (the default); time: this device\'s measured '
-                        'costs decide, never slower than the plain network (measured once and cached; '
-                        'docs/inference.md)')
-    parser.add_argument('--refresh-costs', action='store_true',
-                        help='with --plan-by time: measure this device\'s costs again')
-    parser.add_argument('--threads', type=positive_int,
-                        help='CPU threads per process. Default: torch\'s, or the cores split between the '
-                        'processes of a torchrun launch on the CPU')
-    parser.add_argument('--pipeline', choices=('auto', 'overlapped', 'serial'), default='auto',
+    output.add_argument('--pipeline', choices=('auto', 'overlapped', 'serial'), default='auto',
                         help='overlapped: read the next images and write the finished ones in background threads '
                         'while the network runs; serial: one step after another. Default: auto (overlapped on a '
                         'GPU, or on a CPU when the network\'s threads leave a core free; else serial, since the '
@@ -180,49 +129,33 @@ def plan_outputs(args, parser, ctx):
 
 
 def build_engine(args, parser, device, network_opt):
-    """``(engine, net, meta)`` of the command line; a bad checkpoint or option exits with its message. With
-    ``--plan-by time`` this device's cost table is read, or measured (by rank 0 under torchrun) and cached."""
+    """``(engine, net, meta, policy)`` of the command line; a bad checkpoint or option exits with its message. The
+    policy is the checkpoint's default (:func:`~wbsr_plugin.inference.planning_target.inference_policy`) where the
+    command line is silent. Planning by time reads this device's cost table, or measures it (by rank 0 under
+    torchrun) and caches it."""
+    target = planning_target(args, parser)
     try:
         net, meta = load_supernet(args.model, arch=args.arch, scale=args.scale, network_opt=network_opt,
                                   device=device)
         if device.type == 'cuda' and not args.fp32:
             net = net.half()
-        stored = engine_options(meta)
-        has_class_errors = stored['thresholds'] is not None and stored['thresholds'].class_errors is not None
-        max_loss = None if args.max_loss == 'off' else args.max_loss
-        if args.max_loss is None and args.budget is None and args.subnet is None and has_class_errors:
-            max_loss = DEFAULT_MAX_LOSS
+        policy = checkpoint_policy(meta, target=target, patch_size=args.patch_size, overlap=args.overlap,
+                                   plan_by=args.plan_by)
         cost_table = None
-        if args.plan_by == 'time':
+        if policy.target.by_time:
             cost_table = load_or_measure(net, device, next(net.parameters()).dtype, refresh=args.refresh_costs,
                                          on_measure=lambda path: status_line(
                                              f"measuring this device's costs (a few seconds, once; kept in {path})",
                                              file=sys.stderr))
-        engine = DynamicInferenceEngine(
-            net,
-            **stored,
-            cost_table=cost_table,
-            patch_size=args.patch_size,
-            overlap=args.overlap,
-            budget=args.budget,
-            budget_unit=args.budget_unit,
-            max_loss=max_loss,
-            subnet=args.subnet)
+        engine = DynamicInferenceEngine(net, **engine_options(meta), **policy.engine_options(), cost_table=cost_table)
     except (CheckpointError, ValueError, TypeError) as err:
-        parser.exit(2, f'error: {err}\n')
-    return engine, net, meta
+        parser.exit(2, f'{parser.prog}: error: {err}\n')
+    return engine, net, meta, policy
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.budget_unit == 'time':
-        if args.plan_by == 'flops':
-            parser.error('--budget-unit time is a latency budget: it plans by time (drop --plan-by flops)')
-        if args.budget is None:
-            parser.error('--budget-unit time needs --budget (a share of the plain network\'s time)')
-        args.plan_by = 'time'
-    args.plan_by = args.plan_by or 'flops'
     bound_onednn_cache()
     with sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
         return run(args, parser)
@@ -243,10 +176,12 @@ def run(args, parser):
     crash = None
     with process_group(ctx, device):  # joined first: under torchrun one rank measures this device's costs
         paths, names = plan_outputs(args, parser, ctx)
-        engine, net, meta = build_engine(args, parser, device, network_opt)
-        if ctx.is_main and meta.get('thresholds') is None and args.subnet is None:
-            print('note: the checkpoint stores no class thresholds; using per-image quantiles of the patch '
-                  'difficulties.', file=sys.stderr)
+        engine, net, meta, policy = build_engine(args, parser, device, network_opt)
+        if ctx.is_main:
+            print(f'policy: {policy}', file=sys.stderr)
+            if meta.get('thresholds') is None and policy.target.subnet is None:
+                print('note: the checkpoint stores no class thresholds; using per-image quantiles of the patch '
+                      'difficulties.', file=sys.stderr)
         is_done = names.finished if args.skip_existing else None
         shares, skipped = broadcast_object(plan_work(paths, ctx.world_size, is_done) if ctx.is_main else None, ctx)
         if ctx.is_main and skipped:
@@ -254,7 +189,8 @@ def run(args, parser):
         start = time.perf_counter()
         prefix = f'[rank {ctx.rank}] ' if ctx.distributed else ''
         try:
-            super_resolve(shares[ctx.rank], engine, net, names, args, totals, prefix)
+            settings = WriterSettings(args.output, args.ext, args.save_map, args.overwrite, args.pipeline)
+            super_resolve(shares[ctx.rank], engine, net, names, settings, totals, prefix)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the file being written was removed
             print(f'\n{prefix}interrupted: {totals.images} image(s) written, the others not started or removed '
                   'unfinished; run again with --skip-existing to go on.', file=sys.stderr)

@@ -8,7 +8,6 @@ Subcommands (see docs/data.md):
 * ``index``      the HES index of a paired dataset (folder or LMDB)
 * ``stats``      class thresholds, histogram, flat/edge fractions and a grid of example patches
 """
-import argparse
 import sys
 from os import path as osp
 
@@ -16,6 +15,7 @@ if not __package__:  # run as a file: import the package, not the files beside t
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import wbsr_plugin  # noqa: E402, F401  (compatibility fixes before basicsr is used)
+from wbsr_plugin.cli.common_args import CommandParser
 from wbsr_plugin.data import prepare_util  # noqa: E402
 from wbsr_plugin.data.difficulty import default_stride  # noqa: E402
 from wbsr_plugin.data.hes import lq_patch_size  # noqa: E402
@@ -90,8 +90,7 @@ def cmd_stats(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog='python -m wbsr_plugin.prepare', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser('prepare', __doc__)
     sub = parser.add_subparsers(dest='command', required=True)
 
     p = sub.add_parser('subimages', help='crop images into overlapping sub-images')

@@ -17,6 +17,7 @@ import sys
 import time
 from os import path as osp
 
+from wbsr_plugin.cli.common_args import CommandParser
 from wbsr_plugin.reproduce_util.jobs import JobsFailed
 from wbsr_plugin.reproduce_util.pipeline import (
     evaluate_all,
@@ -53,8 +54,7 @@ def positive(kind):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog='python -m wbsr_plugin.reproduce', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser('reproduce', __doc__)
     parser.add_argument('--preset', required=True, choices=sorted(PRESETS))
     parser.add_argument('--train-hr', required=True, help='folder of HR training images (a part is held out for ARM)')
     parser.add_argument('--test', type=test_set, action='append', required=True, metavar='NAME=DIR',

@@ -7,11 +7,11 @@
 The model card gives the architecture and scale, the class thresholds and the LR patch size they
 were computed on, the training iterations (when recorded) and the subnets with their FLOPs.
 """
-import argparse
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, supernet_types
 from wbsr_plugin.cli.arg_types import positive_int
+from wbsr_plugin.cli.common_args import SCALES, CommandParser
 from wbsr_plugin.cli.model_card import format_model_card, format_subnet_table
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.inference.checkpoint import load_supernet
@@ -20,12 +20,12 @@ from basicsr.archs import build_network
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser('subnets', __doc__)
     parser.add_argument('--model', help='a trained checkpoint (.pth): print its model card')
-    parser.add_argument('--opt', help="a BasicSR YAML file; its network_g is used (with --model: for checkpoints "
-                        "without 'wbsr' metadata and non-default sizes)")
+    parser.add_argument('-opt', '--opt', help="a BasicSR YAML file; its network_g is used (with --model: for "
+                        "checkpoints without 'wbsr' metadata and non-default sizes)")
     parser.add_argument('--arch', choices=supernet_types(), default='WBSRResNet', help='supernet type (without --opt)')
-    parser.add_argument('-s', '--scale', type=int, choices=(2, 3, 4, 8), default=4,
+    parser.add_argument('-s', '--scale', type=int, choices=SCALES, default=4,
                         help='upscale factor (without --opt). Default: 4')
     parser.add_argument('--lq-size', type=positive_int, default=REFERENCE_LQ_SIZE,
                         help=f'LR patch side for FLOPs. Default: {REFERENCE_LQ_SIZE}')

@@ -18,7 +18,9 @@ from basicsr.test import test_pipeline  # noqa: E402
 
 
 def main():
-    check_pipeline_options(sys.argv[1:])  # one line, before any folder is made, for a bad option file
+    argv = sys.argv[1:]
+    check_pipeline_options(argv)  # one line, before any folder is made, for a bad option file
+    sys.argv[1:] = argv  # BasicSR reads sys.argv: --opt spelled as its -opt
     test_pipeline(os.getcwd())
 
 

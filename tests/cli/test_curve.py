@@ -59,8 +59,9 @@ def test_curve_cli(supernet, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r['setting'] for r in rows] == (['full network, whole image'] +
                                             [r['setting'] for r in rows if r['setting'].startswith('subnet')] +
-                                            ['budget 0.5', 'budget 1', 'Eq. 15, stored thresholds'])
-    assert len(rows) == 1 + len(supernet.subnets) + 3
+                                            ['FLOPs budget 0.5', 'FLOPs budget 1', 'Eq. 15, stored thresholds',
+                                             'default policy: Eq. 15'])
+    assert len(rows) == 1 + len(supernet.subnets) + 4
     (_, lq, hr_image), = load_pairs(str(hr), str(lr), 4)
     assert float(rows[0]['psnr']) == pytest.approx(y_psnr(supernet(lq).detach(), hr_image, 4), abs=1e-3)
     assert (out / 'curve.md').is_file()
@@ -78,7 +79,8 @@ def test_curve_latency_budgets_and_quality_targets(supernet, tmp_path, monkeypat
     with open(out / 'curve.csv') as f:
         settings = [r['setting'] for r in csv.DictReader(f)]
     assert settings[1] == 'subnet 0 (w8 d1)'  # by time: tiled or whole, whichever is faster
-    assert settings[-3:] == ['budget 0.5 of the time', 'quality target 0.3 dB', 'Eq. 15, stored thresholds']
+    assert settings[-4:] == ['latency budget 0.5', 'quality target 0.3 dB', 'Eq. 15, stored thresholds',
+                             'default policy: quality target 0.03 dB']
     assert 'plans by time (this device)' in (out / 'curve.md').read_text()
     with pytest.raises(SystemExit) as exit_info:
         curve.main(['--hr', HR, '--model', path, '--budget-unit', 'time', '--plan-by', 'flops', '-o', str(out)])

@@ -1,6 +1,5 @@
 """infer's overlapped pipeline (wbsr_plugin.cli.image_pipeline) against ``--pipeline serial``: the same files, lines and
 exit status; the conversion on the device against the host's; full disks, failures and interrupts."""
-import argparse
 import errno
 import os
 import re
@@ -298,4 +297,4 @@ def test_auto_overlaps_only_where_a_core_is_free(monkeypatch, pipeline, device, 
     monkeypatch.setattr(folder_inference.torch, 'get_num_threads', lambda: threads)
     monkeypatch.setattr(folder_inference, 'available_cpus', lambda: cpus)
     net = torch.nn.Conv2d(1, 1, 1, device=device)
-    assert folder_inference.overlaps_io(argparse.Namespace(pipeline=pipeline), net) is expected
+    assert folder_inference.overlaps_io(folder_inference.WriterSettings('out', pipeline=pipeline), net) is expected

@@ -50,6 +50,9 @@ def exact(message):
 # -- options ------------------------------------------------------------------------------------------------------
 
 
+ONE_TARGET = 'set at most one of budget, max_loss, target_gflops and subnet, got '
+
+
 @pytest.mark.parametrize('options, message', [
     ({'patch_size': 1}, 'patch_size must be an integer >= 2, got 1.'),
     ({'patch_size': 16.0}, 'patch_size must be an integer >= 2, got 16.0.'),
@@ -58,12 +61,13 @@ def exact(message):
     ({'overlap': 2.0}, 'overlap must be an integer in [0, patch_size), got 2.0.'),
     ({'trim': -1}, 'trim must be an integer >= 0, got -1.'),
     ({'trim': 1.0}, 'trim must be an integer >= 0, got 1.0.'),
-    ({'budget': 0.5, 'target_gflops': 1.}, 'set at most one of budget, target_gflops, subnet and max_loss.'),
-    ({'target_gflops': 1., 'subnet': 0}, 'set at most one of budget, target_gflops, subnet and max_loss.'),
-    ({'budget': 1.5}, 'budget must be a fraction of the full FLOPs in (0, 1], got 1.5.'),
-    ({'target_gflops': 0}, 'target_gflops must be positive, got 0.'),
-    ({'target_gflops': -1.}, 'target_gflops must be positive, got -1.0.'),
-    ({'alpha': 0}, 'alpha must be positive, got 0.'),
+    ({'budget': 0.5, 'target_gflops': 1.}, ONE_TARGET + 'budget and target_gflops'),
+    ({'target_gflops': 1., 'subnet': 0}, ONE_TARGET + 'target_gflops and subnet'),
+    ({'budget': 1.5}, 'budget must be a fraction in (0, 1], got 1.5'),
+    ({'target_gflops': 0}, 'target_gflops must be a positive number of GFLOPs, got 0'),
+    ({'target_gflops': -1.}, 'target_gflops must be a positive number of GFLOPs, got -1.0'),
+    ({'target_gflops': 1., 'alpha': 0}, 'alpha must be a positive number, got 0'),
+    ({'alpha': 2.}, 'alpha goes with target_gflops (Eq. 16)'),
     ({'num_classes': 0}, 'num_classes must be a positive integer, got 0.'),
     ({'num_classes': True}, 'num_classes must be a positive integer, got True.'),
     ({'num_classes': 2.5}, 'num_classes must be a positive integer, got 2.5.'),

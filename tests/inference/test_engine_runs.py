@@ -223,7 +223,7 @@ def test_never_more_than_the_full_network(size):
             if 'budget' in mode:
                 assert report.flops <= allowed or plan.whole_image_subnet == 0
             elif 'subnet' in mode:
-                assert plan.whole_image_subnet == engine.subnet
+                assert plan.whole_image_subnet == engine.target.subnet
             else:
                 assert plan.whole_image_subnet == len(net.subnets) - 1
                 assert torch.allclose(sr, whole, atol=1e-5)

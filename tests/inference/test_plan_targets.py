@@ -87,10 +87,11 @@ def test_a_latency_budget_weighs_quality_by_class_errors_else_by_flops():
 
 @pytest.mark.parametrize('options, message', [
     ({'max_loss': 0.1}, 'max_loss (a quality target) needs class errors'),
-    ({'max_loss': -1, 'class_errors': ERRORS}, 'max_loss must be a loss in dB >= 0, got -1'),
+    ({'max_loss': -1, 'class_errors': ERRORS}, "max_loss must be a loss in dB >= 0 or 'off', got -1"),
     ({'max_loss': 0.1, 'budget': 0.5, 'class_errors': ERRORS}, 'set at most one of'),
-    ({'budget': 0.5, 'budget_unit': 'time'}, "budget_unit='time' (a latency budget) needs a budget and a cost_table"),
-    ({'budget': 0.5, 'budget_unit': 'seconds'}, "budget_unit must be 'flops' or 'time', got 'seconds'"),
+    ({'budget': 0.5, 'budget_unit': 'time'}, 'latency budget 0.5 plans by time: it needs a cost_table'),
+    ({'budget_unit': 'time'}, 'budget_unit time needs a budget'),
+    ({'budget': 0.5, 'budget_unit': 'seconds'}, "budget_unit must be one of flops, time, got 'seconds'"),
 ])
 def test_bad_target_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):

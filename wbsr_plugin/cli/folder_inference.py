@@ -33,6 +33,24 @@ READ_AHEAD = 2  # images decoded while the network runs another
 WRITE_BEHIND = 2  # finished images waiting to be written at most (memory stays bounded)
 
 
+@dataclass(frozen=True)
+class WriterSettings:
+    """How a folder's outputs are written.
+
+    Attributes:
+        output (str): The output folder (named in messages).
+        ext (str): Output format, or 'auto' (:func:`~.output_names.output_extension`).
+        save_map (bool): Also write the subnet map of every image.
+        overwrite (bool): Replace files that exist.
+        pipeline (str): 'auto', 'overlapped' or 'serial' (:func:`overlaps_io`).
+    """
+    output: str
+    ext: str = 'auto'
+    save_map: bool = False
+    overwrite: bool = False
+    pipeline: str = 'auto'
+
+
 class DiskFull(OSError):
     """The output device is full: the run stops."""
 
@@ -66,11 +84,11 @@ def image_done(path, report, totals, prefix):
     status_line(f'{prefix}{osp.basename(path)}: {report.summary()}')
 
 
-def image_failed(path, err, args, totals, prefix):
+def image_failed(path, err, settings, totals, prefix):
     """Count a failed image and warn; raise instead when ``err`` ends the run (a full disk, an unexpected error)."""
     if not is_image_failure(err):
         if isinstance(err, OSError):
-            raise DiskFull(f'-o: no space left on the device of {args.output} (writing {osp.basename(path)})') \
+            raise DiskFull(f'-o: no space left on the device of {settings.output} (writing {osp.basename(path)})') \
                 from None
         raise err
     if isinstance(err, OSError):
@@ -83,24 +101,24 @@ def image_failed(path, err, args, totals, prefix):
     totals.failed.append(path)
 
 
-def outputs_to_write(path, info, names, args):
+def outputs_to_write(path, info, names, settings):
     """``(image path or None, map path or None)``: the files of ``path`` this run writes (an existing file is
     replaced only with ``--overwrite``)."""
-    target = names.image_path(path, output_extension(path, args.ext, info))
-    map_target = names.map_path(path) if args.save_map else None
-    return (target if args.overwrite or not osp.exists(target) else None,
-            map_target if map_target and (args.overwrite or not osp.exists(map_target)) else None)
+    target = names.image_path(path, output_extension(path, settings.ext, info))
+    map_target = names.map_path(path) if settings.save_map else None
+    return (target if settings.overwrite or not osp.exists(target) else None,
+            map_target if map_target and (settings.overwrite or not osp.exists(map_target)) else None)
 
 
 def progress(items, total, prefix):
     return tqdm(items, total=total, unit='img', disable=total < 2 or bool(prefix))
 
 
-def super_resolve_one(path, engine, net, names, args):
+def super_resolve_one(path, engine, net, names, settings):
     """Read, run and write one image (its image and, with ``--save-map``, its map); returns the report."""
     lq, info = read_image(path)
     sr, report = engine.run(lq)
-    target, map_target = outputs_to_write(path, info, names, args)
+    target, map_target = outputs_to_write(path, info, names, settings)
     if target:
         write_image_atomic(target, to_image(sr, info))
     if map_target:
@@ -111,13 +129,13 @@ def super_resolve_one(path, engine, net, names, args):
     return report
 
 
-def super_resolve_serially(paths, engine, net, names, args, totals, prefix=''):
+def super_resolve_serially(paths, engine, net, names, settings, totals, prefix=''):
     """:func:`super_resolve` one step after another (``--pipeline serial``)."""
     for path in progress(paths, len(paths), prefix):
         try:
-            report = super_resolve_one(path, engine, net, names, args)
+            report = super_resolve_one(path, engine, net, names, settings)
         except (OSError, ImageReadError, RuntimeError, MemoryError) as err:
-            image_failed(path, err, args, totals, prefix)
+            image_failed(path, err, settings, totals, prefix)
             continue
         image_done(path, report, totals, prefix)
 
@@ -140,20 +158,20 @@ class ComputedImage:
     legend: object = None
 
 
-def compute_image(decoded, engine, net, args):
+def compute_image(decoded, engine, net, settings):
     """Run the network on a decoded image ``(lq, info)`` and start copying its output to the host."""
     lq, info = decoded
     sr, report = engine.run(lq)
-    image = ComputedImage(info, HostImage(sr, info, with_map=args.save_map), report)
-    if args.save_map:
+    image = ComputedImage(info, HostImage(sr, info, with_map=settings.save_map), report)
+    if settings.save_map:
         image.map_plan = replace(report.plan, subnets=report.plan.subnets.cpu())
         image.legend = subnet_map_legend(report, net)
     return image
 
 
-def write_outputs(path, image, names, args, scale, num_subnets):
+def write_outputs(path, image, names, settings, scale, num_subnets):
     """Write a :class:`ComputedImage` (its image and, with ``--save-map``, its map); returns its report."""
-    target, map_target = outputs_to_write(path, image.info, names, args)
+    target, map_target = outputs_to_write(path, image.info, names, settings)
     if target:
         write_image_atomic(target, image.host.image())
     if map_target:
@@ -162,35 +180,35 @@ def write_outputs(path, image, names, args, scale, num_subnets):
     return image.report
 
 
-def record_outcomes(outcomes, args, totals, prefix):
+def record_outcomes(outcomes, settings, totals, prefix):
     """Count and print finished images ``(path, future)`` in order; raise when one ends the run."""
     for path, future in outcomes:
         try:
             report = future.result()
         except Exception as err:
-            image_failed(path, err, args, totals, prefix)
+            image_failed(path, err, settings, totals, prefix)
             continue
         image_done(path, report, totals, prefix)
 
 
-def super_resolve_overlapped(paths, engine, net, names, args, totals, prefix=''):
+def super_resolve_overlapped(paths, engine, net, names, settings, totals, prefix=''):
     """:func:`super_resolve` with the next images read and the finished ones written in background threads."""
     with ReadAhead(read_image, paths, READ_AHEAD) as reads, \
             WriteBehind(WRITE_BEHIND, halts=lambda err: not is_image_failure(err)) as writes:
         try:
             for path, decoding in progress(reads, len(paths), prefix):
                 try:
-                    image = compute_image(decoding.result(), engine, net, args)
+                    image = compute_image(decoding.result(), engine, net, settings)
                 except Exception as err:
                     if not is_image_failure(err):
                         writes.add_failed(path, err)
                         break  # the images before it are still written, as one step after another would
                     writes.add_failed(path, err.with_traceback(None))  # its frames would hold the image's tensors
                 else:
-                    writes.submit(path, write_outputs, path, image, names, args, engine.scale, len(net.subnets))
+                    writes.submit(path, write_outputs, path, image, names, settings, engine.scale, len(net.subnets))
                     del image  # the write job holds it until written
-                record_outcomes(writes.finished(), args, totals, prefix)
-            record_outcomes(writes.finished(wait_all=True), args, totals, prefix)
+                record_outcomes(writes.finished(), settings, totals, prefix)
+            record_outcomes(writes.finished(wait_all=True), settings, totals, prefix)
         except KeyboardInterrupt:
             writes.close()  # the write in progress ends: its file is complete or removed
             for path, future in writes.finished():
@@ -199,16 +217,16 @@ def super_resolve_overlapped(paths, engine, net, names, args, totals, prefix='')
             raise
 
 
-def super_resolve(paths, engine, net, names, args, totals, prefix=''):
+def super_resolve(paths, engine, net, names, settings, totals, prefix=''):
     """Run and write every image of ``paths`` (at their :class:`OutputNames`), counting into ``totals`` (a
     :class:`RankTotals`). Status lines come in the order of ``paths``; a failed image is skipped with a warning;
     a full disk raises :class:`DiskFull`."""
-    run_all = super_resolve_overlapped if overlaps_io(args, net) else super_resolve_serially
-    run_all(paths, engine, net, names, args, totals, prefix)
+    run_all = super_resolve_overlapped if overlaps_io(settings, net) else super_resolve_serially
+    run_all(paths, engine, net, names, settings, totals, prefix)
 
 
-def overlaps_io(args, net):
+def overlaps_io(settings, net):
     """``--pipeline``'s choice; with 'auto', overlapped on a GPU or when torch's threads leave a CPU core free."""
-    if args.pipeline != 'auto':
-        return args.pipeline == 'overlapped'
+    if settings.pipeline != 'auto':
+        return settings.pipeline == 'overlapped'
     return next(net.parameters()).device.type != 'cpu' or torch.get_num_threads() < available_cpus()

@@ -4,12 +4,18 @@ import argparse
 
 from wbsr_plugin.utils.checkpoint_files import CheckpointError, load_checkpoint_file
 
+from .common_args import version_text
 from .options_yaml import exit_with_error, read_option_file
 
 
 def check_pipeline_options(argv):
     """Read the ``-opt`` file of a ``train``/``test`` command line safely and every checkpoint its ``path`` names
-    (``pretrain_network_*``); exit with one ``error:`` line (status 2) on the first problem."""
+    (``pretrain_network_*``); exit with one ``error:`` line (status 2) on the first problem. ``--version`` prints
+    the versions and exits; ``--opt`` is taken for BasicSR's ``-opt`` (``argv`` is changed in place)."""
+    if '--version' in argv:
+        print(version_text())
+        raise SystemExit(0)
+    argv[:] = ['-opt' if arg == '--opt' else arg for arg in argv]
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('-opt')
     path = parser.parse_known_args(argv)[0].opt

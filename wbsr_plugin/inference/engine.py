@@ -17,6 +17,7 @@ from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_
 from .cost_model import CostTable
 from .plan_targets import latency_plan, quality_plan
 from .planning import InferencePlan, Planner
+from .planning_target import PlanningTarget
 from .subnet_cache import SubnetCache, available_cuda_memory
 from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, run_in_tiles
 from .time_rules import PlanTimer, by_time, without_analysis
@@ -83,10 +84,10 @@ class DynamicInferenceEngine:
     """Gradient-projection dynamic inference of a WBSR supernet (WBSR Sec. 4.2).
 
     Paper: Rethinking Imbalance in Image Super-Resolution for Efficient Inference (NeurIPS 2024).
-    At most one of ``budget``, ``target_gflops`` and ``subnet`` may be set; with none, Eq. 15
-    maps each class to a subnet. The plan stays on the input's device; the only host transfer is
-    the class histogram (K numbers). Each used subnet runs on all its patches in as few calls as
-    ``max_batch_pixels`` allows.
+    The planning target (:class:`~.planning_target.PlanningTarget`) is fixed at construction, and so is the
+    method that plans for it; by default Eq. 15 maps each class to a subnet. The plan stays on the input's
+    device; the only host transfer is the class histogram (K numbers). Each used subnet runs on all its patches
+    in as few calls as ``max_batch_pixels`` allows.
 
     Never more than the plain network: when the tiled plan would cost more FLOPs than the full
     network on the whole image (with ``budget``: more than the budget), the whole image runs through
@@ -106,17 +107,12 @@ class DynamicInferenceEngine:
             to ``(overlap - 1) // 2`` when the overlap is smaller than ``2 * trim + 1``. Default: 1.
         num_classes (int | None): K; with ``thresholds`` it must equal their count + 1. Default: None (the
             thresholds' count + 1, or 10 without thresholds).
-        budget (float | None): Target fraction in (0, 1] of the FLOPs of the full network on the
-            whole image, met per image; with ``budget_unit='time'``, of the fastest plain execution's predicted
-            time. Default: None.
-        budget_unit (str): 'flops', or 'time' (a latency budget: the plan of best expected quality whose
-            predicted time fits; needs ``cost_table``; :mod:`.plan_targets`). Default: 'flops'.
-        max_loss (float | None): A quality target: the fastest plan whose expected loss against the full
-            network, in dB of PSNR, is at most this (needs class errors; fastest by ``cost_table``, else by
-            FLOPs; :mod:`.plan_targets`). Default: None.
-        target_gflops (float | None): C_t of Eq. 16 in GFLOPs per 32x32 LR patch. Default: None.
-        alpha (float): alpha of Eq. 16 (with ``target_gflops``). Default: 1.
-        subnet (int | None): Run every patch through this subnet index. Default: None.
+        target (PlanningTarget | None): What the plans aim at (:mod:`.planning_target`: Eq. 15, Eq. 16, a FLOPs
+            or latency budget, a quality target, one subnet). Default: None (Eq. 15, or the shorthand below).
+        budget, budget_unit, max_loss, target_gflops, alpha, subnet: Shorthand for ``target``, validated by
+            :meth:`PlanningTarget.from_options <.planning_target.PlanningTarget.from_options>` (``budget=0.6`` is
+            ``target=PlanningTarget.flops_budget(0.6)``). A latency budget needs ``cost_table``, a quality target
+            class errors. Default: None.
         max_batch_pixels (int | None): LR pixels per forward call. None: 32768 on CPU; on CUDA, sized
             from the free memory. Default: None.
         channels_last (bool): Run the subnets in channels-last memory format (faster on CPU;
@@ -151,11 +147,12 @@ class DynamicInferenceEngine:
                  overlap=DEFAULT_OVERLAP,
                  trim=DEFAULT_TRIM,
                  num_classes=None,
+                 target=None,
                  budget=None,
-                 budget_unit='flops',
+                 budget_unit=None,
                  max_loss=None,
                  target_gflops=None,
-                 alpha=1.,
+                 alpha=None,
                  subnet=None,
                  max_batch_pixels=None,
                  channels_last=True,
@@ -164,7 +161,8 @@ class DynamicInferenceEngine:
                  pad_batches=False,
                  pad_widths=None,
                  class_errors=None,
-                 cost_table=None):
+                 cost_table=None,
+                 runtime=None):
         if not isinstance(net, SupernetMixin):
             raise TypeError(f'net must be a WBSR supernet (one of {supernet_types()}), got {type(net).__name__}.')
         if not isinstance(patch_size, int) or patch_size < 2:
@@ -173,24 +171,16 @@ class DynamicInferenceEngine:
             raise ValueError(f'overlap must be an integer in [0, patch_size), got {overlap!r}.')
         if not isinstance(trim, int) or trim < 0:
             raise ValueError(f'trim must be an integer >= 0, got {trim!r}.')
-        if sum(option is not None for option in (budget, target_gflops, subnet, max_loss)) > 1:
-            raise ValueError('set at most one of budget, target_gflops, subnet and max_loss.')
-        if budget_unit not in ('flops', 'time'):
-            raise ValueError(f"budget_unit must be 'flops' or 'time', got {budget_unit!r}.")
-        if budget_unit == 'time' and (budget is None or cost_table is None):
-            raise ValueError("budget_unit='time' (a latency budget) needs a budget and a cost_table (this device's "
-                             'measured costs, inference/cost_model.py).')
-        if max_loss is not None and (isinstance(max_loss, bool) or not isinstance(max_loss, (int, float))
-                                     or not max_loss >= 0):
-            raise ValueError(f'max_loss must be a loss in dB >= 0, got {max_loss!r}.')
-        if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget <= 1):
-            raise ValueError(f'budget must be a fraction of the full FLOPs in (0, 1], got {budget!r}.')
-        if target_gflops is not None and not target_gflops > 0:
-            raise ValueError(f'target_gflops must be positive, got {target_gflops!r}.')
-        if not alpha > 0:
-            raise ValueError(f'alpha must be positive, got {alpha!r}.')
-        if subnet is not None:
-            subnet = net.get_subnet(subnet).index
+        loose = PlanningTarget.from_options(budget=budget, budget_unit=budget_unit, max_loss=max_loss,
+                                            target_gflops=target_gflops, alpha=alpha, subnet=subnet)
+        if target is not None and loose is not None:
+            raise ValueError('give the planning target either as target= or as its options (budget=, ...), not both.')
+        if target is not None and not isinstance(target, PlanningTarget):
+            raise TypeError(f'target must be a PlanningTarget, got {type(target).__name__}.')
+        target = (target or loose or PlanningTarget.eq15()).bound(net)
+        if target.by_time and cost_table is None:
+            raise ValueError(f'{target} plans by time: it needs a cost_table (this device\'s measured costs, '
+                             'inference/cost_model.py).')
         thresholds = ClassThresholds.of(thresholds, class_errors=class_errors, num_classes=num_classes,
                                         num_subnets=len(net.subnets))
         if thresholds is not None:
@@ -202,7 +192,7 @@ class DynamicInferenceEngine:
             class_errors = thresholds.class_error_lists()
         elif class_errors is not None:
             class_errors = check_class_errors(class_errors, num_classes, len(net.subnets))
-        if max_loss is not None and class_errors is None:
+        if target.needs_class_errors and class_errors is None:
             raise ValueError('max_loss (a quality target) needs class errors, and the checkpoint stores none '
                              '(DynamicSRModel measures them when it saves a checkpoint; inference/calibration.py).')
         if max_batch_pixels is not None and (not isinstance(max_batch_pixels, int) or max_batch_pixels < 1):
@@ -213,12 +203,7 @@ class DynamicInferenceEngine:
         self.overlap = overlap
         self.trim = trim
         self.num_classes = num_classes
-        self.budget = budget
-        self.budget_unit = budget_unit
-        self.max_loss = max_loss
-        self.target_gflops = target_gflops
-        self.alpha = alpha
-        self.subnet = subnet
+        self.target = target
         self.max_batch_pixels = max_batch_pixels
         self.channels_last = channels_last
         self.whole_image_fallback = whole_image_fallback
@@ -240,9 +225,10 @@ class DynamicInferenceEngine:
                                    max_batch_pixels=max_batch_pixels, pad_batches=pad_batches, pad_widths=pad_widths)
         self.planner = Planner(net, self.subnets.flops, thresholds=thresholds, num_classes=num_classes,
                                patch_size=patch_size, overlap=overlap, trim=trim,
-                               budget=budget if budget_unit == 'flops' else None,
-                               target_gflops=target_gflops, alpha=alpha, subnet=subnet, class_errors=class_errors,
+                               budget=target.budget, target_gflops=target.target_gflops, alpha=target.alpha,
+                               subnet=target.subnet, class_errors=class_errors,
                                whole_image_fallback=whole_image_fallback)
+        self._strategy = self._pick_strategy()
         self._geometry_cache = {}
         self._batch_size_cache = {}
         self.max_tensor_elements = MAX_TENSOR_ELEMENTS
@@ -275,24 +261,39 @@ class DynamicInferenceEngine:
         device = next(self.net.parameters()).device
         return available_cuda_memory(device) if device.type == 'cuda' else None
 
+    def _pick_strategy(self):
+        """The method that plans an image for this engine's target, picked once: a latency budget, a quality
+        target, the FLOPs plan checked against predicted time (with a cost table), or the FLOPs plan."""
+        if self.target.kind == 'latency':
+            return self._latency_plan
+        if self.target.kind == 'quality':
+            return self._quality_plan
+        return self._flops_plan if self.timer is None else self._timed_flops_plan
+
+    def _latency_plan(self, lq):
+        flops = self.subnets.flops
+        return latency_plan(self.planner, self.planner.analyse(lq), self.timer, self.target.latency, flops)
+
+    def _quality_plan(self, lq):
+        return quality_plan(self.planner, self.planner.analyse(lq), self.timer, self.target.max_loss,
+                            self.subnets.flops)
+
+    def _flops_plan(self, lq):
+        return self.planner.choose(self.planner.analyse(lq), self.target.budget)
+
+    def _timed_flops_plan(self, lq):
+        planner, flops, budget = self.planner, self.subnets.flops, self.target.budget
+        plain = without_analysis(planner, planner.analyse(lq, content=False), self.timer, budget=budget, flops=flops)
+        if plain is not None:
+            return plain
+        analysis = planner.analyse(lq)
+        return by_time(planner.choose(analysis, budget), self.timer, planner, analysis, budget=budget, flops=flops)
+
     def plan(self, lq):
         """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device): by FLOPs; with a
         cost table, the plan predicted fastest of those :mod:`.time_rules` allows; with a latency budget or a
         quality target, the plan :mod:`.plan_targets` searches."""
-        planner, flops = self.planner, self.subnets.flops
-        if self.timer is not None and self.budget_unit == 'flops' and self.max_loss is None:
-            plain = without_analysis(planner, planner.analyse(lq, content=False), self.timer,
-                                     budget=self.budget, flops=flops)
-            if plain is not None:
-                return plain
-        analysis = planner.analyse(lq)
-        if self.budget_unit == 'time':
-            return latency_plan(planner, analysis, self.timer, self.budget, flops)
-        if self.max_loss is not None:
-            return quality_plan(planner, analysis, self.timer, self.max_loss, flops)
-        plan = planner.choose(analysis, self.budget)
-        return plan if self.timer is None else by_time(plan, self.timer, planner, analysis, budget=self.budget,
-                                                       flops=flops)
+        return self._strategy(lq)
 
     def patch_batches(self, lq, plan):
         """The forward calls of ``plan``: ``[(runner, patch indices, batch), ...]`` (each used subnet on all its

@@ -11,6 +11,9 @@ from wbsr_plugin.data.resume_position import request_resume, resume_position
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+from wbsr_plugin.inference.class_thresholds import ClassThresholds
+from wbsr_plugin.inference.cost_model import load_or_measure
+from wbsr_plugin.inference.planning_target import PlanningTarget, inference_policy
 from wbsr_plugin.utils.deferred_log import DeferredLogMixin
 from wbsr_plugin.utils.files import atomic_torch_save
 from wbsr_plugin.utils.registry import register
@@ -21,7 +24,13 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from .subnet_sampling import SubnetSampler
-from .wbsr_options import calibration_patches, parse_wbsr_options, pretrained_class_errors, training_thresholds
+from .wbsr_options import (
+    calibration_patches,
+    parse_wbsr_options,
+    pretrained_class_errors,
+    target_options,
+    training_thresholds,
+)
 
 
 @register(MODEL_REGISTRY)
@@ -176,19 +185,38 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         dataset_opt = dataloader.dataset.opt
         name = dataset_opt['name']
         dataset_opt['name'] = f'{name}_dynamic'
-        inference_opt = self.wbsr_opt['inference']
-        class_errors = self.class_errors(current_iter) if inference_opt.get('budget') is not None else None
-        self._engine = DynamicInferenceEngine(
-            self._inference_net(), thresholds=self.thresholds, class_errors=class_errors, **inference_opt)
+        self._engine, policy = self.validation_engine(current_iter)
         self.dynamic_reports = []
         try:
             super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
         finally:
             dataset_opt['name'] = name
             self._engine = None
-        self._log_dynamic_flops(f'{name}_dynamic', current_iter, tb_logger)
+        self._log_dynamic_flops(f'{name}_dynamic', current_iter, tb_logger, policy)
 
-    def _log_dynamic_flops(self, dataset_name, current_iter, tb_logger):
+    def validation_engine(self, current_iter):
+        """``(engine, policy)`` of dynamic validation: ``wbsr.inference``'s options, and the default policy
+        (:func:`~wbsr_plugin.inference.planning_target.inference_policy`) where they are silent, as ``infer``
+        decides it for the checkpoint this model saves."""
+        inference_opt = dict(self.wbsr_opt['inference'])
+        given = {key: inference_opt.pop(key) for key in target_options(inference_opt)}
+        plan_by = given.pop('plan_by', None)
+        patch_size, overlap = inference_opt.pop('patch_size', None), inference_opt.pop('overlap', None)
+        calibrated = self.calibration is not None or self._class_errors[1] is not None
+        class_errors = self.class_errors(current_iter) if calibrated else None
+        thresholds = ClassThresholds.of(self.thresholds, class_errors=class_errors) if self.thresholds else None
+        policy = inference_policy(thresholds, self.threshold_patch_size, target=PlanningTarget.from_options(**given),
+                                  patch_size=patch_size or self.threshold_patch_size, overlap=overlap,
+                                  plan_by=plan_by)
+        net = self._inference_net()
+        cost_table = None
+        if policy.target.by_time:
+            cost_table = load_or_measure(net, next(net.parameters()).device, next(net.parameters()).dtype)
+        engine = DynamicInferenceEngine(net, thresholds=thresholds, **inference_opt, **policy.engine_options(),
+                                        cost_table=cost_table)
+        return engine, policy
+
+    def _log_dynamic_flops(self, dataset_name, current_iter, tb_logger, policy):
         reports = self.dynamic_reports
         flops = sum(r.flops for r in reports)
         full = sum(r.full_flops for r in reports)
@@ -196,7 +224,8 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         histogram = [sum(counts) for counts in zip(*(r.histogram for r in reports))]
         self.dynamic_flops_percent = percent
         get_root_logger().info(f'Dynamic inference on {dataset_name}: {percent:.1f} % of the full network FLOPs '
-                               f'({flops / 1e9:.2f} of {full / 1e9:.2f} GFLOPs); patches per subnet {histogram}')
+                               f'({flops / 1e9:.2f} of {full / 1e9:.2f} GFLOPs); patches per subnet {histogram}; '
+                               f'policy: {policy}')
         if tb_logger:
             tb_logger.add_scalar(f'metrics/{dataset_name}/flops_percent', percent, current_iter)
 

@@ -10,10 +10,10 @@
       thresholds: ~               # K-1 class thresholds; default: from the HES index of datasets.train
       calibration_patches: 256    # training patches measuring every subnet's error per class at each
                                   # checkpoint (what a budget spends on), 0 = off
-      inference:                  # DynamicInferenceEngine options for validation
+      inference:                  # DynamicInferenceEngine options for validation (docs/options.md)
         patch_size: 64
         overlap: 4
-        budget: ~                 # target fraction of the full FLOPs, or ~ for Eq. 15
+        budget: ~                 # a planning target (budget, max_loss, ...), or ~ for the default policy
 """
 import copy
 import dataclasses
@@ -23,6 +23,7 @@ from wbsr_plugin.data.hes_index import dataset_threshold_table
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import read_checkpoint
 from wbsr_plugin.inference.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
+from wbsr_plugin.inference.planning_target import PlanningTarget, PlanningTargetError
 from wbsr_plugin.inference.tiling import DEFAULT_PATCH_SIZE
 
 from basicsr.utils import get_root_logger
@@ -39,9 +40,12 @@ DEFAULTS = {
     'calibration_patches': DEFAULT_CALIBRATION_PATCHES,
     'inference': {},
 }
-INFERENCE_KEYS = ('patch_size', 'overlap', 'trim', 'num_classes', 'budget', 'target_gflops', 'alpha', 'subnet',
-                  'max_batch_pixels', 'channels_last', 'whole_image_fallback',
+INFERENCE_KEYS = ('patch_size', 'overlap', 'trim', 'num_classes', 'budget', 'budget_unit', 'max_loss', 'target_gflops',
+                  'alpha', 'subnet', 'max_batch_pixels', 'channels_last', 'whole_image_fallback',
                   'cuda_graphs', 'pad_batches', 'pad_widths')
+# wbsr.inference keys of the planning target (PlanningTarget.from_options) and of the policy beside the engine's
+TARGET_KEYS = ('budget', 'budget_unit', 'max_loss', 'target_gflops', 'alpha', 'subnet')
+POLICY_KEYS = {'plan_by': None}
 
 
 def parse_wbsr_options(section):
@@ -52,9 +56,14 @@ def parse_wbsr_options(section):
         raise ValueError(f'wbsr: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(DEFAULTS)}.')
     opt = {**copy.deepcopy(DEFAULTS), **section}
     inference = dict(opt['inference'] or {})
-    unknown = set(inference) - set(INFERENCE_KEYS)
+    unknown = set(inference) - set(INFERENCE_KEYS) - set(POLICY_KEYS)
     if unknown:
-        raise ValueError(f'wbsr.inference: unknown key(s) {sorted(unknown)}; allowed keys are {list(INFERENCE_KEYS)}.')
+        raise ValueError(f'wbsr.inference: unknown key(s) {sorted(unknown)}; allowed keys are '
+                         f'{list(INFERENCE_KEYS) + list(POLICY_KEYS)}.')
+    try:  # the planning target is checked before training starts, with the same message as infer's
+        PlanningTarget.from_options(**target_options(inference))
+    except PlanningTargetError as err:
+        raise ValueError(f'wbsr.inference: {err}') from None
     opt['inference'] = inference
     if not isinstance(opt['loss_lr'], (int, float)) or opt['loss_lr'] <= 0:
         raise ValueError(f"wbsr.loss_lr must be a positive number (write 1.0e-2, not 1e-2), got {opt['loss_lr']!r}.")
@@ -73,6 +82,11 @@ def parse_wbsr_options(section):
     if thresholds is not None and (not isinstance(thresholds, (list, tuple)) or len(thresholds) < 1):
         raise ValueError(f'wbsr.thresholds must be a list of K-1 ascending numbers or ~, got {thresholds!r}.')
     return opt
+
+
+def target_options(inference_opt):
+    """The planning-target options of ``wbsr.inference`` (:meth:`PlanningTarget.from_options`'s arguments)."""
+    return {key: inference_opt[key] for key in (*TARGET_KEYS, *POLICY_KEYS) if key in inference_opt}
 
 
 def training_thresholds(opt, wbsr_opt):
@@ -109,8 +123,10 @@ def training_thresholds(opt, wbsr_opt):
             return ClassThresholds.of(table), patch_size
     pretrained = opt['path'].get('pretrain_network_g')
     if pretrained:
-        thresholds = ClassThresholds.from_meta(read_checkpoint(pretrained)[1])
-        if thresholds is not None:
+        meta = read_checkpoint(pretrained)[1]
+        thresholds = ClassThresholds.from_meta(meta)
+        if thresholds is not None:  # the checkpoint's own patch size, unless wbsr.inference gives one (as infer)
+            patch_size = wbsr_opt['inference'].get('patch_size') or meta.get('patch_size') or DEFAULT_PATCH_SIZE
             return dataclasses.replace(thresholds, class_errors=None), patch_size  # see pretrained_class_errors
     logger.info('Dynamic inference uses per-image quantile thresholds (no paired training data, no wbsr.thresholds).')
     return None, patch_size
