@@ -28,6 +28,7 @@ setup(
         'test': ['pytest', 'ruff==0.17.6'],  # ruff: the lint of the README's test command
         'plot': ['matplotlib'],
         'export': ['onnx', 'onnxruntime'],
+        'runtimes': ['onnx', 'openvino', 'onnxruntime'],  # --runtime openvino|onnxruntime (inference/runtimes.py)
         'mutation': ['mutmut==3.8.1'],  # benchmarks/mutation_test.py
     },
     entry_points={

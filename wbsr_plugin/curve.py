@@ -27,6 +27,7 @@ from wbsr_plugin.cli.common_args import (
     add_device_arguments,
     add_model_arguments,
     add_planning_arguments,
+    runtime_of,
     sweep_targets,
 )
 from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
@@ -93,10 +94,11 @@ def run(argv=None):
         parser.exit(2, f'{parser.prog}: error: {err}\n')
     if not pairs:
         parser.exit(2, f'{parser.prog}: error: no images in {args.hr}\n')
+    runtime, _ = runtime_of(args, parser, net, device)
     by_time = policy.target.by_time or any(t.by_time for t in targets)
-    cost_table = load_or_measure(net, device, next(net.parameters()).dtype) if by_time else None
+    cost_table = load_or_measure(net, device, next(net.parameters()).dtype, runtime=runtime) if by_time else None
     common = dict(thresholds=thresholds, patch_size=policy.patch_size, overlap=policy.overlap, cost_table=cost_table,
-                  channels_last=True)
+                  channels_last=True, runtime=runtime)
     tiled = '' if by_time else ', tiled'
     settings = [('full network, whole image', whole_image_runner(net, channels_last=common['channels_last']))]
     settings += [(f'subnet {s.index} (w{s.width} d{s.depth}){tiled}',
@@ -121,7 +123,8 @@ def run(argv=None):
     writer.writerows(rows)
     atomic_write_text(osp.join(args.output, 'curve.csv'), buffer.getvalue())
     source = 'checkpoint' if thresholds is not None else 'per-image quantiles'
-    lines = [f'{type(net).__name__} x{net.upscale}, {len(pairs)} image(s) from {args.hr}, patch {policy.patch_size}, '
+    lines = [f'{type(net).__name__} x{net.upscale} ({runtime}), {len(pairs)} image(s) from {args.hr}, '
+             f'patch {policy.patch_size}, '
              f'overlap {policy.overlap}, thresholds: {source}, plans by {"time (this device)" if by_time else "FLOPs"}',
              '', '| setting | PSNR-Y (dB) | SSIM-Y | FLOPs (% of full) | GFLOPs / 32x32 LR | time (s) |',
              '|---|---|---|---|---|---|']

@@ -31,6 +31,7 @@ from wbsr_plugin.cli.common_args import (
     add_model_arguments,
     add_planning_arguments,
     planning_target,
+    runtime_of,
 )
 from wbsr_plugin.cli.folder_inference import DiskFull, WriterSettings, status_line, super_resolve
 from wbsr_plugin.cli.interrupts import INTERRUPTED, sigterm_as_interrupt
@@ -141,13 +142,19 @@ def build_engine(args, parser, device, network_opt):
             net = net.half()
         policy = checkpoint_policy(meta, target=target, patch_size=args.patch_size, overlap=args.overlap,
                                    plan_by=args.plan_by)
+
+        def on_measure(path):
+            status_line(f"measuring this device's costs (a few seconds, once; kept in {path})", file=sys.stderr)
+
+        runtime, why = runtime_of(args, parser, net, device, on_measure)
         cost_table = None
         if policy.target.by_time:
             cost_table = load_or_measure(net, device, next(net.parameters()).dtype, refresh=args.refresh_costs,
-                                         on_measure=lambda path: status_line(
-                                             f"measuring this device's costs (a few seconds, once; kept in {path})",
-                                             file=sys.stderr))
-        engine = DynamicInferenceEngine(net, **engine_options(meta), **policy.engine_options(), cost_table=cost_table)
+                                         on_measure=on_measure, runtime=runtime)
+        engine = DynamicInferenceEngine(net, **engine_options(meta), **policy.engine_options(), cost_table=cost_table,
+                                        runtime=runtime)
+        if not runtime.is_default:
+            status_line(f'runtime: {runtime} ({why})', file=sys.stderr)
     except (CheckpointError, ValueError, TypeError) as err:
         parser.exit(2, f'{parser.prog}: error: {err}\n')
     return engine, net, meta, policy

@@ -199,3 +199,51 @@ def test_a_whole_image_predicted_not_to_fit_in_memory_is_never_chosen():
     plan = tight.plan(lq)
     assert plan.whole_image_subnet is None and plan.reason.startswith('full network tiled')
     assert engine(net, cost).timer.memory_limit() is None  # on CPU: no limit
+
+
+# -- every rule just below and just above its threshold ---------------------------------------------------------
+RATES = [1e-6, 2e-6, 3e-6, 1e-4]  # the full network is dear per pixel: the plan saves time, by a margin we set
+
+
+@pytest.mark.parametrize('side, runs_plan', [(-1, True), (+1, False)])
+def test_never_slower_at_its_boundary(side, runs_plan):
+    """A plan predicted a hair slower than the fastest plain execution does not run; a hair faster does."""
+    net, lq = tiny_net(), image()
+    probe = engine(net, linear(net, RATES)).plan(lq)
+    plain = 48 * 64 * RATES[-1]  # the full network on the whole image (tiled costs more: overlaps)
+    margin = plain - probe.predicted_s  # the analysis intercept that makes the plan cost exactly the plain network
+    assert margin > 0
+    plan = engine(net, linear(net, RATES, analysis=(margin + side * 1e-9, 0.))).plan(lq)
+    if runs_plan:
+        assert plan.reason == 'plan predicted faster than the plain network' and plan.whole_image_subnet is None
+    else:
+        assert plan.whole_image_subnet == 3 and plan.reason.startswith('full network on the whole image')
+
+
+@pytest.mark.parametrize('side, whole', [(-1, False), (+1, True)])
+def test_whole_versus_tiled_at_its_boundary(side, whole):
+    """The fastest plain execution is the whole image unless tiling is predicted faster (a tie goes to whole)."""
+    net, lq = tiny_net(), image()
+    probe = engine(net, linear(net, [1.] * 4, pixels=(225, 3072)), max_batch_pixels=225)
+    geometry = probe.planner.analyse(lq, content=False)
+    tiled_forwards = geometry.num_patches * 0.01  # one 15 x 15 patch per call at 0.01 s
+    # whole image: 48 x 64 = 3072 pixels at 1 s per call; tiling cost per LR pixel chosen around the boundary
+    tiling = (1. - tiled_forwards) / (geometry.num_patches * 225) * (1 + side * 1e-9)
+    cost = table(net, [(0.01, 1.)] * 4, tiling=tiling, pixels=(225, 3072))
+    seconds, is_whole = engine(net, cost, max_batch_pixels=225).timer.fastest_plain(geometry, 4)
+    assert is_whole is whole and seconds == pytest.approx(1.)
+
+
+@pytest.mark.parametrize('side, fits', [(-1, False), (+1, True)])
+def test_a_latency_fit_at_its_boundary(side, fits):
+    """A plan whose predicted time is a hair within the latency budget is taken; a hair beyond is not."""
+    net, lq = tiny_net(), image()
+    cost = linear(net, RATES)
+    plain = 48 * 64 * RATES[-1]
+    whole_cheapest = 48 * 64 * RATES[0] + 0.  # subnet 0 on the whole image (its analysis costs nothing here)
+    fraction = whole_cheapest / plain * (1 + side * 1e-9)
+    plan = engine(net, cost, budget=fraction, budget_unit='time').plan(lq)
+    if fits:
+        assert 'best expected quality predicted within' in plan.reason
+    else:
+        assert 'no plan predicted within' in plan.reason

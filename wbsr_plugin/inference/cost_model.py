@@ -30,6 +30,7 @@ from wbsr_plugin.utils.files import atomic_write_text
 
 from .class_thresholds import DEFAULT_NUM_CLASSES
 from .projection import apply_levels, classify
+from .runtimes import TORCH_FP32, CompiledSubnets, runtime_versions
 from .subnet_cache import SubnetCache
 from .tiling import DEFAULT_TRIM, BlendGeometry, extract_patches, tile_geometry
 
@@ -64,10 +65,13 @@ def device_name(device):
     return f'cpu:{model}:{torch.get_num_threads()} threads'
 
 
-def cost_key(net, device, dtype, channels_last):
+def cost_key(net, device, dtype, channels_last, runtime=TORCH_FP32):
     """What a cost table depends on, as a dict."""
-    return {'version': COST_MODEL_VERSION, 'device': device_name(device), 'dtype': str(dtype).replace('torch.', ''),
-            'channels_last': bool(channels_last), 'torch': torch.__version__, 'network': net.network_options()}
+    key = {'version': COST_MODEL_VERSION, 'device': device_name(device), 'dtype': str(dtype).replace('torch.', ''),
+           'channels_last': bool(channels_last), 'torch': torch.__version__, 'network': net.network_options()}
+    if not runtime.is_default:
+        key.update(runtime=str(runtime), versions=runtime_versions(runtime))
+    return key
 
 
 def key_digest(key):
@@ -109,6 +113,11 @@ class CostTable:
     @property
     def num_subnets(self):
         return len(self.call_s)
+
+    @property
+    def runtime(self):
+        """The runtime and precision measured (``'torch fp32'`` unless the key names another)."""
+        return self.key.get('runtime', str(TORCH_FP32))
 
     def call_seconds(self, subnet, pixels):
         """Predicted seconds of one call of ``subnet`` on ``pixels`` LR pixels (one image or a batch)."""
@@ -195,7 +204,8 @@ def _measure_overhead(scale, device, dtype, repeat):
     return _line(OVERHEAD_SIDES[0]**2, analysis[0], OVERHEAD_SIDES[1]**2, analysis[1]), tiling
 
 
-def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sides=None, repeat=REPEAT):
+def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sides=None, repeat=REPEAT,
+                       runtime=TORCH_FP32):
     """Measure a :class:`CostTable` of ``net``'s subnets as the engine runs them (extracted, batched).
 
     Args:
@@ -206,15 +216,18 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sid
         sides (Sequence[int] | None): LR sides of the square inputs measured, ascending. Default: None
             (``MEASURED_SIDES`` of the device type).
         repeat (int): Timed runs per measurement (median), after one warm-up. Default: 1.
+        runtime (Runtime): What runs the subnets (:mod:`.runtimes`). Default: torch fp32.
     """
     device = torch.device(device)
     sides = tuple(int(s) for s in (sides or MEASURED_SIDES['cuda' if device.type == 'cuda' else 'cpu']))
-    cache = SubnetCache(net, channels_last=channels_last, cuda_graphs=False, max_batch_pixels=None)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    compiler = None if runtime.is_default else CompiledSubnets(runtime, osp.join(cache_dir(), 'runtimes'))
+    cache = SubnetCache(net, channels_last=channels_last, cuda_graphs=False, max_batch_pixels=None, compiler=compiler)
+    memory_format = torch.channels_last if channels_last and cache.runs_torch else torch.contiguous_format
     call_s, peaks = [], []
     with torch.inference_mode():
         for subnet in range(len(net.subnets)):
-            module = cache.module(subnet).to(device=device, dtype=dtype)
+            cache.module(subnet).to(device=device, dtype=dtype)
+            module = cache.runner(subnet)
             times = []
             for side in sides:
                 x = torch.rand(1, 3, side, side, device=device, dtype=dtype).contiguous(memory_format=memory_format)
@@ -228,12 +241,12 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sid
             if device.type == 'cuda':
                 peaks.append((torch.cuda.max_memory_allocated(device) - base) / (sides[-1]**2))
         analysis_s, tiling_pixel_s = _measure_overhead(net.upscale, device, dtype, repeat)
-    return CostTable(cost_key(net, device, dtype, channels_last), tuple(s * s for s in sides), tuple(call_s),
+    return CostTable(cost_key(net, device, dtype, channels_last, runtime), tuple(s * s for s in sides), tuple(call_s),
                      analysis_s, tiling_pixel_s, tuple(peaks) if peaks else None)
 
 
 def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, refresh=False, folder=None,
-                    on_measure=None):
+                    on_measure=None, runtime=TORCH_FP32):
     """The cached :class:`CostTable` of this key, measured (and cached) when missing or when ``refresh``.
 
     Under torch.distributed, rank 0 measures and writes while the others wait at a barrier, then read.
@@ -247,8 +260,9 @@ def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, ref
         folder (str | None): Cache folder. Default: None (:func:`cache_dir`).
         on_measure (Callable[[str], None] | None): Called with the table's path before measuring (to tell the
             user). Default: None.
+        runtime (Runtime): What runs the subnets (one table per runtime and precision). Default: torch fp32.
     """
-    key = cost_key(net, device, dtype, channels_last)
+    key = cost_key(net, device, dtype, channels_last, runtime)
     path = osp.join(folder or cache_dir(), f'cost_{key_digest(key)}.json')
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     main = not distributed or torch.distributed.get_rank() == 0
@@ -265,7 +279,7 @@ def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, ref
         if table is None:
             if on_measure is not None:
                 on_measure(path)
-            table = measure_cost_table(net, device, dtype, channels_last)
+            table = measure_cost_table(net, device, dtype, channels_last, runtime=runtime)
             atomic_write_text(path, table.to_json())
     if distributed:
         torch.distributed.barrier()

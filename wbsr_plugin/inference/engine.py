@@ -8,16 +8,18 @@ stand-alone copies of their weights, batched, on CUDA optionally as graphs) and 
 import math
 import time
 from dataclasses import dataclass, field
+from os import path as osp
 
 import torch
 
 from wbsr_plugin.archs.supernet_util import SupernetMixin, supernet_types
 
 from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors
-from .cost_model import CostTable
+from .cost_model import CostTable, cache_dir
 from .plan_targets import latency_plan, quality_plan
 from .planning import InferencePlan, Planner
 from .planning_target import PlanningTarget
+from .runtimes import TORCH_FP32, CompiledSubnets, check_runtime
 from .subnet_cache import SubnetCache, available_cuda_memory
 from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, run_in_tiles
 from .time_rules import PlanTimer, by_time, without_analysis
@@ -134,9 +136,11 @@ class DynamicInferenceEngine:
             to bigger subnets by error saved per FLOP (:func:`~.projection.calibrated_levels`) instead of
             by Eq. 16, and the whole image runs through one subnet when that is expected to do better
             than the tiled plan (small images, where overlaps eat the budget). Default: None.
-        cost_table (CostTable | None): Measured costs on this device (:mod:`.cost_model`): plans are then
-            chosen by predicted time, never slower than the plain network (:mod:`.time_rules`). None: by FLOPs
-            only, the same plan on every machine. Default: None.
+        cost_table (CostTable | None): Measured costs on this device (:mod:`.cost_model`), of this runtime: plans
+            are then chosen by predicted time, never slower than the plain network in the same runtime
+            (:mod:`.time_rules`). None: by FLOPs only, the same plan on every machine. Default: None.
+        runtime (Runtime | None): What runs the subnets (:mod:`.runtimes`: torch, OpenVINO or ONNX Runtime, fp32
+            or bf16; CPU only unless torch fp32). The plan is the same in every runtime. Default: None (torch fp32).
     """
 
     def __init__(self,
@@ -214,6 +218,9 @@ class DynamicInferenceEngine:
         if cost_table is not None and cost_table.num_subnets != len(net.subnets):
             raise ValueError(f'cost_table holds {cost_table.num_subnets} subnets, the network '
                              f'{len(net.subnets)}: it was measured for another network.')
+        if cost_table is not None and cost_table.runtime != str(runtime or TORCH_FP32):
+            raise ValueError(f'cost_table was measured for runtime {cost_table.runtime}, the engine runs '
+                             f'{runtime or TORCH_FP32}.')
         self.cost_table = cost_table
         self.timer = None if cost_table is None else PlanTimer(cost_table, self._batch_sizes, self._memory_limit)
         self.scale = net.upscale
@@ -221,8 +228,14 @@ class DynamicInferenceEngine:
         if pad_widths is not None and (isinstance(pad_widths, bool) or not isinstance(pad_widths, int)
                                        or pad_widths < 1):
             raise ValueError(f'pad_widths must be a positive integer or None, got {pad_widths!r}.')
+        self.runtime = TORCH_FP32 if runtime is None else runtime
+        compiler = None
+        if not self.runtime.is_default:
+            check_runtime(self.runtime, next(net.parameters()).device)
+            compiler = CompiledSubnets(self.runtime, osp.join(cache_dir(), 'runtimes'))
         self.subnets = SubnetCache(net, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                                   max_batch_pixels=max_batch_pixels, pad_batches=pad_batches, pad_widths=pad_widths)
+                                   max_batch_pixels=max_batch_pixels, pad_batches=pad_batches, pad_widths=pad_widths,
+                                   compiler=compiler)
         self.planner = Planner(net, self.subnets.flops, thresholds=thresholds, num_classes=num_classes,
                                patch_size=patch_size, overlap=overlap, trim=trim,
                                budget=target.budget, target_gflops=target.target_gflops, alpha=target.alpha,
@@ -315,7 +328,7 @@ class DynamicInferenceEngine:
             for first in range(0, count, chunk):
                 ids = members[first:first + chunk]
                 batch = patches if ids.numel() == patches.shape[0] else patches[ids]  # one subnet: no gather
-                if self.channels_last:
+                if self.channels_last and self.subnets.runs_torch:
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 batches.append((runner, ids, batch))
         return batches, outputs
@@ -337,6 +350,8 @@ class DynamicInferenceEngine:
         if x.shape[-2] * x.shape[-1] * per_pixel > self.max_tensor_elements:
             side = math.isqrt(self.max_tensor_elements // per_pixel)  # tiles as large as the limit allows
             return run_in_tiles(module, x, side, self.scale, self.channels_last)
+        if not self.subnets.runs_torch or self.runtime.precision != 'fp32':
+            return self.subnets.runner(index)(x).float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return module(x).float()

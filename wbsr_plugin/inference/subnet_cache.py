@@ -39,9 +39,12 @@ class SubnetCache:
             from the available memory.
         pad_batches (bool): Pad eager batches to bucket sizes (graphs always are). Default: False.
         pad_widths (int | None): Zero-pad the subnets' widths to a multiple of this. Default: None.
+        compiler (CompiledSubnets | None): Runs the subnets in another runtime or precision
+            (:mod:`.runtimes`); None: torch fp32. Default: None.
     """
 
-    def __init__(self, net, *, channels_last, cuda_graphs, max_batch_pixels, pad_batches=False, pad_widths=None):
+    def __init__(self, net, *, channels_last, cuda_graphs, max_batch_pixels, pad_batches=False, pad_widths=None,
+                 compiler=None):
         self.net = net
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
@@ -54,10 +57,13 @@ class SubnetCache:
         self.fingerprint = None
         self.flops_cache = {}
         self.elements_cache = {}
+        self.compiler = compiler
+        self.compiled = {}
 
     def refresh(self):
         """Forget the extracted subnets (they are rebuilt from the supernet on next use)."""
         self.modules.clear()
+        self.compiled.clear()
         self.graphs.clear()
         self.fingerprint = None
 
@@ -87,13 +93,28 @@ class SubnetCache:
 
     def runner(self, index):
         """What runs subnet ``index`` on a batch: its module, the module on batches padded to a bucket, or its CUDA
-        graphs (whose output the next call overwrites)."""
+        graphs (whose output the next call overwrites), or its compiled model in another runtime (float32 in and
+        out, on the CPU)."""
+        if self.compiler is not None:
+            if index not in self.compiled:
+                if self.compiler.runtime.name == 'torch':  # bf16 autocast around the engine's own module
+                    self.compiled[index] = self.compiler.compile(self.module(index))
+                else:
+                    with torch.inference_mode(False), torch.no_grad():
+                        plain = self.net.extract_subnet(index, width_multiple=self.pad_widths)
+                    self.compiled[index] = self.compiler.compile(plain, self.net.conv_first.in_channels)
+            return self.compiled[index]
         module = self.module(index)
         if self.cuda_graphs and next(module.parameters()).device.type == 'cuda':
             return lambda batch: self.graphs.run(index, module, batch)
         if self.pad_batches:
             return lambda batch: padded_forward(module, batch)
         return module
+
+    @property
+    def runs_torch(self):
+        """True when the subnets run as torch modules (in channels-last when asked), False in another runtime."""
+        return self.compiler is None or self.compiler.runtime.name == 'torch'
 
     def elements_per_pixel(self, index):
         """Elements per LR pixel of the largest tensor subnet ``index`` makes (its widest output, at its resolution;

@@ -1,0 +1,135 @@
+"""Runtimes behind the engine: the same plan and (within precision) the same image in every runtime, compiled models
+cached, the choice by measurement and its precision rule, and one-line refusals."""
+import math
+import os
+
+import pytest
+import torch
+from conftest import TINY_RESNET
+
+from wbsr_plugin.inference import DynamicInferenceEngine, runtime_choice
+from wbsr_plugin.inference.cost_model import CostTable, cost_key
+from wbsr_plugin.inference.runtimes import (
+    TORCH_FP32,
+    CompiledSubnets,
+    Runtime,
+    RuntimeUnavailable,
+    check_runtime,
+    cpu_has_bf16,
+    installed,
+)
+
+from basicsr.archs import build_network
+
+THRESHOLDS = [0.05 * k for k in range(1, 10)]
+EXTERNAL = [pytest.param(name, marks=pytest.mark.skipif(not installed(name), reason=f'{name} is not installed'))
+            for name in ('openvino', 'onnxruntime')]
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason='this CPU has no native bfloat16')
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return build_network(dict(TINY_RESNET, upscale=4)).eval()
+
+
+def run(net, **options):
+    engine = DynamicInferenceEngine(net, thresholds=THRESHOLDS, patch_size=16, overlap=2, budget=0.6, **options)
+    torch.manual_seed(1)
+    return engine.run(torch.rand(1, 3, 37, 45))
+
+
+@pytest.mark.parametrize('name', EXTERNAL)
+def test_an_external_runtime_in_fp32_gives_the_torch_image(name):
+    net = tiny_net()
+    reference, plan = run(net)
+    sr, report = run(net, runtime=Runtime(name, 'fp32'))
+    assert report.histogram == plan.histogram and report.flops == plan.flops
+    assert sr.dtype == torch.float32 and sr.shape == reference.shape
+    assert (sr - reference).abs().max() < 1e-5
+
+
+@needs_bf16
+@pytest.mark.parametrize('name', ['torch', pytest.param('openvino', marks=EXTERNAL[0].marks)])
+def test_bf16_stays_close_to_fp32(name):
+    net = tiny_net()
+    reference, _ = run(net)
+    sr, _ = run(net, runtime=Runtime(name, 'bf16'))
+    error = (sr - reference).abs().max().item()
+    assert 0 < error < 3e-2  # bf16 keeps 8 bits of mantissa: close, but not equal
+
+
+@pytest.mark.parametrize('name', EXTERNAL)
+def test_converted_models_are_cached_per_weights(name, tmp_path):
+    net = tiny_net()
+    full = net.extract_subnet(len(net.subnets) - 1)
+    compiler = CompiledSubnets(Runtime(name, 'fp32'), str(tmp_path))
+    compiler.compile(full)
+    files = {f: os.path.getmtime(tmp_path / f) for f in os.listdir(tmp_path) if not f.startswith('openvino')}
+    assert files and not [f for f in files if f.endswith('.tmp') or f.startswith('.ir_')]
+    compiler.compile(full)  # the same weights: nothing converted again
+    assert {f: os.path.getmtime(tmp_path / f) for f in files} == files
+    with torch.no_grad():
+        net.conv_first.weight.add_(0.1)
+    compiler.compile(net.extract_subnet(len(net.subnets) - 1))  # new weights, a new key
+    assert len([f for f in os.listdir(tmp_path) if f.endswith('.onnx')]) == 2
+
+
+def test_refusals_are_one_line(monkeypatch):
+    with pytest.raises(RuntimeUnavailable, match='on cuda the runtime is torch'):
+        check_runtime(Runtime('openvino', 'fp32'), 'cuda')
+    monkeypatch.setattr('wbsr_plugin.inference.runtimes.installed', lambda name: name == 'torch')
+    with pytest.raises(RuntimeUnavailable, match=r'runtime openvino is not installed: pip install openvino'):
+        check_runtime(Runtime('openvino', 'fp32'), 'cpu')
+    with pytest.raises(RuntimeUnavailable, match='runtime must be one of torch, openvino, onnxruntime'):
+        Runtime('tensorrt', 'fp32')
+    monkeypatch.setattr('wbsr_plugin.inference.runtimes.cpu_has_bf16', lambda: False)
+    with pytest.raises(RuntimeUnavailable, match='no native bfloat16'):
+        check_runtime(Runtime('torch', 'bf16'), 'cpu')
+
+
+def test_a_cost_table_of_another_runtime_is_refused():
+    net = tiny_net()
+    cost = CostTable(cost_key(net, 'cpu', torch.float32, True, Runtime('torch', 'bf16')), (256, ),
+                     tuple((1., ) for _ in net.subnets))
+    with pytest.raises(ValueError, match='measured for runtime torch bf16, the engine runs torch fp32'):
+        DynamicInferenceEngine(net, cost_table=cost)
+
+
+def fake_tables(seconds):
+    """``load_or_measure`` giving each runtime a table whose full network takes ``seconds[str(runtime)]``."""
+
+    def load(net, device, dtype, runtime=TORCH_FP32, **kwargs):
+        rate = seconds[str(runtime)] / (192 * 192)
+        return CostTable(cost_key(net, device, dtype, True, runtime), (192 * 192, ),
+                         tuple((rate * 192 * 192, ) for _ in net.subnets))
+
+    return load
+
+
+def test_auto_picks_the_fastest_that_passes_the_precision_rule(monkeypatch):
+    net = tiny_net()
+    candidates = [TORCH_FP32, Runtime('torch', 'bf16'), Runtime('openvino', 'fp32'), Runtime('openvino', 'bf16')]
+    monkeypatch.setattr(runtime_choice, 'candidate_runtimes', lambda device: candidates)
+    monkeypatch.setattr(runtime_choice, 'load_or_measure', fake_tables(
+        {'torch fp32': 1., 'torch bf16': 0.5, 'openvino fp32': 0.9, 'openvino bf16': 0.4}))
+    losses = {'torch bf16': 0.005, 'openvino bf16': 0.0101}  # just above the rule's 0.01 dB
+    monkeypatch.setattr(runtime_choice, 'bf16_loss_db', lambda net, runtime: losses[str(runtime)])
+    runtime, reason = runtime_choice.choose_runtime(net, 'cpu', 'auto', 'auto')
+    assert runtime == Runtime('torch', 'bf16') and 'openvino bf16 lost 0.010 dB' in reason
+    losses['openvino bf16'] = 0.0099  # just below
+    assert runtime_choice.choose_runtime(net, 'cpu', 'auto', 'auto')[0] == Runtime('openvino', 'bf16')
+    assert runtime_choice.choose_runtime(net, 'cpu', 'auto', 'fp32')[0] == Runtime('openvino', 'fp32')
+    losses['openvino bf16'] = 1.  # an explicit bf16 request is honoured whatever the loss
+    monkeypatch.setattr(runtime_choice, 'check_runtime', lambda runtime, device: None)
+    assert runtime_choice.choose_runtime(net, 'cpu', 'openvino', 'bf16')[0] == Runtime('openvino', 'bf16')
+
+
+def test_the_bf16_check_photos_and_psnr():
+    """Real photographs cut to LR/HR pairs of the scale; Y-PSNR by hand: an SR image 8 grey levels above HR in every
+    channel is 8 * 219 / 255 levels above it in Y (BT.601), before rounding: about 6.87, rounded to 7."""
+    pairs = runtime_choice.check_photos(4)
+    assert len(pairs) == 3 and all(lq.shape[-1] * 4 == hr.shape[1] and lq.shape[-1] >= 64 for lq, hr in pairs)
+    hr = pairs[0][1] * 0.5 + 0.25  # away from the clamp
+    sr = torch.from_numpy(hr + 8. / 255.).permute(2, 0, 1)[None]
+    expected = 10 * math.log10(255.**2 / 7.**2)
+    assert runtime_choice.y_psnr(sr, hr, 4) == pytest.approx(expected, abs=0.2)

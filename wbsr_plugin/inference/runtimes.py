@@ -1,0 +1,241 @@
+"""What runs the subnets: PyTorch, OpenVINO or ONNX Runtime, in fp32 or bf16.
+
+The engine's planner, stitching and report stay the same whatever the runtime; a runtime only turns a subnet
+(a stand-alone network, ``SupernetMixin.extract_subnet``) into a callable from an LR batch (n, 3, h, w) float32
+tensor to its SR batch (float32, on the CPU).
+
+* ``torch``: the module itself (fp32), or under CPU autocast to bfloat16 (``bf16``).
+* ``openvino``: the subnet exported to ONNX (the project's exporter, opset 17, dynamic batch/height/width),
+  converted to OpenVINO IR once per weights and kept in the cache folder (``ir_<key>.xml``/``.bin``, written
+  atomically, safe to delete), compiled for the CPU with ``INFERENCE_PRECISION_HINT`` f32 or bf16 (OpenVINO's
+  own compiled-blob cache lives beside it). Inputs and outputs stay float32.
+* ``onnxruntime``: the same ONNX file, run by ONNX Runtime's CPU provider (fp32 only).
+
+OpenVINO and ONNX Runtime are optional (``pip install -e ".[runtimes]"``); asking for one that is not installed
+says how to install it. On CUDA, torch is the runtime.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from os import path as osp
+
+import torch
+
+RUNTIMES = ('torch', 'openvino', 'onnxruntime')
+PRECISIONS = ('fp32', 'bf16')
+INSTALL = {'openvino': 'pip install openvino (or pip install -e ".[runtimes]")',
+           'onnxruntime': 'pip install onnxruntime (or pip install -e ".[runtimes]")'}
+ONNX_OPSET = 17
+
+
+class RuntimeUnavailable(ValueError):
+    """A runtime or precision that cannot run here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime and the precision it computes in.
+
+    Attributes:
+        name (str): One of :data:`RUNTIMES`.
+        precision (str): One of :data:`PRECISIONS`.
+    """
+    name: str = 'torch'
+    precision: str = 'fp32'
+
+    def __post_init__(self):
+        if self.name not in RUNTIMES:
+            raise RuntimeUnavailable(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.name!r}")
+        if self.precision not in PRECISIONS:
+            raise RuntimeUnavailable(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def __str__(self):
+        return f'{self.name} {self.precision}'
+
+    @property
+    def is_default(self):
+        return self == TORCH_FP32
+
+
+TORCH_FP32 = Runtime()
+
+
+def cpu_has_bf16():
+    """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((line for line in f if line.startswith('flags')), '')
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def installed(name):
+    """True when runtime ``name`` can be imported."""
+    if name == 'torch':
+        return True
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def check_runtime(runtime, device):
+    """Raise :class:`RuntimeUnavailable` (one line) when ``runtime`` cannot run on ``device``."""
+    device = torch.device(device)
+    if device.type != 'cpu' and runtime != TORCH_FP32:
+        raise RuntimeUnavailable(f'runtime {runtime} runs on the CPU only; on {device.type} the runtime is torch '
+                                 '(drop --runtime/--precision, or use --device cpu)')
+    if not installed(runtime.name):
+        raise RuntimeUnavailable(f'runtime {runtime.name} is not installed: {INSTALL[runtime.name]}')
+    if runtime.name == 'onnxruntime' and runtime.precision != 'fp32':
+        raise RuntimeUnavailable('onnxruntime runs fp32 only here; use --runtime openvino for bf16')
+    if runtime.precision == 'bf16' and not cpu_has_bf16():
+        raise RuntimeUnavailable('this CPU has no native bfloat16 (AVX-512 BF16 or AMX): use --precision fp32')
+
+
+def candidate_runtimes(device):
+    """Every runtime and precision that can run on ``device`` here, torch fp32 first."""
+    if torch.device(device).type != 'cpu':
+        return [TORCH_FP32]
+    found = []
+    for name in RUNTIMES:
+        for precision in PRECISIONS:
+            runtime = Runtime(name, precision)
+            try:
+                check_runtime(runtime, device)
+            except RuntimeUnavailable:
+                continue
+            found.append(runtime)
+    return found
+
+
+def runtime_versions(runtime):
+    """The versions a compiled model depends on (part of the cache keys)."""
+    versions = {'torch': torch.__version__}
+    if runtime.name != 'torch':
+        versions[runtime.name] = __import__(runtime.name).__version__
+    return versions
+
+
+def weights_digest(module):
+    """A digest of a module's weights and their shapes (what a converted model depends on)."""
+    digest = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to('cpu', torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def export_onnx(module, path, in_channels=3):
+    """Write ``module`` (a plain SR network) as fp32 ONNX with dynamic batch, height and width, atomically."""
+    module = module.to('cpu', torch.float32).eval()
+    example = torch.rand(1, in_channels, 16, 16)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', category=DeprecationWarning)  # the TorchScript exporter's notice
+            torch.onnx.export(module, (example, ), tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=['lq'],
+                              output_names=['sr'], dynamic_axes={'lq': {0: 'batch', 2: 'height', 3: 'width'},
+                                                                 'sr': {0: 'batch', 2: 'sr_height', 3: 'sr_width'}})
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+class CompiledSubnets:
+    """Subnets compiled for one runtime, cached on disk under a key of their weights.
+
+    Args:
+        runtime (Runtime): What runs them.
+        folder (str): The cache folder (converted models and, for OpenVINO, its compiled blobs).
+        threads (int | None): CPU threads of the runtime; None: torch's.
+    """
+
+    def __init__(self, runtime, folder, threads=None):
+        self.runtime = runtime
+        self.folder = folder
+        self.threads = threads or torch.get_num_threads()
+        self.compile_seconds = 0.
+        self._core = None
+
+    def compile(self, module, in_channels=3):
+        """A callable running ``module`` (a plain SR network on the CPU) in this runtime: float32 tensor in, out."""
+        start = time.perf_counter()
+        if self.runtime.name == 'torch':
+            run = _torch_runner(module, self.runtime.precision)
+        else:
+            run = self._compile_external(module, in_channels)
+        self.compile_seconds += time.perf_counter() - start
+        return run
+
+    def _model_file(self, module, in_channels, suffix):
+        """``(path, key)`` of the converted model of ``module`` (made when missing, atomically)."""
+        key = hashlib.sha1(repr((weights_digest(module), runtime_versions(self.runtime), ONNX_OPSET)).encode()
+                           ).hexdigest()[:20]
+        os.makedirs(self.folder, exist_ok=True)
+        onnx_path = osp.join(self.folder, f'subnet_{key}.onnx')
+        if not osp.isfile(onnx_path):
+            export_onnx(module, onnx_path, in_channels)
+        if suffix == '.onnx':
+            return onnx_path
+        xml = osp.join(self.folder, f'subnet_{key}.xml')
+        if not osp.isfile(xml) or not osp.isfile(xml[:-4] + '.bin'):
+            import openvino as ov
+            staging = tempfile.mkdtemp(dir=self.folder, prefix=f'.ir_{os.getpid()}_')
+            try:
+                ov.save_model(ov.convert_model(onnx_path), osp.join(staging, 'model.xml'), compress_to_fp16=False)
+                os.replace(osp.join(staging, 'model.bin'), xml[:-4] + '.bin')  # .bin first: .xml marks it complete
+                os.replace(osp.join(staging, 'model.xml'), xml)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return xml
+
+    def _compile_external(self, module, in_channels):
+        import numpy as np
+        if self.runtime.name == 'onnxruntime':
+            import onnxruntime
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(self._model_file(module, in_channels, '.onnx'), options,
+                                                   providers=['CPUExecutionProvider'])
+
+            def run_onnxruntime(batch):
+                x = np.ascontiguousarray(batch.detach().to('cpu', torch.float32).numpy())
+                return torch.from_numpy(session.run(None, {'lq': x})[0])
+
+            return run_onnxruntime
+        import openvino as ov
+        if self._core is None:
+            self._core = ov.Core()
+            self._core.set_property({'CACHE_DIR': osp.join(self.folder, 'openvino_blobs')})
+        config = {'INFERENCE_PRECISION_HINT': 'bf16' if self.runtime.precision == 'bf16' else 'f32',
+                  'INFERENCE_NUM_THREADS': self.threads, 'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
+        compiled = self._core.compile_model(self._model_file(module, in_channels, '.xml'), 'CPU', config)
+        request = compiled.create_infer_request()
+
+        def run_openvino(batch):
+            x = np.ascontiguousarray(batch.detach().to('cpu', torch.float32).numpy())
+            request.infer({0: x})
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+        return run_openvino
+
+
+def _torch_runner(module, precision):
+    if precision == 'fp32':
+        return module
+
+    def run_bf16(batch):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            return module(batch).float()
+
+    return run_bf16
