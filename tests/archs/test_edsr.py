@@ -145,7 +145,7 @@ def test_infer_curve_subnets_and_the_engine(trained, tmp_path, capsys):
     with torch.no_grad():
         expected = np.mean([y_psnr(net(lq), hr_image, 4) for _, lq, hr_image in load_pairs(hr, lr, 4)])
     assert float(rows['full network, whole image']['psnr']) == pytest.approx(expected, abs=1e-3)
-    assert any(name.startswith('budget 0.5') for name in rows)
+    assert any(name.startswith('FLOPs budget 0.5') for name in rows)
 
     capsys.readouterr()
     subnets.main(['--model', model])

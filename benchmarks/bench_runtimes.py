@@ -1,0 +1,113 @@
+"""Dynamic inference in every runtime against two baselines: the plain network in torch fp32, and the plain network
+in the same runtime (its fastest execution: whole image or tiled).
+
+    python benchmarks/bench_runtimes.py --threads 2 --sizes 24x24 160x120 480x270 960x540
+    python benchmarks/bench_runtimes.py --runtimes "openvino bf16" --sizes 960x540 --repeat 1
+
+For each runtime and LR size (SRResNet x4 with the paper's widths, or --arch WBSRRCAN; random weights unless
+--model), one table row per setting: the engine by FLOPs at --budget, the same planned by this runtime's measured
+costs (never slower than that runtime's plain execution), Eq. 15 planned by time, and the engine's defaults
+(Eq. 15 by FLOPs). Times are medians of --repeat calls after one untimed call per shape, the settings of one size
+interleaved with the plain network; first-call (compile) seconds are reported apart. The LR image is a crop of a
+photo scikit-image ships (tiled when the size asks for more).
+"""
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import wbsr_plugin  # noqa: F401
+from wbsr_plugin.cli.evaluation import whole_image_runner
+from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.cost_model import load_or_measure
+from wbsr_plugin.inference.engine import DynamicInferenceEngine
+from wbsr_plugin.inference.runtimes import TORCH_FP32, Runtime, candidate_runtimes
+
+from basicsr.archs import build_network
+
+
+def photo_lq(width, height):
+    """An LR image (1, 3, h, w) in [0, 1] from scikit-image's astronaut and coffee photos (tiled as needed)."""
+    from skimage import data
+    tile = np.concatenate([data.astronaut()[:400, :600], data.coffee()[:400, :600]], axis=1).astype(np.float32) / 255
+    reps = (-(-height // tile.shape[0]), -(-width // tile.shape[1]), 1)
+    image = np.tile(tile, reps)[:height, :width]
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+
+
+def timed(fn, repeat):
+    first = time.perf_counter()
+    fn()
+    first = time.perf_counter() - first
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', default='WBSRResNet', choices=('WBSRResNet', 'WBSRRCAN'))
+    parser.add_argument('--model', help='a trained checkpoint (default: random weights)')
+    parser.add_argument('--sizes', nargs='+', default=['24x24', '160x120', '480x270'], help='LR WIDTHxHEIGHT')
+    parser.add_argument('--runtimes', nargs='+', help='e.g. "openvino bf16" (default: every installed one)')
+    parser.add_argument('--budget', type=float, default=0.6)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeat', type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.model:
+        net, meta = load_supernet(args.model)
+        stored = engine_options(meta)
+    else:
+        torch.manual_seed(0)
+        net, stored = build_network({'type': args.arch, 'upscale': 4}).eval(), {}
+    runtimes = ([Runtime(*text.split()) for text in args.runtimes] if args.runtimes
+                else candidate_runtimes('cpu'))
+    print(f'{args.arch} x4 ({"random weights" if not args.model else args.model}), {args.threads} threads, '
+          f'{platform.processor() or platform.machine()}, torch {torch.__version__}, budget {args.budget}')
+    plain_torch = whole_image_runner(net)
+    torch_tiles = DynamicInferenceEngine(net, subnet=len(net.subnets) - 1, whole_image_fallback=False, **stored)
+    tables = {}
+    for runtime in runtimes:
+        start = time.perf_counter()
+        tables[runtime] = load_or_measure(net, 'cpu', runtime=runtime)
+        print(f'cost table of {runtime}: {time.perf_counter() - start:.1f} s (0 when cached)')
+    print('\n| runtime | LR | setting | first call (s) | ms | vs fastest plain torch fp32 '
+          '| vs fastest plain in this runtime |')
+    print('|---|---|---|---|---|---|---|')
+    for size in args.sizes:
+        w, h = (int(v) for v in size.split('x'))
+        lq = photo_lq(w, h)
+        _, torch_whole = timed(lambda: plain_torch(lq), args.repeat)
+        _, torch_tiled = timed(lambda: torch_tiles.run(lq), args.repeat)
+        torch_plain = min(torch_whole, torch_tiled)  # the fastest plain execution in torch fp32
+        for runtime in runtimes:
+            opts = dict(stored, runtime=None if runtime == TORCH_FP32 else runtime)
+            whole = DynamicInferenceEngine(net, subnet=len(net.subnets) - 1, **opts)
+            tiled = DynamicInferenceEngine(net, subnet=len(net.subnets) - 1, whole_image_fallback=False, **opts)
+            _, plain_whole = timed(lambda: whole.run_whole(lq, len(net.subnets) - 1), args.repeat)
+            _, plain_tiled = timed(lambda: tiled.run(lq), args.repeat)
+            plain = min(plain_whole, plain_tiled)
+            settings = {
+                f'budget {args.budget} by FLOPs': DynamicInferenceEngine(net, budget=args.budget, **opts),
+                f'budget {args.budget} by time': DynamicInferenceEngine(net, budget=args.budget,
+                                                                       cost_table=tables[runtime], **opts),
+                'Eq. 15 by time': DynamicInferenceEngine(net, cost_table=tables[runtime], **opts),
+                'defaults (Eq. 15 by FLOPs)': DynamicInferenceEngine(net, **opts),
+            }
+            print(f'| {runtime} | {w}x{h} | plain ({"whole" if plain_whole <= plain_tiled else "tiled"}) | | '
+                  f'{1e3 * plain:.1f} | {torch_plain / plain:.2f}x | 1.00x |')
+            for label, engine in settings.items():
+                first, seconds = timed(lambda: engine.run(lq), args.repeat)
+                print(f'| {runtime} | {w}x{h} | {label} | {first:.2f} | {1e3 * seconds:.1f} | '
+                      f'{torch_plain / seconds:.2f}x | {plain / seconds:.2f}x |', flush=True)
+
+
+if __name__ == '__main__':
+    main()
