@@ -50,7 +50,7 @@ def timed(fn, repeat):
     return first, statistics.median(times)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='WBSRResNet', choices=('WBSRResNet', 'WBSRRCAN'))
     parser.add_argument('--model', help='a trained checkpoint (default: random weights)')
@@ -59,7 +59,7 @@ def main():
     parser.add_argument('--budget', type=float, default=0.6)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeat', type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model:
         net, meta = load_supernet(args.model)

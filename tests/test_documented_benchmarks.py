@@ -34,6 +34,7 @@ TINY = {
     'bench_inference.py': ['--lq-sizes', '24x16', '--budgets', '0.6', '--repeat', '1', '--patch-sizes', '12',
                            '--patch-size', '12', '--overlap', '2'],
     'bench_loader.py': ['--batches', '1', '--workers', '0', '--repeats', '1'],
+    'bench_runtimes.py': ['--sizes', '16x12', '--repeat', '1', '--runtimes', 'torch fp32'],
     'bench_reproduce_runs.py': ['--preset', 'toy', '--iters', '6', '--rows', 'plain'],
     'bench_sharded_infer.py': ['--images', '2', '--size', '16', '--settings', '1x1', '--repeat', '1'],
     'bench_soak.py': ['--images', '21', '--sizes', '12', '20', '--num-feat', '8', '--num-block', '4'],
