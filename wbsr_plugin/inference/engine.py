@@ -18,7 +18,7 @@ from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_
 from .cost_model import CostTable, cache_dir
 from .plan_targets import latency_plan, quality_plan
 from .planning import InferencePlan, Planner
-from .planning_target import PlanningTarget
+from .planning_target import NEEDS_CLASS_ERRORS, PlanningTarget
 from .runtimes import TORCH_FP32, CompiledSubnets, check_runtime
 from .subnet_cache import SubnetCache, available_cuda_memory
 from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, run_in_tiles
@@ -197,8 +197,7 @@ class DynamicInferenceEngine:
         elif class_errors is not None:
             class_errors = check_class_errors(class_errors, num_classes, len(net.subnets))
         if target.needs_class_errors and class_errors is None:
-            raise ValueError('max_loss (a quality target) needs class errors, and the checkpoint stores none '
-                             '(DynamicSRModel measures them when it saves a checkpoint; inference/calibration.py).')
+            raise ValueError(NEEDS_CLASS_ERRORS)
         if max_batch_pixels is not None and (not isinstance(max_batch_pixels, int) or max_batch_pixels < 1):
             raise ValueError(f'max_batch_pixels must be a positive integer or None, got {max_batch_pixels!r}.')
         self.net = net
@@ -277,22 +276,14 @@ class DynamicInferenceEngine:
     def _pick_strategy(self):
         """The method that plans an image for this engine's target, picked once: a latency budget, a quality
         target, the FLOPs plan checked against predicted time (with a cost table), or the FLOPs plan."""
-        if self.target.kind == 'latency':
-            return self._latency_plan
-        if self.target.kind == 'quality':
-            return self._quality_plan
-        return self._flops_plan if self.timer is None else self._timed_flops_plan
-
-    def _latency_plan(self, lq):
-        flops = self.subnets.flops
-        return latency_plan(self.planner, self.planner.analyse(lq), self.timer, self.target.latency, flops)
-
-    def _quality_plan(self, lq):
-        return quality_plan(self.planner, self.planner.analyse(lq), self.timer, self.target.max_loss,
-                            self.subnets.flops)
-
-    def _flops_plan(self, lq):
-        return self.planner.choose(self.planner.analyse(lq), self.target.budget)
+        planner, timer, target, flops = self.planner, self.timer, self.target, self.subnets.flops
+        if target.kind == 'latency':
+            return lambda lq: latency_plan(planner, planner.analyse(lq), timer, target.latency, flops)
+        if target.kind == 'quality':
+            return lambda lq: quality_plan(planner, planner.analyse(lq), timer, target.max_loss, flops)
+        if timer is None:
+            return lambda lq: planner.choose(planner.analyse(lq), target.budget)
+        return self._timed_flops_plan
 
     def _timed_flops_plan(self, lq):
         planner, flops, budget = self.planner, self.subnets.flops, self.target.budget

@@ -32,6 +32,8 @@ BUDGET_UNITS = ('flops', 'time')
 # than Eq. 15 on held-out photos (docs/RESULTS.md, "Quality target against Eq. 15 on held-out photos")
 DEFAULT_MAX_LOSS = 0.03
 OFF = 'off'
+NEEDS_CLASS_ERRORS = ('max_loss (a quality target) needs class errors, and the checkpoint stores none '
+                      '(DynamicSRModel measures them when it saves a checkpoint; inference/calibration.py).')
 
 
 class PlanningTargetError(ValueError):
@@ -301,8 +303,7 @@ def inference_policy(thresholds, stored_patch_size=None, *, target=None, patch_s
     if overlap >= patch_size:
         raise PlanningTargetError(f'overlap must be smaller than the patch size ({patch_size}), got {overlap}')
     if target.needs_class_errors and (thresholds is None or thresholds.class_errors is None):
-        raise PlanningTargetError('max_loss (a quality target) needs class errors, and the checkpoint stores none '
-                                  '(DynamicSRModel measures them when it saves a checkpoint)')
+        raise PlanningTargetError(NEEDS_CLASS_ERRORS)
     return InferencePolicy(target, patch_size, overlap, tuple(defaulted))
 
 
