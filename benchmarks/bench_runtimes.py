@@ -50,6 +50,40 @@ def timed(fn, repeat):
     return first, statistics.median(times)
 
 
+def shapes_section(net, runtimes, repeat):
+    """OpenVINO's dynamic-shape model (what the engine compiles) against a model compiled for one static shape:
+    steady-state ms, and the first call of a shape (dynamic) or the compile (static), for the cheapest and the full
+    subnet on the engine's batch of 8 patches of 64 and on one 120x160 image."""
+    import openvino as ov
+
+    from wbsr_plugin.inference.cost_model import cache_dir
+    from wbsr_plugin.inference.runtimes import CompiledSubnets
+    print('\n| runtime | subnet | input | dynamic: first call (s) | dynamic (ms) | static: compile (s) | static (ms) |')
+    print('|---|---|---|---|---|---|---|')
+    for runtime in (r for r in runtimes if r.name == 'openvino'):
+        compiler = CompiledSubnets(runtime, cache_dir() + '/runtimes')
+        core = ov.Core()
+        config = {'INFERENCE_PRECISION_HINT': 'bf16' if runtime.precision == 'bf16' else 'f32',
+                  'INFERENCE_NUM_THREADS': compiler.threads, 'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
+        for index in (0, len(net.subnets) - 1):
+            with torch.no_grad():
+                module = net.extract_subnet(index).eval()
+            xml = compiler._model_file(module, 3, '.xml')
+            dynamic = compiler.compile(module)
+            for shape in ((8, 3, 64, 64), (1, 3, 120, 160)):
+                x = torch.rand(*shape)
+                first, steady = timed(lambda: dynamic(x), repeat)
+                model = core.read_model(xml)
+                model.reshape({0: list(shape)})
+                start = time.perf_counter()
+                request = core.compile_model(model, 'CPU', config).create_infer_request()
+                compile_s = time.perf_counter() - start
+                array = x.numpy()
+                _, static = timed(lambda: request.infer({0: array}), repeat)
+                print(f'| {runtime} | {net.subnets[index].name} | {"x".join(map(str, shape))} | {first:.2f} | '
+                      f'{1e3 * steady:.1f} | {compile_s:.2f} | {1e3 * static:.1f} |', flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='WBSRResNet', choices=('WBSRResNet', 'WBSRRCAN'))
@@ -59,6 +93,8 @@ def main(argv=None):
     parser.add_argument('--budget', type=float, default=0.6)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--section', choices=('engine', 'shapes'), default='engine',
+                        help="engine: the rows above; shapes: OpenVINO's dynamic shapes against static ones")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model:
@@ -71,6 +107,8 @@ def main(argv=None):
                 else candidate_runtimes('cpu'))
     print(f'{args.arch} x4 ({"random weights" if not args.model else args.model}), {args.threads} threads, '
           f'{platform.processor() or platform.machine()}, torch {torch.__version__}, budget {args.budget}')
+    if args.section == 'shapes':
+        return shapes_section(net, runtimes, args.repeat)
     plain_torch = whole_image_runner(net)
     torch_tiles = DynamicInferenceEngine(net, subnet=len(net.subnets) - 1, whole_image_fallback=False, **stored)
     tables = {}

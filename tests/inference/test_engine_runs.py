@@ -328,3 +328,20 @@ def test_classes_are_balanced_at_the_engine_patch_size(one_thread):
             counts += np.bincount(classes.flatten().numpy(), minlength=11)[1:]
     shares = 100 * counts / counts.sum()
     assert np.abs(shares - 10).max() <= 3, shares
+
+
+@pytest.mark.parametrize('thresholds', [None, THRESHOLDS_ALL_HARD, [1e9] * 9])
+def test_an_image_that_is_one_patch_runs_its_subnet_on_the_image(thresholds):
+    """No gathering or stitching when the only patch is the image: the output is the chosen subnet's own."""
+    net = strong_tiny_resnet()
+    lq = torch.rand(1, 3, 24, 24)
+    engine = DynamicInferenceEngine(net, patch_size=24, thresholds=thresholds)
+    engine.stitch = engine.run_patches = None  # neither may run
+    sr, report = engine.run(lq)
+    assert report.num_patches == 1
+    chosen = report.histogram.index(1)
+    with torch.no_grad():
+        alone = net.extract_subnet(chosen).eval()(lq)
+    assert torch.allclose(sr, alone, atol=1e-6)
+    if thresholds is not None:
+        assert chosen == (len(net.subnets) - 1 if thresholds == THRESHOLDS_ALL_HARD else 0)

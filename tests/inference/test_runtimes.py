@@ -17,6 +17,7 @@ from wbsr_plugin.inference.runtimes import (
     check_runtime,
     cpu_has_bf16,
     installed,
+    torch_threads_beside,
 )
 
 from basicsr.archs import build_network
@@ -115,7 +116,7 @@ def test_auto_picks_the_fastest_that_passes_the_precision_rule(monkeypatch):
     losses = {'torch bf16': 0.005, 'openvino bf16': 0.0101}  # just above the rule's 0.01 dB
     monkeypatch.setattr(runtime_choice, 'bf16_loss_db', lambda net, runtime: losses[str(runtime)])
     runtime, reason = runtime_choice.choose_runtime(net, 'cpu', 'auto', 'auto')
-    assert runtime == Runtime('torch', 'bf16') and 'openvino bf16 lost 0.010 dB' in reason
+    assert runtime == Runtime('torch', 'bf16') and 'openvino bf16 may lose 0.010 dB at 45 dB' in reason
     losses['openvino bf16'] = 0.0099  # just below
     assert runtime_choice.choose_runtime(net, 'cpu', 'auto', 'auto')[0] == Runtime('openvino', 'bf16')
     assert runtime_choice.choose_runtime(net, 'cpu', 'auto', 'fp32')[0] == Runtime('openvino', 'fp32')
@@ -133,3 +134,44 @@ def test_the_bf16_check_photos_and_psnr():
     sr = torch.from_numpy(hr + 8. / 255.).permute(2, 0, 1)[None]
     expected = 10 * math.log10(255.**2 / 7.**2)
     assert runtime_choice.y_psnr(sr, hr, 4) == pytest.approx(expected, abs=0.2)
+
+
+def test_the_bf16_bound_is_the_loss_an_added_error_causes_at_45_db(monkeypatch, tmp_path):
+    """A 'bf16' runtime whose output is the fp32 one plus 2 grey levels adds (2 * 219 / 255)^2 to the squared Y error
+    (BT.601); on a 45 dB result (squared error 255^2 / 10^4.5) that costs 10 log10(1 + added / that) dB, by hand."""
+
+    class Grey(torch.nn.Module):  # the full network's output: mid-grey, away from the clamp
+        def forward(self, lq):
+            return torch.full((1, 3, 4 * lq.shape[-2], 4 * lq.shape[-1]), 0.5)
+
+    class Shifted:  # the runtime: 2 grey levels brighter
+        def __init__(self, runtime, folder):
+            pass
+
+        def compile(self, module):
+            return lambda lq: module(lq) + 2. / 255.
+
+    net = tiny_net()
+    monkeypatch.setattr(net, 'extract_subnet', lambda index: Grey())
+    monkeypatch.setattr(runtime_choice, 'CompiledSubnets', Shifted)
+    expected = 10 * math.log10(1 + (2. * 219. / 255.)**2 / (255.**2 * 10**-4.5))
+    loss = runtime_choice.bf16_loss_db(net, Runtime('openvino', 'bf16'), folder=str(tmp_path))
+    assert loss == pytest.approx(expected, rel=1e-6) and 3.8 < expected < 3.9
+    monkeypatch.setattr(runtime_choice, 'CompiledSubnets', None)  # cached: nothing runs again
+    assert runtime_choice.bf16_loss_db(net, Runtime('openvino', 'bf16'), folder=str(tmp_path)) == loss
+
+
+def test_torch_runs_single_threaded_beside_another_runtime_and_gets_its_threads_back():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads_beside(Runtime('openvino', 'fp32')):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyError), torch_threads_beside(Runtime('onnxruntime', 'fp32')):
+            raise KeyError('restored on errors too')
+        assert torch.get_num_threads() == 2
+        with torch_threads_beside(Runtime('torch', 'bf16')):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

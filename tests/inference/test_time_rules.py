@@ -247,3 +247,29 @@ def test_a_latency_fit_at_its_boundary(side, fits):
         assert 'best expected quality predicted within' in plan.reason
     else:
         assert 'no plan predicted within' in plan.reason
+
+
+def test_each_subnet_used_costs_its_switch_once_per_plan():
+    """Switching between compiled models costs ``switch_s`` per subnet a plan uses, never per patch."""
+    net = tiny_net()
+    cost = table(net, [(1., 2.), (1., 3.), (2., 4.), (4., 8.)])
+    switching = CostTable(cost.key, cost.pixels, cost.call_s, switch_s=0.25)
+    for histogram in ([3, 0, 0, 5], [0, 1, 0, 0], [2, 2, 2, 2]):
+        used = sum(1 for n in histogram if n)
+        assert switching.forward_seconds(histogram, 16, [2] * 4) == pytest.approx(
+            cost.forward_seconds(histogram, 16, [2] * 4) + 0.25 * used)
+    assert CostTable.from_json(switching.to_json()).switch_s == 0.25
+
+
+@pytest.mark.parametrize('switch, runs_plan', [(-1, True), (+1, False)])
+def test_never_slower_counts_the_switches(switch, runs_plan):
+    """A plan that would beat the plain network but for the cost of switching between its subnets does not run."""
+    net, lq = tiny_net(), image()
+    probe = engine(net, linear(net, RATES)).plan(lq)
+    used = sum(1 for n in probe.histogram if n)
+    assert used > 1 and probe.reason == 'plan predicted faster than the plain network'
+    margin = 48 * 64 * RATES[-1] - probe.predicted_s
+    cost = linear(net, RATES)
+    cost = CostTable(cost.key, cost.pixels, cost.call_s, switch_s=margin / used * (1 + switch * 1e-6))
+    plan = engine(net, cost).plan(lq)
+    assert (plan.whole_image_subnet is None) is runs_plan

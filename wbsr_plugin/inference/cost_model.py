@@ -6,8 +6,9 @@ memory format; the torch version; the network's shape, never its weights), in a 
 * every subnet on square LR inputs of a few sizes: seconds per call by LR pixels in the call. A batch of
   patches costs what one input of as many pixels costs (checked on CPU within a few per cent), so one curve
   per subnet predicts both whole images and batches of patches;
-* the engine's own work: the difficulty analysis (per image and per LR pixel), and gathering and stitching
-  the patches (per LR pixel of the patches);
+* the engine's own work: the difficulty analysis (per image and per LR pixel), gathering and stitching
+  the patches (per LR pixel of the patches), and what a call costs beyond its subnet's own time when the
+  previous call ran another subnet (OpenVINO and ONNX Runtime switch between compiled models);
 * on CUDA, the allocator's peak memory per LR pixel of each subnet (None on CPU, where it is not measured).
 
 Tables are kept in the user's cache directory (``$WBSR_CACHE_DIR``, else ``$XDG_CACHE_HOME/wbsr_plugin``, else
@@ -30,17 +31,18 @@ from wbsr_plugin.utils.files import atomic_write_text
 
 from .class_thresholds import DEFAULT_NUM_CLASSES
 from .projection import apply_levels, classify
-from .runtimes import TORCH_FP32, CompiledSubnets, runtime_versions
+from .runtimes import TORCH_FP32, CompiledSubnets, runtime_versions, torch_threads_beside
 from .subnet_cache import SubnetCache
 from .tiling import DEFAULT_TRIM, BlendGeometry, extract_patches, tile_geometry
 
-COST_MODEL_VERSION = 2
+COST_MODEL_VERSION = 3
 # LR sides of the square inputs measured: up to the engine's batch of patches (32768 LR pixels on CPU)
 MEASURED_SIDES = {'cpu': (32, 64, 192), 'cuda': (32, 64, 128, 256, 512)}
 WARM_UP_PIXELS = 64 * 64
 OVERHEAD_SIDES = (64, 192)  # LR sides of the images whose analysis, gathering and stitching are timed
 OVERHEAD_PATCH, OVERHEAD_OVERLAP = 64, 4
 REPEAT = 1
+SMALL_REPEAT = 3  # timed runs of the small inputs (up to WARM_UP_PIXELS), where one outlier weighs most
 
 
 def cache_dir():
@@ -101,6 +103,7 @@ class CostTable:
         call_s (tuple[tuple[float]]): Per subnet and entry of ``pixels``: seconds of one call.
         analysis_s (tuple[float, float]): The difficulty analysis: seconds per image and per LR pixel.
         tiling_pixel_s (float): Gathering and stitching: seconds per LR pixel of the patches.
+        switch_s (float): Seconds a call costs beyond its subnet's own when the previous call ran another subnet.
         peak_bytes_per_pixel (tuple[float] | None): Per subnet, on CUDA: peak memory per LR pixel in a call.
     """
     key: dict
@@ -109,6 +112,7 @@ class CostTable:
     analysis_s: tuple = (0., 0.)
     tiling_pixel_s: float = 0.
     peak_bytes_per_pixel: tuple = None
+    switch_s: float = 0.
 
     @property
     def num_subnets(self):
@@ -130,13 +134,14 @@ class CostTable:
     def forward_seconds(self, histogram, side, batch_sizes):
         """Predicted seconds of the forwards of ``histogram[m]`` patches of ``side`` through subnet m,
         ``batch_sizes[m]`` patches per call."""
-        total = 0.
+        total, used = 0., 0
         for subnet, count in enumerate(histogram):
             if count:
+                used += 1
                 full, rest = divmod(count, batch_sizes[subnet])
                 total += full * self.call_seconds(subnet, batch_sizes[subnet] * side * side)
                 total += self.call_seconds(subnet, rest * side * side) if rest else 0.
-        return total
+        return total + self.switch_s * used
 
     def analysis_seconds(self, h, w):
         """Predicted seconds of the difficulty analysis of an h x w LR image."""
@@ -204,6 +209,15 @@ def _measure_overhead(scale, device, dtype, repeat):
     return _line(OVERHEAD_SIDES[0]**2, analysis[0], OVERHEAD_SIDES[1]**2, analysis[1]), tiling
 
 
+def _measure_switch(cache, side, alone_s, device, dtype, memory_format):
+    """Seconds a call costs beyond its subnet's own (``alone_s``, on ``side`` x ``side``) when the previous call ran
+    another subnet: every subnet in turn on one input, against the sum of their calls alone."""
+    x = torch.rand(1, 3, side, side, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    runners = [cache.runner(subnet) for subnet in range(len(alone_s))]
+    in_turn = _timed(lambda: [run(x) for run in runners], device, SMALL_REPEAT)
+    return max(0., (in_turn - sum(alone_s)) / len(runners))
+
+
 def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sides=None, repeat=REPEAT,
                        runtime=TORCH_FP32):
     """Measure a :class:`CostTable` of ``net``'s subnets as the engine runs them (extracted, batched).
@@ -224,7 +238,7 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sid
     cache = SubnetCache(net, channels_last=channels_last, cuda_graphs=False, max_batch_pixels=None, compiler=compiler)
     memory_format = torch.channels_last if channels_last and cache.runs_torch else torch.contiguous_format
     call_s, peaks = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads_beside(runtime):  # as the engine runs
         for subnet in range(len(net.subnets)):
             cache.module(subnet).to(device=device, dtype=dtype)
             module = cache.runner(subnet)
@@ -234,15 +248,19 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sid
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats(device)
                     base = torch.cuda.memory_allocated(device)
-                # a new shape's first call costs a few ms more on CPU: past WARM_UP_PIXELS, that is noise
-                warm_up = device.type == 'cuda' or side * side <= WARM_UP_PIXELS
-                times.append(_timed(lambda: module(x), device, repeat, warm_up))
+                # a new shape's first call costs a few ms more in torch on CPU: past WARM_UP_PIXELS, that is
+                # noise; OpenVINO and ONNX Runtime prepare each new shape in its first call (up to 3x a call)
+                small = side * side <= WARM_UP_PIXELS
+                warm_up = device.type == 'cuda' or not cache.runs_torch or small
+                times.append(_timed(lambda: module(x), device, max(repeat, SMALL_REPEAT) if small else repeat,
+                                    warm_up))
             call_s.append(tuple(times))
             if device.type == 'cuda':
                 peaks.append((torch.cuda.max_memory_allocated(device) - base) / (sides[-1]**2))
         analysis_s, tiling_pixel_s = _measure_overhead(net.upscale, device, dtype, repeat)
+        switch_s = _measure_switch(cache, sides[0], [times[0] for times in call_s], device, dtype, memory_format)
     return CostTable(cost_key(net, device, dtype, channels_last, runtime), tuple(s * s for s in sides), tuple(call_s),
-                     analysis_s, tiling_pixel_s, tuple(peaks) if peaks else None)
+                     analysis_s, tiling_pixel_s, tuple(peaks) if peaks else None, switch_s)
 
 
 def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, refresh=False, folder=None,

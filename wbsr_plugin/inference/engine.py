@@ -19,7 +19,7 @@ from .cost_model import CostTable, cache_dir
 from .plan_targets import latency_plan, quality_plan
 from .planning import InferencePlan, Planner
 from .planning_target import NEEDS_CLASS_ERRORS, PlanningTarget
-from .runtimes import TORCH_FP32, CompiledSubnets, check_runtime
+from .runtimes import TORCH_FP32, CompiledSubnets, check_runtime, torch_threads_beside
 from .subnet_cache import SubnetCache, available_cuda_memory
 from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, run_in_tiles
 from .time_rules import PlanTimer, by_time, without_analysis
@@ -369,26 +369,23 @@ class DynamicInferenceEngine:
         """
         start = time.perf_counter()
         self.subnets.drop_stale()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads_beside(self.runtime):
             lq = lq.to(device=next(self.net.parameters()).device, dtype=torch.float32)
             h, w = lq.shape[-2:]
             padded = lq
             if min(h, w) < 2:  # the difficulty needs 2 pixels; pad tiny images and crop the output
                 padded = torch.nn.functional.pad(lq, (0, max(0, 2 - w), 0, max(0, 2 - h)), mode='replicate')
             plan = self.plan(padded)
-            if plan.whole_image_subnet is not None:
-                sr = self.run_whole(padded, plan.whole_image_subnet)
-            else:
-                sr = self.stitch(self.run_patches(padded, plan), plan)
-            sr = sr[..., :h * self.scale, :w * self.scale]
+            whole = plan.whole_image_subnet
+            if whole is None and (padded is not lq or plan.patch_size == h == w):  # tiny, or one patch: no tiling
+                whole = int(plan.subnets.max())  # (a padded image's patches: the largest subnet they chose)
+            sr = self.run_whole(lq, whole) if whole is not None else self.stitch(self.run_patches(lq, plan), plan)
             if sr.device.type == 'cuda':
                 torch.cuda.synchronize(sr.device)
         elapsed = time.perf_counter() - start
-        if plan.whole_image_subnet is not None:
-            histogram = [int(i == plan.whole_image_subnet) for i in range(len(self.net.subnets))]
-        else:
-            histogram = list(plan.histogram)
-        report = InferenceReport((h, w), tuple(sr.shape[-2:]), sum(histogram), histogram, self.flops(plan),
+        histogram = list(plan.histogram) if whole is None else [int(i == whole) for i in range(len(self.net.subnets))]
+        flops = plan.tiled_flops if whole is None else self.subnets.flops(h, w, whole)
+        report = InferenceReport((h, w), tuple(sr.shape[-2:]), sum(histogram), histogram, flops,
                                  self.subnets.flops(h, w, len(self.net.subnets) - 1), elapsed, plan,
                                  self.subnet_names)
         return sr, report

@@ -14,6 +14,7 @@ tensor to its SR batch (float32, on the CPU).
 OpenVINO and ONNX Runtime are optional (``pip install -e ".[runtimes]"``); asking for one that is not installed
 says how to install it. On CUDA, torch is the runtime.
 """
+import contextlib
 import hashlib
 import os
 import shutil
@@ -205,6 +206,8 @@ class CompiledSubnets:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+            # every subnet has its own session and thread pool: spinning threads of one would slow the next
+            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
             session = onnxruntime.InferenceSession(self._model_file(module, in_channels, '.onnx'), options,
                                                    providers=['CPUExecutionProvider'])
 
@@ -228,6 +231,22 @@ class CompiledSubnets:
             return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
         return run_openvino
+
+
+@contextlib.contextmanager
+def torch_threads_beside(runtime):
+    """Run torch single-threaded inside the block when ``runtime`` is not torch: its idle OpenMP threads keep
+    spinning after each parallel operation, which takes the cores from OpenVINO's or ONNX Runtime's threads (the
+    engine's own torch work between subnet calls is small). No change for torch runtimes."""
+    if runtime is None or runtime.name == 'torch' or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _torch_runner(module, precision):
