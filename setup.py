@@ -23,11 +23,12 @@ setup(
         'pyyaml',
         'scikit-image',
         'tqdm',
+        'safetensors>=0.4',  # weights files: written by export, read wherever weights are (--model, pretrain_network_g)
     ],
     extras_require={
-        'test': ['pytest', 'ruff==0.17.6'],  # ruff: the lint of the README's test command
+        'test': ['pytest', 'ruff==0.17.6', 'spandrel'],  # ruff: the README's lint; spandrel: its RCAN loads our files
         'plot': ['matplotlib'],
-        'export': ['onnx', 'onnxruntime'],
+        'export': ['onnx', 'onnxruntime', 'onnxconverter-common'],  # onnxconverter-common: --fp16-weights
         'runtimes': ['onnx', 'openvino', 'onnxruntime'],  # --runtime openvino|onnxruntime (inference/runtimes.py)
         'mutation': ['mutmut==3.8.1'],  # benchmarks/mutation_test.py
     },
@@ -41,6 +42,7 @@ setup(
             'wbsr-curve = wbsr_plugin.curve:main',
             'wbsr-fit-prior = wbsr_plugin.fit_prior:main',
             'wbsr-export = wbsr_plugin.export:main',
+            'wbsr-calibrate = wbsr_plugin.calibrate:main',
         ],
     },
 )

@@ -88,11 +88,12 @@ def folder_run(lr_folder, out, mode, engine, net, cli):
     """``(wall s, engine s)`` of infer's loop over the folder into ``out`` in one mode."""
     parser, args = cli(out)
     args.pipeline = mode
-    paths, names = infer.plan_outputs(args, parser, DistContext())
+    paths, names, existing = infer.plan_outputs(args, parser, DistContext())
     totals = RankTotals()
     start = time.perf_counter()
     with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
-        settings = WriterSettings(args.output, args.ext, args.save_map, args.overwrite, args.pipeline)
+        settings = WriterSettings(args.output, args.ext, args.save_map, args.overwrite, args.pipeline,
+                                  existing=existing)
         infer.super_resolve(paths, engine, net, names, settings, totals)
     wall = time.perf_counter() - start
     if totals.failed or totals.images != len(paths):

@@ -26,6 +26,8 @@ HR = osp.join(FIXTURES, 'hr')
 
 # Options appended to every command of a script: they shrink the problem, nothing else.
 TINY = {
+    'bench_bf16_quality.py': ['--max-side', '64'],
+    'bench_torch_compile.py': ['--subnets', '0', '--shapes', '1x8x8', '--repeat', '1', '--backend', 'aot_eager'],
     'bench_bdloss.py': ['--batch', '2', '--lr-size', '8', '--iters', '1', '--warmup', '0', '--num-refs', '8'],
     'bench_budget_gap.py': ['--patch-size', '12', '--overlap', '2'],
     'bench_distill.py': ['--holdout', '1', '--iters', '2', '--weights', '0,1'],
@@ -37,6 +39,8 @@ TINY = {
     'bench_runtimes.py': ['--sizes', '16x12', '--repeat', '1', '--runtimes', 'torch fp32'],
     'bench_reproduce_runs.py': ['--preset', 'toy', '--iters', '6', '--rows', 'plain'],
     'bench_sharded_infer.py': ['--images', '2', '--size', '16', '--settings', '1x1', '--repeat', '1'],
+    'bench_quality_target.py': ['--limit', '1', '--targets', '0.03', '--max-side', '64', '--patch-size', '12',
+                                '--overlap', '2'],
     'bench_soak.py': ['--images', '21', '--sizes', '12', '20', '--num-feat', '8', '--num-block', '4'],
     'bench_train_step.py': ['--batch', '1', '--gt-size', '16', '--repeat', '1', '--warmup', '0', '--no-distill'],
 }
@@ -95,7 +99,7 @@ def stand_in_args(script, args, stand_ins, work):
     """``args`` with data paths replaced by stand-ins, and the tiny options appended."""
     out, option = [], None
     for arg in args:
-        if option in ('--hr-dir', '--train-hr', '--report-dir'):
+        if option in ('--hr-dir', '--train-hr', '--report-dir', '--hr'):
             arg = HR
         elif option == '--data':
             arg = stand_ins['photos']
@@ -105,12 +109,12 @@ def stand_in_args(script, args, stand_ins, work):
             arg = str(work)
         elif option == '--prior':
             arg = stand_ins['prior']
-        elif option == '--test':
+        elif option in ('--test', '--set'):
             arg = f"{arg.partition('=')[0]}={HR}"
-        elif option == '--model':
+        elif option in ('--model', '--calibration') and not arg.startswith('-'):
             arg = stand_ins[named_arch(args)]
         out.append(arg)
-        option = arg if arg.startswith('-') else None
+        option = arg if arg.startswith('-') else option if option == '--calibration' else None  # nargs='+'
     extra = list(TINY[script])
     if script == 'bench_inference.py':
         arch = named_arch(args)

@@ -10,6 +10,8 @@ on the whole image, and no plan predicted slower than the plain network runs). P
 LR images (``--lr``, or MATLAB bicubic of HR) are those of :mod:`wbsr_plugin.cli.evaluation`, and so are the
 times: every setting runs once untimed at each new image size, the full network in the engine's
 channels-last format.
+Every row also gives the realised loss (the full network's mean PSNR minus the setting's) beside the expected
+loss its plans reported (quality targets and latency budgets with class errors: the bound they planned by).
 Writes curve.md, curve.csv and, when matplotlib is installed, curve.png.
 """
 import csv
@@ -19,7 +21,6 @@ import sys
 from os import path as osp
 
 import torch
-from tqdm import tqdm
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.cli.common_args import (
@@ -40,6 +41,7 @@ from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.planning_target import PlanningTarget, checkpoint_policy
 from wbsr_plugin.utils.files import atomic_path, atomic_write_text
+from wbsr_plugin.utils.progress import progress_bar
 
 DEFAULT_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -65,7 +67,11 @@ def run(argv=None):
         check_output_folder(args.output)
     except OutputFolderError as err:
         parser.exit(2, f'{parser.prog}: error: {err}\n')
-    existing = [p for p in (osp.join(args.output, f'curve.{e}') for e in ('csv', 'md', 'png')) if osp.exists(p)]
+    existing = [p for p in (osp.join(args.output, f'curve.{e}') for e in ('csv', 'md', 'png')) if osp.lexists(p)]
+    blocked = [p for p in existing if not osp.isfile(p)]
+    if blocked:
+        parser.exit(2, f'{parser.prog}: error: -o: {blocked[0]} is not a file, and curve writes it; rename or remove '
+                    'it, or choose another -o\n')
     if existing and not args.overwrite:
         parser.exit(2, f'{parser.prog}: error: {", ".join(existing)} exist(s) already; pass --overwrite to replace '
                     'them\n')
@@ -112,26 +118,41 @@ def run(argv=None):
     settings.append((f'default policy: {policy.target}', engine_runner(net, **common, target=policy.target)))
 
     rows = []
-    for label, run in tqdm(settings, unit='setting'):
+    for label, run in progress_bar(settings, unit='setting'):
         rows.append({'setting': label, **evaluate(run, pairs, net.upscale)})
+    try:
+        return write_results(args, rows, net, runtime, pairs, policy, thresholds, by_time)
+    except FileExistsError as err:  # another run wrote it meanwhile: kept
+        print(f'{parser.prog}: error: {err.filename} appeared while this run computed it (another run writing into '
+              '-o?); kept it; pass --overwrite to replace it', file=sys.stderr)
+        return 1
 
+
+def write_results(args, rows, net, runtime, pairs, policy, thresholds, by_time):
+    """Write curve.csv, curve.md and (with matplotlib) curve.png; without ``--overwrite`` only where the names are
+    still free (``FileExistsError`` otherwise)."""
     os.makedirs(args.output, exist_ok=True)
-    fields = ['setting', 'psnr', 'ssim', 'flops_percent', 'gflops_per_32x32', 'time_s']
+    for r in rows:  # realised loss: the full network's mean PSNR (rows[0]) minus the setting's
+        r['realised_loss_db'] = rows[0]['psnr'] - r['psnr']
+    fields = ['setting', 'psnr', 'ssim', 'flops_percent', 'gflops_per_32x32', 'time_s', 'expected_loss_db',
+              'realised_loss_db']
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(osp.join(args.output, 'curve.csv'), buffer.getvalue())
+    atomic_write_text(osp.join(args.output, 'curve.csv'), buffer.getvalue(), replace=args.overwrite)
     source = 'checkpoint' if thresholds is not None else 'per-image quantiles'
     lines = [f'{type(net).__name__} x{net.upscale} ({runtime}), {len(pairs)} image(s) from {args.hr}, '
              f'patch {policy.patch_size}, '
              f'overlap {policy.overlap}, thresholds: {source}, plans by {"time (this device)" if by_time else "FLOPs"}',
-             '', '| setting | PSNR-Y (dB) | SSIM-Y | FLOPs (% of full) | GFLOPs / 32x32 LR | time (s) |',
-             '|---|---|---|---|---|---|']
+             '', '| setting | PSNR-Y (dB) | SSIM-Y | FLOPs (% of full) | GFLOPs / 32x32 LR | time (s) '
+             '| expected loss (dB) | realised loss (dB) |', '|---|---|---|---|---|---|---|---|']
     lines += [f"| {r['setting']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['flops_percent']:.1f} | "
-              f"{r['gflops_per_32x32']:.2f} | {r['time_s']:.2f} |" for r in rows]
+              f"{r['gflops_per_32x32']:.2f} | {r['time_s']:.2f} | "
+              f"{'-' if r.get('expected_loss_db') is None else format(r['expected_loss_db'], '.3f')} | "
+              f"{r['realised_loss_db']:.3f} |" for r in rows]
     table = '\n'.join(lines) + '\n'
-    atomic_write_text(osp.join(args.output, 'curve.md'), table)
+    atomic_write_text(osp.join(args.output, 'curve.md'), table, replace=args.overwrite)
     print(table)
     try:
         import matplotlib
@@ -151,7 +172,7 @@ def run(argv=None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(osp.join(args.output, 'curve.png')) as tmp:
+    with atomic_path(osp.join(args.output, 'curve.png'), replace=args.overwrite) as tmp:
         fig.savefig(tmp, format='png', dpi=120)
     return 0
 

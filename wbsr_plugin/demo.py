@@ -28,8 +28,11 @@ from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
-# Photographs shipped inside scikit-image; licenses in datasets/README.md.
-DEMO_PHOTOS = {'train': ('astronaut', 'coffee', 'rocket'), 'val': ('chelsea', )}
+# Photographs shipped inside scikit-image; licenses in datasets/README.md. The calibration split measures the
+# class errors a quality target plans by: photos that neither training nor validation sees.
+DEMO_PHOTOS = {'train': ('astronaut', 'coffee', 'rocket'), 'calibration': ('camera', 'clock', 'coins', 'grass'),
+               'val': ('chelsea', )}
+CALIBRATION_PATCHES = 256
 SCALE = 4
 GT_SIZE = 64
 BATCH_SIZE = 4
@@ -43,7 +46,7 @@ def bicubic_downscale(img, scale):
 
 
 def prepare_demo_data(root, scale=SCALE):
-    """Write ``root/{train,val}/{hr,lr_x<scale>}/<photo>.png``; return the folders by split."""
+    """Write ``root/{train,calibration,val}/{hr,lr_x<scale>}/<photo>.png``; return the folders by split."""
     folders = {}
     for split, names in DEMO_PHOTOS.items():
         hr_dir, lr_dir = osp.join(root, split, 'hr'), osp.join(root, split, f'lr_x{scale}')
@@ -51,6 +54,7 @@ def prepare_demo_data(root, scale=SCALE):
         os.makedirs(lr_dir, exist_ok=True)
         for name in names:
             rgb = getattr(skimage_data, name)()
+            rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb  # grey photos as RGB
             h, w = rgb.shape[0] - rgb.shape[0] % scale, rgb.shape[1] - rgb.shape[1] % scale
             hr = np.ascontiguousarray(rgb[:h, :w, ::-1])
             cv2.imwrite(osp.join(hr_dir, f'{name}.png'), hr)
@@ -81,8 +85,9 @@ def demo_options(folders, prior_path, iters):
     train_set = training_dataset('skimage_photos', train_hr, train_lr, gt_size=GT_SIZE, batch_size=BATCH_SIZE,
                                  num_worker=1, enlarge_ratio=100, type='ClassBalancedPairedDataset',
                                  hes_num_classes=10, hes_delta=0.9, hes_switch_ratio=0.7)
-    # 64 calibration patches: budgets stay usable with the demo's model, at a quarter of the default's cost
-    wbsr = {'subnet_sampling': 'sandwich', 'dynamic_val': True, 'calibration_patches': 64, 'inference': INFERENCE}
+    calibration_set = {'dataroot_gt': folders['calibration'][0], 'dataroot_lq': folders['calibration'][1]}
+    wbsr = {'subnet_sampling': 'sandwich', 'dynamic_val': True, 'calibration_patches': CALIBRATION_PATCHES,
+            'calibration_set': calibration_set, 'inference': INFERENCE}
     train = training_options('wbsr_demo_x4', model_type='DynamicSRModel', scale=SCALE, network=network,
                              pixel_opt=pixel_loss('bdloss', prior_path=prior_path, scale=SCALE), total_iter=iters,
                              lr=5.0e-4, datasets={'train': train_set, 'val': val_set}, ema_decay=0.99, eta_min=1.0e-6,

@@ -25,6 +25,7 @@ from os import path as osp
 import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
+from wbsr_plugin.cli.arg_types import name_part
 from wbsr_plugin.cli.common_args import (
     CommandParser,
     add_device_arguments,
@@ -35,7 +36,7 @@ from wbsr_plugin.cli.common_args import (
 )
 from wbsr_plugin.cli.folder_inference import DiskFull, WriterSettings, status_line, super_resolve
 from wbsr_plugin.cli.interrupts import INTERRUPTED, sigterm_as_interrupt
-from wbsr_plugin.cli.options_yaml import network_options_from_yaml
+from wbsr_plugin.cli.options_yaml import USAGE_ERROR, network_options_from_yaml
 from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
 from wbsr_plugin.cli.output_names import (
     OUTPUT_EXTENSIONS,
@@ -57,6 +58,7 @@ from wbsr_plugin.cli.sharding import (
     totals_summary,
 )
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
+from wbsr_plugin.inference.class_errors import ClassErrors
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.planning_target import checkpoint_policy
@@ -65,10 +67,12 @@ from wbsr_plugin.utils.memory import bound_onednn_cache
 
 
 def select_device(name, ctx=DistContext()):
+    """The device of ``--device`` on this rank; one line and exit status 2 when it is not available here."""
     try:
         return rank_device(name, ctx)
     except ValueError as err:
-        raise SystemExit(f'error: --device: {err}') from None
+        print(f'error: --device: {err}', file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None
 
 
 def build_parser():
@@ -80,7 +84,8 @@ def build_parser():
     add_device_arguments(parser)
     output = parser.add_argument_group('output')
     output.add_argument('--save-map', action='store_true', help='also write NAME_map.png: subnet per patch')
-    output.add_argument('--suffix', default='out', help='output name suffix: NAME_SUFFIX.EXT. Default: out')
+    output.add_argument('--suffix', default='out', type=name_part, help='output name suffix: NAME_SUFFIX.EXT (no '
+                        "path separator, '..' or control characters). Default: out")
     output.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
                         help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
     existing = output.add_mutually_exclusive_group()
@@ -99,8 +104,9 @@ def build_parser():
 
 
 def plan_outputs(args, parser, ctx):
-    """``(inputs, OutputNames)`` of the run, checked before any computation (the policy of
-    :mod:`wbsr_plugin.cli.output_names`); a conflict exits with one ``error:`` line on every rank."""
+    """``(inputs, OutputNames, existing)`` of the run, checked before any computation (the policy of
+    :mod:`wbsr_plugin.cli.output_names`; ``existing``: the run's files that exist, which ``--skip-existing``
+    keeps); a conflict exits with one ``error:`` line on every rank."""
     try:
         paths = list_images(args.input)
     except FileNotFoundError as err:
@@ -108,7 +114,7 @@ def plan_outputs(args, parser, ctx):
     paths, left_out = outputs_among_inputs(paths, args.input, args.output, args.suffix)
     if not paths:
         parser.exit(2, f'error: -i: no images in {args.input}\n')
-    problem = None
+    problem, existing = None, []
     try:
         names = OutputNames(args.output, paths, args.suffix, args.ext, args.save_map)
     except OutputConflict as err:
@@ -116,17 +122,17 @@ def plan_outputs(args, parser, ctx):
     if ctx.is_main and problem is None:  # rank 0 looks at the folder before any rank writes into it
         try:
             check_output_folder(args.output)
-            names.check_existing(paths, args.overwrite, args.skip_existing)
+            existing = names.check_existing(paths, args.overwrite, args.skip_existing)
         except (OutputFolderError, OutputConflict) as err:
             problem = str(err)
-    problem = broadcast_object(problem, ctx)
+    problem, existing = broadcast_object((problem, existing), ctx)
     if problem is not None:
         parser.exit(2, f'error: {problem}\n')
     if ctx.is_main and left_out:
         print(f'note: left out {len(left_out)} file(s) of {args.input} that look like outputs of this command '
               f'(-o lies in -i): {", ".join(osp.basename(p) for p in left_out[:5])}'
               + (' ...' if len(left_out) > 5 else ''), file=sys.stderr)
-    return paths, names
+    return paths, names, frozenset(existing)
 
 
 def build_engine(args, parser, device, network_opt):
@@ -165,7 +171,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     bound_onednn_cache()
     with sigterm_as_interrupt():  # SIGTERM ends the run as Ctrl-C does
-        return run(args, parser)
+        try:
+            return run(args, parser)
+        except KeyboardInterrupt:  # before the first image: nothing was written
+            print('\ninterrupted before any image was written.', file=sys.stderr)
+            return INTERRUPTED
 
 
 def run(args, parser):
@@ -182,10 +192,13 @@ def run(args, parser):
     totals = RankTotals(rank=ctx.rank)
     crash = None
     with process_group(ctx, device):  # joined first: under torchrun one rank measures this device's costs
-        paths, names = plan_outputs(args, parser, ctx)
+        paths, names, existing = plan_outputs(args, parser, ctx)
         engine, net, meta, policy = build_engine(args, parser, device, network_opt)
         if ctx.is_main:
             print(f'policy: {policy}', file=sys.stderr)
+            errors = ClassErrors.from_meta(meta)
+            if errors is not None and policy.target.kind in ('quality', 'latency', 'budget'):
+                print(f'expected loss: {errors.reliability(policy.patch_size)}', file=sys.stderr)
             if meta.get('thresholds') is None and policy.target.subnet is None:
                 print('note: the checkpoint stores no class thresholds; using per-image quantiles of the patch '
                       'difficulties.', file=sys.stderr)
@@ -196,7 +209,8 @@ def run(args, parser):
         start = time.perf_counter()
         prefix = f'[rank {ctx.rank}] ' if ctx.distributed else ''
         try:
-            settings = WriterSettings(args.output, args.ext, args.save_map, args.overwrite, args.pipeline)
+            settings = WriterSettings(args.output, args.ext, args.save_map, args.overwrite, args.pipeline,
+                                      skip_existing=args.skip_existing, existing=existing)
             super_resolve(shares[ctx.rank], engine, net, names, settings, totals, prefix)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the file being written was removed
             print(f'\n{prefix}interrupted: {totals.images} image(s) written, the others not started or removed '
@@ -210,6 +224,7 @@ def run(args, parser):
         totals.wall_s = time.perf_counter() - start
         all_totals = gather_objects(totals, ctx)
         failed = sum(len(t.failed) for t in all_totals)
+        taken = sum(len(t.taken) for t in all_totals)
         if ctx.is_main:
             if ctx.distributed or len(paths) > 1:
                 print(totals_summary(all_totals, skipped))
@@ -218,11 +233,15 @@ def run(args, parser):
                     print(f'error: rank {t.rank} stopped early: {t.error}', file=sys.stderr)
             if failed:
                 print(f'{failed} of {len(paths)} image(s) failed.', file=sys.stderr)
+            if taken:
+                print(f'error: {taken} of {len(paths)} image(s) not written: another process wrote their files into '
+                      f'{args.output} while this run computed them, and those files were kept; the run went on with '
+                      'the other images.', file=sys.stderr)
         sys.stdout.flush()
         barrier(ctx)  # a failing rank exits only after rank 0 has reported (torchrun then stops the others)
     if crash is not None:
         raise crash
-    return 1 if failed or any(t.error is not None for t in all_totals) else 0
+    return 1 if failed or taken or any(t.error is not None for t in all_totals) else 0
 
 
 if __name__ == '__main__':

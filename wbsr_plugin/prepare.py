@@ -15,7 +15,9 @@ if not __package__:  # run as a file: import the package, not the files beside t
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import wbsr_plugin  # noqa: E402, F401  (compatibility fixes before basicsr is used)
-from wbsr_plugin.cli.common_args import CommandParser
+from wbsr_plugin.cli.arg_types import name_part_problem  # noqa: E402
+from wbsr_plugin.cli.common_args import CommandParser  # noqa: E402
+from wbsr_plugin.cli.options_yaml import read_option_file  # noqa: E402
 from wbsr_plugin.data import prepare_util  # noqa: E402
 from wbsr_plugin.data.difficulty import default_stride  # noqa: E402
 from wbsr_plugin.data.hes import lq_patch_size  # noqa: E402
@@ -24,9 +26,9 @@ from wbsr_plugin.data.hes_index import build_index, default_index_path  # noqa: 
 
 def _dataset_opt(args):
     if args.opt is not None:
-        import yaml
-        with open(args.opt) as fin:
-            full = yaml.safe_load(fin)
+        full = read_option_file(args.opt, '-opt')
+        if not isinstance(full.get('datasets'), dict) or not isinstance(full['datasets'].get('train'), dict):
+            raise prepare_util.PreparationError(f'-opt: {args.opt} has no datasets.train section.')
         opt = dict(full['datasets']['train'])
         opt.setdefault('scale', full.get('scale'))
         if args.scale is not None:
@@ -44,6 +46,15 @@ def _dataset_opt(args):
     if args.meta_info_file is not None:
         opt['meta_info_file'] = args.meta_info_file
     return opt
+
+
+def filename_template(text):
+    """``--filename-tmpl``: a part of a file name (no separator, '..' or control characters) that holds ``{}``."""
+    import argparse
+    problem = name_part_problem(text) or (None if '{}' in text else f"expected a template holding '{{}}', got {text!r}")
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def cmd_subimages(args):
@@ -125,7 +136,8 @@ def build_parser():
     p.add_argument('--gt-size', type=int, help='gt_size of the training patches')
     p.add_argument('--stride', type=int, help='grid step in LR pixels (default: half the LR patch)')
     p.add_argument('--meta-info-file', help='meta_info_file (disk backend)')
-    p.add_argument('--filename-tmpl', default='{}', help='filename_tmpl (disk backend)')
+    p.add_argument('--filename-tmpl', default='{}', type=filename_template,
+                   help="filename_tmpl (disk backend): a file name part holding '{}'")
     p.add_argument('-o', '--output', help='index file (default: beside dataroot_lq, where training looks)')
     p.set_defaults(func=cmd_index)
 

@@ -13,7 +13,7 @@ from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, su
 from wbsr_plugin.cli.arg_types import positive_int
 from wbsr_plugin.cli.common_args import SCALES, CommandParser
 from wbsr_plugin.cli.model_card import format_model_card, format_subnet_table
-from wbsr_plugin.cli.options_yaml import network_options_from_yaml
+from wbsr_plugin.cli.options_yaml import network_options_from_yaml, short
 from wbsr_plugin.inference.checkpoint import load_supernet
 
 from basicsr.archs import build_network
@@ -44,9 +44,10 @@ def main(argv=None):
     try:
         net = build_network(network_opt)
     except (ValueError, TypeError, KeyError) as err:
-        parser.exit(2, f'error: network_g {dict(network_opt)}: {err}\n')
+        parser.exit(2, f'error: network_g {short(dict(network_opt))}: {err}\n')
     if not isinstance(net, SupernetMixin):
-        parser.error(f"network_g type {network_opt['type']!r} is not a supernet; expected one of {supernet_types()}.")
+        parser.error(f"network_g type {short(network_opt['type'])} is not a supernet; expected one of "
+                     f'{supernet_types()}.')
     print(format_subnet_table(net, args.lq_size))
 
 

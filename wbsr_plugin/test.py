@@ -19,7 +19,7 @@ from basicsr.test import test_pipeline  # noqa: E402
 
 def main():
     argv = sys.argv[1:]
-    check_pipeline_options(argv)  # one line, before any folder is made, for a bad option file
+    check_pipeline_options(argv, 'test', __doc__)  # one line, before any folder is made, for a bad option file
     sys.argv[1:] = argv  # BasicSR reads sys.argv: --opt spelled as its -opt
     test_pipeline(os.getcwd())
 

@@ -20,7 +20,7 @@ from basicsr.train import train_pipeline  # noqa: E402
 
 def main():
     argv = sys.argv[1:]
-    check_pipeline_options(argv)  # one line, before any folder is made, for a bad option file
+    check_pipeline_options(argv, 'train', __doc__)  # one line, before any folder is made, for a bad option file
     sys.argv[1:] = argv  # BasicSR reads sys.argv: --opt spelled as its -opt
     train_pipeline(os.getcwd())
 

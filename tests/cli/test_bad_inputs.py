@@ -74,7 +74,7 @@ CASES = (
         ('infer', '-i {image} -o {out}/x --model {model} --max-loss -1', "max_loss must be a loss in dB >= 0 or 'off'"),
         ('infer', '-i {image} -o {out}/x --model {model} --budget 2', 'budget must be a fraction'),
         ('infer', '-i {image} -o {out}/x --model {model} --threads 0', 'expected a positive integer'),
-        ('export', '-o {file} --all --model {model}', 'is a file, not a folder'),
+        ('export', '-o {file} --all --model {model}', 'names one file: give one --subnet or --supernet'),
         ('subnets', '--lq-size 0', 'expected a positive integer, got 0'),
         ('subnets', '--lq-size -5', 'expected a positive integer, got -5'),
         ('subnets', '-s 5', 'invalid choice: 5'),

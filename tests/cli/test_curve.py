@@ -77,8 +77,14 @@ def test_curve_latency_budgets_and_quality_targets(supernet, tmp_path, monkeypat
     assert curve.main(['--hr', osp.join(HR, 'rocket.png'), '--model', path, '--budgets', '0.5', '--budget-unit',
                        'time', '--max-loss', '0.3', '-t', '16', '--device', 'cpu', '-o', str(out)]) == 0
     with open(out / 'curve.csv') as f:
-        settings = [r['setting'] for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    settings = [r['setting'] for r in rows]
     assert settings[1] == 'subnet 0 (w8 d1)'  # by time: tiled or whole, whichever is faster
+    # the realised loss beside the expected one: the full network's PSNR minus the setting's
+    target = rows[settings.index('quality target 0.3 dB')]
+    assert float(target['realised_loss_db']) == pytest.approx(float(rows[0]['psnr']) - float(target['psnr']))
+    assert 0 <= float(target['expected_loss_db']) <= 0.3 and rows[0]['expected_loss_db'] == ''
+    assert '| expected loss (dB) | realised loss (dB) |' in (out / 'curve.md').read_text()
     assert settings[-4:] == ['latency budget 0.5', 'quality target 0.3 dB', 'Eq. 15, stored thresholds',
                              'default policy: quality target 0.03 dB']
     assert 'plans by time (this device)' in (out / 'curve.md').read_text()

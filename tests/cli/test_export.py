@@ -306,3 +306,21 @@ def test_infer_save_map_writes_the_legend(tmp_path):
     sr = cv2.imread(str(tmp_path / 'out' / 'chelsea_out.png'))
     figure = cv2.imread(str(tmp_path / 'out' / 'chelsea_map.png'))
     assert figure.shape[0] > sr.shape[0] + 9 * 18 and figure.shape[1] >= sr.shape[1]
+
+
+def test_an_export_never_replaces_a_file_that_appeared_while_it_ran(tmp_path):
+    """The existing-file check runs before anything is computed; a file that another run writes after it is kept
+    (an error), unless the export replaces files (--overwrite). No staging file is left either way."""
+    from wbsr_plugin.cli.export_files import write_published
+    path = tmp_path / 'MSRResNet_x4_w8d1.pth'
+    path.write_text('the other run')
+
+    def write(target):
+        with open(target, 'w') as f:
+            f.write('this run')
+
+    with pytest.raises(ExportError, match='appeared while exporting .* kept it; pass --overwrite'):
+        write_published(str(path), write)
+    assert path.read_text() == 'the other run' and os.listdir(tmp_path) == [path.name]
+    write_published(str(path), write, replace=True)
+    assert path.read_text() == 'this run' and os.listdir(tmp_path) == [path.name]

@@ -142,11 +142,11 @@ def test_a_full_disk_stops_the_run_with_one_line(tiny_checkpoint, tmp_path, caps
     write = folder_inference.write_image_atomic
     tried = []
 
-    def full_after_a(path, img):
+    def full_after_a(path, img, **kwargs):
         tried.append(osp.basename(path))
         if not path.endswith('a_out.png'):
             raise OSError(errno.ENOSPC, 'No space left on device')
-        write(path, img)
+        write(path, img, **kwargs)
 
     monkeypatch.setattr(folder_inference, 'write_image_atomic', full_after_a)
     out = tmp_path / 'out'
@@ -165,10 +165,10 @@ def test_a_failed_write_or_out_of_memory_skips_its_image_only(tiny_checkpoint, t
     write, run = folder_inference.write_image_atomic, DynamicInferenceEngine.run
     calls = []
 
-    def refuse_b(path, img):
+    def refuse_b(path, img, **kwargs):
         if path.endswith('b_out.png'):
             raise PermissionError(errno.EACCES, 'Permission denied')
-        write(path, img)
+        write(path, img, **kwargs)
 
     def out_of_memory_on_third(self, lq):
         calls.append(lq.shape)
@@ -198,9 +198,9 @@ def test_an_interrupt_counts_every_file_written_and_leaves_no_temporary_file(tin
     write, run = folder_inference.write_image_atomic, DynamicInferenceEngine.run
     calls = []
 
-    def slow_write(path, img):  # the writer is behind when Ctrl-C comes
+    def slow_write(path, img, **kwargs):  # the writer is behind when Ctrl-C comes
         time.sleep(0.3)
-        write(path, img)
+        write(path, img, **kwargs)
 
     def interrupted_on_fourth(self, lq):
         calls.append(1)

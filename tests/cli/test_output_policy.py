@@ -74,7 +74,7 @@ def test_output_folder_inside_the_input_folder(tiny_checkpoint, tmp_path, capsys
 
 @pytest.mark.parametrize('names, extra, message', [
     (['a.png'], ['--save-map', '--suffix', 'map', '--ext', 'png'], 'choose another --suffix than map'),
-    (['a.png', 'a.PNG'], [], 'would both be written as'),
+    (['a.png', 'a.PNG', 'a_png_2.png'], [], 'a_png_2_out.png; rename one of the inputs'),  # a.png: a_png_2
     (['a.png', 'a_out.png'], ['--suffix', 'out'], None),  # -o is not -i: a_out.png is an input like any other
 ])
 def test_conflicts_stop_the_run_before_computing(tiny_checkpoint, tmp_path, capsys, names, extra, message):

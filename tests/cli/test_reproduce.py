@@ -143,7 +143,10 @@ def test_rows_jobs_and_time_budget_on_toy(tmp_path):
     assert [o.name for o in options] == ['srresnet_plain_mse_s0.yml', 'srresnet_uniform_mse_s0.yml']
     assert {yaml.safe_load(o.read_text())['train']['total_iter'] for o in options} == {plan['total_iter']}
     for name in ('plain_mse', 'uniform_mse'):
-        assert (out / 'runs' / 'logs' / f'srresnet_{name}_s0.log').is_file()
+        log_path = out / 'runs' / 'logs' / f'srresnet_{name}_s0.log'
+        assert log_path.is_file()
+        progress = [line for line in proc.stdout.splitlines() if f'train srresnet_{name}_s0: iter ' in line]
+        assert progress and all(f"/{plan['total_iter']}" in line and f'log: {log_path}' in line for line in progress)
     assert f"total_iter {plan['total_iter']}" in proc.stdout
     text = (out / 'results.md').read_text()
     assert 'SRResNet (uniform + MSE)' in text and 'supernet, uniform + MSE, Eq. 15' in text

@@ -5,9 +5,9 @@ from os import path as osp
 
 import pytest
 import torch
-from conftest import FIXTURES, REPO_ROOT, TINY_RESNET, train_options
+from conftest import FIXTURES, REPO_ROOT, TINY_RESNET, train_options, write_yaml
 
-from wbsr_plugin import curve, demo, export, fit_prior, infer, prepare, reproduce, subnets
+from wbsr_plugin import calibrate, curve, demo, export, fit_prior, infer, prepare, reproduce, subnets
 from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.cli.pipeline_checks import check_pipeline_options
 from wbsr_plugin.cli.training_options import parsed_options
@@ -18,7 +18,8 @@ from basicsr.archs import build_network
 from basicsr.models import build_model
 
 COMMANDS = {'infer': infer.main, 'curve': curve.main, 'export': export.main, 'subnets': subnets.main,
-            'prepare': prepare.main, 'fit_prior': fit_prior.main, 'reproduce': reproduce.main, 'demo': demo.main}
+            'prepare': prepare.main, 'fit_prior': fit_prior.main, 'reproduce': reproduce.main, 'demo': demo.main,
+            'calibrate': calibrate.main}
 OPTION_FILE = osp.join(REPO_ROOT, 'options', 'train_wbsr_srresnet_x4.yml')
 IMAGE = osp.join(FIXTURES, 'lr_x4', 'rocket.png')
 THRESHOLDS = [2. * k for k in range(1, 10)]
@@ -41,13 +42,14 @@ def test_version_and_plain_help_in_every_command(name, capsys):
     assert ':mod:' not in out and ':class:' not in out and '``' not in out
 
 
-def test_version_in_train_and_test(capsys):
+def test_version_in_train_and_test(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         check_pipeline_options(['--version'])
     assert info.value.code == 0 and capsys.readouterr().out.startswith('wbsr_plugin ')
-    argv = ['--opt', OPTION_FILE, '--debug']
+    option_file = write_yaml(tmp_path / 'train.yml', train_options('vocabulary'))  # its datasets exist
+    argv = ['--opt', option_file, '--debug']
     check_pipeline_options(argv)
-    assert argv == ['-opt', OPTION_FILE, '--debug']  # BasicSR's spelling
+    assert argv == ['-opt', option_file, '--debug']  # BasicSR's spelling
 
 
 @pytest.mark.parametrize('name', ['subnets', 'export', 'infer', 'curve'])

@@ -1,17 +1,20 @@
 """Budgets spent by measured error: the class-error table, its allocation and its checkpoints."""
+from os import path as osp
+
 import numpy as np
 import pytest
 import torch
-from conftest import run_module, train_options, write_yaml
+from conftest import fixture_dirs, run_module, train_options, write_yaml
 
 from wbsr_plugin.cli.model_card import format_model_card
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.calibration import class_error_table, fill_empty_classes, sample_patch_pairs
+from wbsr_plugin.inference.calibration import class_error_table, fill_empty_classes, patch_errors, sample_patch_pairs
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.class_errors import ClassErrors
 from wbsr_plugin.inference.class_thresholds import ClassThresholds
 from wbsr_plugin.inference.projection import apply_levels, calibrated_levels, classify
-from wbsr_plugin.models.wbsr_options import parse_wbsr_options
+from wbsr_plugin.models.wbsr_options import calibration_patches, parse_wbsr_options
 
 from basicsr.archs import build_network
 
@@ -138,6 +141,27 @@ def test_option_is_validated():
             parse_wbsr_options({'calibration_patches': bad})
 
 
+def test_calibration_patches_come_from_the_calibration_set_else_the_training_images(tmp_path):
+    hr, lr = fixture_dirs()
+    (tmp_path / 'hr').mkdir()
+    (tmp_path / 'lr').mkdir()
+    for name in ('chelsea.png', 'rocket.png'):  # a calibration split: two of the four photos
+        (tmp_path / 'hr' / name).symlink_to(osp.join(hr, name))
+        (tmp_path / 'lr' / name).symlink_to(osp.join(lr, name))
+    opt = dict(train_options('split'), is_train=True, rank=0)
+    wbsr = parse_wbsr_options({'calibration_patches': 10,
+                               'calibration_set': {'dataroot_gt': str(tmp_path / 'hr'),
+                                                   'dataroot_lq': str(tmp_path / 'lr')}})
+    thresholds = ClassThresholds.of([1., 2.])
+    lq, gt, ids, data = calibration_patches(opt, wbsr, thresholds, 12)
+    assert lq.shape == (10, 3, 12, 12) and gt.shape == (10, 3, 48, 48) and sorted(set(ids)) == [0, 1]
+    assert data == f"calibration images ({tmp_path / 'hr'})"
+    lq, _, ids, data = calibration_patches(opt, parse_wbsr_options({'calibration_patches': 8}), thresholds, 12)
+    assert len(lq) == 8 and len(set(ids)) == 4 and data.startswith('training images')
+    with pytest.raises(ValueError, match='wbsr.calibration_set must be paired dataset options'):
+        parse_wbsr_options({'calibration_set': {'dataroot_gt': hr}})
+
+
 def test_checkpoints_store_the_class_errors_of_training_patches(tmp_path):
     opt = train_options('calibrated', model_type='DynamicSRModel', total_iter=2)
     opt['wbsr'] = {'calibration_patches': 24, 'inference': {'patch_size': 12, 'overlap': 2, 'budget': 0.6}}
@@ -146,7 +170,9 @@ def test_checkpoints_store_the_class_errors_of_training_patches(tmp_path):
     table = meta['class_errors']
     assert len(table) == meta['num_classes'] and all(len(row) == len(net.subnets) for row in table)
     assert all(0 <= e < 1 for row in table for e in row)
-    assert engine_options(meta)['thresholds'].class_error_lists() == table
+    stats = ClassErrors.from_meta(meta)  # stored with counts: the engine plans by their bound
+    assert sum(stats.counts) == 24 and 'training images' in stats.source['data'] and stats.source['iter'] == 2
+    assert engine_options(meta)['thresholds'].class_error_lists() == stats.planning_table()
     assert f'| class errors | {len(table)} classes x {len(net.subnets)} subnets' in format_model_card(net, meta, 'x')
     # off: nothing stored
     opt['name'], opt['wbsr']['calibration_patches'] = 'uncalibrated', 0
@@ -154,3 +180,17 @@ def test_checkpoints_store_the_class_errors_of_training_patches(tmp_path):
     net, meta = load_supernet(str(tmp_path / 'experiments' / 'uncalibrated' / 'models' / 'net_g_latest.pth'))
     assert 'class_errors' not in meta and engine_options(meta)['thresholds'].class_errors is None
     assert '| class errors | none stored' in format_model_card(net, meta, 'x')
+
+
+def test_patch_errors_weigh_pixels_as_the_engine_blends_them():
+    net = tiny_net()  # x2
+    lq = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        out = net(lq, subnet=len(net.subnets) - 1).clamp(0, 1)
+    gt = out + 0.1
+    gt[..., :2, :] = out[..., :2, :] + 0.5  # the trimmed edge (trim 1 LR px = 2 HR px) weighs nothing
+    thresholds = ClassThresholds.of([0.5])
+    _, errors = patch_errors(net, lq, gt, thresholds, overlap=4, trim=1)
+    assert errors[:, -1] == pytest.approx([0.01] * 3, rel=1e-5)
+    _, errors = patch_errors(net, lq, gt, thresholds, border=0)  # every pixel alike
+    assert errors[:, -1] == pytest.approx([(0.25 * 2 + 0.01 * 14) / 16] * 3, rel=1e-5)

@@ -128,11 +128,14 @@ class SupernetMixin:
         LABEL (str): The network's usual name in tables and reports (``'SRResNet'``).
         OPTIONS (tuple[str]): Constructor options (besides ``widths`` and ``depths``).
         CARD_OPTIONS (tuple[str]): Options a model card shows beside the size, widths and depths.
+        SPANDREL_LAYOUT (callable | None): ``(plain state dict, plain options) -> state dict`` in the layout
+            spandrel recognises for the plain network, or None when spandrel has no such architecture.
     """
     PLAIN_TYPE = None
     LABEL = None
     OPTIONS = ()
     CARD_OPTIONS = ()
+    SPANDREL_LAYOUT = None
 
     @classmethod
     def default_options(cls):

@@ -8,6 +8,7 @@ from basicsr.archs.arch_util import Upsample, make_layer
 from basicsr.archs.rcan_arch import ResidualGroup
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from .rcan_layout_util import original_layout
 from .supernet_util import (
     ConvUse,
     SupernetMixin,
@@ -53,6 +54,7 @@ class WBSRRCAN(SupernetMixin, nn.Module):
     OPTIONS = ('num_in_ch', 'num_out_ch', 'num_feat', 'num_group', 'num_block', 'squeeze_factor', 'upscale',
                'res_scale', 'img_range', 'rgb_mean')
     CARD_OPTIONS = ('num_group', 'squeeze_factor')
+    SPANDREL_LAYOUT = staticmethod(original_layout)  # the original RCAN's keys and mean shift
 
     def __init__(self,
                  *,

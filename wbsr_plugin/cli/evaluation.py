@@ -26,6 +26,14 @@ from basicsr.utils.matlab_functions import imresize
 
 from .image_io import ImageReadError, read_image
 
+SSIM_WINDOW = 11  # BasicSR's calculate_ssim: an 11 x 11 Gaussian window, valid positions only
+
+
+def smallest_hr_side(scale):
+    """The smallest HR side (a multiple of ``scale``) with PSNR/SSIM defined: ``scale`` border pixels are cropped
+    on each side and SSIM's window must fit in what is left."""
+    return -(-(2 * scale + SSIM_WINDOW) // scale) * scale
+
 
 def to_uint8_bgr(tensor):
     """(1, 3, H, W) RGB in [0, 1] -> H x W x 3 BGR uint8 (as BasicSR's ``tensor2img``)."""
@@ -47,7 +55,8 @@ def load_pairs(hr_dir, lr_dir, scale):
         per HR image, sorted by file name.
 
     Raises:
-        ImageReadError: An unreadable image, or an LR image missing or of the wrong size.
+        ImageReadError: An unreadable image, an HR image smaller than :func:`smallest_hr_side` on a side, or an LR
+            image missing or of the wrong size.
     """
     pairs = []
     lr_paths = {}
@@ -57,6 +66,11 @@ def load_pairs(hr_dir, lr_dir, scale):
         name = osp.splitext(osp.basename(hr_path))[0]
         hr, _ = read_image(hr_path)
         h, w = hr.shape[-2:]
+        least = smallest_hr_side(scale)
+        if min(h - h % scale, w - w % scale) < least:
+            raise ImageReadError(f'{hr_path}: {w}x{h} is too small for PSNR/SSIM at x{scale}: HR images need at least '
+                                 f'{least}x{least} pixels ({scale} border pixels are cropped on each side and SSIM '
+                                 f'needs {SSIM_WINDOW}x{SSIM_WINDOW})')
         hr = hr[..., :h - h % scale, :w - w % scale]
         if lr_dir:
             lr_path = lr_paths.get(name) or lr_paths.get(f'{name}x{scale}')
@@ -84,9 +98,10 @@ def evaluate(run, pairs, scale):
         ``full_flops``), ``gflops_per_32x32`` (GFLOPs per 32x32 LR patch, the paper's unit) and
         ``time_s`` (sum of the reports' times).
     """
-    psnr, ssim, flops, full, seconds = [], [], 0, 0, 0.
+    psnr, ssim, flops, full, seconds, expected = [], [], 0, 0, 0., []
     for _, lq, hr in pairs:
         sr, report = run(lq)
+        expected.append(report.get('expected_loss_db'))
         img = to_uint8_bgr(sr)
         psnr.append(calculate_psnr(img, hr, crop_border=scale, test_y_channel=True))
         ssim.append(calculate_ssim(img, hr, crop_border=scale, test_y_channel=True))
@@ -99,7 +114,8 @@ def evaluate(run, pairs, scale):
         'ssim': float(np.mean(ssim)),
         'flops_percent': 100 * flops / full,
         'gflops_per_32x32': flops / 1e9 * REFERENCE_LQ_SIZE**2 / pixels,
-        'time_s': seconds
+        'time_s': seconds,
+        'expected_loss_db': None if None in expected else float(np.mean(expected)),
     }
 
 
@@ -171,7 +187,7 @@ def engine_runner(net, thresholds=None, **engine_opt):
     def run(lq):
         sr, report = engine.run(lq)
         return sr, {'flops': report.flops, 'full_flops': report.full_flops, 'time_s': report.time_s,
-                    'histogram': report.histogram}
+                    'histogram': report.histogram, 'expected_loss_db': report.plan.expected_loss_db}
 
     return warmed_up(run)
 

@@ -3,20 +3,22 @@
 Each subnet is exactly the supernet's plain BasicSR network (its ``PLAIN_TYPE``, such as
 ``MSRResNet(num_feat=w, num_block=d)``) cut out of it (``SupernetMixin.extract_subnet``):
 
-* a BasicSR checkpoint ``{'params': state_dict}`` that the plain network loads with
-  ``strict=True`` (BasicSR's ``test.py``, Real-ESRGAN-style scripts);
-* an ONNX model (float32, or float16 on request) with a dynamic batch, height and width,
-  input ``lq`` (n, 3, h, w) in [0, 1] RGB and output ``sr`` (n, 3, h * scale, w * scale).
-  Needs the ``export`` extra (``pip install -e ".[export]"``: onnx, onnxruntime).
+* its weights, which the plain network loads with ``strict=True``: a BasicSR checkpoint ``{'params': state_dict}``
+  (``STEM.pth``: BasicSR's ``test.py``, Real-ESRGAN-style scripts), or a ``STEM.safetensors`` file whose header
+  holds the ``'wbsr'`` entry of :func:`~.export_metadata.subnet_checkpoint_meta` (``infer --model`` reads it);
+* for an architecture spandrel knows under another layout (``SPANDREL_LAYOUT``: RCAN), the same weights in
+  that layout, ``STEM_spandrel.pth`` or ``.safetensors`` (chaiNNer, ComfyUI);
+* ONNX models (:mod:`.onnx_export`: float32, float16, or float16 weights with float32 input and output), with
+  the subnet's record (:func:`~.export_metadata.subnet_record`) in ``metadata_props``.
 
 Every file is written to a temporary name and renamed, so an interrupted export never leaves
 a half-written file.
 """
 import json
+import os
 import time
-import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from os import path as osp
 
 import torch
@@ -24,11 +26,18 @@ import torch
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.cli.model_card import format_subnet_table
 from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
-from wbsr_plugin.utils.files import atomic_path, atomic_torch_save, atomic_write_text
+from wbsr_plugin.utils.files import atomic_torch_save, atomic_write_text, publish_no_replace
+from wbsr_plugin.utils.progress import progress_bar
+from wbsr_plugin.utils.safetensors_files import write_safetensors
 
-ONNX_OPSET = 17
-ONNX_INPUT, ONNX_OUTPUT = 'lq', 'sr'
+from . import onnx_export
+from .export_metadata import index_entry, index_header, onnx_metadata_props, subnet_checkpoint_meta, subnet_record
+from .onnx_export import FILE_SUFFIXES, ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT, onnx_max_error, write_onnx  # noqa: F401
+
 INDEX_NAME = 'index'
+WEIGHTS_FORMATS = ('pth', 'safetensors')
+SPANDREL_SUFFIX = '_spandrel'
+ONNX_KINDS = {'fp32': 'onnx', 'fp16': 'onnx_fp16', 'fp16-weights': 'onnx_fp16w'}
 
 
 class ExportError(ValueError):
@@ -48,10 +57,12 @@ class ExportedSubnet:
         gflops (float): GFLOPs per 32x32 LR patch.
         percent (float): FLOPs in % of the full network.
         network_g (dict): BasicSR ``network_g`` options that build the plain network.
-        files (dict[str, str]): Format ('checkpoint', 'onnx') -> file name in the output folder.
-        sizes (dict[str, int]): Format -> file size in bytes.
-        seconds (dict[str, float]): Format -> seconds spent writing it.
-        onnx_max_error (float | None): Largest |ONNX - PyTorch| on the check input, if checked.
+        files (dict[str, str]): Kind ('checkpoint', 'spandrel', 'onnx', 'onnx_fp16', 'onnx_fp16w') -> file name in
+            the output folder.
+        sizes (dict[str, int]): Kind -> file size in bytes.
+        seconds (dict[str, float]): Kind -> seconds spent writing it.
+        onnx_errors (dict[str, float]): ONNX kind -> largest |ONNX - PyTorch| on the check input, if checked.
+        onnx_max_error (float | None): The largest of ``onnx_errors``, if checked.
     """
     index: int
     name: str
@@ -64,6 +75,7 @@ class ExportedSubnet:
     files: dict = field(default_factory=dict)
     sizes: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    onnx_errors: dict = field(default_factory=dict)
     onnx_max_error: float = None
 
 
@@ -83,6 +95,50 @@ def resolve_subnet(net, key):
                       f'or one of {names}.')
 
 
+@dataclass(frozen=True)
+class ExportFormats:
+    """Which files an export writes for each subnet.
+
+    Args:
+        checkpoint (bool): The weights file ``STEM.pth`` or ``STEM.safetensors``. Default: True.
+        weights_format (str): 'pth' (BasicSR's ``{'params': ...}``) or 'safetensors'. Default: 'pth'.
+        spandrel (bool): The weights in spandrel's layout too, ``STEM_spandrel.{pth,safetensors}`` (only for
+            supernets with a ``SPANDREL_LAYOUT``). Default: False.
+        onnx_precisions (tuple[str]): ONNX models to write: 'fp32' (``STEM.onnx``), 'fp16' (``STEM_fp16.onnx``),
+            'fp16-weights' (``STEM_fp16w.onnx``). Default: () (none).
+    """
+    checkpoint: bool = True
+    weights_format: str = 'pth'
+    spandrel: bool = False
+    onnx_precisions: tuple = ()
+
+    def __post_init__(self):
+        if self.weights_format not in WEIGHTS_FORMATS:
+            raise ExportError(f'unknown weights format {self.weights_format!r}; expected one of {WEIGHTS_FORMATS}.')
+        for precision in self.onnx_precisions:
+            if precision not in ONNX_KINDS:
+                raise ExportError(f'unknown ONNX precision {precision!r}; expected one of {tuple(ONNX_KINDS)}.')
+        if not (self.checkpoint or self.spandrel or self.onnx_precisions):
+            raise ExportError('nothing to export: ask for the checkpoint, ONNX or both.')
+
+    def file_names(self, stem):
+        """``{kind: file name}`` of the subnet files named ``stem``, in the order they are written."""
+        ext = f'.{self.weights_format}'
+        names = {'checkpoint': stem + ext} if self.checkpoint else {}
+        names.update({'spandrel': stem + SPANDREL_SUFFIX + ext} if self.spandrel else {})
+        names.update({ONNX_KINDS[p]: stem + FILE_SUFFIXES[p] for p in self.onnx_precisions})
+        return names
+
+
+def every_file_name(stem):
+    """Every file name an export may give subnet ``stem``, in every format."""
+    names = []
+    for weights_format in WEIGHTS_FORMATS:
+        formats = ExportFormats(weights_format=weights_format, spandrel=True, onnx_precisions=tuple(ONNX_KINDS))
+        names += [name for name in formats.file_names(stem).values() if name not in names]
+    return names
+
+
 def subnet_state_dict(net, spec):
     """The plain network's state dict of subnet ``spec``: contiguous float32 CPU copies."""
     module = net.extract_subnet(spec.index)
@@ -97,13 +153,9 @@ def prepare_output_folder(folder):
         raise ExportError(str(err)) from None
 
 
-def planned_files(net, specs, folder, *, checkpoint, onnx, fp16, index):
+def planned_files(net, specs, folder, formats, *, index):
     """Every path an export would write: each subnet's files, and the index with ``index``."""
-    names = []
-    for spec in specs:
-        stem = file_stem(net, spec)
-        names += [f'{stem}.pth'] if checkpoint else []
-        names += [f'{stem}_fp16.onnx' if fp16 else f'{stem}.onnx'] if onnx else []
+    names = [name for spec in specs for name in formats.file_names(file_stem(net, spec)).values()]
     names += [f'{INDEX_NAME}.json', f'{INDEX_NAME}.md'] if index else []
     return [osp.join(folder, name) for name in names]
 
@@ -120,62 +172,46 @@ def check_planned_files(paths, overwrite):
                           '--overwrite to replace them')
 
 
-def write_checkpoint(net, spec, path):
-    """Write subnet ``spec`` as a BasicSR checkpoint ``{'params': ...}`` (atomically)."""
-    atomic_torch_save({'params': subnet_state_dict(net, spec)}, path)
+def write_weights(state, path, meta=None):
+    """Write a state dict by the extension of ``path`` (atomically): ``.pth`` as BasicSR's ``{'params': ...}``,
+    ``.safetensors`` flat, with ``meta`` as the ``'wbsr'`` header entry."""
+    if path.endswith('.safetensors'):
+        write_safetensors(state, path, meta)
+    elif path.endswith('.pth'):
+        atomic_torch_save({'params': state}, path)
+    else:
+        raise ExportError(f'{path}: weights are written as .pth or .safetensors.')
 
 
-def require_onnx():
-    """Import onnx and onnxruntime, or raise :class:`ExportError` saying how to install them."""
+def write_checkpoint(net, spec, path, meta=None):
+    """Write subnet ``spec``'s weights to ``path``, ``.pth`` or ``.safetensors`` (see :func:`write_weights`)."""
+    write_weights(subnet_state_dict(net, spec), path, meta)
+
+
+def spandrel_layout_problem(net):
+    """Why ``net``'s subnets have no spandrel file (None when they have one)."""
+    if net.SPANDREL_LAYOUT is None:
+        return (f'spandrel has no {net.PLAIN_TYPE} architecture; use the ONNX export (--onnx) or the BasicSR '
+                'checkpoint instead')
+    return None
+
+
+def write_spandrel(net, spec, path):
+    """Write subnet ``spec`` in the layout spandrel recognises (``SPANDREL_LAYOUT``): a flat state dict, in
+    ``.pth`` or ``.safetensors``."""
+    state = net.SPANDREL_LAYOUT(subnet_state_dict(net, spec), net.plain_network_options(spec.width, spec.depth))
+    if path.endswith('.safetensors'):
+        write_safetensors(state, path)
+    else:
+        atomic_torch_save(state, path)
+
+
+def require_onnx(precisions=('fp32', )):
+    """Import what ONNX export needs, or raise :class:`ExportError` saying how to install it."""
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        onnx_export.require_onnx(precisions)
     except ImportError as err:
-        raise ExportError(f'ONNX export needs onnx and onnxruntime ({err}); install them with '
-                          'pip install -e ".[export]" (or pip install onnx onnxruntime).') from None
-
-
-def write_onnx(net, spec, path, *, fp16=False, opset=ONNX_OPSET):
-    """Write subnet ``spec`` as ONNX with dynamic batch, height and width (atomically).
-
-    Args:
-        net (SupernetMixin): The supernet.
-        spec (Subnet): The subnet.
-        path (str): Output ``.onnx`` file.
-        fp16 (bool): Half-precision weights, input and output. Default: False (float32).
-        opset (int): ONNX opset. Default: 17.
-    """
-    require_onnx()
-    import onnx
-    module = net.extract_subnet(spec.index).to('cpu', torch.float32).eval()
-    example = torch.rand(1, net.conv_first.in_channels, 16, 16)
-    if fp16:
-        module, example = module.half(), example.half()
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings('ignore', category=DeprecationWarning)  # the TorchScript exporter's notice
-        torch.onnx.export(
-            module, (example, ), tmp, dynamo=False, opset_version=opset, input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT], dynamic_axes={
-                ONNX_INPUT: {0: 'batch', 2: 'height', 3: 'width'},
-                ONNX_OUTPUT: {0: 'batch', 2: 'sr_height', 3: 'sr_width'}
-            })
-        onnx.checker.check_model(tmp)
-
-
-def onnx_max_error(path, net, spec, lq):
-    """Largest |ONNX Runtime - PyTorch| of subnet ``spec`` on ``lq`` (n, c, h, w) in [0, 1], on CPU."""
-    require_onnx()
-    import onnxruntime
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-    expects_half = session.get_inputs()[0].type == 'tensor(float16)'
-    lq = lq.detach().to('cpu', torch.float32)
-    with torch.no_grad():
-        reference = net.extract_subnet(spec.index).to('cpu', torch.float32)(lq)
-    feed = lq.half() if expects_half else lq
-    result = torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: feed.numpy()})[0]).float()
-    if result.shape != reference.shape:
-        raise ExportError(f'{path}: ONNX output shape {tuple(result.shape)}, PyTorch {tuple(reference.shape)}.')
-    return (result - reference).abs().max().item()
+        raise ExportError(str(err)) from None
 
 
 def file_stem(net, spec):
@@ -183,17 +219,71 @@ def file_stem(net, spec):
     return f'{net.PLAIN_TYPE}_x{net.upscale}_{spec.name}'
 
 
-def _timed_write(entry, kind, folder, name, write, *args, **kwargs):
+def write_published(path, write, *args, replace=False, **kwargs):
+    """``write(*args, staging, **kwargs)`` into a staging file beside ``path``, then published as ``path``: replacing
+    a file only when ``replace`` (``--overwrite``); else one that another run wrote meanwhile is kept (an error)."""
+    folder, name = osp.split(path)
+    staging = osp.join(folder, f'.{os.getpid()}.{name}')  # the same extension: writers go by it
+    try:
+        write(*args, staging, **kwargs)
+        if replace:
+            os.replace(staging, path)
+        else:
+            try:
+                publish_no_replace(staging, path)
+            except FileExistsError:
+                raise ExportError(f'{path} appeared while exporting (another run?): kept it; pass --overwrite to '
+                                  'replace it') from None
+    finally:
+        if osp.exists(staging):
+            os.remove(staging)
+
+
+def _timed_write(entry, kind, folder, name, write, *args, replace=False, **kwargs):
     path = osp.join(folder, name)
     start = time.perf_counter()
-    write(*args, path, **kwargs)
+    write_published(path, write, *args, replace=replace, **kwargs)
     entry.seconds[kind] = time.perf_counter() - start
     entry.files[kind] = name
     entry.sizes[kind] = osp.getsize(path)
 
 
+def subnet_entry(net, spec, table=None):
+    """The :class:`ExportedSubnet` of ``spec`` before anything is written (``table``: ``net.subnet_table()``)."""
+    table = net.subnet_table(REFERENCE_LQ_SIZE) if table is None else table
+    _, width, depth, params, gflops, percent = table[spec.index]
+    return ExportedSubnet(spec.index, spec.name, width, depth, params, gflops, percent,
+                          net.plain_network_options(spec.width, spec.depth))
+
+
+def write_subnet_weights(net, spec, entry, folder, name, *, source=None, source_meta=None, replace=False):
+    """Write subnet ``spec``'s weights as ``folder/name`` (``.pth``, or ``.safetensors`` with its ``'wbsr'``
+    entry) and record the file in ``entry``."""
+    meta = subnet_checkpoint_meta(net, entry, source_meta, source) if name.endswith('.safetensors') else None
+    _timed_write(entry, 'checkpoint', folder, name, write_checkpoint, net, spec, meta=meta, replace=replace)
+
+
+def _export_one(net, spec, table, folder, formats, check_lq, source, source_meta, replace):
+    entry = subnet_entry(net, spec, table)
+    names = formats.file_names(file_stem(net, spec))
+    if formats.checkpoint:
+        write_subnet_weights(net, spec, entry, folder, names['checkpoint'], source=source, source_meta=source_meta,
+                             replace=replace)
+    if formats.spandrel:
+        _timed_write(entry, 'spandrel', folder, names['spandrel'], write_spandrel, net, spec, replace=replace)
+    for precision in formats.onnx_precisions:
+        kind = ONNX_KINDS[precision]
+        metadata = onnx_metadata_props(subnet_record(net, entry, source), precision)
+        _timed_write(entry, kind, folder, names[kind], write_onnx, net, spec, precision=precision, metadata=metadata,
+                     replace=replace)
+        if check_lq is not None:
+            entry.onnx_errors[kind] = onnx_max_error(osp.join(folder, names[kind]), net, spec, check_lq)
+    entry.onnx_max_error = max(entry.onnx_errors.values()) if entry.onnx_errors else None
+    return entry
+
+
 def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=False, check_lq=None, index=False,
-                   overwrite=False):
+                   overwrite=False, formats=None, source=None, source_meta=None):
     """Write each subnet of ``subnets`` into ``folder``.
 
     Args:
@@ -204,51 +294,42 @@ def export_subnets(net, subnets, folder, *, checkpoint=True, onnx=False, fp16=Fa
         onnx (bool): Write ``STEM.onnx`` (``STEM_fp16.onnx`` with ``fp16``). Default: False.
         fp16 (bool): Half-precision ONNX. Default: False.
         check_lq (Tensor | None): LR input on which every ONNX file is compared with PyTorch
-            (``onnx_max_error``). Default: None (no check).
+            (``onnx_errors``). Default: None (no check).
         index (bool): An index will be written too (:func:`write_index`): its files count as planned. Default:
             False.
         overwrite (bool): Replace files that exist; without it an existing file stops the export before anything
             is written. Default: False.
+        formats (ExportFormats | None): The files to write; replaces ``checkpoint``, ``onnx`` and ``fp16``.
+            Default: None (those three).
+        source (str | None): The supernet checkpoint, recorded in the files' metadata. Default: None.
+        source_meta (dict | None): Its ``'wbsr'`` entry (classes and patch size for ``.safetensors`` files).
+            Default: None.
 
     Returns:
         list[ExportedSubnet]: One entry per subnet, in the order asked.
     """
     specs = [resolve_subnet(net, key) for key in subnets]
-    if not checkpoint and not onnx:
-        raise ExportError('nothing to export: ask for the checkpoint, ONNX or both.')
-    if onnx:
-        require_onnx()
+    if formats is None:
+        formats = ExportFormats(checkpoint=checkpoint, onnx_precisions=(('fp16' if fp16 else 'fp32'), ) if onnx
+                                else ())
+    if formats.spandrel and spandrel_layout_problem(net):
+        raise ExportError(spandrel_layout_problem(net))
+    if formats.onnx_precisions:
+        require_onnx(formats.onnx_precisions)
     prepare_output_folder(folder)
-    check_planned_files(planned_files(net, specs, folder, checkpoint=checkpoint, onnx=onnx, fp16=fp16, index=index),
-                        overwrite)
+    check_planned_files(planned_files(net, specs, folder, formats, index=index), overwrite)
     table = net.subnet_table(REFERENCE_LQ_SIZE)
-    exported = []
-    for spec in specs:
-        _, width, depth, params, gflops, percent = table[spec.index]
-        entry = ExportedSubnet(spec.index, spec.name, width, depth, params, gflops, percent,
-                               net.plain_network_options(spec.width, spec.depth))
-        stem = file_stem(net, spec)
-        if checkpoint:
-            _timed_write(entry, 'checkpoint', folder, f'{stem}.pth', write_checkpoint, net, spec)
-        if onnx:
-            _timed_write(entry, 'onnx', folder, f'{stem}_fp16.onnx' if fp16 else f'{stem}.onnx', write_onnx, net,
-                         spec, fp16=fp16)
-        if onnx and check_lq is not None:
-            entry.onnx_max_error = onnx_max_error(osp.join(folder, entry.files['onnx']), net, spec, check_lq)
-        exported.append(entry)
-    return exported
+    return [_export_one(net, spec, table, folder, formats, check_lq, source, source_meta, overwrite)
+            for spec in progress_bar(specs, desc='export', unit='subnet')]
 
 
 def write_index(net, exported, folder, source=None):
     """Write ``index.json`` and ``index.md`` into ``folder`` and return their paths: ``exported``, and in the
     files column every exported file of each subnet that the folder holds (earlier exports' too)."""
-    records = [{k: v for k, v in asdict(e).items() if k != 'seconds'} for e in exported]
-    doc = {'supernet': type(net).__name__, 'upscale': net.upscale, 'source': source,
-           'flops_lq_size': REFERENCE_LQ_SIZE, 'subnets': records}
+    doc = {**index_header(net, source), 'subnets': [index_entry(e) for e in exported]}
     json_path, md_path = osp.join(folder, f'{INDEX_NAME}.json'), osp.join(folder, f'{INDEX_NAME}.md')
     atomic_write_text(json_path, json.dumps(doc, indent=2) + '\n')
-    files = [', '.join(name for name in (f'{file_stem(net, s)}.pth', f'{file_stem(net, s)}.onnx',
-                                         f'{file_stem(net, s)}_fp16.onnx') if osp.isfile(osp.join(folder, name)))
+    files = [', '.join(name for name in every_file_name(file_stem(net, s)) if osp.isfile(osp.join(folder, name)))
              for s in net.subnets]
     head = f'Exported from {source}\n\n' if source else ''
     atomic_write_text(md_path, head + format_subnet_table(net, extra_columns={'files': files}) + '\n')

@@ -2,8 +2,12 @@
 images read and the finished ones written in background threads while the network runs
 (:mod:`wbsr_plugin.cli.image_pipeline`).
 
-Status lines come in the order of the inputs; an unreadable input, a failed write or out-of-memory skips its image
-with a warning; a full disk raises :class:`DiskFull`.
+Status lines come in the order of the inputs; an unreadable input, a failed write, an output that is not finite or
+out-of-memory skips its image with a warning; a full disk raises :class:`DiskFull`.
+
+Without ``--overwrite`` every file is published only where its name is still free (an exclusive create, never a
+check followed by a rename): a file that another process wrote meanwhile is kept, and its image is not counted as
+written (:func:`record_image`).
 """
 import errno
 import sys
@@ -19,6 +23,8 @@ from .image_io import (
     HostImage,
     ImageInfo,
     ImageReadError,
+    NonFiniteOutput,
+    check_finite,
     read_image,
     subnet_map_legend,
     subnet_map_overlay,
@@ -43,12 +49,16 @@ class WriterSettings:
         save_map (bool): Also write the subnet map of every image.
         overwrite (bool): Replace files that exist.
         pipeline (str): 'auto', 'overlapped' or 'serial' (:func:`overlaps_io`).
+        skip_existing (bool): ``--skip-existing``: a file that appears meanwhile is kept with a note, not an error.
+        existing (frozenset[str]): Files of the run that existed when it started (``--skip-existing`` keeps them).
     """
     output: str
     ext: str = 'auto'
     save_map: bool = False
     overwrite: bool = False
     pipeline: str = 'auto'
+    skip_existing: bool = False
+    existing: frozenset = frozenset()
 
 
 class DiskFull(OSError):
@@ -66,7 +76,9 @@ def is_image_failure(err):
     a full disk, which would fail every later image), out of memory."""
     if isinstance(err, OSError):
         return err.errno != errno.ENOSPC
-    return isinstance(err, ImageReadError) or (isinstance(err, (RuntimeError, MemoryError)) and is_out_of_memory(err))
+    if isinstance(err, (ImageReadError, NonFiniteOutput)):
+        return True
+    return isinstance(err, (RuntimeError, MemoryError)) and is_out_of_memory(err)
 
 
 def status_line(text, file=None):
@@ -77,11 +89,24 @@ def status_line(text, file=None):
     file.flush()
 
 
-def image_done(path, report, totals, prefix):
-    """Count a written image and print its line."""
-    totals.add(report)
+def image_done(path, outcome, settings, totals, prefix):
+    """Count an image that ran and print its line: ``outcome`` is ``(report, taken)``, ``taken`` the files that
+    another process wrote while this one computed them (kept; the image is then not counted as written)."""
+    report, taken = outcome
     release_freed_memory()  # the image's tensors are gone: resident memory stays flat over many sizes
-    status_line(f'{prefix}{osp.basename(path)}: {report.summary()}')
+    if not taken:
+        totals.add(report)
+        status_line(f'{prefix}{osp.basename(path)}: {report.summary()}')
+        return
+    names = ', '.join(taken)
+    if settings.skip_existing:
+        totals.kept.append(path)
+        status_line(f'{prefix}note: kept {names}, which another run wrote while this one computed it '
+                    '(--skip-existing)', file=sys.stderr)
+        return
+    totals.taken.append(path)
+    status_line(f'{prefix}warning: {names} appeared while this run computed it (another run writing into -o?); '
+                'kept it, and this run\'s output of it is not written', file=sys.stderr)
 
 
 def image_failed(path, err, settings, totals, prefix):
@@ -92,8 +117,9 @@ def image_failed(path, err, settings, totals, prefix):
                 from None
         raise err
     if isinstance(err, OSError):
-        warning = f'{path}: {err.strerror or err}'
-    elif isinstance(err, ImageReadError):  # its message starts with the path
+        where = f'cannot write {err.filename}: ' if err.filename and err.filename != path else ''
+        warning = f'{path}: {where}{err.strerror or err}'
+    elif isinstance(err, (ImageReadError, NonFiniteOutput)):  # its message starts with the path
         warning = str(err)
     else:
         warning = f'{path}: out of memory; try --budget, a smaller --tile or fewer --threads.'
@@ -102,12 +128,21 @@ def image_failed(path, err, settings, totals, prefix):
 
 
 def outputs_to_write(path, info, names, settings):
-    """``(image path or None, map path or None)``: the files of ``path`` this run writes (an existing file is
-    replaced only with ``--overwrite``)."""
+    """``(image path or None, map path or None)``: the files of ``path`` this run writes (all of them with
+    ``--overwrite``; under ``--skip-existing``, those that did not exist when the run started)."""
     target = names.image_path(path, output_extension(path, settings.ext, info))
     map_target = names.map_path(path) if settings.save_map else None
-    return (target if settings.overwrite or not osp.exists(target) else None,
-            map_target if map_target and (settings.overwrite or not osp.exists(map_target)) else None)
+    return tuple(p if p is not None and (settings.overwrite or p not in settings.existing) else None
+                 for p in (target, map_target))
+
+
+def publish(target, image, settings, taken):
+    """Write ``image`` as ``target``; without ``--overwrite`` only where the name is still free (else ``target``
+    joins ``taken``)."""
+    try:
+        write_image_atomic(target, image, replace=settings.overwrite)
+    except FileExistsError:
+        taken.append(target)
 
 
 def progress(items, total, prefix):
@@ -115,29 +150,32 @@ def progress(items, total, prefix):
 
 
 def super_resolve_one(path, engine, net, names, settings):
-    """Read, run and write one image (its image and, with ``--save-map``, its map); returns the report."""
+    """Read, run and write one image (its image and, with ``--save-map``, its map); returns ``(report, taken)``
+    (see :func:`image_done`)."""
     lq, info = read_image(path)
     sr, report = engine.run(lq)
+    check_finite(path, torch.isfinite(sr).all())
     target, map_target = outputs_to_write(path, info, names, settings)
+    taken = []
     if target:
-        write_image_atomic(target, to_image(sr, info))
+        publish(target, to_image(sr, info), settings, taken)
     if map_target:
         bgr = to_image(sr, ImageInfo('rgb', 255))
         overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
                                      legend=subnet_map_legend(report, net))
-        write_image_atomic(map_target, overlay)
-    return report
+        publish(map_target, overlay, settings, taken)
+    return report, taken
 
 
 def super_resolve_serially(paths, engine, net, names, settings, totals, prefix=''):
     """:func:`super_resolve` one step after another (``--pipeline serial``)."""
     for path in progress(paths, len(paths), prefix):
         try:
-            report = super_resolve_one(path, engine, net, names, settings)
-        except (OSError, ImageReadError, RuntimeError, MemoryError) as err:
+            outcome = super_resolve_one(path, engine, net, names, settings)
+        except (OSError, ImageReadError, NonFiniteOutput, RuntimeError, MemoryError) as err:
             image_failed(path, err, settings, totals, prefix)
             continue
-        image_done(path, report, totals, prefix)
+        image_done(path, outcome, settings, totals, prefix)
 
 
 @dataclass
@@ -170,25 +208,28 @@ def compute_image(decoded, engine, net, settings):
 
 
 def write_outputs(path, image, names, settings, scale, num_subnets):
-    """Write a :class:`ComputedImage` (its image and, with ``--save-map``, its map); returns its report."""
+    """Write a :class:`ComputedImage` (its image and, with ``--save-map``, its map); returns ``(report, taken)``
+    (see :func:`image_done`)."""
+    check_finite(path, image.host.finite)
     target, map_target = outputs_to_write(path, image.info, names, settings)
+    taken = []
     if target:
-        write_image_atomic(target, image.host.image())
+        publish(target, image.host.image(), settings, taken)
     if map_target:
         overlay = subnet_map_overlay(image.host.map_base(), image.map_plan, scale, num_subnets, legend=image.legend)
-        write_image_atomic(map_target, overlay)
-    return image.report
+        publish(map_target, overlay, settings, taken)
+    return image.report, taken
 
 
 def record_outcomes(outcomes, settings, totals, prefix):
     """Count and print finished images ``(path, future)`` in order; raise when one ends the run."""
     for path, future in outcomes:
         try:
-            report = future.result()
+            outcome = future.result()
         except Exception as err:
             image_failed(path, err, settings, totals, prefix)
             continue
-        image_done(path, report, totals, prefix)
+        image_done(path, outcome, settings, totals, prefix)
 
 
 def super_resolve_overlapped(paths, engine, net, names, settings, totals, prefix=''):
@@ -213,7 +254,7 @@ def super_resolve_overlapped(paths, engine, net, names, settings, totals, prefix
             writes.close()  # the write in progress ends: its file is complete or removed
             for path, future in writes.finished():
                 if succeeded(future):
-                    image_done(path, future.result(), totals, prefix)
+                    image_done(path, future.result(), settings, totals, prefix)
             raise
 
 

@@ -5,10 +5,13 @@
 * Grayscale (1 channel) is run as RGB with three equal channels and written back as grayscale.
 * RGBA: the colour channels go through the network, the alpha channel is resized with
   bilinear interpolation, and the output keeps it.
-* Anything OpenCV cannot decode (corrupt, empty, not an image), float images, and more than
-  four channels raise :class:`ImageReadError`.
-* Files are written to a temporary name in the output folder and renamed with
-  ``os.replace``, so a failure never leaves a half-written image.
+* A file that cannot be opened (permission denied, ...) raises :class:`ImageReadError` with the system's
+  reason; anything OpenCV cannot decode (corrupt, empty, not an image), float images, and more than
+  four channels raise it too. The file is read here and decoded from memory, so OpenCV prints no
+  warning lines of its own.
+* An SR image with values that are not finite (NaN, Inf) is never written: :class:`NonFiniteOutput`.
+* Files are written to a temporary name in the output folder and renamed, so a failure never leaves a
+  half-written image; without ``replace`` a file that took the name meanwhile is kept (``FileExistsError``).
 """
 from dataclasses import dataclass
 from os import path as osp
@@ -22,6 +25,17 @@ from wbsr_plugin.utils.files import atomic_write_bytes
 
 class ImageReadError(ValueError):
     """An input file that cannot be used as an image."""
+
+
+class NonFiniteOutput(ValueError):
+    """The network gave values that are not finite (NaN or Inf) for an image: it is not written."""
+
+
+def check_finite(path, finite):
+    """Raise :class:`NonFiniteOutput` for input ``path`` unless ``finite`` (a bool or a 0-d tensor)."""
+    if not bool(finite):
+        raise NonFiniteOutput(f'{path}: the network gave values that are not finite (NaN or Inf); the image is not '
+                              'written (without --fp32 on CUDA, half precision may overflow: try --fp32)')
 
 
 @dataclass
@@ -42,9 +56,13 @@ def read_image(path):
     """Read an image as a (1, 3, h, w) float32 RGB tensor in [0, 1] and its :class:`ImageInfo`."""
     if not osp.isfile(path):
         raise ImageReadError(f'{path}: no such file.')
-    if osp.getsize(path) == 0:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ImageReadError(f'{path}: cannot read it: {(err.strerror or str(err)).lower()}.') from None
+    if data.size == 0:
         raise ImageReadError(f'{path}: empty file.')
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(f'{path}: cannot decode (corrupt or not an image).')
     if img.dtype == np.uint8:
@@ -140,8 +158,16 @@ class HostImage:
         self.info = info
         self.with_map = with_map
         self.as_pixels = info.mode != 'gray' and (info.max_value == 255 or not with_map)
+        self._finite, _ = copy_to_host(torch.isfinite(sr).all())  # read once the copy below has ended
         on_device = device_pixels(sr, info.max_value) if self.as_pixels else sr[0].detach().float().clamp(0, 1)
         self._host, self._copied = copy_to_host(on_device)
+
+    @property
+    def finite(self):
+        """Whether every SR value was finite (waits for the copy)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        return bool(self._finite)
 
     def _array(self):
         if self._copied is not None:
@@ -170,13 +196,14 @@ class HostImage:
         return rgb_to_image(self._array().transpose(1, 2, 0), ImageInfo('rgb', 255))
 
 
-def write_image_atomic(path, img):
-    """Encode ``img`` by the extension of ``path``, write it to a temporary name, then rename."""
+def write_image_atomic(path, img, *, replace=True):
+    """Encode ``img`` by the extension of ``path``, write it to a temporary name, then rename (``replace``: as
+    :func:`~wbsr_plugin.utils.files.atomic_path`'s)."""
     ext = osp.splitext(path)[1]
     ok, data = cv2.imencode(ext, img)
     if not ok:
         raise OSError(f'cannot encode an image as {ext!r} for {path}.')
-    atomic_write_bytes(path, data.tobytes())
+    atomic_write_bytes(path, data.tobytes(), replace=replace)
 
 
 @dataclass

@@ -74,8 +74,11 @@ def format_model_card(net, meta, path, lq_size=REFERENCE_LQ_SIZE):
         else:
             # what the full network saves over the cheapest subnet, per class, in dB
             saved = [10 * math.log10(row[0] / row[-1]) if row[-1] > 0 else float('inf') for row in errors]
-            rows.append(('class errors', f'{len(errors)} classes x {len(errors[0])} subnets, measured on training '
-                         'patches (budgets spend by them); full network over the cheapest subnet, dB per class: '
+            calibration = meta.get('calibration') or {}
+            where = (f"{sum(calibration['counts'])} patches of {calibration.get('data', 'unknown data')}"
+                     if calibration.get('counts') else 'training patches')
+            rows.append(('class errors', f'{len(errors)} classes x {len(errors[0])} subnets, measured on {where} '
+                         '(budgets spend by them); full network over the cheapest subnet, dB per class: '
                          + _numbers(saved)))
         if meta.get('difficulty') not in (None, DIFFICULTY_NAME):
             rows.append(('difficulty', f"{meta['difficulty']} (this package uses {DIFFICULTY_NAME})"))

@@ -4,14 +4,19 @@
   ``OUT`` is the ``--ext`` choice, or with ``auto`` the input's own extension, except that 16-bit and RGBA
   inputs are written as PNG unless the input already is PNG or TIFF (the formats that keep them).
 * Inputs whose names differ only in their extension or in letter case (``a.png``, ``a.jpg``, ``A.png``) are
-  written as ``NAME_EXT_SUFFIX.OUT``, so two inputs never share an output; when even that is ambiguous the run
-  stops before computing anything.
+  written as ``NAME_EXT_SUFFIX.OUT``; those that still differ only in letter case (``A.png`` and ``a.png``,
+  ``a.PNG`` and ``a.png``) get a number after the first in the order of their names (``A_png_out.png``,
+  ``a_png_2_out.png``), so two inputs never share an output, also on file systems that ignore case. When even
+  that is ambiguous (an input named ``a_png_2.png`` beside them) the run stops before computing anything.
+* The suffix is a part of a file name (no separator, no '..', no control characters): every output lies in the
+  output folder.
 * No output may be an input, and no map may be an image of the same run: such runs stop before computing.
 * When ``-o`` is ``-i`` or lies inside it, files that look like this command's outputs (``*_SUFFIX.*``,
   ``*_map.png``) are not taken as inputs; the run says how many it left out.
 * A file the run would write that already exists is never replaced silently: the run stops before computing and
   lists them, unless ``--overwrite`` (replace them) or ``--skip-existing`` (leave out the inputs whose outputs
-  all exist; of the others, only the missing files are written).
+  all exist; of the others, only the missing files are written). A folder (or anything but a file) where an output
+  would go stops the run before computing, whatever the flags.
 
 Whether an output exists is decided from its name alone, without decoding the input: with ``auto`` either
 extension an input may get counts. Outputs are renamed into place only when complete, so an existing name is a
@@ -20,6 +25,8 @@ finished image.
 import os
 from collections import defaultdict
 from os import path as osp
+
+from .arg_types import name_part_problem
 
 OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'tif', 'webp')
 # Formats that keep 16 bits per channel and an alpha channel.
@@ -62,6 +69,14 @@ def _key(path):
     return osp.normcase(osp.realpath(path)).casefold()
 
 
+def _groups(paths, name):
+    """``paths`` grouped by ``name(path)`` without regard to letter case (lists in the order of ``paths``)."""
+    groups = defaultdict(list)
+    for path in paths:
+        groups[name(path).casefold()].append(path)
+    return list(groups.values())
+
+
 def _listed(paths):
     paths = sorted(paths)
     more = f' and {len(paths) - LISTED} more' if len(paths) > LISTED else ''
@@ -79,21 +94,24 @@ class OutputNames:
         save_map (bool): Whether each input also gets a map.
 
     Raises:
-        OutputConflict: Two inputs would share an output.
+        OutputConflict: Two inputs would share an output, or ``suffix`` is not a part of a file name.
     """
 
     def __init__(self, folder, inputs, suffix, ext, save_map):
         if ext not in OUTPUT_EXTENSIONS:
             raise ValueError(f'unknown extension {ext!r}; expected one of {OUTPUT_EXTENSIONS}.')
+        problem = name_part_problem(suffix)
+        if problem is not None:
+            raise OutputConflict(f'--suffix: {problem}')
         self.folder, self.suffix, self.ext, self.save_map = folder, suffix, ext, save_map
-        by_stem = defaultdict(list)
-        for path in inputs:
-            by_stem[osp.splitext(osp.basename(path))[0].casefold()].append(path)
         self.stems = {}
-        for paths in by_stem.values():
+        for paths in _groups(inputs, lambda p: osp.splitext(osp.basename(p))[0]):
             for path in paths:
                 stem, extension = osp.splitext(osp.basename(path))
                 self.stems[path] = stem if len(paths) == 1 else f'{stem}_{extension.lstrip(".").lower()}'
+        for paths in _groups(inputs, self.stems.get):  # still the same but for letter case: numbered
+            for number, path in enumerate(sorted(paths, key=osp.basename)[1:], start=2):
+                self.stems[path] = f'{self.stems[path]}_{number}'
         self.check_unique(inputs)
 
     def image_path(self, input_path, ext):
@@ -129,9 +147,9 @@ class OutputNames:
                 other = owners.setdefault(_key(target), (path, kind, target))
                 if other[0] != path or other[1] != kind:
                     raise OutputConflict(
-                        f'{other[0]} ({other[1]}) and {path} ({kind}) would both be written as {target}'
+                        f'the {other[1]} of {other[0]} and the {kind} of {path} would both be written as {target}'
                         + ('; choose another --suffix than map' if MAP_SUFFIX in (other[1], kind) else
-                           '; rename one of them'))
+                           '; rename one of the inputs'))
         for path in inputs:
             if _key(path) in owners:
                 owner, kind, _ = owners[_key(path)]
@@ -139,13 +157,26 @@ class OutputNames:
                                      '-o or --suffix')
 
     def check_existing(self, inputs, overwrite, skip_existing):
-        """Stop when a file the run would write exists, unless ``overwrite`` or ``skip_existing``."""
+        """Stop when something that is not a file takes the name of an output (a folder: whatever the flags), or
+        when a file the run would write exists, unless ``overwrite`` or ``skip_existing``.
+
+        Returns:
+            list[str]: The files of the run that exist now (``skip_existing`` keeps them).
+        """
+        planned = [p for path in inputs for p in self.paths(path)]
+        blocked = [p for p in planned if osp.lexists(p) and not osp.isfile(p)]
+        if blocked:
+            what = 'a folder' if osp.isdir(blocked[0]) else 'not a regular file'
+            raise OutputConflict(f'-o: {blocked[0]} is {what}, where an output of this run would be written'
+                                 + (f' ({len(blocked)} such paths)' if len(blocked) > 1 else '')
+                                 + '; rename or remove it, or choose another -o or --suffix')
+        existing = [p for p in planned if osp.isfile(p)]
         if overwrite or skip_existing:
-            return
-        existing = [p for path in inputs for p in self.paths(path) if osp.isfile(p)]
+            return existing
         if existing:
             raise OutputConflict(f'{len(existing)} file(s) this run would write exist already: {_listed(existing)}; '
                                  'pass --skip-existing to keep them or --overwrite to replace them')
+        return existing
 
 
 def looks_like_output(path, suffix):

@@ -81,7 +81,7 @@ class ClassBalancedPairedDataset(PairedImageDataset):
             return
 
         self.lq_size = lq_patch_size(opt['gt_size'], opt['scale'])
-        index = load_or_build_index(opt, self.hes)
+        index = load_or_build_index(opt, self.hes, progress=True)  # a bar on rank 0 in a terminal only
         self.index_path = index.path
         num_classes = self.hes['hes_num_classes']
         self.thresholds = index.thresholds(num_classes)

@@ -19,6 +19,7 @@ from os import path as osp
 import numpy as np
 
 from wbsr_plugin.utils.files import atomic_path
+from wbsr_plugin.utils.progress import progress_bar
 
 from basicsr.utils import get_root_logger
 
@@ -103,10 +104,7 @@ def build_index(opt, index_path, stride=None, progress=False):
 
     start = time.time()
     image_ids, tops_all, lefts_all, scores_all, shapes = [], [], [], [], []
-    iterator = paths
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(paths, unit='image', desc='HES index')
+    iterator = progress_bar(paths, unit='image', desc='HES index') if progress else paths
     for i, pair in enumerate(iterator):
         lq_path, gt_path = pair['lq_path'], pair['gt_path']
         lq_name, gt_name = reader.name(lq_path, 'lq'), reader.name(gt_path, 'gt')

@@ -12,12 +12,12 @@ from os import path as osp
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wbsr_plugin.data.hes import class_histogram
 from wbsr_plugin.data.hes_index import HESIndex
 from wbsr_plugin.data.paired_reading import PairReader
 from wbsr_plugin.utils.files import IMAGE_EXTENSIONS, list_images
+from wbsr_plugin.utils.progress import progress_bar
 
 from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
@@ -50,6 +50,16 @@ def read_image_file(path):
     if img is None:
         raise PreparationError(f"'{path}' cannot be read as an image.")
     return img
+
+
+def check_distinct(input_folder, save_folder):
+    """PreparationError when the output folder is the input folder or lies inside it (its files would be taken
+    for inputs, or for the complete output)."""
+    source, target = osp.realpath(input_folder), osp.realpath(save_folder)
+    if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
+        where = 'is' if target == source else 'lies inside'
+        raise PreparationError(f"-o '{save_folder}' {where} the input folder '{input_folder}'; choose another "
+                               'output folder.')
 
 
 def _check_output(save_folder, expected):
@@ -125,6 +135,7 @@ def extract_subimages(input_folder, save_folder, crop_size=480, step=240, thresh
         int: Number of sub-images written.
     """
     names = input_images(input_folder)
+    check_distinct(input_folder, save_folder)
     expected = []
     for name in names:
         expected += subimage_names(name, _image_shape(osp.join(input_folder, name)), crop_size, step, thresh_size)
@@ -142,7 +153,7 @@ def _single_threaded_worker():
 
 def _run(jobs, worker, n_thread, desc):
     total = 0
-    with tqdm(total=len(jobs), unit='image', desc=desc) as pbar:
+    with progress_bar(total=len(jobs), unit='image', desc=desc) as pbar:
         if n_thread > 1:
             with Pool(n_thread, initializer=_single_threaded_worker) as pool:
                 for count in pool.imap_unordered(worker, jobs):
@@ -185,6 +196,7 @@ def downsample(input_folder, save_folder, scale=4, n_thread=1):
         int: Number of images written.
     """
     names = input_images(input_folder)
+    check_distinct(input_folder, save_folder)
     outputs = [osp.splitext(n)[0] + '.png' for n in names]
     _check_output(save_folder, outputs)
     jobs = [(osp.join(input_folder, n), osp.join(save_folder, o), scale) for n, o in zip(names, outputs)]

@@ -13,12 +13,14 @@ import torch
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.data.paired_reading import PairReader, list_pairs
 
+from .class_errors import ClassErrors
 from .projection import classify
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TRIM, blend_weights
 
 DEFAULT_CALIBRATION_PATCHES = 256
 
 
-def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0):
+def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0, with_images=False):
     """Aligned random LR/HR patches, spread evenly over image pairs.
 
     Args:
@@ -28,9 +30,11 @@ def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0):
         scale (int): Upscale factor.
         num_patches (int): Patches in all.
         seed (int): Seed of the positions and of the images chosen. Default: 0.
+        with_images (bool): Also return the index of every patch's image pair. Default: False.
 
     Returns:
-        tuple[Tensor, Tensor]: LR (n, 3, p, p) and HR (n, 3, p * scale, p * scale) RGB uint8 patches.
+        tuple[Tensor, Tensor]: LR (n, 3, p, p) and HR (n, 3, p * scale, p * scale) RGB uint8 patches (and, with
+        ``with_images``, an (n,) array of image indices).
     """
     if not images or num_patches < 1:
         raise ValueError(f'calibration needs at least one LR/HR image pair and one patch, got {len(images)} pair(s) '
@@ -40,7 +44,7 @@ def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0):
     shares = np.full(min(len(images), num_patches), num_patches // min(len(images), num_patches))
     shares[:num_patches - shares.sum()] += 1
     chosen = np.sort(rng.choice(len(images), size=len(shares), replace=False))
-    lq_patches, gt_patches = [], []
+    lq_patches, gt_patches, sources = [], [], []
     for index, share in zip(chosen, shares):
         lq, gt = images[index]()
         p = min(patch_size, *lq.shape[:2])
@@ -53,16 +57,18 @@ def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0):
             top, left = (int(rng.integers(side - p + 1)) for side in lq.shape[:2])
             lq_patches.append(lq[top:top + p, left:left + p])
             gt_patches.append(gt[top * scale:(top + p) * scale, left * scale:(left + p) * scale])
+            sources.append(int(index))
     p = min(patch.shape[0] for patch in lq_patches)  # one size for all (the smallest image's)
 
     def stack(patches, side):
         batch = np.stack([patch[:side, :side, ::-1] for patch in patches])
         return torch.from_numpy((batch * 255.).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
 
-    return stack(lq_patches, p), stack(gt_patches, p * scale)
+    pairs = stack(lq_patches, p), stack(gt_patches, p * scale)
+    return (*pairs, np.array(sources)) if with_images else pairs
 
 
-def dataset_patch_pairs(dataset_opt, patch_size, scale, num_patches, seed=0):
+def dataset_patch_pairs(dataset_opt, patch_size, scale, num_patches, seed=0, with_images=False):
     """:func:`sample_patch_pairs` of a paired dataset's images (``PairedImageDataset`` options: disk or LMDB)."""
     paths = list_pairs(dataset_opt)
     reader = PairReader(dataset_opt)
@@ -71,7 +77,7 @@ def dataset_patch_pairs(dataset_opt, patch_size, scale, num_patches, seed=0):
         return lambda: tuple(reader.decode(reader.get(pair[f'{role}_path'], role), pair[f'{role}_path'], role)
                              for role in ('lq', 'gt'))
 
-    return sample_patch_pairs([loader(pair) for pair in paths], patch_size, scale, num_patches, seed)
+    return sample_patch_pairs([loader(pair) for pair in paths], patch_size, scale, num_patches, seed, with_images)
 
 
 def fill_empty_classes(sums, counts):
@@ -86,8 +92,23 @@ def fill_empty_classes(sums, counts):
     return rows
 
 
-def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
-    """Mean squared error of every subnet on the calibration patches of every class.
+def blend_profile(patch_size, scale, overlap=DEFAULT_OVERLAP, trim=DEFAULT_TRIM):
+    """(p * scale, p * scale) weights of an HR patch in the engine's blend, for a patch with neighbours on every
+    side (:func:`~.tiling.blend_weights`): what each of its pixels contributes to the stitched image."""
+    overlap = min(overlap, patch_size - 1)
+    trim = min(trim, max(overlap // 2 - 1, 0))
+    step = patch_size - overlap
+    row = blend_weights([0, step, 2 * step], 2 * step + patch_size, patch_size, scale, trim)[1].float()
+    return row[:, None] * row[None, :]
+
+
+def patch_errors(net, lq, gt, thresholds, *, border=None, overlap=DEFAULT_OVERLAP, trim=DEFAULT_TRIM, batch_size=16,
+                 progress=None):
+    """The class and every subnet's squared error of every calibration patch.
+
+    A patch's error is weighted as the engine blends it (:func:`blend_profile`): the stitched image's error is at
+    most the weighted sum of its patches' errors (squared error is convex), so class errors measured so hold for
+    the engine's output, seams included.
 
     Args:
         net (SupernetMixin): The supernet (run in eval mode, without gradients; its mode is
@@ -95,45 +116,63 @@ def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
         lq (Tensor): LR patches (n, 3, p, p), uint8 or float in [0, 1], RGB.
         gt (Tensor): HR patches (n, 3, p * scale, p * scale), same type.
         thresholds (ClassThresholds): Class thresholds (those of ``p`` are used).
-        border (int | None): HR pixels left out at each patch edge (the engine blends patch edges
-            away). Default: None (``2 * scale``, at most a quarter of the patch).
+        border (int | None): HR pixels left out at each patch edge, all others weighted alike, instead of the
+            blend's weights. Default: None (the blend's weights).
+        overlap, trim (int): The engine's tiling (LR pixels). Default: the engine's defaults.
         batch_size (int): Patches per forward call. Default: 16.
+        progress (Callable[[int, int], None] | None): Called with (patches done, patches) after each batch.
 
     Returns:
-        list[list[float]]: K x M mean squared errors (RGB in [0, 1]).
+        tuple[np.ndarray, np.ndarray]: (n,) classes 1..K and (n, M) mean squared errors (RGB in [0, 1]).
     """
     device = next(net.parameters()).device
     dtype = next(net.parameters()).dtype
     p, scale = lq.shape[-1], net.upscale
     thresholds = thresholds.at(p)
-    num_classes, num_subnets = len(thresholds) + 1, len(net.subnets)
     if border is None:
-        border = min(2 * scale, p * scale // 4)
-
-    def inner(t):
-        return t[..., border:t.shape[-2] - border, border:t.shape[-1] - border]
+        weights = blend_profile(p, scale, overlap, trim).to(device)
+    else:
+        weights = torch.zeros(p * scale, p * scale, device=device)
+        weights[border:p * scale - border, border:p * scale - border] = 1
+    weights = weights / weights.sum()
 
     def to_float(x):
         x = x.to(device)
         return x.to(dtype) / 255. if x.dtype == torch.uint8 else x.to(dtype)
 
-    sums = torch.zeros(num_classes, num_subnets, dtype=torch.float64, device=device)
-    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    classes, errors = [], []
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
             for start in range(0, lq.shape[0], batch_size):
-                x, y = to_float(lq[start:start + batch_size]), to_float(gt[start:start + batch_size])
+                x, y = to_float(lq[start:start + batch_size]), to_float(gt[start:start + batch_size]).float()
                 difficulty = patch_difficulty(rgb_to_luma(x.float()), p, [0], [0]).view(-1)
-                classes = classify(difficulty, thresholds) - 1
-                counts.index_add_(0, classes, torch.ones_like(difficulty, dtype=torch.float64))
-                y = inner(y).float()
-                for m in range(num_subnets):
-                    out = inner(net(x, subnet=m).clamp(0, 1)).float()
-                    errors = (out - y).pow(2).mean(dim=(1, 2, 3)).double()
-                    sums[:, m].index_add_(0, classes, errors)
+                classes.append(classify(difficulty, thresholds).cpu())
+                errors.append(torch.stack([((net(x, subnet=m).clamp(0, 1).float() - y).pow(2).mean(1) * weights)
+                                           .sum(dim=(1, 2)) for m in range(len(net.subnets))], 1).double().cpu())
+                if progress is not None:
+                    progress(min(start + batch_size, lq.shape[0]), lq.shape[0])
     finally:
         net.train(was_training)
-    return fill_empty_classes(sums.tolist(), counts.tolist())
+    return torch.cat(classes).numpy(), torch.cat(errors).numpy()
 
+
+def measure_class_errors(net, lq, gt, thresholds, image_ids=None, source=None, **kwargs):
+    """:class:`~.class_errors.ClassErrors` of calibration patches (:func:`patch_errors`; ``image_ids``: the image
+    of every patch, None: one image each); ``source`` says what was calibrated on."""
+    classes, errors = patch_errors(net, lq, gt, thresholds, **kwargs)
+    ids = np.arange(len(classes)) if image_ids is None else np.asarray(image_ids)
+    source = {'patch_size': int(lq.shape[-1]), 'patches': int(len(classes)),
+              'weights': 'blend' if kwargs.get('border') is None else f"border {kwargs['border']}", **(source or {})}
+    return ClassErrors.from_samples(classes, errors, ids, thresholds.num_classes, source)
+
+
+def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
+    """Mean squared error (RGB in [0, 1]) of every subnet on the calibration patches of every class: K x M
+    (:func:`patch_errors`; a class without patches takes its nearest class's)."""
+    classes, errors = patch_errors(net, lq, gt, thresholds, border=border, batch_size=batch_size)
+    num_classes, num_subnets = thresholds.num_classes, errors.shape[1]
+    sums = np.zeros((num_classes, num_subnets))
+    np.add.at(sums, classes - 1, errors)
+    return fill_empty_classes(sums.tolist(), np.bincount(classes - 1, minlength=num_classes).tolist())

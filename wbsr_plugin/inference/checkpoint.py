@@ -13,6 +13,7 @@ A checkpoint is BasicSR's ``{'params': ..., 'params_ema': ...}`` with one more t
         'thresholds_by_patch_size': {16: [...], ..., 128: [...]},   # optional: per LR patch side
         'iter': N,                           # optional: training iterations done
         'class_errors': [[...], ...],        # optional: K x M expected error per class and subnet
+        'calibration': {'counts': [...], ...},   # optional: counts and spreads of the class errors
         'difficulty': 'wbsr_plugin.data.difficulty.patch_difficulty',
     }
 
@@ -20,14 +21,18 @@ Without ``'wbsr'`` (a plain BasicSR checkpoint of a supernet's counterpart, or a
 without it) the architecture, size and scale are read from the tensor shapes (each supernet's
 ``shape_options``) and its default widths and depths are assumed; the engine then falls back to
 per-image quantile thresholds.
+
+A ``.safetensors`` file (``utils/safetensors_files.py``) holds one set of weights, and the ``'wbsr'`` entry as JSON
+in its header; it reads as ``{'params': ..., 'wbsr': ...}``.
 """
 import torch
 
 from wbsr_plugin.archs.supernet_util import recognise_state_dict, supernet_class, supernet_types
-from wbsr_plugin.utils.checkpoint_files import CheckpointError, load_checkpoint_file
+from wbsr_plugin.utils.checkpoint_files import CheckpointError, load_weights_file
 
 from basicsr.archs import build_network
 
+from .class_errors import ClassErrors
 from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors, check_thresholds
 
 WBSR_KEY = 'wbsr'
@@ -46,9 +51,13 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
         patch_size (int): LR patch side of ``'thresholds'`` (the engine's patch size).
         num_classes (int | None): K; defaults to the number of thresholds + 1, or 10.
         iteration (int | None): Training iterations done, stored as ``'iter'`` when given.
-        class_errors (list[list[float]] | None): Expected error of every class through every subnet
-            (``inference/calibration.py``), stored when given (or held by ``thresholds``).
+        class_errors (ClassErrors | list[list[float]] | None): Expected error of every class through every subnet
+            (``inference/calibration.py``), stored when given (or held by ``thresholds``); a
+            :class:`~.class_errors.ClassErrors` is stored with its counts (``'calibration'``).
     """
+    measured = class_errors if isinstance(class_errors, ClassErrors) else None
+    if measured is not None:
+        class_errors = [list(row) for row in measured.means]
     value = ClassThresholds.of(thresholds, class_errors=class_errors, num_classes=num_classes,
                                num_subnets=len(net.subnets))
     meta = {
@@ -63,6 +72,8 @@ def make_wbsr_meta(net, thresholds, patch_size, num_classes=None, *, iteration=N
         meta.update(value.meta_entries(patch_size))
     elif class_errors is not None:
         meta['class_errors'] = check_class_errors(class_errors, meta['num_classes'], len(net.subnets))
+    if measured is not None:
+        meta.update(measured.meta_entries())
     if iteration is not None:
         meta['iter'] = int(iteration)
     return meta
@@ -98,8 +109,9 @@ def infer_network_options(state):
 
 
 def read_checkpoint(path):
-    """Weights (``params_ema`` preferred, then ``params``, else the dict itself) and the ``'wbsr'`` entry."""
-    ckpt = load_checkpoint_file(path)
+    """Weights (``params_ema`` preferred, then ``params``, else the dict itself) and the ``'wbsr'`` entry, of a
+    ``.pth`` or ``.safetensors`` file."""
+    ckpt = load_weights_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{path}: expected a dict of weights, got {type(ckpt).__name__}.')
     meta = ckpt.get(WBSR_KEY) or {}
@@ -113,6 +125,16 @@ def read_checkpoint(path):
         raise CheckpointError(f"{path}: no weights found ('params_ema', 'params' or a state dict).")
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     return state, meta
+
+
+def check_finite_weights(state, path):
+    """A :class:`CheckpointError` naming ``path`` when a floating-point tensor of ``state`` holds NaN or Inf (a
+    diverged training, a broken conversion): such weights give images of one colour, never a useful output."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+        raise CheckpointError(f"{path}: weights that are not finite (NaN or Inf) in {', '.join(bad[:3])}{more}; "
+                              'the checkpoint cannot be used (take an earlier one)')
 
 
 def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'):
@@ -129,8 +151,12 @@ def load_supernet(path, *, arch=None, scale=None, network_opt=None, device='cpu'
 
     Returns:
         tuple[nn.Module, dict]: The supernet in eval mode and the ``'wbsr'`` entry ({} if absent).
+
+    Raises:
+        CheckpointError: An unreadable checkpoint, weights that are not finite, or another network than asked.
     """
     state, meta = read_checkpoint(path)
+    check_finite_weights(state, path)
     if network_opt is not None:
         opt = dict(network_opt)
     elif meta.get('network_g'):

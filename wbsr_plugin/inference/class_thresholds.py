@@ -120,9 +120,16 @@ class ClassThresholds:
 
     @classmethod
     def from_meta(cls, meta, num_subnets=None):
-        """The thresholds of a checkpoint's ``'wbsr'`` entry (the table when stored), or None."""
+        """The thresholds of a checkpoint's ``'wbsr'`` entry (the table when stored), or None; their class errors
+        are the table the planner uses, a bound on the stored means (:meth:`.ClassErrors.planning_table`)."""
+        from .class_errors import ClassErrors
         thresholds = meta.get('thresholds_by_patch_size') or meta.get('thresholds')
-        return cls.of(thresholds, class_errors=meta.get('class_errors'), num_subnets=num_subnets)
+        if meta.get('class_errors'):  # the stored means are checked before they are bounded
+            check_class_errors(meta['class_errors'], len(meta['class_errors']),
+                               num_subnets or len(meta['class_errors'][0]))
+        errors = ClassErrors.from_meta(meta)
+        return cls.of(thresholds, class_errors=None if errors is None else errors.planning_table(),
+                      num_subnets=num_subnets)
 
     @property
     def num_classes(self):

@@ -5,7 +5,8 @@ vectorised pass; thresholds turn it into a class and the projection (:mod:`.proj
 subnet: Eq. 15 without a budget, Eq. 16 with ``target_gflops``, a budget with or without class
 errors. Never more than the plain network: when the tiled plan would cost more FLOPs than the full
 network on the whole image (with a budget: more than the budget), the whole image runs through one
-subnet instead; with class errors, also when that is expected to do better (small images).
+subnet instead; with class errors, also when that is expected to do better (small images). A budget that
+no plan of the image meets (even the cheapest subnet costs more) gets a note in the plan's ``reason``.
 """
 from dataclasses import dataclass
 
@@ -201,7 +202,17 @@ class Planner:
                 whole = self._better_whole_image_subnet(h, w, analysis.class_counts, levels, steps, budget)
         return InferencePlan((h, w), analysis.patch_size, analysis.tops, analysis.lefts, analysis.difficulty,
                              analysis.classes, subnets, analysis.thresholds, analysis.threshold_source,
-                             analysis.trim, alpha, histogram, tiled_flops, whole)
+                             analysis.trim, alpha, histogram, tiled_flops, whole,
+                             reason=self._budget_out_of_reach(h, w, tiled_flops, full_flops, budget, whole))
+
+    def _budget_out_of_reach(self, h, w, tiled_flops, full_flops, budget, whole):
+        """A note when the plan costs more than the FLOPs ``budget`` allows (no plan of the image fits), else None."""
+        if budget is None or self.subnet is not None:
+            return None
+        spent = tiled_flops if whole is None else self.flops(h, w, whole)
+        if spent <= budget * full_flops:
+            return None
+        return f'budget {budget:g} out of reach for this image: ran at {100 * spent / full_flops:.1f}% of full'
 
     def fixed_plan(self, analysis, subnet, whole_image):
         """The plan of ``analysis`` that runs ``subnet`` on every patch, or on the whole image."""

@@ -21,6 +21,7 @@ from wbsr_plugin.data.paired_reading import lmdb_meta_shapes
 from wbsr_plugin.data.prepare_util import input_images, read_image_file
 from wbsr_plugin.utils.checkpoint_files import load_checkpoint_file
 from wbsr_plugin.utils.files import atomic_torch_save
+from wbsr_plugin.utils.progress import progress_bar
 
 PRIOR_FORMAT_VERSION = 1
 SPACES = ('residual', 'pixel')
@@ -260,10 +261,7 @@ def fit_gmm_prior(hr_paths_or_folder,
     low, high = (-1., 1.) if space == 'residual' else (0., 1.)
     generator = torch.Generator().manual_seed(seed)
     histogram = torch.zeros(num_bins, dtype=torch.float64)
-    iterator = names
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(names, desc='reading HR images', unit='img')
+    iterator = progress_bar(names, desc='reading HR images', unit='img') if progress else names
     for name in iterator:
         values = residual_values(read(name), scale, space)
         if per_image is not None and values.numel() > per_image:
@@ -285,8 +283,11 @@ def fit_gmm_prior(hr_paths_or_folder,
 def check_gmm_prior(prior, where='prior'):
     """Validate a prior dict; returns it with float64 tensors."""
     if not isinstance(prior, dict):
-        raise ValueError(f'{where}: expected a dict, got {type(prior).__name__}.')
+        raise ValueError(f'{where} is not a BDLoss prior (a {type(prior).__name__}, not a dict).')
     missing = [key for key in (*_PRIOR_TENSOR_KEYS, 'scale', 'space') if key not in prior]
+    if len(missing) == len(_PRIOR_TENSOR_KEYS) + 2:
+        raise ValueError(f'{where} is not a BDLoss prior (it has none of {missing}); fit one with '
+                         '`python -m wbsr_plugin.fit_prior -i HR_DIR -o PRIOR.pth -s SCALE`.')
     if missing:
         raise ValueError(f'{where}: missing keys {missing}.')
     checked = dict(prior)

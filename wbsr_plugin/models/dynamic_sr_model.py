@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from wbsr_plugin.archs.supernet_util import SupernetMixin, supernet_types
 from wbsr_plugin.data.resume_position import request_resume, resume_position
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.calibration import class_error_table
+from wbsr_plugin.inference.calibration import measure_class_errors
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
 from wbsr_plugin.inference.class_thresholds import ClassThresholds
 from wbsr_plugin.inference.cost_model import load_or_measure
@@ -59,8 +59,9 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
     * training states also hold the position inside the epoch and the random generators' states, so a
       resumed run continues where the interrupted one stopped (``wbsr_plugin/data/resume_position.py``);
     * checkpoints carry the class thresholds, the network options and every subnet's error per
-      class on ``wbsr.calibration_patches`` training patches (key ``'wbsr'``; a budget spends its
-      FLOPs by it), so inference needs nothing else; checkpoints and training states are written
+      class on ``wbsr.calibration_patches`` patches of ``wbsr.calibration_set`` (else of the training images),
+      with their counts (key ``'wbsr'``; a budget spends its FLOPs by it, a quality target bounds its loss by
+      it), so inference needs nothing else; checkpoints and training states are written
       atomically.
 
     The plugin's options live in the top-level ``wbsr`` section (see ``wbsr_options.py``).
@@ -159,12 +160,14 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
 
     def class_errors(self, iteration):
-        """Every subnet's error per class on the calibration patches at ``iteration`` (measured once per
-        iteration; see ``wbsr.calibration_patches``); without calibration, those stored in
-        ``path.pretrain_network_g``, or None."""
+        """Every subnet's error per class (:class:`ClassErrors`) on the calibration patches at ``iteration``
+        (measured once per iteration, for the checkpoint and validation alike; see ``wbsr.calibration_patches``);
+        without calibration, those stored in ``path.pretrain_network_g``, or None."""
         if self.calibration is not None and self._class_errors[0] != iteration:
-            table = class_error_table(self._inference_net(), *self.calibration, self.thresholds)
-            self._class_errors = (iteration, table)
+            lq, gt, ids, data = self.calibration
+            errors = measure_class_errors(self._inference_net(), lq, gt, self.thresholds, ids,
+                                          {'data': data, 'by': 'training', 'iter': iteration})
+            self._class_errors = (iteration, errors)
         return self._class_errors[1]
 
     def test(self):
@@ -204,7 +207,8 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         patch_size, overlap = inference_opt.pop('patch_size', None), inference_opt.pop('overlap', None)
         calibrated = self.calibration is not None or self._class_errors[1] is not None
         class_errors = self.class_errors(current_iter) if calibrated else None
-        thresholds = ClassThresholds.of(self.thresholds, class_errors=class_errors) if self.thresholds else None
+        table = class_errors.planning_table() if class_errors is not None else None  # as infer plans
+        thresholds = ClassThresholds.of(self.thresholds, class_errors=table) if self.thresholds else None
         policy = inference_policy(thresholds, self.threshold_patch_size, target=PlanningTarget.from_options(**given),
                                   patch_size=patch_size or self.threshold_patch_size, overlap=overlap,
                                   plan_by=plan_by)

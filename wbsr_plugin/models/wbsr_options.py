@@ -8,8 +8,10 @@
       loss_lr: 1.0e-2             # lr of a loss's own parameters (BDLoss noise scale)
       dynamic_val: true           # validate dynamic inference next to the full network
       thresholds: ~               # K-1 class thresholds; default: from the HES index of datasets.train
-      calibration_patches: 256    # training patches measuring every subnet's error per class at each
-                                  # checkpoint (what a budget spends on), 0 = off
+      calibration_patches: 256    # patches measuring every subnet's error per class at each checkpoint
+                                  # (what a budget spends on, what a quality target bounds), 0 = off
+      calibration_set: ~          # paired dataset (dataroot_gt, dataroot_lq, ...) of images neither training
+                                  # nor validation uses; ~: the training images (optimistic, logged)
       inference:                  # DynamicInferenceEngine options for validation (docs/options.md)
         patch_size: 64
         overlap: 4
@@ -22,6 +24,7 @@ from wbsr_plugin.data.hes import parse_hes_options
 from wbsr_plugin.data.hes_index import dataset_threshold_table
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import read_checkpoint
+from wbsr_plugin.inference.class_errors import ClassErrors
 from wbsr_plugin.inference.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
 from wbsr_plugin.inference.planning_target import PlanningTarget, PlanningTargetError
 from wbsr_plugin.inference.tiling import DEFAULT_PATCH_SIZE
@@ -38,6 +41,7 @@ DEFAULTS = {
     'dynamic_val': True,
     'thresholds': None,
     'calibration_patches': DEFAULT_CALIBRATION_PATCHES,
+    'calibration_set': None,
     'inference': {},
 }
 INFERENCE_KEYS = ('patch_size', 'overlap', 'trim', 'num_classes', 'budget', 'budget_unit', 'max_loss', 'target_gflops',
@@ -76,6 +80,11 @@ def parse_wbsr_options(section):
     patches = opt['calibration_patches']
     if isinstance(patches, bool) or not isinstance(patches, int) or patches < 0:
         raise ValueError(f'wbsr.calibration_patches must be an integer >= 0 (0 = no calibration), got {patches!r}.')
+    calibration_set = opt['calibration_set']
+    if calibration_set is not None and (not isinstance(calibration_set, dict) or 'dataroot_gt' not in calibration_set
+                                        or 'dataroot_lq' not in calibration_set):
+        raise ValueError(f'wbsr.calibration_set must be paired dataset options with dataroot_gt and dataroot_lq, '
+                         f'or ~, got {calibration_set!r}.')
     if not isinstance(opt['dynamic_val'], bool):
         raise ValueError(f"wbsr.dynamic_val must be true or false, got {opt['dynamic_val']!r}.")
     thresholds = opt['thresholds']
@@ -133,35 +142,47 @@ def training_thresholds(opt, wbsr_opt):
 
 
 def calibration_patches(opt, wbsr_opt, thresholds, patch_size):
-    """LR/HR patches of ``datasets.train`` on which checkpoints measure every subnet's error per class.
+    """LR/HR patches on which checkpoints measure every subnet's error per class: of ``wbsr.calibration_set``,
+    else of ``datasets.train``.
 
     Returns:
-        tuple[Tensor, Tensor] | None: ``wbsr.calibration_patches`` uint8 patches of the engine's patch
-        size (:func:`~wbsr_plugin.inference.calibration.dataset_patch_pairs`); None when calibration is
-        off, on ranks other than 0, without thresholds, or without paired training data.
+        tuple[Tensor, Tensor, np.ndarray, str] | None: ``wbsr.calibration_patches`` uint8 patches of the engine's
+        patch size (:func:`~wbsr_plugin.inference.calibration.dataset_patch_pairs`), the image of every patch and
+        what they were taken from; None when calibration is off, on ranks other than 0, without thresholds, or
+        without paired data.
     """
     count = wbsr_opt['calibration_patches']
     train_set = opt.get('datasets', {}).get('train')
-    if (count == 0 or thresholds is None or opt.get('rank', 0) != 0 or not opt.get('is_train') or not train_set
-            or train_set.get('type') not in PAIRED_DATASETS):
+    calibration_set = wbsr_opt.get('calibration_set')
+    if calibration_set is not None:
+        data, what = {'type': 'PairedImageDataset', 'io_backend': {'type': 'disk'}, **calibration_set}, 'calibration'
+    else:
+        data, what = train_set, 'training'
+    if (count == 0 or thresholds is None or opt.get('rank', 0) != 0 or not opt.get('is_train') or not data
+            or data.get('type') not in PAIRED_DATASETS):
         return None
     try:
-        patches = dataset_patch_pairs(train_set, patch_size, opt['scale'], count, seed=opt.get('manual_seed') or 0)
+        lq, gt, ids = dataset_patch_pairs(data, patch_size, opt['scale'], count, seed=opt.get('manual_seed') or 0,
+                                          with_images=True)
     except (ValueError, FileNotFoundError) as err:
         get_root_logger().warning(f'Checkpoints will not be calibrated (wbsr.calibration_patches): {err}')
         return None
-    get_root_logger().info(f'{len(patches[0])} training patches of {patches[0].shape[-1]} LR px will measure every '
-                           'subnet\'s error per class at each checkpoint.')
-    return patches
+    logger = get_root_logger()
+    logger.info(f'{len(lq)} {what} patches of {lq.shape[-1]} LR px will measure every subnet\'s error per class at '
+                'each checkpoint.')
+    if calibration_set is None:
+        logger.warning('Class errors are measured on training images (no wbsr.calibration_set): expected losses '
+                       'on other photos will be optimistic.')
+    return lq, gt, ids, f"{what} images ({data.get('dataroot_gt', data.get('name', '?'))})"
 
 
 def pretrained_class_errors(opt, thresholds):
-    """The class errors stored in ``path.pretrain_network_g`` (testing a trained model), or None; only when
-    they have a row per class of ``thresholds``."""
+    """The class errors (:class:`ClassErrors`) stored in ``path.pretrain_network_g`` (testing a trained model), or
+    None; only when they have a row per class of ``thresholds``."""
     pretrained = opt.get('path', {}).get('pretrain_network_g')
     if not pretrained or thresholds is None:
         return None
-    stored = ClassThresholds.from_meta(read_checkpoint(pretrained)[1])
-    if stored is None or stored.class_errors is None or stored.num_classes != thresholds.num_classes:
+    stored = ClassErrors.from_meta(read_checkpoint(pretrained)[1])
+    if stored is None or len(stored.means) != thresholds.num_classes:
         return None
-    return stored.class_error_lists()
+    return stored

@@ -6,9 +6,12 @@ import time
 
 from wbsr_plugin.cli.sharding import available_cpus
 
-Job = collections.namedtuple('Job', ['name', 'args', 'log_path'])
+from .run_progress import LogProgress
+
+Job = collections.namedtuple('Job', ['name', 'args', 'log_path', 'total_iter'], defaults=(None, ))
 LOG_TAIL_LINES = 30
 POLL_SECONDS = 0.2
+PROGRESS_SECONDS = 60  # least time between two progress lines of one run (its first iteration is shown at once)
 TERMINATE_GRACE_SECONDS = 10
 
 
@@ -79,7 +82,26 @@ def _stop(procs):
             proc.wait()
 
 
-def run_jobs(jobs, parallel, cwd, env, log=print, slot_envs=None):
+class _Watch:
+    """A running job's progress lines: its log read as it grows, a line at its first iteration, then at most one
+    every ``every_s`` seconds."""
+
+    def __init__(self, job, log, every_s):
+        self.job, self.log, self.every_s = job, log, every_s
+        self.progress = LogProgress(job.log_path, job.total_iter)
+        self.last_shown = None
+
+    def poll(self, final=False):
+        """Show a progress line if the log has news and it is time (``final``: the job ended; shown if none was)."""
+        now = time.monotonic()
+        news = self.progress.poll()
+        due = self.last_shown is None or now - self.last_shown >= self.every_s
+        if (news and due) or (final and self.last_shown is None and self.progress.iteration is not None):
+            self.last_shown = now
+            self.log(f'{self.job.name}: {self.progress.line()}, log: {self.job.log_path}')
+
+
+def run_jobs(jobs, parallel, cwd, env, log=print, slot_envs=None, progress_every_s=PROGRESS_SECONDS):
     """Run every job (a subprocess writing stdout and stderr to its log), ``parallel`` at a time.
 
     Jobs start in list order, each in a free one of ``parallel`` slots (the first ``parallel`` jobs in
@@ -97,6 +119,9 @@ def run_jobs(jobs, parallel, cwd, env, log=print, slot_envs=None):
         log (callable): Progress messages. Default: print.
         slot_envs (list[dict] | None): Per slot, entries added to ``env`` for the job running in it
             (one device per slot: :func:`one_device_each`). Default: None (``env`` for all).
+        progress_every_s (float): Each job's start is logged with its log file, then, read from that log, its
+            first iteration and at most one line per ``progress_every_s`` seconds: the iteration, BasicSR's ETA
+            and the log file. Default: :data:`PROGRESS_SECONDS`.
 
     Returns:
         dict: ``{name: seconds}`` of every job, from its start to its exit.
@@ -109,6 +134,7 @@ def run_jobs(jobs, parallel, cwd, env, log=print, slot_envs=None):
     pending = collections.deque(jobs)
     free_slots = list(range(parallel))
     running = {}  # Popen -> (job, start time, log file, slot)
+    watches = {}  # Popen -> _Watch
     seconds, failures = {}, []
     try:
         while pending or running:
@@ -119,10 +145,15 @@ def run_jobs(jobs, parallel, cwd, env, log=print, slot_envs=None):
                 job_env = {**(os.environ if env is None else env), **slot_envs[slot]} if slot_envs[slot] else env
                 proc = subprocess.Popen(job.args, cwd=cwd, env=job_env, stdout=log_file, stderr=subprocess.STDOUT)
                 running[proc] = (job, time.perf_counter(), log_file, slot)
+                watches[proc] = _Watch(job, log, progress_every_s)
+                log(f'{job.name}: started, log: {job.log_path}')
             if failures:
                 pending.clear()
+            for proc in running:
+                watches[proc].poll()
             for proc in [p for p in running if p.poll() is not None]:
                 job, start, log_file, slot = running.pop(proc)
+                watches.pop(proc).poll(final=True)
                 free_slots.append(slot)
                 log_file.close()
                 seconds[job.name] = time.perf_counter() - start

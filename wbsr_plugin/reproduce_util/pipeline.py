@@ -161,7 +161,7 @@ def build_hes_index(preset, data):
     backbone = next(iter(preset['backbones']))
     dataset = dict(training_options(preset, backbone, 'hes', 0, data)['datasets']['train'], scale=preset['scale'],
                    phase='train')
-    load_or_build_index(dataset, parse_hes_options(dataset))
+    load_or_build_index(dataset, parse_hes_options(dataset), progress=True)
 
 
 def training_job(opt, folder):
@@ -169,7 +169,7 @@ def training_job(opt, folder):
     opt_path = osp.join(folder, 'options', f"{opt['name']}.yml")
     atomic_write_text(opt_path, yaml.safe_dump(opt, sort_keys=False))
     return Job(opt['name'], [sys.executable, '-m', 'wbsr_plugin.train', '-opt', opt_path],
-               osp.join(folder, 'logs', f"{opt['name']}.log"))
+               osp.join(folder, 'logs', f"{opt['name']}.log"), opt['train']['total_iter'])
 
 
 def train_jobs(preset, data, out_dir, jobs, runs):

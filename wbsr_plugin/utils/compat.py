@@ -27,7 +27,7 @@ nothing in site-packages is edited.
    tags stay).
 7. ``BaseModel.load_network`` (``path.pretrain_network_g`` and the like) calls
    ``torch.load`` without ``weights_only``; ours reads tensors only, on the CPU,
-   with one clear error for a file that is not a checkpoint.
+   with one clear error for a file that is not a checkpoint, and ``.safetensors`` files too.
 8. ``BaseModel.model_ema`` launches two kernels per parameter every step (RCAN:
    about 1.7k parameter tensors); ours updates them all with one foreach lerp.
 9. Python 3.12 has no ``distutils``, which ``basicsr.archs.arch_util`` imports for
@@ -49,7 +49,7 @@ from os import path as osp
 import torch
 import yaml
 
-from .checkpoint_files import load_checkpoint_file
+from .checkpoint_files import load_checkpoint_file, load_weights_file
 
 _PATCHED = '_wbsr_compat_patched'
 
@@ -172,12 +172,13 @@ def safe_ordered_yaml():
 
 
 def _load_network(self, net, load_path, strict=True, param_key='params'):
-    """``BaseModel.load_network`` reading tensors only (:func:`load_checkpoint_file`)."""
+    """``BaseModel.load_network`` reading tensors only, from ``.pth`` or ``.safetensors``
+    (:func:`load_weights_file`)."""
     from basicsr.utils import get_root_logger
 
     logger = get_root_logger()
     net = self.get_bare_model(net)
-    load_net = load_checkpoint_file(load_path)
+    load_net = load_weights_file(load_path)
     if param_key is not None:
         if param_key not in load_net and 'params' in load_net:
             param_key = 'params'

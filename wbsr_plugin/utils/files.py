@@ -1,13 +1,19 @@
 """File helpers: the image types the tools read, and atomic writes (a reader never sees a half-written
-checkpoint, index, image or table)."""
+checkpoint, index, image or table).
+
+A file is written under a temporary name beside its target and then published under its own name: replacing what
+is there (checkpoints, cost tables, files a command was told to ``--overwrite``), or only where the name is still
+free (:func:`publish_no_replace`), so that a file another process wrote meanwhile is never replaced.
+"""
+import ctypes
+import ctypes.util
+import errno
 import os
 import re
 import socket
 import tempfile
 from contextlib import contextmanager
 from os import path as osp
-
-import torch
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
 
@@ -82,13 +88,60 @@ def remove_stale_temp_files(folder):
     return removed
 
 
+# errors of os.link where the file system has no hard links (FAT, some network and FUSE file systems)
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+RENAME_NOREPLACE = 1  # renameat2's flag (Linux)
+RENAME_EXCL = 4  # renamex_np's flag (macOS)
+AT_FDCWD = -100
+
+
+def _rename_no_replace(source, target):
+    """Rename ``source`` to ``target`` unless ``target`` exists, in one step of the file system (Windows'
+    ``os.rename``, Linux's ``renameat2`` or macOS's ``renamex_np``)."""
+    if os.name == 'nt':
+        os.rename(source, target)  # refuses an existing target
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+    old, new = os.fsencode(source), os.fsencode(target)
+    if hasattr(libc, 'renameat2'):
+        status = libc.renameat2(AT_FDCWD, old, AT_FDCWD, new, RENAME_NOREPLACE)
+    elif hasattr(libc, 'renamex_np'):
+        status = libc.renamex_np(old, new, RENAME_EXCL)
+    else:
+        raise OSError(errno.ENOTSUP, 'this platform cannot rename without replacing', target)
+    if status != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), target)
+
+
+def publish_no_replace(source, target):
+    """Give the complete file ``source`` the name ``target`` only if no file has it: ``FileExistsError`` otherwise,
+    and ``source`` stays. A hard link (then removing ``source``) where the file system has them, else a rename that
+    refuses to replace; never a check followed by a rename, which another process could slip between."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target) from None
+    except OSError as err:
+        if err.errno not in NO_HARD_LINKS:
+            raise
+        _rename_no_replace(source, target)
+        return
+    os.remove(source)
+
+
 @contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+def atomic_path(path, *, replace=True):
+    """Yield a temporary path beside ``path``; publish it as ``path`` only if the block succeeds.
 
     The temporary name keeps the extension, since writers such as ``cv2.imwrite``, ``np.savez``
     and ``savefig`` choose the format by it, and names the host and process writing it, so that a
     later run can remove what a killed one left (:func:`remove_stale_temp_files`).
+
+    Args:
+        path (str): The file to write.
+        replace (bool): Replace a file that has the name (checkpoints, tables, ``--overwrite``); False: raise
+            ``FileExistsError`` and keep it (:func:`publish_no_replace`). Default: True.
     """
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
@@ -99,7 +152,10 @@ def atomic_path(path):
     try:
         yield tmp
         os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            publish_no_replace(tmp, path)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
@@ -107,19 +163,20 @@ def atomic_path(path):
 
 def atomic_torch_save(obj, path):
     """``torch.save`` to ``path`` atomically."""
+    import torch
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def atomic_write_text(path, text):
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def atomic_write_text(path, text, *, replace=True):
+    """Write ``text`` (UTF-8) to ``path`` atomically (``replace``: as :func:`atomic_path`'s)."""
+    with atomic_path(path, replace=replace) as tmp:
         with open(tmp, 'w', encoding='utf-8') as f:
             f.write(text)
 
 
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path, data, *, replace=True):
+    """Write ``data`` to ``path`` atomically (``replace``: as :func:`atomic_path`'s)."""
+    with atomic_path(path, replace=replace) as tmp:
         with open(tmp, 'wb') as f:
             f.write(data)

@@ -1,0 +1,171 @@
+"""What a checkpoint knows about its subnets' errors, and how far the planner may trust it: :class:`ClassErrors`.
+
+Calibration (``inference/calibration.py``) measures the squared error of every subnet on every calibration
+patch. Stored per class k and subnet m (cost order; the last is the full network):
+
+* ``class_errors`` (K x M): the mean squared error, RGB in [0, 1], each patch's pixels weighted as the engine
+  blends them (older checkpoints: the patch interior);
+* ``calibration`` (a dict): ``counts`` (patches per class), ``images`` (calibration images with a patch in the
+  class), ``excess_sd`` (K x M: the standard deviation over the class's patches of a patch's excess error
+  ``e_m - e_full``, relative to the class's mean full-network error), and what was calibrated on.
+
+The planner does not take the means at their word. It plans with a bound (:meth:`ClassErrors.planning_table`):
+the full network's error is the class mean, every other subnet's excess over it is raised to
+``excess * MARGIN + z * sd / sqrt(n)`` (:data:`MARGIN`) (``z`` one-sided, :data:`Z_BOUND`), where ``MARGIN`` covers what
+differs between the calibration photos and the user's (measured on held-out photos, docs/RESULTS.md), and the
+second term the sampling error of a class measured on few patches. A checkpoint whose class errors carry no
+counts is planned with a wider margin (:data:`UNCOUNTED_MARGIN`); :meth:`ClassErrors.reliability` says so.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# one-sided normal quantile of the sampling term (95 %)
+Z_BOUND = 1.645
+# factor on every subnet's mean excess error over the full network: calibration photos are not the user's (chosen on
+# held-aside photos between 1.5, the least that kept the means within target + 0.02 dB, and 4; docs/RESULTS.md)
+MARGIN = 2.5
+# the same for class errors stored without counts (measured on training patches, no spread to bound them by)
+UNCOUNTED_MARGIN = 4.0
+# a class with fewer patches than this is reported as thin
+THIN_PATCHES = 30
+
+
+def _rows(table):
+    return None if table is None else tuple(tuple(float(v) for v in row) for row in table)
+
+
+@dataclass(frozen=True)
+class ClassErrors:
+    """Measured class errors and their counts.
+
+    Attributes:
+        means (tuple[tuple[float]]): K x M mean squared errors.
+        counts (tuple[int] | None): Patches per class (None: not stored, an older checkpoint).
+        images (tuple[int] | None): Calibration images with a patch in each class.
+        excess_sd (tuple[tuple[float]] | None): K x M standard deviation of a patch's excess error over the full
+            network, relative to the class's mean full-network error.
+        source (dict): What was calibrated on (``'data'``, ``'patch_size'``, ``'patches'``, ...).
+    """
+    means: tuple
+    counts: tuple = None
+    images: tuple = None
+    excess_sd: tuple = None
+    source: dict = None
+
+    @classmethod
+    def from_samples(cls, classes, errors, image_ids, num_classes, source=None):
+        """The statistics of per-patch errors.
+
+        Args:
+            classes (np.ndarray): (n,) class 1..K of every patch.
+            errors (np.ndarray): (n, M) squared error of every patch through every subnet (the last: full).
+            image_ids (np.ndarray): (n,) the image each patch came from.
+            num_classes (int): K.
+            source (dict | None): What was calibrated on.
+
+        Raises:
+            ValueError: No patch at all.
+        """
+        classes, errors, image_ids = np.asarray(classes), np.asarray(errors, dtype=np.float64), np.asarray(image_ids)
+        if len(classes) == 0:
+            raise ValueError('no calibration patch fell into any class.')
+        num_subnets = errors.shape[1]
+        counts = np.bincount(classes - 1, minlength=num_classes)[:num_classes]
+        filled = [k for k in range(num_classes) if counts[k] > 0]
+        means, sds = np.zeros((num_classes, num_subnets)), np.zeros((num_classes, num_subnets))
+        images = np.zeros(num_classes, dtype=int)
+        for k in range(num_classes):
+            source_k = k if counts[k] else min(filled, key=lambda f: (abs(f - k), f))  # empty: nearest class
+            rows = errors[classes == source_k + 1]
+            means[k] = rows.mean(0)
+            if counts[k]:
+                images[k] = len(np.unique(image_ids[classes == k + 1]))
+                excess = (rows - rows[:, -1:]) / max(means[k, -1], 1e-12)
+                sds[k] = excess.std(0, ddof=1) if len(rows) > 1 else 0.
+        return cls(_rows(means), tuple(int(c) for c in counts), tuple(int(i) for i in images), _rows(sds),
+                   dict(source or {}))
+
+    @classmethod
+    def from_meta(cls, meta):
+        """The class errors of a checkpoint's ``'wbsr'`` entry, or None when it stores none."""
+        if not meta or meta.get('class_errors') is None:
+            return None
+        stats = meta.get('calibration') or {}
+        counts = stats.get('counts')
+        value = cls(_rows(meta['class_errors']), None if counts is None else tuple(int(c) for c in counts),
+                    None if stats.get('images') is None else tuple(int(i) for i in stats['images']),
+                    _rows(stats.get('excess_sd')),
+                    {k: v for k, v in stats.items() if k not in ('counts', 'images', 'excess_sd')})
+        if value.counts is not None or value.excess_sd is not None:
+            shape = (len(value.means), len(value.means[0]) if value.means else 0)
+            if (value.counts is None or value.excess_sd is None or len(value.counts) != shape[0]
+                    or any(len(row) != shape[1] for row in value.excess_sd) or len(value.excess_sd) != shape[0]
+                    or not all(math.isfinite(v) and v >= 0 for row in value.excess_sd for v in row)
+                    or min(value.counts, default=0) < 0):
+                raise ValueError(f'calibration: counts and excess_sd must match class_errors ({shape[0]} classes x '
+                                 f'{shape[1]} subnets) with finite values >= 0.')
+        return value
+
+    @property
+    def counted(self):
+        """Whether counts and spreads are stored (else: an older checkpoint, the wider margin)."""
+        return self.counts is not None and self.excess_sd is not None
+
+    def meta_entries(self):
+        """``'class_errors'`` and, with counts, ``'calibration'``: entries of a checkpoint's ``'wbsr'``."""
+        entries = {'class_errors': [list(row) for row in self.means]}
+        if self.counted:
+            entries['calibration'] = {**(self.source or {}), 'counts': list(self.counts),
+                                      'images': list(self.images or [0] * len(self.counts)),
+                                      'excess_sd': [list(row) for row in self.excess_sd]}
+        return entries
+
+    def planning_table(self, margin=None, z=Z_BOUND):
+        """The K x M table the planner uses: the full network's mean, and every other subnet's excess over it
+        raised to an upper bound (see the module docstring). ``margin``: None for the default."""
+        if margin is None:
+            margin = MARGIN if self.counted else UNCOUNTED_MARGIN
+        table, spreads = [], self._spreads()
+        for k, row in enumerate(self.means):
+            full = row[-1]
+            sampling = ([z * sd * full / math.sqrt(max(self.counts[k], 1)) for sd in spreads[k]]
+                        if self.counted else [0.] * len(row))
+            table.append([full + max(e - full, 0.) * margin + s for e, s in zip(row[:-1], sampling)] + [full])
+        return table
+
+    def _spreads(self):
+        """``excess_sd``, where a class has fewer than 2 patches the largest spread of any class (per subnet)."""
+        if not self.counted:
+            return None
+        measured = [row for row, n in zip(self.excess_sd, self.counts) if n >= 2]
+        widest = [max(column) for column in zip(*measured)] if measured else [0.] * len(self.means[0])
+        return [row if n >= 2 else widest for row, n in zip(self.excess_sd, self.counts)]
+
+    def thin_classes(self):
+        """Classes (1..K) measured on fewer than :data:`THIN_PATCHES` patches (all of them without counts)."""
+        if not self.counted:
+            return list(range(1, len(self.means) + 1))
+        return [k + 1 for k, n in enumerate(self.counts) if n < THIN_PATCHES]
+
+    def reliability(self, patch_size=None):
+        """One line: how far the expected loss can be trusted, and the bound used (``patch_size``: the engine's,
+        noted when it is not the one calibrated on)."""
+        calibrated = (self.source or {}).get('patch_size')
+        other = (f'; calibrated on {calibrated} LR px patches, run on {patch_size}'
+                 if patch_size and calibrated and patch_size != calibrated else '')
+        return self._reliability() + other
+
+    def _reliability(self):
+        if not self.counted:
+            return (f'class errors stored without counts (an older calibration): expected losses are bounds with '
+                    f'a wide margin (x{UNCOUNTED_MARGIN:g} excess); run calibrate on photos like yours for a '
+                    'tighter one')
+        thin = self.thin_classes()
+        data = (self.source or {}).get('data', 'unknown data')
+        text = (f'calibrated on {sum(self.counts)} patches of {data}; expected losses are bounds (x{MARGIN:g} '
+                f'excess + {Z_BOUND:g} sd)')
+        if thin:
+            text += f'; thin classes (< {THIN_PATCHES} patches): {", ".join(map(str, thin))}'
+        return text
