@@ -12,14 +12,12 @@ dynamic batch, height and width (opset 17). The precisions:
 
 Needs the ``export`` extra (``pip install -e ".[export]"``: onnx, onnxruntime, onnxconverter-common).
 """
-import warnings
 
 import torch
 
+from wbsr_plugin.inference.runtimes import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT, export_onnx
 from wbsr_plugin.utils.files import atomic_path
 
-ONNX_OPSET = 17
-ONNX_INPUT, ONNX_OUTPUT = 'lq', 'sr'
 PRECISIONS = ('fp32', 'fp16', 'fp16-weights')
 FILE_SUFFIXES = {'fp32': '.onnx', 'fp16': '_fp16.onnx', 'fp16-weights': '_fp16w.onnx'}
 INSTALL_HINT = 'pip install -e ".[export]" (or pip install onnx onnxruntime onnxconverter-common)'
@@ -74,18 +72,9 @@ def write_onnx(net, spec, path, *, fp16=False, precision=None, metadata=None, op
     check_precision(precision)
     require_onnx((precision, ))
     import onnx
-    module = net.extract_subnet(spec.index).to('cpu', torch.float32).eval()
-    example = torch.rand(1, net.conv_first.in_channels, 16, 16)
-    if precision == 'fp16':
-        module, example = module.half(), example.half()
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings('ignore', category=DeprecationWarning)  # the TorchScript exporter's notice
-        torch.onnx.export(
-            module, (example, ), tmp, dynamo=False, opset_version=opset, input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT], dynamic_axes={
-                ONNX_INPUT: {0: 'batch', 2: 'height', 3: 'width'},
-                ONNX_OUTPUT: {0: 'batch', 2: 'sr_height', 3: 'sr_width'}
-            })
+    with atomic_path(path) as tmp:
+        export_onnx(net.extract_subnet(spec.index), tmp, net.conv_first.in_channels, half=precision == 'fp16',
+                    opset=opset)
         model = onnx.load(tmp)
         if precision == 'fp16-weights':
             from onnxconverter_common.float16 import convert_float_to_float16

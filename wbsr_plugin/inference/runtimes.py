@@ -31,6 +31,7 @@ PRECISIONS = ('fp32', 'bf16')
 INSTALL = {'openvino': 'pip install openvino (or pip install -e ".[runtimes]")',
            'onnxruntime': 'pip install onnxruntime (or pip install -e ".[runtimes]")'}
 ONNX_OPSET = 17
+ONNX_INPUT, ONNX_OUTPUT = 'lq', 'sr'
 
 
 class RuntimeUnavailable(ValueError):
@@ -134,17 +135,19 @@ def weights_digest(module):
     return digest.hexdigest()[:20]
 
 
-def export_onnx(module, path, in_channels=3):
-    """Write ``module`` (a plain SR network) as fp32 ONNX with dynamic batch, height and width, atomically."""
-    module = module.to('cpu', torch.float32).eval()
-    example = torch.rand(1, in_channels, 16, 16)
+def export_onnx(module, path, in_channels=3, half=False, opset=ONNX_OPSET):
+    """Write ``module`` (a plain SR network) as ONNX (``lq`` in, ``sr`` out) with dynamic batch, height and width,
+    atomically: fp32, or fp16 throughout with ``half``."""
+    module = module.to('cpu', torch.float16 if half else torch.float32).eval()
+    example = torch.rand(1, in_channels, 16, 16, dtype=torch.float16 if half else torch.float32)
     tmp = f'{path}.{os.getpid()}.tmp'
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', category=DeprecationWarning)  # the TorchScript exporter's notice
-            torch.onnx.export(module, (example, ), tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=['lq'],
-                              output_names=['sr'], dynamic_axes={'lq': {0: 'batch', 2: 'height', 3: 'width'},
-                                                                 'sr': {0: 'batch', 2: 'sr_height', 3: 'sr_width'}})
+            torch.onnx.export(module, (example, ), tmp, dynamo=False, opset_version=opset, input_names=[ONNX_INPUT],
+                              output_names=[ONNX_OUTPUT],
+                              dynamic_axes={ONNX_INPUT: {0: 'batch', 2: 'height', 3: 'width'},
+                                            ONNX_OUTPUT: {0: 'batch', 2: 'sr_height', 3: 'sr_width'}})
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
