@@ -119,27 +119,36 @@ def test_temporary_files_of_killed_runs_are_removed_by_later_ones(tiny_checkpoin
     assert remove_stale_temp_files(str(out)) == []  # the live one stays
 
 
-def test_sigterm_ends_the_run_cleanly(tiny_checkpoint, tmp_path):
-    """A run killed with SIGTERM while it writes removes the file being written and exits with 130."""
+@pytest.mark.parametrize('pipeline,signals', [('serial', 1), ('serial', 2), ('overlapped', 1)])
+def test_sigterm_ends_the_run_cleanly(tiny_checkpoint, tmp_path, pipeline, signals):
+    """SIGTERM while a file is being published exits with 130 and counts exactly the files it leaves: once, the
+    image being written is finished and counted; twice, the run stops at once and that file is removed."""
     import signal
     import time
     inputs = folder_of(tmp_path, [f'{i:02d}.png' for i in range(40)])
     out = tmp_path / 'out'
-    slow = tmp_path / 'slow.py'  # every write takes 0.2 s, so the signal lands inside one
-    slow.write_text('import sys, time\nimport cv2\nfrom wbsr_plugin import infer\n'
-                    'write = cv2.imwrite\n'
-                    'def slow_write(*args, **kwargs):\n'
-                    '    ok = write(*args, **kwargs)\n    time.sleep(0.2)\n    return ok\n'
-                    'cv2.imwrite = slow_write\nsys.exit(infer.main(sys.argv[1:]))\n')
+    slow = tmp_path / 'slow.py'  # every publish waits 0.5 s with its file complete, so the signals land inside one
+    slow.write_text('import sys, time\nfrom wbsr_plugin import infer\nfrom wbsr_plugin.utils import files\n'
+                    'publish = files.publish_no_replace\n'
+                    'def slow_publish(source, target):\n    time.sleep(0.5)\n    publish(source, target)\n'
+                    'files.publish_no_replace = slow_publish\nsys.exit(infer.main(sys.argv[1:]))\n')
     env = dict(os.environ, PYTHONPATH=osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     proc = subprocess.Popen([sys.executable, str(slow), '-i', str(inputs), '-o', str(out), '--model', tiny_checkpoint,
-                             '-t', '16'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out.exists() and len(os.listdir(out)) >= 2):
+                             '-t', '16', '--pipeline', pipeline], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline, temp = time.time() + 60, []
+    while time.time() < deadline and not temp:  # the second image's file, complete, waiting to be published
+        temp = [name for name in (os.listdir(out) if out.exists() else []) if name.startswith('.01_out.png.')]
+        time.sleep(0.01)
+    assert temp, 'no image was being written within 60 s'
+    for _ in range(signals):
+        proc.send_signal(signal.SIGTERM)
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and 'interrupted:' in err and 'Traceback' not in err
-    written = os.listdir(out)
-    assert written and all(name.endswith('_out.png') and not name.startswith('.') for name in written)
+    written = sorted(os.listdir(out))
+    if pipeline == 'serial':
+        assert written == (['00_out.png', '01_out.png'] if signals == 1 else ['00_out.png'])
+    else:  # images queued behind the one being written may be written too
+        assert written[:2] == ['00_out.png', '01_out.png'] and not any(name.startswith('.') for name in written)
     assert f'interrupted: {len(written)} image(s) written' in err

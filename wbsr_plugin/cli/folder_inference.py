@@ -7,7 +7,7 @@ out-of-memory skips its image with a warning; a full disk raises :class:`DiskFul
 
 Without ``--overwrite`` every file is published only where its name is still free (an exclusive create, never a
 check followed by a rename): a file that another process wrote meanwhile is kept, and its image is not counted as
-written (:func:`record_image`).
+written (:func:`image_done`).
 """
 import errno
 import sys
@@ -28,15 +28,16 @@ from .image_io import (
     read_image,
     subnet_map_legend,
     subnet_map_overlay,
-    to_image,
     write_image_atomic,
 )
 from .image_pipeline import ReadAhead, WriteBehind, succeeded
+from .interrupts import interrupts_deferred
 from .output_names import output_extension
 from .sharding import available_cpus
 
 READ_AHEAD = 2  # images decoded while the network runs another
 WRITE_BEHIND = 2  # finished images waiting to be written at most (memory stays bounded)
+IMAGE_ERRORS = (OSError, ImageReadError, NonFiniteOutput, RuntimeError, MemoryError)  # may skip one image
 
 
 @dataclass(frozen=True)
@@ -149,35 +150,6 @@ def progress(items, total, prefix):
     return tqdm(items, total=total, unit='img', disable=total < 2 or bool(prefix))
 
 
-def super_resolve_one(path, engine, net, names, settings):
-    """Read, run and write one image (its image and, with ``--save-map``, its map); returns ``(report, taken)``
-    (see :func:`image_done`)."""
-    lq, info = read_image(path)
-    sr, report = engine.run(lq)
-    check_finite(path, torch.isfinite(sr).all())
-    target, map_target = outputs_to_write(path, info, names, settings)
-    taken = []
-    if target:
-        publish(target, to_image(sr, info), settings, taken)
-    if map_target:
-        bgr = to_image(sr, ImageInfo('rgb', 255))
-        overlay = subnet_map_overlay(bgr, report.plan, engine.scale, len(net.subnets),
-                                     legend=subnet_map_legend(report, net))
-        publish(map_target, overlay, settings, taken)
-    return report, taken
-
-
-def super_resolve_serially(paths, engine, net, names, settings, totals, prefix=''):
-    """:func:`super_resolve` one step after another (``--pipeline serial``)."""
-    for path in progress(paths, len(paths), prefix):
-        try:
-            outcome = super_resolve_one(path, engine, net, names, settings)
-        except (OSError, ImageReadError, NonFiniteOutput, RuntimeError, MemoryError) as err:
-            image_failed(path, err, settings, totals, prefix)
-            continue
-        image_done(path, outcome, settings, totals, prefix)
-
-
 @dataclass
 class ComputedImage:
     """An image the network has run, on its way to its files.
@@ -221,15 +193,40 @@ def write_outputs(path, image, names, settings, scale, num_subnets):
     return image.report, taken
 
 
-def record_outcomes(outcomes, settings, totals, prefix):
-    """Count and print finished images ``(path, future)`` in order; raise when one ends the run."""
-    for path, future in outcomes:
+def super_resolve_serially(paths, engine, net, names, settings, totals, prefix=''):
+    """:func:`super_resolve` one step after another (``--pipeline serial``). An interrupt during an image's
+    writing takes effect once its files are published and counted (:func:`interrupts_deferred`)."""
+    for path in progress(paths, len(paths), prefix):
         try:
-            outcome = future.result()
-        except Exception as err:
+            image = compute_image(read_image(path), engine, net, settings)
+        except IMAGE_ERRORS as err:
             image_failed(path, err, settings, totals, prefix)
             continue
-        image_done(path, outcome, settings, totals, prefix)
+        with interrupts_deferred():
+            try:
+                outcome = write_outputs(path, image, names, settings, engine.scale, len(net.subnets))
+            except IMAGE_ERRORS as err:
+                image_failed(path, err, settings, totals, prefix)
+            else:
+                image_done(path, outcome, settings, totals, prefix)
+            del image
+
+
+def record_outcomes(writes, settings, totals, prefix, wait_all=False):
+    """Count and print the finished images of ``writes`` (a :class:`WriteBehind`) in order; raise when one ends
+    the run. An interrupt never falls between taking an image's outcome and counting it."""
+    outcomes = writes.finished(wait_all)
+    while True:
+        with interrupts_deferred():
+            path, future = next(outcomes, (None, None))
+            if future is None:
+                return
+            try:
+                outcome = future.result()
+            except Exception as err:
+                image_failed(path, err, settings, totals, prefix)
+                continue
+            image_done(path, outcome, settings, totals, prefix)
 
 
 def super_resolve_overlapped(paths, engine, net, names, settings, totals, prefix=''):
@@ -248,8 +245,8 @@ def super_resolve_overlapped(paths, engine, net, names, settings, totals, prefix
                 else:
                     writes.submit(path, write_outputs, path, image, names, settings, engine.scale, len(net.subnets))
                     del image  # the write job holds it until written
-                record_outcomes(writes.finished(), settings, totals, prefix)
-            record_outcomes(writes.finished(wait_all=True), settings, totals, prefix)
+                record_outcomes(writes, settings, totals, prefix)
+            record_outcomes(writes, settings, totals, prefix, wait_all=True)
         except KeyboardInterrupt:
             writes.close()  # the write in progress ends: its file is complete or removed
             for path, future in writes.finished():
