@@ -13,7 +13,9 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.9',
-    packages=find_packages(include=['wbsr_plugin', 'wbsr_plugin.*']),
+    # wbsr_runtime (runtime/): the torch-free core the plugin builds on; runtime/setup.py installs it alone
+    packages=find_packages(include=['wbsr_plugin', 'wbsr_plugin.*']) + ['wbsr_runtime'],
+    package_dir={'wbsr_runtime': 'runtime/wbsr_runtime'},
     install_requires=[
         'basicsr==1.4.2',
         'torch>=2.1',
@@ -43,6 +45,7 @@ setup(
             'wbsr-fit-prior = wbsr_plugin.fit_prior:main',
             'wbsr-export = wbsr_plugin.export:main',
             'wbsr-calibrate = wbsr_plugin.calibrate:main',
+            'wbsr-run = wbsr_runtime.cli:main',
         ],
     },
 )

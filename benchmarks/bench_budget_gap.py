@@ -28,11 +28,12 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.cli.evaluation import load_pairs, to_uint8_bgr
-from wbsr_plugin.cli.image_io import ImageReadError
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.projection import calibrated_levels
-from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, extract_patches
+from wbsr_plugin.inference.tiling import extract_patches
+from wbsr_runtime.images import ImageReadError
+from wbsr_runtime.levels import calibrated_levels
+from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 
 from basicsr.metrics import calculate_psnr
 

@@ -30,8 +30,9 @@ from wbsr_plugin import infer
 from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.cli.folder_inference import WriterSettings
 from wbsr_plugin.cli.image_io import read_image
-from wbsr_plugin.cli.sharding import DistContext, RankTotals
-from wbsr_plugin.utils.files import list_images
+from wbsr_plugin.cli.sharding import DistContext
+from wbsr_runtime.files import list_images
+from wbsr_runtime.run_totals import RankTotals
 
 from basicsr.archs import build_network
 

@@ -43,8 +43,8 @@ from wbsr_plugin.archs.supernet_util import supernet_class, supernet_types
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
-from wbsr_plugin.inference.time_rules import PlanTimer
+from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
+from wbsr_runtime.time_rules import PlanTimer
 
 from basicsr.archs import build_network
 

@@ -34,15 +34,16 @@ import torch
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.cli.evaluation import to_uint8_bgr
-from wbsr_plugin.cli.image_io import ImageReadError, read_image
+from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
-from wbsr_plugin.inference.class_errors import ClassErrors
-from wbsr_plugin.inference.class_thresholds import ClassThresholds
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.expected_quality import loss_db
-from wbsr_plugin.inference.planning_target import PlanningTarget
-from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP
-from wbsr_plugin.utils.files import list_images
+from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.class_thresholds import ClassThresholds
+from wbsr_runtime.expected_quality import loss_db
+from wbsr_runtime.files import list_images
+from wbsr_runtime.images import ImageReadError
+from wbsr_runtime.planning_target import PlanningTarget
+from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP
 
 from basicsr.metrics import calculate_psnr
 from basicsr.utils.matlab_functions import imresize

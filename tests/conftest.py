@@ -72,6 +72,27 @@ def tiny_checkpoint(tmp_path):
     return path
 
 
+def tiny_class_errors(num_subnets, num_classes=10):
+    """Class errors that fall with the subnet and rise with the class (the shape measured ones have)."""
+    return [[(1 + k) * (1.5 - 0.5 * m / (num_subnets - 1)) * 1e-3 for m in range(num_subnets)]
+            for k in range(num_classes)]
+
+
+@pytest.fixture
+def tiny_export(tmp_path):
+    """``(checkpoint, dynamic export folder)`` of :func:`strong_tiny_resnet` with thresholds and class errors for
+    16-pixel LR patches."""
+    from wbsr_plugin import export
+    from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+    net = strong_tiny_resnet()
+    path = str(tmp_path / 'tiny_errors.pth')
+    meta = make_wbsr_meta(net, [2. * k for k in range(1, 10)], 16, class_errors=tiny_class_errors(len(net.subnets)))
+    torch.save({'params': net.state_dict(), WBSR_KEY: meta}, path)
+    folder = str(tmp_path / 'tiny.wbsr')
+    assert export.main(['--model', path, '-o', folder, '--dynamic']) in (0, None)
+    return path, folder
+
+
 @pytest.fixture(autouse=True)
 def _cost_tables_in_a_temporary_cache(tmp_path_factory, monkeypatch):
     """Measured cost tables (--plan-by time) go to a folder of the test session, never the user's cache."""

@@ -42,6 +42,7 @@ TINY = {
     'bench_quality_target.py': ['--limit', '1', '--targets', '0.03', '--max-side', '64', '--patch-size', '12',
                                 '--overlap', '2'],
     'bench_soak.py': ['--images', '21', '--sizes', '12', '20', '--num-feat', '8', '--num-block', '4'],
+    'bench_torch_free.py': ['--sizes', '16x12', '--repeat', '1', '--runtimes', 'onnxruntime fp32'],
     'bench_train_step.py': ['--batch', '1', '--gt-size', '16', '--repeat', '1', '--warmup', '0', '--no-distill'],
 }
 
@@ -122,7 +123,7 @@ def stand_in_args(script, args, stand_ins, work):
         extra += ['--arch', arch, '--widths', *widths, '--model', stand_ins[arch]]
     if script in ('bench_bdloss.py', 'bench_train_step.py') and '--prior' not in out:
         extra += ['--prior', stand_ins['prior']]
-    if script == 'bench_export.py':
+    if script in ('bench_export.py', 'bench_torch_free.py') and '--model' not in out:
         extra += ['--model', stand_ins['WBSRResNet']]
     if script == 'bench_loader.py' and '--work' not in out:
         extra += ['--work', str(work)]

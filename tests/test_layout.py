@@ -140,3 +140,26 @@ def test_the_core_never_exits_the_process():
             if 'SystemExit' in source or 'sys.exit' in source:
                 offending.append(name)
     assert offending == []
+
+
+RUNTIME_ROOT = osp.join(REPO_ROOT, 'runtime', 'wbsr_runtime')
+RUNTIME_MAY_IMPORT = {'numpy', 'cv2', 'onnxruntime', 'openvino'}  # besides the standard library and itself
+
+
+def test_the_torch_free_runtime_imports_neither_torch_nor_the_plugin():
+    import sys
+    found = {}
+    for file in sorted(os.listdir(RUNTIME_ROOT)):
+        if not file.endswith('.py'):
+            continue
+        for node in ast.walk(ast.parse(open(osp.join(RUNTIME_ROOT, file), encoding='utf-8').read())):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split('.')[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                roots = {node.module.split('.')[0]}
+            else:
+                continue
+            outside = roots - RUNTIME_MAY_IMPORT - set(sys.stdlib_module_names) - {'wbsr_runtime'}
+            if outside:
+                found[file] = sorted(outside)
+    assert not found

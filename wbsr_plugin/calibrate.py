@@ -18,16 +18,17 @@ import numpy as np
 import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.cli.arg_types import positive_int
 from wbsr_plugin.cli.common_args import CommandParser, add_model_arguments, patch_side
 from wbsr_plugin.cli.folder_inference import status_line
-from wbsr_plugin.cli.image_io import ImageReadError, read_image
+from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.inference.calibration import measure_class_errors, sample_patch_pairs
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, load_supernet, make_wbsr_meta
-from wbsr_plugin.inference.class_thresholds import ClassThresholds
 from wbsr_plugin.utils.checkpoint_files import load_weights_file
-from wbsr_plugin.utils.files import atomic_path, list_images
+from wbsr_runtime.arg_types import positive_int
+from wbsr_runtime.class_thresholds import ClassThresholds
+from wbsr_runtime.files import atomic_path, list_images
+from wbsr_runtime.images import ImageReadError
 
 from basicsr.utils.matlab_functions import imresize
 

@@ -32,16 +32,16 @@ from wbsr_plugin.cli.common_args import (
     sweep_targets,
 )
 from wbsr_plugin.cli.evaluation import engine_runner, evaluate, load_pairs, whole_image_runner
-from wbsr_plugin.cli.image_io import ImageReadError
-from wbsr_plugin.cli.interrupts import run_interruptibly
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
-from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
 from wbsr_plugin.cli.sharding import DistContext, rank_device
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
 from wbsr_plugin.inference.cost_model import load_or_measure
-from wbsr_plugin.inference.planning_target import PlanningTarget, checkpoint_policy
-from wbsr_plugin.utils.files import atomic_path, atomic_write_text
 from wbsr_plugin.utils.progress import progress_bar
+from wbsr_runtime.files import atomic_path, atomic_write_text
+from wbsr_runtime.images import ImageReadError
+from wbsr_runtime.interrupts import run_interruptibly
+from wbsr_runtime.output_folders import OutputFolderError, check_output_folder
+from wbsr_runtime.planning_target import PlanningTarget, checkpoint_policy
 
 DEFAULT_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

@@ -5,6 +5,7 @@ layout, ONNX.
     python -m wbsr_plugin.export --model net_g_latest.pth -o exported --all --onnx --format safetensors
     python -m wbsr_plugin.export --model net_g_latest.pth -o w52d8.safetensors --subnet w52d8
     python -m wbsr_plugin.export --model net_g_latest.pth -o net_g.safetensors --supernet
+    python -m wbsr_plugin.export --model net_g_latest.pth -o net_g.wbsr --dynamic
 
 A subnet of width w and depth d is written as MSRResNet_x4_w52d8.pth (for a WBSRResNet), a BasicSR
 checkpoint {'params': ...} that the supernet's plain BasicSR network (here MSRResNet(num_feat=w,
@@ -16,7 +17,9 @@ record in metadata_props; each file is checked against PyTorch with ONNX Runtime
 model (_fp16.onnx), --fp16-weights one with fp16 weights and fp32 input and output (_fp16w.onnx).
 --all writes every subnet plus index.json and index.md (name, width, depth, params, GFLOPs per 32x32 LR
 patch, files). -o NAME.pth or NAME.safetensors with one --subnet, or with --supernet (the whole supernet with
-its metadata), writes that one file.
+its metadata), writes that one file. --dynamic writes a folder for dynamic inference without torch: every
+subnet as ONNX and manifest.json (thresholds, class errors, FLOPs, tiling), which wbsr-run (the wbsr_runtime
+package) runs with numpy and ONNX Runtime or OpenVINO.
 ONNX needs the export extra: pip install -e ".[export]".
 """
 import sys
@@ -26,11 +29,12 @@ import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
 from wbsr_plugin.cli.common_args import CommandParser
+from wbsr_plugin.cli.dynamic_export import check_dynamic_output, export_dynamic
 from wbsr_plugin.cli.export_files import WEIGHTS_FORMATS, ExportFormats, export_subnets, write_index
 from wbsr_plugin.cli.export_targets import export_subnet_file, supernet_file_name, weights_format_of, write_supernet
-from wbsr_plugin.cli.interrupts import run_interruptibly
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml
 from wbsr_plugin.inference.checkpoint import load_supernet
+from wbsr_runtime.interrupts import run_interruptibly
 
 CHECK_LQ_SIZE = (37, 53)  # odd sizes, so the dynamic axes are exercised
 
@@ -44,6 +48,8 @@ def build_parser():
     which.add_argument('--subnet', action='append', help='subnet index (0 = cheapest) or name such as w52d8; '
                        'repeat for several')
     which.add_argument('--all', action='store_true', help='every subnet, plus index.json and index.md')
+    which.add_argument('--dynamic', action='store_true', help='a folder for dynamic inference without torch: '
+                       'every subnet as ONNX and manifest.json (run it with wbsr-run)')
     which.add_argument('--supernet', action='store_true', help='the whole supernet with its metadata, as one '
                        'weights file (to convert a checkpoint to .safetensors)')
     parser.add_argument('--format', choices=WEIGHTS_FORMATS, help='weights file format. Default: pth (BasicSR '
@@ -72,6 +78,11 @@ def onnx_precisions(args):
 
 def check_file_output(args, parser):
     """The weights format of a file ``-o``, after checking that the rest of the command line fits one file."""
+    if args.dynamic:
+        if args.spandrel or args.onnx_only or args.format or args.fp16 or args.fp16_weights:
+            parser.error('--dynamic writes fp32 ONNX and a manifest; it takes no --format, --spandrel, --onnx-only, '
+                         '--fp16 or --fp16-weights')
+        return None
     weights_format = weights_format_of(args.output)
     if args.supernet and (args.spandrel or onnx_precisions(args)):
         parser.error('--supernet writes one weights file; --spandrel and ONNX are for subnets')
@@ -84,6 +95,11 @@ def check_file_output(args, parser):
     if args.format not in (None, weights_format):
         parser.error(f'-o {args.output} is a .{weights_format} file, but --format is {args.format}')
     return weights_format
+
+
+def check_input(net):
+    """The random LR image every ONNX file is checked on (odd sizes, so the dynamic axes are exercised)."""
+    return torch.rand(1, net.conv_first.in_channels, *CHECK_LQ_SIZE, generator=torch.Generator().manual_seed(0))
 
 
 def print_entry(entry):
@@ -103,10 +119,18 @@ def run(argv=None):
     file_format = check_file_output(args, parser)
     network_opt = network_options_from_yaml(args.opt) if args.opt else None
     try:
+        if args.dynamic:
+            check_dynamic_output(osp.abspath(args.output), args.overwrite)
         net, meta = load_supernet(args.model, network_opt=network_opt)
         if not meta and network_opt is None:
             print(f"note: {args.model} has no 'wbsr' metadata; its subnets are the paper's widths and depths.",
                   file=sys.stderr)
+        if args.dynamic:
+            error = export_dynamic(net, meta, args.output, overwrite=args.overwrite, source=args.model,
+                                   check_lq=None if args.no_check else check_input(net))
+            check = '' if error is None else f' | max |onnx - torch| = {error:.2e}'
+            print(f'{type(net).__name__} x{net.upscale}, {len(net.subnets)} subnets -> {args.output}{check}')
+            return
         if args.supernet:
             name = supernet_file_name(net, args.format or 'pth')
             path = args.output if file_format else osp.join(args.output, name)
@@ -121,9 +145,7 @@ def run(argv=None):
         formats = ExportFormats(checkpoint=not args.onnx_only, weights_format=args.format or 'pth',
                                 spandrel=args.spandrel, onnx_precisions=onnx_precisions(args))
         keys = list(range(len(net.subnets))) if args.all else args.subnet
-        generator = torch.Generator().manual_seed(0)
-        check_lq = None if args.no_check else torch.rand(1, net.conv_first.in_channels, *CHECK_LQ_SIZE,
-                                                         generator=generator)
+        check_lq = None if args.no_check else check_input(net)
         exported = export_subnets(net, keys, args.output, formats=formats, check_lq=check_lq, index=args.all,
                                   overwrite=args.overwrite, source=args.model, source_meta=meta)
         if args.all:

@@ -8,7 +8,7 @@ network's time on this device; or to keep the expected loss within ``--max-loss`
 checkpoints that store class errors), and the outputs are blended.
 One summary line per image: size, subnet histogram, FLOPs and time. Unreadable inputs are
 skipped with a warning, and the exit status is 1 if any image failed. ``--skip-existing`` leaves
-out inputs whose output is already written (see :mod:`wbsr_plugin.cli.output_names`). ``--plan-by time``
+out inputs whose output is already written (see :mod:`wbsr_runtime.output_names`). ``--plan-by time``
 lets this device's measured costs choose the plan (never slower than the plain network); the default,
 ``flops``, gives the same plan on every machine (docs/inference.md says why). On a GPU (or with a CPU core to
 spare) the next images are decoded and the finished ones written in background threads while the network runs
@@ -25,7 +25,6 @@ from os import path as osp
 import torch
 
 import wbsr_plugin  # noqa: F401  (registers the architectures)
-from wbsr_plugin.cli.arg_types import name_part
 from wbsr_plugin.cli.common_args import (
     CommandParser,
     add_device_arguments,
@@ -35,18 +34,9 @@ from wbsr_plugin.cli.common_args import (
     runtime_of,
 )
 from wbsr_plugin.cli.folder_inference import DiskFull, WriterSettings, status_line, super_resolve
-from wbsr_plugin.cli.interrupts import INTERRUPTED, sigterm_as_interrupt
 from wbsr_plugin.cli.options_yaml import USAGE_ERROR, network_options_from_yaml
-from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
-from wbsr_plugin.cli.output_names import (
-    OUTPUT_EXTENSIONS,
-    OutputConflict,
-    OutputNames,
-    outputs_among_inputs,
-)
 from wbsr_plugin.cli.sharding import (
     DistContext,
-    RankTotals,
     barrier,
     broadcast_object,
     cpu_threads_per_rank,
@@ -55,15 +45,24 @@ from wbsr_plugin.cli.sharding import (
     plan_work,
     process_group,
     rank_device,
-    totals_summary,
 )
 from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, load_supernet
-from wbsr_plugin.inference.class_errors import ClassErrors
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.planning_target import checkpoint_policy
-from wbsr_plugin.utils.files import list_images
 from wbsr_plugin.utils.memory import bound_onednn_cache
+from wbsr_runtime.arg_types import name_part
+from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.files import list_images
+from wbsr_runtime.interrupts import INTERRUPTED, sigterm_as_interrupt
+from wbsr_runtime.output_folders import OutputFolderError, check_output_folder
+from wbsr_runtime.output_names import (
+    OUTPUT_EXTENSIONS,
+    OutputConflict,
+    OutputNames,
+    outputs_among_inputs,
+)
+from wbsr_runtime.planning_target import checkpoint_policy
+from wbsr_runtime.run_totals import RankTotals, totals_summary
 
 
 def select_device(name, ctx=DistContext()):
@@ -105,7 +104,7 @@ def build_parser():
 
 def plan_outputs(args, parser, ctx):
     """``(inputs, OutputNames, existing)`` of the run, checked before any computation (the policy of
-    :mod:`wbsr_plugin.cli.output_names`; ``existing``: the run's files that exist, which ``--skip-existing``
+    :mod:`wbsr_runtime.output_names`; ``existing``: the run's files that exist, which ``--skip-existing``
     keeps); a conflict exits with one ``error:`` line on every rank."""
     try:
         paths = list_images(args.input)
@@ -137,7 +136,7 @@ def plan_outputs(args, parser, ctx):
 
 def build_engine(args, parser, device, network_opt):
     """``(engine, net, meta, policy)`` of the command line; a bad checkpoint or option exits with its message. The
-    policy is the checkpoint's default (:func:`~wbsr_plugin.inference.planning_target.inference_policy`) where the
+    policy is the checkpoint's default (:func:`~wbsr_runtime.planning_target.inference_policy`) where the
     command line is silent. Planning by time reads this device's cost table, or measures it (by rank 0 under
     torchrun) and caches it."""
     target = planning_target(args, parser)

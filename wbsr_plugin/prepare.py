@@ -15,13 +15,13 @@ if not __package__:  # run as a file: import the package, not the files beside t
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 import wbsr_plugin  # noqa: E402, F401  (compatibility fixes before basicsr is used)
-from wbsr_plugin.cli.arg_types import name_part_problem  # noqa: E402
 from wbsr_plugin.cli.common_args import CommandParser  # noqa: E402
 from wbsr_plugin.cli.options_yaml import read_option_file  # noqa: E402
 from wbsr_plugin.data import prepare_util  # noqa: E402
 from wbsr_plugin.data.difficulty import default_stride  # noqa: E402
 from wbsr_plugin.data.hes import lq_patch_size  # noqa: E402
 from wbsr_plugin.data.hes_index import build_index, default_index_path  # noqa: E402
+from wbsr_runtime.arg_types import name_part_problem  # noqa: E402
 
 
 def _dataset_opt(args):

@@ -10,11 +10,11 @@ were computed on, the training iterations (when recorded) and the subnets with t
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE, SupernetMixin, supernet_types
-from wbsr_plugin.cli.arg_types import positive_int
 from wbsr_plugin.cli.common_args import SCALES, CommandParser
 from wbsr_plugin.cli.model_card import format_model_card, format_subnet_table
 from wbsr_plugin.cli.options_yaml import network_options_from_yaml, short
 from wbsr_plugin.inference.checkpoint import load_supernet
+from wbsr_runtime.arg_types import positive_int
 
 from basicsr.archs import build_network
 

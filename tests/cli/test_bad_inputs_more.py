@@ -13,9 +13,10 @@ import torch
 from conftest import FIXTURES, strong_tiny_resnet
 
 from wbsr_plugin import curve, export, infer, prepare, subnets
-from wbsr_plugin.cli.image_io import ImageReadError, read_image
-from wbsr_plugin.cli.output_names import OutputConflict, OutputNames
+from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+from wbsr_runtime.images import ImageReadError
+from wbsr_runtime.output_names import OutputConflict, OutputNames
 
 IMAGE = osp.join(FIXTURES, 'lr_x4', 'rocket.png')
 HR = osp.join(FIXTURES, 'hr')

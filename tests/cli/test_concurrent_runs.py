@@ -13,8 +13,8 @@ from conftest import FIXTURES, REPO_ROOT
 
 from wbsr_plugin import infer
 from wbsr_plugin.cli import folder_inference
-from wbsr_plugin.utils import files
-from wbsr_plugin.utils.files import atomic_write_bytes
+from wbsr_runtime import files
+from wbsr_runtime.files import atomic_write_bytes
 
 NAMES = [f'{i:02d}.bin' for i in range(12)]
 REPETITIONS = 20

@@ -7,8 +7,9 @@ import pytest
 from conftest import FIXTURES, TINY_RESNET
 
 import wbsr_plugin  # noqa: F401
-from wbsr_plugin.cli.image_io import ImageReadError, read_image, to_image
+from wbsr_plugin.cli.image_io import read_image, to_image
 from wbsr_plugin.inference import DynamicInferenceEngine
+from wbsr_runtime.images import ImageReadError
 
 from basicsr.archs import build_network
 

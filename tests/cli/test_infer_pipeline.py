@@ -16,9 +16,10 @@ from conftest import FIXTURES
 
 from wbsr_plugin import infer
 from wbsr_plugin.cli import folder_inference
-from wbsr_plugin.cli.image_io import HostImage, ImageInfo, device_pixels, to_image
+from wbsr_plugin.cli.image_io import HostImage, device_pixels, to_image
 from wbsr_plugin.cli.image_pipeline import ReadAhead, WriteBehind
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
+from wbsr_runtime.images import ImageInfo
 
 ROCKET = cv2.imread(osp.join(FIXTURES, 'lr_x4', 'rocket.png'))[:16, :20]
 COFFEE = cv2.imread(osp.join(FIXTURES, 'lr_x4', 'coffee.png'))[4:20, 2:18]

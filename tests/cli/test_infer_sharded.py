@@ -13,8 +13,6 @@ import pytest
 import torch
 from conftest import FIXTURES, TINY_RESNET, run_cli
 
-from wbsr_plugin.cli.image_io import ImageInfo
-from wbsr_plugin.cli.output_names import OutputNames, output_extension
 from wbsr_plugin.cli.sharding import (
     DistContext,
     cpu_threads_per_rank,
@@ -25,6 +23,8 @@ from wbsr_plugin.cli.sharding import (
     share_files,
 )
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
+from wbsr_runtime.images import ImageInfo
+from wbsr_runtime.output_names import OutputNames, output_extension
 
 from basicsr.archs import build_network
 

@@ -1,4 +1,4 @@
-"""The output policy of infer (wbsr_plugin.cli.output_names): no run loses work, conflicts stop it before any
+"""The output policy of infer (wbsr_runtime.output_names): no run loses work, conflicts stop it before any
 computation."""
 import os
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 from conftest import FIXTURES
 
 from wbsr_plugin import infer
-from wbsr_plugin.utils.files import remove_stale_temp_files
+from wbsr_runtime.files import remove_stale_temp_files
 
 ROCKET = cv2.imread(osp.join(FIXTURES, 'lr_x4', 'rocket.png'))[:16, :16]
 
@@ -108,7 +108,7 @@ def test_temporary_files_of_killed_runs_are_removed_by_later_ones(tiny_checkpoin
     out.mkdir()
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has ended
-    from wbsr_plugin.utils.files import _host
+    from wbsr_runtime.files import _host
     stale = out / f'.a_out.png.{_host()}-{pid}-abc_12.tmp.png'
     live = out / f'.a_out.png.{_host()}-{os.getpid()}-abc_12.tmp.png'
     other_host = out / f'.a_out.png.elsewhere-{pid}-abc_12.tmp.png'
@@ -128,7 +128,7 @@ def test_sigterm_ends_the_run_cleanly(tiny_checkpoint, tmp_path, pipeline, signa
     inputs = folder_of(tmp_path, [f'{i:02d}.png' for i in range(40)])
     out = tmp_path / 'out'
     slow = tmp_path / 'slow.py'  # every publish waits 0.5 s with its file complete, so the signals land inside one
-    slow.write_text('import sys, time\nfrom wbsr_plugin import infer\nfrom wbsr_plugin.utils import files\n'
+    slow.write_text('import sys, time\nfrom wbsr_plugin import infer\nfrom wbsr_runtime import files\n'
                     'publish = files.publish_no_replace\n'
                     'def slow_publish(source, target):\n    time.sleep(0.5)\n    publish(source, target)\n'
                     'files.publish_no_replace = slow_publish\nsys.exit(infer.main(sys.argv[1:]))\n')

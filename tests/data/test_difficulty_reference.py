@@ -19,7 +19,7 @@ from wbsr_plugin.data.difficulty import (
     rgb_to_luma,
     threshold_table,
 )
-from wbsr_plugin.inference.class_thresholds import thresholds_at
+from wbsr_runtime.class_thresholds import thresholds_at
 
 
 def naive_vector(luma, size, top, left):

@@ -11,10 +11,11 @@ from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import class_error_table, fill_empty_classes, patch_errors, sample_patch_pairs
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
-from wbsr_plugin.inference.class_errors import ClassErrors
-from wbsr_plugin.inference.class_thresholds import ClassThresholds
-from wbsr_plugin.inference.projection import apply_levels, calibrated_levels, classify
+from wbsr_plugin.inference.projection import apply_levels, classify
 from wbsr_plugin.models.wbsr_options import calibration_patches, parse_wbsr_options
+from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.class_thresholds import ClassThresholds
+from wbsr_runtime.levels import calibrated_levels
 
 from basicsr.archs import build_network
 

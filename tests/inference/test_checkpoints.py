@@ -7,7 +7,7 @@ from conftest import strong_tiny_resnet
 
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, engine_thresholds, load_supernet, make_wbsr_meta
-from wbsr_plugin.inference.class_thresholds import ClassThresholds
+from wbsr_runtime.class_thresholds import ClassThresholds
 
 
 def test_checkpoint_round_trip(tiny_checkpoint):

@@ -8,9 +8,9 @@ from conftest import FIXTURES
 
 from wbsr_plugin import calibrate
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
-from wbsr_plugin.inference.class_errors import MARGIN, UNCOUNTED_MARGIN, Z_BOUND, ClassErrors
-from wbsr_plugin.inference.class_thresholds import ClassThresholds
-from wbsr_plugin.inference.expected_quality import loss_db, tiled_error, whole_error
+from wbsr_runtime.class_errors import MARGIN, UNCOUNTED_MARGIN, Z_BOUND, ClassErrors
+from wbsr_runtime.class_thresholds import ClassThresholds
+from wbsr_runtime.expected_quality import loss_db, tiled_error, whole_error
 
 HR = f'{FIXTURES}/hr'
 

@@ -8,8 +8,8 @@ from conftest import TINY_RESNET
 
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.checkpoint import make_wbsr_meta
-from wbsr_plugin.inference.class_errors import ClassErrors
-from wbsr_plugin.inference.class_thresholds import ClassThresholds
+from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.class_thresholds import ClassThresholds
 
 from basicsr.archs import build_network
 
@@ -55,7 +55,7 @@ def test_checkpoint_entries_round_trip():
     entries = value.meta_entries(32)
     assert entries == {'thresholds': pytest.approx([2., 4., 6.]), 'num_classes': 4, 'patch_size': 32,
                        'thresholds_by_patch_size': TABLE, 'class_errors': ERRORS}
-    # stored without counts, the class errors are planned by their bound (inference/class_errors.py)
+    # stored without counts, the class errors are planned by their bound (wbsr_runtime/class_errors.py)
     bound = ClassErrors(tuple(map(tuple, ERRORS))).planning_table()
     assert ClassThresholds.from_meta(entries) == ClassThresholds.of(TABLE, class_errors=bound)
     assert ClassThresholds.from_meta({'thresholds': [1., 2.]}) == ClassThresholds.of([1., 2.])

@@ -13,10 +13,10 @@ from wbsr_plugin.archs.supernet_util import supernet_types
 from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.class_thresholds import check_threshold_table
-from wbsr_plugin.inference.engine import InferenceReport
-from wbsr_plugin.inference.planning import InferencePlan
 from wbsr_plugin.inference.tiling import extract_patches
+from wbsr_runtime.class_thresholds import check_threshold_table
+from wbsr_runtime.planner import InferencePlan
+from wbsr_runtime.report import InferenceReport
 
 CPU = torch.device('cpu')
 

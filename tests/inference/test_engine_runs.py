@@ -13,8 +13,8 @@ import wbsr_plugin  # noqa: F401
 from wbsr_plugin.archs.wbsr_rcan_arch import WBSRRCAN
 from wbsr_plugin.data.difficulty import quantile_thresholds
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.class_thresholds import thresholds_at
 from wbsr_plugin.inference.projection import budget_subnets, class_to_subnet
+from wbsr_runtime.class_thresholds import thresholds_at
 
 LR_FIXTURES = osp.join(FIXTURES, 'lr_x4')
 
@@ -309,7 +309,7 @@ def test_classes_are_balanced_at_the_engine_patch_size(one_thread):
         quantile_thresholds,
     )
     from wbsr_plugin.inference.projection import classify
-    from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, tile_geometry
+    from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, tile_geometry
     lumas = []
     for name in sorted(os.listdir(SHARED_PHOTOS)):
         img = cv2.imread(osp.join(SHARED_PHOTOS, name), cv2.IMREAD_COLOR).astype(np.float32) / 255.

@@ -10,16 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.class_thresholds import check_thresholds
-from wbsr_plugin.inference.projection import (
-    apply_levels,
-    budget_levels,
-    budget_subnets,
-    calibrated_levels,
-    class_subnet_table,
-    class_to_subnet,
-    cost_target_subnets,
-)
+from wbsr_plugin.inference.projection import apply_levels, budget_subnets, class_to_subnet, cost_target_subnets
+from wbsr_runtime.class_thresholds import check_thresholds
+from wbsr_runtime.levels import budget_levels, calibrated_levels, class_subnet_table
 
 
 def test_eq15_by_hand():

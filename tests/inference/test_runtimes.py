@@ -8,17 +8,17 @@ import torch
 from conftest import TINY_RESNET
 
 from wbsr_plugin.inference import DynamicInferenceEngine, runtime_choice
-from wbsr_plugin.inference.cost_model import CostTable, cost_key
+from wbsr_plugin.inference.cost_model import cost_key
 from wbsr_plugin.inference.runtimes import (
     TORCH_FP32,
     CompiledSubnets,
     Runtime,
     RuntimeUnavailable,
     check_runtime,
-    cpu_has_bf16,
-    installed,
     torch_threads_beside,
 )
+from wbsr_runtime.cost_table import CostTable
+from wbsr_runtime.sessions import cpu_has_bf16, installed
 
 from basicsr.archs import build_network
 
@@ -78,7 +78,7 @@ def test_converted_models_are_cached_per_weights(name, tmp_path):
 def test_refusals_are_one_line(monkeypatch):
     with pytest.raises(RuntimeUnavailable, match='on cuda the runtime is torch'):
         check_runtime(Runtime('openvino', 'fp32'), 'cuda')
-    monkeypatch.setattr('wbsr_plugin.inference.runtimes.installed', lambda name: name == 'torch')
+    monkeypatch.setattr('wbsr_runtime.sessions.installed', lambda name: False)
     with pytest.raises(RuntimeUnavailable, match=r'runtime openvino is not installed: pip install openvino'):
         check_runtime(Runtime('openvino', 'fp32'), 'cpu')
     with pytest.raises(RuntimeUnavailable, match='runtime must be one of torch, openvino, onnxruntime'):

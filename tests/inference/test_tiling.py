@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from wbsr_plugin.inference.tiling import blend_weights, patch_positions, stitch_patches, tile_geometry
+from wbsr_plugin.inference.tiling import stitch_patches
+from wbsr_runtime.tile_geometry import blend_weights, patch_positions, tile_geometry
 
 LENGTHS = [1, 2, 5, 8, 9, 16, 17, 31, 33, 64, 65, 100, 127, 270, 481]
 PATCHES = [2, 4, 8, 16, 32, 64]
@@ -54,7 +55,7 @@ def test_tile_geometry_invariants():
                                                                  (45, 16, 4, 1, 1)])
 def test_blend_weights_are_a_partition_of_unity(length, patch, overlap, scale, trim):
     positions = patch_positions(length, patch, overlap)
-    weights = blend_weights(positions, length, patch, scale, trim).numpy()
+    weights = blend_weights(positions, length, patch, scale, trim)
     assert weights.shape == (len(positions), patch * scale)
     assert weights.min() >= 0 and weights.max() <= 1
     total = np.zeros(length * scale)
@@ -75,11 +76,11 @@ def test_blend_weights_are_a_partition_of_unity(length, patch, overlap, scale, t
 def test_blend_weights_by_hand():
     # length 12, patches of 8 at 0 and 4 (overlap 4), trim 1: inside the overlap (pixels 4..7) the
     # first patch gets 1, 3/4, 1/4, 0 and the second 0, 1/4, 3/4, 1; elsewhere the covering patch gets 1
-    weights = blend_weights([0, 4], 12, 8, 1, 1).numpy()
+    weights = blend_weights([0, 4], 12, 8, 1, 1)
     np.testing.assert_allclose(weights[0], [1, 1, 1, 1, 1, 0.75, 0.25, 0])
     np.testing.assert_allclose(weights[1], [0, 0.25, 0.75, 1, 1, 1, 1, 1])
     # at x2 the same ramp over twice the pixels: distance (x + 0.5) past the trim of 2, over a ramp of 4
-    weights = blend_weights([0, 4], 12, 8, 2, 1).numpy()
+    weights = blend_weights([0, 4], 12, 8, 2, 1)
     np.testing.assert_allclose(weights[1, :8], [0, 0, 0.125, 0.375, 0.625, 0.875, 1, 1])
     np.testing.assert_allclose(weights[0, 8:], [1, 1, 0.875, 0.625, 0.375, 0.125, 0, 0])
 
@@ -114,7 +115,7 @@ def test_stitch_of_crops_of_one_image_returns_that_image(size, scale, patch, ove
 def test_blend_weights_by_hand_at_a_shift_of_one_pixel():
     # length 5, patches of 4 at 0 and 1 (patch_positions(5, 4, 3)), trim 0: the overlap is 3 pixels wide and the
     # ramps run over it, pixel centres at 0.5, 1.5, 2.5 of 3: the patch at 1 is not on the image border
-    weights = blend_weights([0, 1], 5, 4, 1, 0).numpy()
+    weights = blend_weights([0, 1], 5, 4, 1, 0)
     np.testing.assert_allclose(weights, [[1, 5 / 6, 1 / 2, 1 / 6], [1 / 6, 1 / 2, 5 / 6, 1]], rtol=0, atol=1e-12)
 
 
@@ -123,7 +124,7 @@ def test_blend_weights_by_hand_with_uneven_overlaps():
     # spans the patch's smallest overlap less both trims, 3 - 2 = 1 pixel: raw weights 0 on the trim pixel, 0.5 on
     # the next, then 1. Inside the 4-pixel overlap (pixels 9..12) the patch at 5 has raw 1, 1, 0.5, 0 and the
     # patch at 9 has 0, 0.5, 1, 1: normalised, 1, 2/3, 1/3, 0 and their complements.
-    weights = blend_weights([0, 5, 9, 14], 22, 8, 1, 1).numpy()
+    weights = blend_weights([0, 5, 9, 14], 22, 8, 1, 1)
     np.testing.assert_allclose(weights, [[1, 1, 1, 1, 1, 1, 1 / 2, 0],
                                          [0, 1 / 2, 1, 1, 1, 2 / 3, 1 / 3, 0],
                                          [0, 1 / 3, 2 / 3, 1, 1, 1, 1 / 2, 0],

@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_RESNET
 
 from wbsr_plugin.inference import DynamicInferenceEngine
-from wbsr_plugin.inference.cost_model import CostTable, cost_key, load_or_measure, measure_cost_table
+from wbsr_plugin.inference.cost_model import cost_key, load_or_measure, measure_cost_table
+from wbsr_runtime.cost_table import CostTable
 
 from basicsr.archs import build_network
 

@@ -18,10 +18,10 @@ from conftest import (
 
 from wbsr_plugin.cli.evaluation import load_pairs
 from wbsr_plugin.inference.checkpoint import load_supernet
-from wbsr_plugin.inference.class_thresholds import ClassThresholds, thresholds_at
 from wbsr_plugin.models.subnet_sampling import SubnetSampler
 from wbsr_plugin.models.wbsr_options import parse_wbsr_options
 from wbsr_plugin.utils.compat import load_training_state
+from wbsr_runtime.class_thresholds import ClassThresholds, thresholds_at
 
 from basicsr.archs import build_network
 from basicsr.models import build_model

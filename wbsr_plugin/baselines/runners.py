@@ -17,7 +17,8 @@ from wbsr_plugin.baselines.classsr_arch import msrresnet_flops
 from wbsr_plugin.data.difficulty import rgb_to_luma
 from wbsr_plugin.inference.checkpoint import read_checkpoint
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.inference.tiling import stitch_patches, tile_geometry
+from wbsr_plugin.inference.tiling import stitch_patches
+from wbsr_runtime.tile_geometry import tile_geometry
 
 from basicsr.archs import build_network
 

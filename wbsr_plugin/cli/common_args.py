@@ -6,7 +6,7 @@ arguments, each choice listed once.
 * ``-opt`` works wherever ``--opt`` does (BasicSR's ``train.py``/``test.py`` spell it so).
 * Flags of Real-ESRGAN's ``inference_realesrgan.py`` that mean nothing here are refused with a line that says
   what to use instead; ``-t 0`` (Real-ESRGAN's "no tiling") too.
-* The planning options become one :class:`~wbsr_plugin.inference.planning_target.PlanningTarget`
+* The planning options become one :class:`~wbsr_runtime.planning_target.PlanningTarget`
   (:func:`planning_target`), validated there, with the same one-line messages as the option files'.
 """
 import argparse
@@ -15,16 +15,16 @@ import sys
 from os import path as osp
 
 from wbsr_plugin.archs.supernet_util import supernet_types
-from wbsr_plugin.inference.planning_target import (
+from wbsr_plugin.inference.runtime_choice import choose_runtime
+from wbsr_plugin.inference.runtimes import PRECISIONS, RUNTIMES, RuntimeUnavailable
+from wbsr_runtime.planning_target import (
     BUDGET_UNITS,
     DEFAULT_MAX_LOSS,
     PLAN_BY,
     PlanningTarget,
     PlanningTargetError,
 )
-from wbsr_plugin.inference.runtime_choice import choose_runtime
-from wbsr_plugin.inference.runtimes import PRECISIONS, RUNTIMES, RuntimeUnavailable
-from wbsr_plugin.inference.tiling import DEFAULT_OVERLAP
+from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP
 
 SCALES = (2, 3, 4, 8)
 DEVICES = ('auto', 'cpu', 'cuda')
@@ -164,7 +164,7 @@ def add_planning_arguments(parser, *, sweep=False):
 
 def add_device_arguments(parser):
     """--device, --fp32, --threads, --runtime, --precision."""
-    from .arg_types import positive_int
+    from wbsr_runtime.arg_types import positive_int
     group = parser.add_argument_group('device')
     group.add_argument('--device', choices=DEVICES, default='auto', help='Default: auto (CUDA when available)')
     group.add_argument('--fp32', action='store_true', help='full precision on CUDA (fp16 otherwise)')

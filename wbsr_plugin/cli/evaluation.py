@@ -19,12 +19,13 @@ import torch
 from wbsr_plugin.archs.channels_last import to_channels_last
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
-from wbsr_plugin.utils.files import list_images
+from wbsr_runtime.files import list_images
+from wbsr_runtime.images import ImageReadError
 
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
-from .image_io import ImageReadError, read_image
+from .image_io import read_image
 
 SSIM_WINDOW = 11  # BasicSR's calculate_ssim: an 11 x 11 Gaussian window, valid positions only
 

@@ -25,10 +25,11 @@ import torch
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.cli.model_card import format_subnet_table
-from wbsr_plugin.cli.output_folders import OutputFolderError, check_output_folder
-from wbsr_plugin.utils.files import atomic_torch_save, atomic_write_text, publish_no_replace
+from wbsr_plugin.utils.checkpoint_files import atomic_torch_save
 from wbsr_plugin.utils.progress import progress_bar
 from wbsr_plugin.utils.safetensors_files import write_safetensors
+from wbsr_runtime.files import atomic_write_text, publish_no_replace
+from wbsr_runtime.output_folders import OutputFolderError, check_output_folder
 
 from . import onnx_export
 from .export_metadata import index_entry, index_header, onnx_metadata_props, subnet_checkpoint_meta, subnet_record

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from wbsr_plugin.archs.supernet_util import REFERENCE_LQ_SIZE
 from wbsr_plugin.inference.checkpoint import DIFFICULTY_NAME, META_VERSION
-from wbsr_plugin.inference.class_thresholds import DEFAULT_NUM_CLASSES
+from wbsr_runtime.class_thresholds import DEFAULT_NUM_CLASSES
 
 PACKAGE = 'wbsr_plugin'
 DEFAULT_PATCH_SIZE = 64

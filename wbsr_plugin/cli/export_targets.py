@@ -8,7 +8,7 @@
 """
 from os import path as osp
 
-from wbsr_plugin.utils.files import atomic_torch_save
+from wbsr_plugin.utils.checkpoint_files import atomic_torch_save
 from wbsr_plugin.utils.safetensors_files import write_safetensors
 
 from .export_files import (

@@ -18,21 +18,12 @@ import torch
 from tqdm import tqdm
 
 from wbsr_plugin.utils.memory import release_freed_memory
+from wbsr_runtime.images import ImageInfo, ImageReadError, NonFiniteOutput, write_image_atomic
+from wbsr_runtime.interrupts import interrupts_deferred
+from wbsr_runtime.output_names import output_extension
 
-from .image_io import (
-    HostImage,
-    ImageInfo,
-    ImageReadError,
-    NonFiniteOutput,
-    check_finite,
-    read_image,
-    subnet_map_legend,
-    subnet_map_overlay,
-    write_image_atomic,
-)
+from .image_io import HostImage, check_finite, read_image, subnet_map_legend, subnet_map_overlay
 from .image_pipeline import ReadAhead, WriteBehind, succeeded
-from .interrupts import interrupts_deferred
-from .output_names import output_extension
 from .sharding import available_cpus
 
 READ_AHEAD = 2  # images decoded while the network runs another

@@ -16,7 +16,7 @@ Needs the ``export`` extra (``pip install -e ".[export]"``: onnx, onnxruntime, o
 import torch
 
 from wbsr_plugin.inference.runtimes import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT, export_onnx
-from wbsr_plugin.utils.files import atomic_path
+from wbsr_runtime.files import atomic_path
 
 PRECISIONS = ('fp32', 'fp16', 'fp16-weights')
 FILE_SUFFIXES = {'fp32': '.onnx', 'fp16': '_fp16.onnx', 'fp16-weights': '_fp16w.onnx'}

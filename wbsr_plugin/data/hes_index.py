@@ -18,8 +18,8 @@ from os import path as osp
 
 import numpy as np
 
-from wbsr_plugin.utils.files import atomic_path
 from wbsr_plugin.utils.progress import progress_bar
+from wbsr_runtime.files import atomic_path
 
 from basicsr.utils import get_root_logger
 

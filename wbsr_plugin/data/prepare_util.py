@@ -16,8 +16,8 @@ import torch
 from wbsr_plugin.data.hes import class_histogram
 from wbsr_plugin.data.hes_index import HESIndex
 from wbsr_plugin.data.paired_reading import PairReader
-from wbsr_plugin.utils.files import IMAGE_EXTENSIONS, list_images
 from wbsr_plugin.utils.progress import progress_bar
+from wbsr_runtime.files import IMAGE_EXTENSIONS, list_images
 
 from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs

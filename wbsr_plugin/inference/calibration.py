@@ -12,10 +12,10 @@ import torch
 
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
 from wbsr_plugin.data.paired_reading import PairReader, list_pairs
+from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP, DEFAULT_TRIM, blend_weights
 
-from .class_errors import ClassErrors
 from .projection import classify
-from .tiling import DEFAULT_OVERLAP, DEFAULT_TRIM, blend_weights
 
 DEFAULT_CALIBRATION_PATCHES = 256
 
@@ -94,11 +94,13 @@ def fill_empty_classes(sums, counts):
 
 def blend_profile(patch_size, scale, overlap=DEFAULT_OVERLAP, trim=DEFAULT_TRIM):
     """(p * scale, p * scale) weights of an HR patch in the engine's blend, for a patch with neighbours on every
-    side (:func:`~.tiling.blend_weights`): what each of its pixels contributes to the stitched image."""
+    side (:func:`wbsr_runtime.tile_geometry.blend_weights`): what each of its pixels contributes to the stitched
+    image."""
     overlap = min(overlap, patch_size - 1)
     trim = min(trim, max(overlap // 2 - 1, 0))
     step = patch_size - overlap
-    row = blend_weights([0, step, 2 * step], 2 * step + patch_size, patch_size, scale, trim)[1].float()
+    row = blend_weights([0, step, 2 * step], 2 * step + patch_size, patch_size, scale, trim)[1]
+    row = torch.from_numpy(row).float()
     return row[:, None] * row[None, :]
 
 

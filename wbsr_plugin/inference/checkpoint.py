@@ -29,11 +29,10 @@ import torch
 
 from wbsr_plugin.archs.supernet_util import recognise_state_dict, supernet_class, supernet_types
 from wbsr_plugin.utils.checkpoint_files import CheckpointError, load_weights_file
+from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors, check_thresholds
 
 from basicsr.archs import build_network
-
-from .class_errors import ClassErrors
-from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors, check_thresholds
 
 WBSR_KEY = 'wbsr'
 META_VERSION = 1

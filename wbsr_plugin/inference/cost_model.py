@@ -19,21 +19,21 @@ directly, so that nothing depends on the machine's speed.
 import hashlib
 import json
 import os
-import platform
 import time
-from dataclasses import asdict, dataclass
 from os import path as osp
 
 import torch
 
 from wbsr_plugin.data.difficulty import patch_difficulty, quantile_threshold_tensor, rgb_to_luma
-from wbsr_plugin.utils.files import atomic_write_text
+from wbsr_runtime.class_thresholds import DEFAULT_NUM_CLASSES
+from wbsr_runtime.cost_table import CostTable, this_cpu
+from wbsr_runtime.files import atomic_write_text
+from wbsr_runtime.tile_geometry import DEFAULT_TRIM, tile_geometry
 
-from .class_thresholds import DEFAULT_NUM_CLASSES
 from .projection import apply_levels, classify
 from .runtimes import TORCH_FP32, CompiledSubnets, runtime_versions, torch_threads_beside
 from .subnet_cache import SubnetCache
-from .tiling import DEFAULT_TRIM, BlendGeometry, extract_patches, tile_geometry
+from .tiling import BlendGeometry, extract_patches
 
 COST_MODEL_VERSION = 3
 # LR sides of the square inputs measured: up to the engine's batch of patches (32768 LR pixels on CPU)
@@ -58,13 +58,7 @@ def device_name(device):
     device = torch.device(device)
     if device.type == 'cuda':
         return f'cuda:{torch.cuda.get_device_name(device)}'
-    model = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            model = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), model)
-    except OSError:
-        pass
-    return f'cpu:{model}:{torch.get_num_threads()} threads'
+    return this_cpu(torch.get_num_threads())
 
 
 def cost_key(net, device, dtype, channels_last, runtime=TORCH_FP32):
@@ -78,91 +72,6 @@ def cost_key(net, device, dtype, channels_last, runtime=TORCH_FP32):
 
 def key_digest(key):
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _interpolate(points, x):
-    """Piecewise-linear through ``[(x, y), ...]`` (ascending x). Below the first point the first segment
-    continues (down to 0); beyond the last, y grows in proportion to x at the last point's rate."""
-    if x >= points[-1][0]:
-        return points[-1][1] * x / points[-1][0]
-    if len(points) == 1:
-        return points[0][1] * x / points[0][0]
-    i = max(1, next(k for k, (px, _) in enumerate(points) if px >= x))
-    (x0, y0), (x1, y1) = points[i - 1], points[i]
-    return max(0., y0 + (y1 - y0) * (x - x0) / (x1 - x0))
-
-
-@dataclass(frozen=True)
-class CostTable:
-    """Seconds (and, on CUDA, peak bytes) of every subnet, in cost order, and of the engine's own work, on one
-    device.
-
-    Attributes:
-        key (dict): What the table depends on (:func:`cost_key`).
-        pixels (tuple[int]): LR pixels per call of the measurements, ascending.
-        call_s (tuple[tuple[float]]): Per subnet and entry of ``pixels``: seconds of one call.
-        analysis_s (tuple[float, float]): The difficulty analysis: seconds per image and per LR pixel.
-        tiling_pixel_s (float): Gathering and stitching: seconds per LR pixel of the patches.
-        switch_s (float): Seconds a call costs beyond its subnet's own when the previous call ran another subnet.
-        peak_bytes_per_pixel (tuple[float] | None): Per subnet, on CUDA: peak memory per LR pixel in a call.
-    """
-    key: dict
-    pixels: tuple
-    call_s: tuple
-    analysis_s: tuple = (0., 0.)
-    tiling_pixel_s: float = 0.
-    peak_bytes_per_pixel: tuple = None
-    switch_s: float = 0.
-
-    @property
-    def num_subnets(self):
-        return len(self.call_s)
-
-    @property
-    def runtime(self):
-        """The runtime and precision measured (``'torch fp32'`` unless the key names another)."""
-        return self.key.get('runtime', str(TORCH_FP32))
-
-    def call_seconds(self, subnet, pixels):
-        """Predicted seconds of one call of ``subnet`` on ``pixels`` LR pixels (one image or a batch)."""
-        return _interpolate(list(zip(self.pixels, self.call_s[subnet])), pixels)
-
-    def whole_seconds(self, subnet, h, w):
-        """Predicted seconds of ``subnet`` on a whole h x w LR image."""
-        return self.call_seconds(subnet, h * w)
-
-    def forward_seconds(self, histogram, side, batch_sizes):
-        """Predicted seconds of the forwards of ``histogram[m]`` patches of ``side`` through subnet m,
-        ``batch_sizes[m]`` patches per call."""
-        total, used = 0., 0
-        for subnet, count in enumerate(histogram):
-            if count:
-                used += 1
-                full, rest = divmod(count, batch_sizes[subnet])
-                total += full * self.call_seconds(subnet, batch_sizes[subnet] * side * side)
-                total += self.call_seconds(subnet, rest * side * side) if rest else 0.
-        return total + self.switch_s * used
-
-    def analysis_seconds(self, h, w):
-        """Predicted seconds of the difficulty analysis of an h x w LR image."""
-        return self.analysis_s[0] + self.analysis_s[1] * h * w
-
-    def tiling_seconds(self, num_patches, side):
-        """Predicted seconds of gathering and stitching ``num_patches`` patches of ``side``."""
-        return self.tiling_pixel_s * num_patches * side * side
-
-    def whole_peak_bytes(self, subnet, h, w):
-        """Predicted peak memory of ``subnet`` on a whole h x w LR image, or None when not measured."""
-        return None if self.peak_bytes_per_pixel is None else h * w * self.peak_bytes_per_pixel[subnet]
-
-    def to_json(self):
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text):
-        data = json.loads(text)
-        return cls(**{k: tuple(tuple(r) for r in v) if k == 'call_s' else tuple(v) if isinstance(v, list) else v
-                      for k, v in data.items()})
 
 
 def _timed(fn, device, repeat, warm_up=True):
@@ -263,6 +172,22 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sid
                      analysis_s, tiling_pixel_s, tuple(peaks) if peaks else None, switch_s)
 
 
+def cost_table_path(key, folder=None):
+    return osp.join(folder or cache_dir(), f'cost_{key_digest(key)}.json')
+
+
+def cached_cost_table(key, folder=None):
+    """The cached :class:`CostTable` of ``key`` (:func:`cost_key`), or None when none is (or it is unreadable, or
+    of another key)."""
+    path = cost_table_path(key, folder)
+    try:
+        with open(path, encoding='utf-8') as f:
+            table = CostTable.from_json(f.read())
+    except (OSError, ValueError, TypeError):
+        return None  # missing, unreadable or from another layout: measure again
+    return table if table.key == key else None
+
+
 def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, refresh=False, folder=None,
                     on_measure=None, runtime=TORCH_FP32):
     """The cached :class:`CostTable` of this key, measured (and cached) when missing or when ``refresh``.
@@ -281,19 +206,13 @@ def load_or_measure(net, device, dtype=torch.float32, channels_last=True, *, ref
         runtime (Runtime): What runs the subnets (one table per runtime and precision). Default: torch fp32.
     """
     key = cost_key(net, device, dtype, channels_last, runtime)
-    path = osp.join(folder or cache_dir(), f'cost_{key_digest(key)}.json')
+    path = cost_table_path(key, folder)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     main = not distributed or torch.distributed.get_rank() == 0
     table = None
     if main:
-        if not refresh and osp.isfile(path):
-            try:
-                with open(path, encoding='utf-8') as f:
-                    table = CostTable.from_json(f.read())
-            except (OSError, ValueError, TypeError):
-                table = None  # unreadable or from another layout: measure again
-            if table is not None and table.key != key:
-                table = None
+        if not refresh:
+            table = cached_cost_table(key, folder)
         if table is None:
             if on_measure is not None:
                 on_measure(path)

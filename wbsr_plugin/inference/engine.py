@@ -7,79 +7,27 @@ stand-alone copies of their weights, batched, on CUDA optionally as graphs) and 
 """
 import math
 import time
-from dataclasses import dataclass, field
 from os import path as osp
 
 import torch
 
 from wbsr_plugin.archs.supernet_util import SupernetMixin, supernet_types
+from wbsr_runtime.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors
+from wbsr_runtime.cost_table import CostTable
+from wbsr_runtime.plan_targets import plan_strategy
+from wbsr_runtime.planning_target import NEEDS_CLASS_ERRORS, PlanningTarget
+from wbsr_runtime.report import InferenceReport
+from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM
+from wbsr_runtime.time_rules import PlanTimer
 
-from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds, check_class_errors
-from .cost_model import CostTable, cache_dir
-from .plan_targets import latency_plan, quality_plan
-from .planning import InferencePlan, Planner
-from .planning_target import NEEDS_CLASS_ERRORS, PlanningTarget
+from .cost_model import cache_dir
+from .planning import Planner
 from .runtimes import TORCH_FP32, CompiledSubnets, check_runtime, torch_threads_beside
 from .subnet_cache import SubnetCache, available_cuda_memory
-from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE, DEFAULT_TRIM, BlendGeometry, extract_patches, run_in_tiles
-from .time_rules import PlanTimer, by_time, without_analysis
+from .tiling import BlendGeometry, extract_patches, run_in_tiles
 
 # CUDA kernels index a tensor with 32-bit integers: a larger whole image runs in tiles (tiling.run_in_tiles)
 MAX_TENSOR_ELEMENTS = 2**31 - 1
-
-
-@dataclass
-class InferenceReport:
-    """What one image cost.
-
-    Attributes:
-        lq_size (tuple[int, int]): LR height and width.
-        sr_size (tuple[int, int]): Output height and width.
-        num_patches (int): Patches run (1 when the whole image ran).
-        histogram (list[int]): Patches per subnet, in cost order.
-        flops (int): FLOPs spent (overlaps counted every time they run).
-        full_flops (int): FLOPs of the full network on the whole image.
-        time_s (float): Wall-clock seconds of :meth:`DynamicInferenceEngine.run`.
-        plan (InferencePlan): The tiling and projection.
-        subnet_names (list[str]): 'w{width}d{depth}' per subnet, in cost order.
-    """
-    lq_size: tuple
-    sr_size: tuple
-    num_patches: int
-    histogram: list
-    flops: int
-    full_flops: int
-    time_s: float
-    plan: InferencePlan = field(repr=False)
-    subnet_names: list = field(repr=False)
-
-    @property
-    def gflops(self):
-        return self.flops / 1e9
-
-    @property
-    def flops_ratio(self):
-        """FLOPs spent / FLOPs of the full network on the whole image."""
-        return self.flops / self.full_flops
-
-    @property
-    def whole_image(self):
-        """True when the whole image ran through one subnet instead of the tiled plan."""
-        return self.plan.whole_image_subnet is not None
-
-    def summary(self):
-        """One line: size, subnet histogram (or the whole-image subnet), FLOPs and time."""
-        (h, w), (sh, sw) = self.lq_size, self.sr_size
-        if self.whole_image:
-            what = f'whole image through {self.subnet_names[self.plan.whole_image_subnet]}'
-            if self.plan.tiled_flops is not None:
-                what += f' (tiled plan: {100 * self.plan.tiled_flops / self.full_flops:.1f}% of full)'
-        else:
-            hist = ' '.join(f'{name}:{n}' for name, n in zip(self.subnet_names, self.histogram) if n)
-            what = f'{self.num_patches} patches [{hist}]'
-        line = (f'{w}x{h} -> {sw}x{sh} | {what} | {self.gflops:.1f} GFLOPs '
-                f'({100 * self.flops_ratio:.1f}% of full) | {self.time_s:.2f} s')
-        return line if self.plan.reason is None else f'{line} | {self.plan.reason}'
 
 
 class DynamicInferenceEngine:
@@ -240,7 +188,7 @@ class DynamicInferenceEngine:
                                budget=target.budget, target_gflops=target.target_gflops, alpha=target.alpha,
                                subnet=target.subnet, class_errors=class_errors,
                                whole_image_fallback=whole_image_fallback)
-        self._strategy = self._pick_strategy()
+        self._strategy = plan_strategy(self.planner, self.timer, self.target, self.subnets.flops)
         self._geometry_cache = {}
         self._batch_size_cache = {}
         self.max_tensor_elements = MAX_TENSOR_ELEMENTS
@@ -272,26 +220,6 @@ class DynamicInferenceEngine:
         """Bytes a forward may take now: on CUDA the free memory and the allocator's reusable cache; else None."""
         device = next(self.net.parameters()).device
         return available_cuda_memory(device) if device.type == 'cuda' else None
-
-    def _pick_strategy(self):
-        """The method that plans an image for this engine's target, picked once: a latency budget, a quality
-        target, the FLOPs plan checked against predicted time (with a cost table), or the FLOPs plan."""
-        planner, timer, target, flops = self.planner, self.timer, self.target, self.subnets.flops
-        if target.kind == 'latency':
-            return lambda lq: latency_plan(planner, planner.analyse(lq), timer, target.latency, flops)
-        if target.kind == 'quality':
-            return lambda lq: quality_plan(planner, planner.analyse(lq), timer, target.max_loss, flops)
-        if timer is None:
-            return lambda lq: planner.choose(planner.analyse(lq), target.budget)
-        return self._timed_flops_plan
-
-    def _timed_flops_plan(self, lq):
-        planner, flops, budget = self.planner, self.subnets.flops, self.target.budget
-        plain = without_analysis(planner, planner.analyse(lq, content=False), self.timer, budget=budget, flops=flops)
-        if plain is not None:
-            return plain
-        analysis = planner.analyse(lq)
-        return by_time(planner.choose(analysis, budget), self.timer, planner, analysis, budget=budget, flops=flops)
 
     def plan(self, lq):
         """Tile ``lq`` (1, c, h, w) and choose the subnet of every patch (on ``lq``'s device): by FLOPs; with a

@@ -21,7 +21,7 @@ from os import path as osp
 import numpy as np
 import torch
 
-from wbsr_plugin.utils.files import atomic_write_text
+from wbsr_runtime.files import atomic_write_text
 
 from .cost_model import cache_dir, load_or_measure
 from .runtimes import TORCH_FP32, CompiledSubnets, Runtime, candidate_runtimes, check_runtime, weights_digest

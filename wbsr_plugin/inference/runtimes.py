@@ -26,16 +26,20 @@ from os import path as osp
 
 import torch
 
+from wbsr_runtime.sessions import (
+    RuntimeUnavailable,
+    check_session_runtime,
+    cpu_has_bf16,
+    onnxruntime_runner,
+    openvino_runner,
+)
+
 RUNTIMES = ('torch', 'openvino', 'onnxruntime')
 PRECISIONS = ('fp32', 'bf16')
 INSTALL = {'openvino': 'pip install openvino (or pip install -e ".[runtimes]")',
            'onnxruntime': 'pip install onnxruntime (or pip install -e ".[runtimes]")'}
 ONNX_OPSET = 17
 ONNX_INPUT, ONNX_OUTPUT = 'lq', 'sr'
-
-
-class RuntimeUnavailable(ValueError):
-    """A runtime or precision that cannot run here; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -66,39 +70,17 @@ class Runtime:
 TORCH_FP32 = Runtime()
 
 
-def cpu_has_bf16():
-    """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = next((line for line in f if line.startswith('flags')), '')
-    except OSError:
-        return False
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
-
-
-def installed(name):
-    """True when runtime ``name`` can be imported."""
-    if name == 'torch':
-        return True
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
-
-
 def check_runtime(runtime, device):
     """Raise :class:`RuntimeUnavailable` (one line) when ``runtime`` cannot run on ``device``."""
     device = torch.device(device)
     if device.type != 'cpu' and runtime != TORCH_FP32:
         raise RuntimeUnavailable(f'runtime {runtime} runs on the CPU only; on {device.type} the runtime is torch '
                                  '(drop --runtime/--precision, or use --device cpu)')
-    if not installed(runtime.name):
-        raise RuntimeUnavailable(f'runtime {runtime.name} is not installed: {INSTALL[runtime.name]}')
-    if runtime.name == 'onnxruntime' and runtime.precision != 'fp32':
-        raise RuntimeUnavailable('onnxruntime runs fp32 only here; use --runtime openvino for bf16')
-    if runtime.precision == 'bf16' and not cpu_has_bf16():
-        raise RuntimeUnavailable('this CPU has no native bfloat16 (AVX-512 BF16 or AMX): use --precision fp32')
+    if runtime.name == 'torch':
+        if runtime.precision == 'bf16' and not cpu_has_bf16():
+            raise RuntimeUnavailable('this CPU has no native bfloat16 (AVX-512 BF16 or AMX): use --precision fp32')
+        return
+    check_session_runtime(runtime.name, runtime.precision, INSTALL)
 
 
 def candidate_runtimes(device):
@@ -203,37 +185,20 @@ class CompiledSubnets:
         return xml
 
     def _compile_external(self, module, in_channels):
-        import numpy as np
         if self.runtime.name == 'onnxruntime':
-            import onnxruntime
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            # every subnet has its own session and thread pool: spinning threads of one would slow the next
-            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-            session = onnxruntime.InferenceSession(self._model_file(module, in_channels, '.onnx'), options,
-                                                   providers=['CPUExecutionProvider'])
+            run = onnxruntime_runner(self._model_file(module, in_channels, '.onnx'), self.threads)
+        else:
+            if self._core is None:
+                import openvino as ov
+                self._core = ov.Core()
+                self._core.set_property({'CACHE_DIR': osp.join(self.folder, 'openvino_blobs')})
+            run = openvino_runner(self._core, self._model_file(module, in_channels, '.xml'), self.runtime.precision,
+                                  self.threads)
 
-            def run_onnxruntime(batch):
-                x = np.ascontiguousarray(batch.detach().to('cpu', torch.float32).numpy())
-                return torch.from_numpy(session.run(None, {'lq': x})[0])
+        def run_external(batch):
+            return torch.from_numpy(run(batch.detach().to('cpu', torch.float32).numpy()))
 
-            return run_onnxruntime
-        import openvino as ov
-        if self._core is None:
-            self._core = ov.Core()
-            self._core.set_property({'CACHE_DIR': osp.join(self.folder, 'openvino_blobs')})
-        config = {'INFERENCE_PRECISION_HINT': 'bf16' if self.runtime.precision == 'bf16' else 'f32',
-                  'INFERENCE_NUM_THREADS': self.threads, 'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
-        compiled = self._core.compile_model(self._model_file(module, in_channels, '.xml'), 'CPU', config)
-        request = compiled.create_infer_request()
-
-        def run_openvino(batch):
-            x = np.ascontiguousarray(batch.detach().to('cpu', torch.float32).numpy())
-            request.infer({0: x})
-            return torch.from_numpy(request.get_output_tensor(0).data.copy())
-
-        return run_openvino
+        return run_external
 
 
 @contextlib.contextmanager

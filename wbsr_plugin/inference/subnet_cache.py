@@ -9,10 +9,10 @@ import torch
 
 from wbsr_plugin.archs.channels_last import to_channels_last
 from wbsr_plugin.archs.supernet_util import padded_width
+from wbsr_runtime.engine import DEFAULT_MAX_BATCH_PIXELS
 
 from .cuda_graphs import GraphCache, bucket_floor, padded_forward
 
-DEFAULT_MAX_BATCH_PIXELS = 64 * 64 * 8  # CPU: larger batches ran no faster (docs/inference.md)
 # CUDA batch sizing: bytes per patch ~ factor x width x (patch x scale)^2 x element size, within a share of the
 # memory the device and the allocator's cache have available, and at most a cap (several processes may share the GPU;
 # a GPU is busy long before one call takes gigabytes)

@@ -1,81 +1,12 @@
-"""Tiling and blending: where the patches of an LR image lie, and how their SR outputs become one image.
+"""Tiling and blending in torch: patches gathered from an LR image, and their SR outputs blended into one image.
 
-1. The LR image is covered by square patches of at most ``patch_size`` LR pixels (shrunk to
-   the smallest size that needs no more patches); neighbours overlap by at least ``overlap``
-   pixels (positions are spread evenly, so the last patch is not squeezed against the border).
-2. Outputs are blended with windows that form a partition of unity: inside an overlap, each
-   patch's weight is zero over the ``trim`` pixels next to its own edge (where its zero
-   padding distorts it) and ramps linearly to one across the rest. The output is exactly
-   ``scale`` times the input size for any input size.
+Where the patches lie and how they are weighted is :mod:`wbsr_runtime.tile_geometry`, shared with the torch-free
+runtime.
 """
-import math
-
 import torch
 
 from wbsr_plugin.utils.device_tensors import to_device
-
-DEFAULT_PATCH_SIZE = 64
-DEFAULT_OVERLAP = 4
-DEFAULT_TRIM = 1
-
-
-def patch_positions(length, patch_size, overlap):
-    """Offsets of the fewest patches covering ``[0, length)`` with overlaps of at least ``overlap``."""
-    if length <= patch_size:
-        return [0]
-    stride = patch_size - overlap
-    count = math.ceil((length - patch_size) / stride) + 1
-    return [round(i * (length - patch_size) / (count - 1)) for i in range(count)]
-
-
-def fitted_patch_size(h, w, patch_size, overlap):
-    """The smallest square patch, at most ``patch_size``, that covers the image with as few patches.
-
-    A grid of ``patch_size`` patches rarely fits an image exactly; shrinking the patch to fit
-    spends fewer FLOPs on overlaps without adding patches.
-    """
-    sides = []
-    for length in (h, w):
-        if length <= patch_size:
-            sides.append(length)
-        else:
-            count = math.ceil((length - overlap) / (patch_size - overlap))
-            sides.append(math.ceil((length - overlap) / count) + overlap)
-    return min(max(sides), h, w)
-
-
-def blend_weights(positions, length, patch_size, scale, trim):
-    """1-D blending weights (len(positions), patch_size * scale) that sum to one along the axis.
-
-    Near an edge shared with a neighbour, a patch's weight is 0 over ``trim`` LR pixels and then
-    ramps to 1 across the rest of the overlap; edges on the image border keep weight 1.
-    """
-    out_len = patch_size * scale
-    coords = torch.arange(out_len, dtype=torch.float64) + 0.5
-    raw = []
-    for i, pos in enumerate(positions):
-        left = coords if pos > 0 else torch.full_like(coords, math.inf)
-        right = out_len - coords if pos + patch_size < length else torch.full_like(coords, math.inf)
-        distance = torch.minimum(left, right)
-        neighbours = [positions[j] for j in (i - 1, i + 1) if 0 <= j < len(positions)]
-        ramp = max((min(patch_size - abs(pos - n) for n in neighbours) if neighbours else 0) - 2 * trim, 1) * scale
-        raw.append(((distance - trim * scale) / ramp).clamp(0, 1))
-    raw = torch.stack(raw)
-    total = torch.zeros(length * scale, dtype=torch.float64)
-    for pos, weight in zip(positions, raw):
-        total[pos * scale:(pos + patch_size) * scale] += weight
-    if (total <= 0).any():
-        raise ValueError(f'overlap too small for trim={trim}: some pixels get no weight.')
-    return torch.stack([weight / total[pos * scale:(pos + patch_size) * scale] for pos, weight in zip(positions, raw)])
-
-
-def tile_geometry(h, w, patch_size, overlap, trim):
-    """``(patch, tops, lefts, trim)`` of an h x w LR image: the fitted patch side, the patch offsets
-    along each axis and the blending trim, lowered for small patches."""
-    patch = fitted_patch_size(h, w, patch_size, overlap)
-    overlap = min(overlap, patch // 2)
-    trim = min(trim, max(0, (overlap - 1) // 2))
-    return patch, patch_positions(h, patch, overlap), patch_positions(w, patch, overlap), trim
+from wbsr_runtime.tile_geometry import blend_weights, tile_geometry
 
 
 class BlendGeometry:
@@ -95,8 +26,8 @@ class BlendGeometry:
         (h, w), p, s = lq_size, patch, scale
         self.lq_size, self.patch, self.scale = (h, w), p, s
         self.tops, self.lefts = list(tops), list(lefts)
-        self.row_weights = to_device(blend_weights(self.tops, h, p, s, trim), device, torch.float32)
-        self.col_weights = to_device(blend_weights(self.lefts, w, p, s, trim), device, torch.float32)
+        self.row_weights = torch.from_numpy(blend_weights(self.tops, h, p, s, trim)).to(device, torch.float32)
+        self.col_weights = torch.from_numpy(blend_weights(self.lefts, w, p, s, trim)).to(device, torch.float32)
         offsets = torch.arange(p * s, device=device)
         self.row_index = (to_device(self.tops, device, torch.long).view(-1, 1) * s + offsets).flatten()
         self.col_index = (to_device(self.lefts, device, torch.long).view(-1, 1) * s + offsets).flatten()

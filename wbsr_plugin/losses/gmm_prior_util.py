@@ -19,8 +19,7 @@ from torch.nn import functional as F
 
 from wbsr_plugin.data.paired_reading import lmdb_meta_shapes
 from wbsr_plugin.data.prepare_util import input_images, read_image_file
-from wbsr_plugin.utils.checkpoint_files import load_checkpoint_file
-from wbsr_plugin.utils.files import atomic_torch_save
+from wbsr_plugin.utils.checkpoint_files import atomic_torch_save, load_checkpoint_file
 from wbsr_plugin.utils.progress import progress_bar
 
 PRIOR_FORMAT_VERSION = 1

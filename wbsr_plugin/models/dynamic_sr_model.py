@@ -11,12 +11,12 @@ from wbsr_plugin.data.resume_position import request_resume, resume_position
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import measure_class_errors
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, make_wbsr_meta
-from wbsr_plugin.inference.class_thresholds import ClassThresholds
 from wbsr_plugin.inference.cost_model import load_or_measure
-from wbsr_plugin.inference.planning_target import PlanningTarget, inference_policy
+from wbsr_plugin.utils.checkpoint_files import atomic_torch_save
 from wbsr_plugin.utils.deferred_log import DeferredLogMixin
-from wbsr_plugin.utils.files import atomic_torch_save
 from wbsr_plugin.utils.registry import register
+from wbsr_runtime.class_thresholds import ClassThresholds
+from wbsr_runtime.planning_target import PlanningTarget, inference_policy
 
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
@@ -199,7 +199,7 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
 
     def validation_engine(self, current_iter):
         """``(engine, policy)`` of dynamic validation: ``wbsr.inference``'s options, and the default policy
-        (:func:`~wbsr_plugin.inference.planning_target.inference_policy`) where they are silent, as ``infer``
+        (:func:`~wbsr_runtime.planning_target.inference_policy`) where they are silent, as ``infer``
         decides it for the checkpoint this model saves."""
         inference_opt = dict(self.wbsr_opt['inference'])
         given = {key: inference_opt.pop(key) for key in target_options(inference_opt)}

@@ -24,10 +24,10 @@ from wbsr_plugin.data.hes import parse_hes_options
 from wbsr_plugin.data.hes_index import dataset_threshold_table
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import read_checkpoint
-from wbsr_plugin.inference.class_errors import ClassErrors
-from wbsr_plugin.inference.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
-from wbsr_plugin.inference.planning_target import PlanningTarget, PlanningTargetError
-from wbsr_plugin.inference.tiling import DEFAULT_PATCH_SIZE
+from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
+from wbsr_runtime.planning_target import PlanningTarget, PlanningTargetError
+from wbsr_runtime.tile_geometry import DEFAULT_PATCH_SIZE
 
 from basicsr.utils import get_root_logger
 

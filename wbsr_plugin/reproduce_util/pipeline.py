@@ -21,7 +21,7 @@ from wbsr_plugin.data.hes_index import load_or_build_index
 from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, input_images
 from wbsr_plugin.inference.checkpoint import load_supernet
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
-from wbsr_plugin.utils.files import atomic_write_text
+from wbsr_runtime.files import atomic_write_text
 
 from .jobs import Job, one_device_each, run_jobs, share_of_machine
 from .rows import COST_ORDER, DYNAMIC_METHODS, RUN_KINDS, TABLE_ROWS, run_kinds, run_name, table_rows, training_options

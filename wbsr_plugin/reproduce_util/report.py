@@ -4,7 +4,7 @@ from os import path as osp
 
 import numpy as np
 
-from wbsr_plugin.utils.files import atomic_path, atomic_write_text
+from wbsr_runtime.files import atomic_path, atomic_write_text
 
 from .rows import COMPARISONS, DYNAMIC_METHODS, ROW_LABELS, TABLE_ROWS, net_label, table_rows
 

@@ -12,6 +12,8 @@ from os import path as osp
 
 import torch
 
+from wbsr_runtime.files import atomic_path
+
 from .safetensors_files import is_safetensors_path, looks_like_safetensors, read_safetensors_checkpoint
 
 HEAD_BYTES = 512
@@ -93,3 +95,9 @@ def load_checkpoint_file(path, *, extra_globals=()):
         raise CheckpointError(f'{path} is not a PyTorch checkpoint ({describe_non_checkpoint(path)})') from None
     except Exception:  # noqa: BLE001  (torch raises KeyError, IndexError, RuntimeError, EOFError... on garbage)
         raise CheckpointError(f'{path} is not a PyTorch checkpoint ({describe_non_checkpoint(path)})') from None
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -10,7 +10,7 @@ import json
 import struct
 from os import path as osp
 
-from .files import atomic_path
+from wbsr_runtime.files import atomic_path
 
 SAFETENSORS_EXT = '.safetensors'
 META_KEY = 'wbsr'

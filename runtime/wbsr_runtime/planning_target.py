@@ -23,7 +23,7 @@ else Eq. 15; planned by FLOPs; on patches of the size the checkpoint was calibra
 import math
 from dataclasses import dataclass
 
-from .tiling import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
+from .tile_geometry import DEFAULT_OVERLAP, DEFAULT_PATCH_SIZE
 
 KINDS = ('eq15', 'eq16', 'budget', 'latency', 'quality', 'subnet')
 PLAN_BY = ('flops', 'time')

@@ -16,7 +16,7 @@ is found by bisection on it (``SEARCH_STEPS`` plans of the class histogram, no p
 import dataclasses
 
 from .expected_quality import loss_db, tiled_error, whole_error
-from .time_rules import plain_plan
+from .time_rules import by_time, plain_plan, without_analysis
 
 SEARCH_STEPS = 12
 LEAST_BUDGET = 1e-6
@@ -144,3 +144,25 @@ def quality_plan(planner, analysis, timer, max_loss, flops):
     unit = 'predicted' if timer is not None else 'by FLOPs'
     return search.plan(choice, f'quality target {max_loss:g} dB: fastest ({unit}) expected within it '
                        f'({choice.loss_db:.3f} dB)')
+
+
+def plan_strategy(planner, timer, target, flops):
+    """The function ``lq -> InferencePlan`` of an engine, picked once for its ``target`` (a bound
+    :class:`~.planning_target.PlanningTarget`): a latency budget or a quality target searched here, the FLOPs plan
+    checked against predicted time (with a ``timer``, :mod:`.time_rules`), or the FLOPs plan."""
+    if target.kind == 'latency':
+        return lambda lq: latency_plan(planner, planner.analyse(lq), timer, target.latency, flops)
+    if target.kind == 'quality':
+        return lambda lq: quality_plan(planner, planner.analyse(lq), timer, target.max_loss, flops)
+    if timer is None:
+        return lambda lq: planner.choose(planner.analyse(lq), target.budget)
+
+    def timed_flops_plan(lq):
+        budget = target.budget
+        plain = without_analysis(planner, planner.analyse(lq, content=False), timer, budget=budget, flops=flops)
+        if plain is not None:
+            return plain
+        analysis = planner.analyse(lq)
+        return by_time(planner.choose(analysis, budget), timer, planner, analysis, budget=budget, flops=flops)
+
+    return timed_flops_plan

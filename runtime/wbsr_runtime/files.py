@@ -39,10 +39,11 @@ def list_images(path, *, recursive=False):
     return sorted(found)
 
 
-def _default_mode():
+def default_mode(full=0o666):
+    """``full`` (0o666 for a file, 0o777 for a folder) less the process's umask: what a new one would get."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return full & ~umask
 
 
 def _host():
@@ -151,7 +152,7 @@ def atomic_path(path, *, replace=True):
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, default_mode())
         if replace:
             os.replace(tmp, path)
         else:
@@ -159,13 +160,6 @@ def atomic_path(path, *, replace=True):
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
-
-
-def atomic_torch_save(obj, path):
-    """``torch.save`` to ``path`` atomically."""
-    import torch
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def atomic_write_text(path, text, *, replace=True):

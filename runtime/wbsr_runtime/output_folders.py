@@ -3,7 +3,7 @@ place that cannot be written (``/proc``, a read-only disk), and what killed runs
 import tempfile
 from os import path as osp
 
-from wbsr_plugin.utils.files import remove_stale_temp_files
+from wbsr_runtime.files import remove_stale_temp_files
 
 
 class OutputFolderError(ValueError):
