@@ -2,12 +2,15 @@
 
     python benchmarks/bench_torch_free.py --threads 2 --sizes 160x120 960x540
     python benchmarks/bench_torch_free.py --model net_g.pth --runtimes "openvino bf16" --sizes 960x540
+    python benchmarks/bench_torch_free.py --model net_g.pth --plan-by time --sizes 160x120 960x540
 
 The checkpoint (--model, or SRResNet x4 with the paper's widths and random weights) is exported with
 ``export --dynamic`` into a temporary folder. For each runtime and LR size, the torch engine
 (``DynamicInferenceEngine(runtime=...)``) and ``wbsr_runtime.DynamicModel`` run the same FLOPs plan (--budget, or
 the checkpoint's default policy with --budget 0): medians of --repeat calls each, interleaved, after one untimed
 call. The table gives both times, their ratio, whether the plans were equal and the largest output difference.
+With --plan-by time, this machine's cost tables are measured (or read from the cache) first, so that the export
+carries them, and both engines plan by predicted time with the same table.
 The LR image is a crop of scikit-image's photos (tiled when the size asks for more).
 """
 import argparse
@@ -25,6 +28,7 @@ import torch
 import wbsr_plugin  # noqa: F401
 from wbsr_plugin.cli.dynamic_export import export_dynamic
 from wbsr_plugin.inference.checkpoint import engine_options, load_supernet
+from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.inference.runtimes import Runtime
 from wbsr_runtime import DynamicModel, PlanningTarget
@@ -55,6 +59,7 @@ def main(argv=None):
     parser.add_argument('--runtimes', nargs='+', default=['onnxruntime fp32', 'openvino fp32', 'openvino bf16'],
                         help='runtime and precision pairs')
     parser.add_argument('--budget', type=float, default=0.6, help="FLOPs budget; 0: the checkpoint's default")
+    parser.add_argument('--plan-by', choices=('flops', 'time'), default='flops')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeat', type=int, default=3)
     args = parser.parse_args(argv)
@@ -64,8 +69,11 @@ def main(argv=None):
     else:
         torch.manual_seed(0)
         net, meta = build_network({'type': 'WBSRResNet', 'upscale': 4}).eval(), {}
-    target = PlanningTarget.flops_budget(args.budget) if args.budget else None
-    policy = checkpoint_policy(meta, target=target)
+    target = PlanningTarget.flops_budget(args.budget, args.plan_by) if args.budget else None
+    policy = checkpoint_policy(meta, target=target, plan_by=args.plan_by)
+    runtimes = [Runtime(*text.split()) for text in args.runtimes]
+    tables = {runtime: load_or_measure(net, 'cpu', runtime=runtime) if args.plan_by == 'time' else None
+              for runtime in runtimes}
     print(f'{type(net).__name__} x{net.upscale} ({args.model or "random weights"}), {args.threads} threads, '
           f'{platform.processor() or platform.machine()}, torch {torch.__version__}, {policy}')
     with tempfile.TemporaryDirectory() as work:
@@ -75,12 +83,12 @@ def main(argv=None):
         print(f'export --dynamic: {size / 1e6:.1f} MB\n')
         print('| runtime | LR | torch engine (ms) | torch-free (ms) | torch / torch-free | same plan | max |diff| |')
         print('|---|---|---|---|---|---|---|')
-        for text in args.runtimes:
-            name, precision = text.split()
+        for runtime in runtimes:
+            name, precision = runtime.name, runtime.precision
             engine = DynamicInferenceEngine(net, **engine_options(meta), **policy.engine_options(),
-                                            runtime=Runtime(name, precision))
+                                            runtime=runtime, cost_table=tables[runtime])
             model = DynamicModel.load(folder, runtime=name, precision=precision, threads=args.threads,
-                                      target=target)
+                                      target=target, plan_by=args.plan_by)
             for size_text in args.sizes:
                 w, h = (int(v) for v in size_text.split('x'))
                 lq = photo_lq(w, h)

@@ -20,7 +20,7 @@ from .planner import Planner
 from .planning_target import PlanningTargetError, checkpoint_policy
 from .report import InferenceReport
 from .sessions import check_session_runtime, onnxruntime_runner, openvino_runner
-from .tile_geometry import DEFAULT_TRIM, blend_weights
+from .tile_geometry import DEFAULT_TRIM, blend_weights, stitch
 from .time_rules import PlanTimer
 
 DEFAULT_MAX_BATCH_PIXELS = 64 * 64 * 8  # LR pixels per call on a CPU: larger batches ran no faster (docs/inference.md)
@@ -145,16 +145,9 @@ class DynamicModel:
 
     def stitch(self, outputs, plan):
         """Blend SR patches (N, c, p*s, p*s) in grid order into the SR image (1, c, h*s, w*s)."""
-        (h, w), p, s = plan.lq_size, plan.patch_size, self.scale
         row_weights, col_weights = self._blend(plan)
-        sr = np.zeros((outputs.shape[1], h * s, w * s), dtype=np.float32)
-        n = 0
-        for i, top in enumerate(plan.tops):
-            for j, left in enumerate(plan.lefts):
-                window = row_weights[i][:, None] * col_weights[j][None, :]
-                sr[:, top * s:(top + p) * s, left * s:(left + p) * s] += outputs[n] * window
-                n += 1
-        return sr[None]
+        return stitch(outputs, plan.lq_size, plan.patch_size, plan.tops, plan.lefts, self.scale, row_weights,
+                      col_weights)[None]
 
     def run(self, lq):
         """Super-resolve one image.

@@ -73,3 +73,20 @@ def tile_geometry(h, w, patch_size, overlap, trim):
     overlap = min(overlap, patch // 2)
     trim = min(trim, max(0, (overlap - 1) // 2))
     return patch, patch_positions(h, patch, overlap), patch_positions(w, patch, overlap), trim
+
+
+def stitch(outputs, lq_size, patch, tops, lefts, scale, row_weights, col_weights):
+    """Blend SR patches (N, c, p*s, p*s) in grid order into the SR image (c, h*s, w*s), float32 numpy arrays.
+
+    Each patch is weighted by its row's and its column's blend weights (float32, :func:`blend_weights`) and added
+    into place, one patch at a time: every add stays within one patch's memory.
+    """
+    (h, w), p, s = lq_size, patch, scale
+    sr = np.zeros((outputs.shape[1], h * s, w * s), dtype=np.float32)
+    n = 0
+    for i, top in enumerate(tops):
+        for j, left in enumerate(lefts):
+            window = row_weights[i][:, None] * col_weights[j][None, :]
+            sr[:, top * s:(top + p) * s, left * s:(left + p) * s] += outputs[n] * window
+            n += 1
+    return sr

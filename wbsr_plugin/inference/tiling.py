@@ -6,7 +6,7 @@ runtime.
 import torch
 
 from wbsr_plugin.utils.device_tensors import to_device
-from wbsr_runtime.tile_geometry import blend_weights, tile_geometry
+from wbsr_runtime.tile_geometry import blend_weights, stitch, tile_geometry
 
 
 class BlendGeometry:
@@ -28,6 +28,7 @@ class BlendGeometry:
         self.tops, self.lefts = list(tops), list(lefts)
         self.row_weights = torch.from_numpy(blend_weights(self.tops, h, p, s, trim)).to(device, torch.float32)
         self.col_weights = torch.from_numpy(blend_weights(self.lefts, w, p, s, trim)).to(device, torch.float32)
+        self._host_weights = None
         offsets = torch.arange(p * s, device=device)
         self.row_index = (to_device(self.tops, device, torch.long).view(-1, 1) * s + offsets).flatten()
         self.col_index = (to_device(self.lefts, device, torch.long).view(-1, 1) * s + offsets).flatten()
@@ -45,16 +46,14 @@ class BlendGeometry:
         return sr.unsqueeze(0)
 
     def stitch_per_patch(self, outputs):
-        """Add the patches one by one (on CPU the fastest: every add stays within one patch's memory)."""
-        (h, w), p, s = self.lq_size, self.patch, self.scale
-        sr = outputs.new_zeros((outputs.shape[1], h * s, w * s), dtype=torch.float32)
-        n = 0
-        for i, top in enumerate(self.tops):
-            for j, left in enumerate(self.lefts):
-                window = self.row_weights[i].view(-1, 1) * self.col_weights[j].view(1, -1)
-                sr[:, top * s:(top + p) * s, left * s:(left + p) * s] += outputs[n].float() * window
-                n += 1
-        return sr.unsqueeze(0)
+        """Add the patches one by one in numpy (:func:`wbsr_runtime.tile_geometry.stitch`, the torch-free runtime's
+        own), on the CPU: the same adds as torch operations paid a dispatch each (700 patches of a 960x540 LR plan:
+        30 ms against 47-51 ms in torch)."""
+        if self._host_weights is None:
+            self._host_weights = self.row_weights.cpu().numpy(), self.col_weights.cpu().numpy()
+        sr = stitch(outputs.detach().float().cpu().numpy(), self.lq_size, self.patch, self.tops, self.lefts,
+                    self.scale, *self._host_weights)
+        return torch.from_numpy(sr).unsqueeze(0).to(outputs.device)
 
     def stitch(self, outputs, vectorised=None):
         """Blend SR patches (N, c, p*s, p*s) in grid order into the SR image (1, c, h*s, w*s).
