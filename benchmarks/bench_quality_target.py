@@ -39,7 +39,6 @@ from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_runtime.class_errors import ClassErrors
 from wbsr_runtime.class_thresholds import ClassThresholds
-from wbsr_runtime.expected_quality import loss_db
 from wbsr_runtime.files import list_images
 from wbsr_runtime.images import ImageReadError
 from wbsr_runtime.planning_target import PlanningTarget
@@ -132,18 +131,6 @@ class PatchOutputs:
         return self.engine.stitch(out, plan)
 
 
-def expected_loss(plan, errors, num_subnets):
-    """The engine's expected loss of ``plan`` when it reports one, else the loss of ``errors`` (K x M) over its
-    patches; None without errors."""
-    if plan.expected_loss_db is not None or errors is None:
-        return plan.expected_loss_db
-    classes = plan.classes.flatten().tolist()
-    chosen = ([plan.whole_image_subnet] * len(classes) if plan.whole_image_subnet is not None
-              else plan.subnets.flatten().tolist())
-    return loss_db(sum(errors[k - 1][m] for k, m in zip(classes, chosen)),
-                   sum(errors[k - 1][num_subnets - 1] for k in classes))
-
-
 def patch_errors(outputs, hr, scale):
     """(N, M, 4) squared errors of every patch and subnet: RGB interior, Y interior, RGB whole, Y whole."""
     plan, p = outputs.plan, outputs.plan.patch_size
@@ -175,7 +162,7 @@ def measure_set(net, engines, pairs, dump=None, set_name=''):
             for key, engine in engines.items():
                 plan = engine.plan(lq)
                 sr = reference if plan.whole_image_subnet == full else y_psnr(outputs.realise(plan), hr, net.upscale)
-                expected = expected_loss(plan, engine.class_errors, len(net.subnets))
+                expected = plan.expected_loss_db
                 results[key].append((expected, reference - sr, engine.flops(plan) / first.subnets.flops(
                     *lq.shape[-2:], full)))
                 chosen[key] = (plan.subnets.flatten().numpy() if plan.whole_image_subnet is None

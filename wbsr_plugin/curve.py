@@ -11,7 +11,8 @@ LR images (``--lr``, or MATLAB bicubic of HR) are those of :mod:`wbsr_plugin.cli
 times: every setting runs once untimed at each new image size, the full network in the engine's
 channels-last format.
 Every row also gives the realised loss (the full network's mean PSNR minus the setting's) beside the expected
-loss its plans reported (quality targets and latency budgets with class errors: the bound they planned by).
+loss its plans reported: every dynamic setting (budgets, Eq. 15, quality targets, latency budgets) of a checkpoint
+with class errors, by the class errors it planned with (the bound, for checkpoints that store counts).
 Writes curve.md, curve.csv and, when matplotlib is installed, curve.png.
 """
 import csv

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .difficulty import patch_difficulty, quantile_thresholds, rgb_to_luma
-from .expected_quality import tiled_error, whole_error
+from .expected_quality import loss_db, tiled_error, whole_error
 from .levels import apply_levels, budget_levels, calibrated_levels, class_subnet_table, classify
 from .tile_geometry import tile_geometry
 
@@ -42,8 +42,8 @@ class InferencePlan:
         predicted_s (float | None): With a cost table: the predicted seconds of the subnet forwards that run.
         reason (str | None): With a cost table, a latency budget or a quality target: why this plan runs (see
             :mod:`.time_rules` and :mod:`.plan_targets`).
-        expected_loss_db (float | None): With a latency budget or a quality target and class errors: the
-            expected loss against the full network in dB of PSNR.
+        expected_loss_db (float | None): With class errors (and classes): the expected loss against the full
+            network in dB of PSNR, by the class errors the plan was made with.
     """
     lq_size: tuple
     patch_size: int
@@ -213,7 +213,25 @@ class Planner:
         return InferencePlan((h, w), analysis.patch_size, analysis.tops, analysis.lefts, analysis.difficulty,
                              analysis.classes, subnets, analysis.thresholds, analysis.threshold_source,
                              analysis.trim, alpha, histogram, tiled_flops, whole,
-                             reason=self._budget_out_of_reach(h, w, tiled_flops, full_flops, budget, whole))
+                             reason=self._budget_out_of_reach(h, w, tiled_flops, full_flops, budget, whole),
+                             expected_loss_db=self._expected_loss(analysis.class_counts, levels, steps, whole))
+
+    def _expected_loss(self, class_counts, levels, steps, whole):
+        """Expected loss in dB against the full network (from the class errors) of the tiled plan of ``levels`` and
+        ``steps``, or of ``whole`` on the whole image; None without class errors or classes."""
+        if whole is not None or self.class_errors is None or class_counts is None:
+            return self.whole_image_loss(class_counts, whole)
+        full_error = whole_error(class_counts, self.class_errors, self.num_subnets - 1)
+        return loss_db(tiled_error(class_counts, levels, steps, self.class_errors), full_error)
+
+    def whole_image_loss(self, class_counts, subnet):
+        """Expected loss in dB against the full network of ``subnet`` on the whole image; None without class errors
+        or classes."""
+        if subnet is None or self.class_errors is None or class_counts is None:
+            return None
+        errors = self.class_errors
+        return loss_db(whole_error(class_counts, errors, subnet), whole_error(class_counts, errors,
+                                                                              self.num_subnets - 1))
 
     def _budget_out_of_reach(self, h, w, tiled_flops, full_flops, budget, whole):
         """A note when the plan costs more than the FLOPs ``budget`` allows (no plan of the image fits), else None."""

@@ -96,3 +96,19 @@ def test_a_latency_budget_weighs_quality_by_class_errors_else_by_flops():
 def test_bad_target_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
         DynamicInferenceEngine(tiny_net(), **options)
+
+
+@pytest.mark.parametrize('options', [{'budget': 0.4}, {'budget': 0.05}, {}, {'budget': 0.7, 'rates': RATES},
+                                     {'rates': RATES}, {'budget': 0.5, 'rates': [1e-6, 5e-6, 5e-6, 5e-6]}], ids=str)
+def test_every_plan_with_class_errors_reports_its_expected_loss(options):
+    """Budgets and Eq. 15 too (what curve prints beside the realised loss): the loss of the plan's own patches
+    through the subnets it runs, against the full network on them, computed here in numpy."""
+    net, lq = tiny_net(), image()
+    rates = options.pop('rates', None)
+    if rates:  # with a cost table: the plan predicted fastest (the last case: a whole-image subnet)
+        plan = engine(net, linear(net, rates), class_errors=ERRORS, **options).plan(lq)
+    else:
+        plan = DynamicInferenceEngine(net, thresholds=THRESHOLDS, patch_size=16, overlap=2, class_errors=ERRORS,
+                                      **options).plan(lq)
+    full = np.array(ERRORS)[plan.classes.flatten().numpy() - 1, 3].sum()
+    assert plan.expected_loss_db == pytest.approx(10 * np.log10(numpy_error(plan) / full))
