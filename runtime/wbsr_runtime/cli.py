@@ -19,6 +19,7 @@ from os import path as osp
 
 import numpy as np
 
+from . import __version__
 from .arg_types import name_part, positive_int
 from .class_errors import ClassErrors
 from .engine import DynamicModel
@@ -44,6 +45,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser():
     parser = Parser(prog='wbsr-run', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action='version', version=f'wbsr_runtime {__version__}')
     parser.add_argument('-i', '--input', required=True, help='input image or folder')
     parser.add_argument('-o', '--output', default='results', help='output folder. Default: results')
     parser.add_argument('--model', required=True, help='a dynamic export (the folder wbsr-export --dynamic writes)')
@@ -170,10 +172,13 @@ def super_resolve(paths, model, names, args, existing, totals):
 def run(args, parser):
     paths, names, existing = plan_outputs(args, parser)
     model = load_model(args, parser)
-    print(f'policy: {model.policy} | runtime: {args.runtime or "auto"} {args.precision}', file=sys.stderr)
+    print(f'policy: {model.policy} | runtime: {model.runtime}', file=sys.stderr)
     errors = ClassErrors.from_meta(model.manifest.wbsr)
-    if errors is not None and model.target.kind in ('quality', 'budget'):
+    if errors is not None and model.target.kind in ('quality', 'latency', 'budget'):
         print(f'expected loss: {errors.reliability(model.policy.patch_size)}', file=sys.stderr)
+    if model.thresholds is None and model.target.subnet is None:
+        print('note: the export stores no class thresholds; using per-image quantiles of the patch difficulties.',
+              file=sys.stderr)
     skipped = 0
     if args.skip_existing:
         todo = [p for p in paths if not names.finished(p)]

@@ -53,6 +53,7 @@ class DynamicModel:
                  cost_table=None):
         self.manifest = manifest
         self.runners = runners
+        self.runtime = None  # what runs the subnets, as :meth:`load` describes it
         self.scale = manifest.scale
         self.subnet_names = [s.name for s in manifest.subnets]
         meta = manifest.wbsr
@@ -110,7 +111,9 @@ class DynamicModel:
             core = ov.Core()
             runners = [openvino_runner(core, manifest.subnet_path(m), precision, threads)
                        for m in range(len(manifest.subnets))]
-        return cls(manifest, runners, cost_table=cost_table, **policy)
+        model = cls(manifest, runners, cost_table=cost_table, **policy)
+        model.runtime = f'{runtime} {precision}, {threads} threads'
+        return model
 
     def plan(self, lq):
         """The plan of ``lq`` (1, c, h, w) float32, as the torch engine plans it (:func:`.plan_strategy`)."""

@@ -347,6 +347,7 @@ def test_subnets_are_cached_until_the_weights_change():
         net.conv_last.bias.add_(0.25)  # in place, as an optimizer step
     second, _ = engine.run(lq)
     assert engine.subnets.module(0) is not module
+    engine.run(lq)  # the parameters' fingerprint is taken again after the change
     module = engine.subnets.module(0)
     net.conv_last.bias = torch.nn.Parameter(net.conv_last.bias.detach() + 0.5)  # a new tensor, not an update
     third, _ = engine.run(lq)

@@ -45,7 +45,8 @@ class DynamicInferenceEngine:
 
     Args:
         net (SupernetMixin): The supernet. Its weights may change between calls (training):
-            the extracted subnets are rebuilt when a parameter changes, or on :meth:`refresh`.
+            the extracted subnets are rebuilt when a parameter changes or is replaced, or on :meth:`refresh`
+            (needed after a module of the supernet was replaced).
         thresholds (list[float] | dict[int, list[float]] | ClassThresholds | None): K - 1 class
             thresholds on the scalar difficulty, or a table of them per LR patch side (checkpoints store
             one; the thresholds of the patch size in use are interpolated), or their value
