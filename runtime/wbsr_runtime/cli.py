@@ -24,7 +24,7 @@ from .arg_types import name_part, positive_int
 from .class_errors import ClassErrors
 from .engine import DynamicModel
 from .files import list_images
-from .images import ImageReadError, NonFiniteOutput, opencv, read_rgb, rgb_to_image, write_image_atomic
+from .images import ImageInfo, ImageReadError, NonFiniteOutput, opencv, read_rgb, rgb_to_image, write_image_atomic
 from .interrupts import INTERRUPTED, interrupts_deferred, sigterm_as_interrupt
 from .manifest import ManifestError
 from .output_folders import OutputFolderError, check_output_folder
@@ -32,6 +32,7 @@ from .output_names import OUTPUT_EXTENSIONS, OutputConflict, OutputNames, output
 from .planning_target import BUDGET_UNITS, PLAN_BY, PlanningTarget, PlanningTargetError
 from .run_totals import RankTotals, totals_summary
 from .sessions import PRECISIONS, RUNTIMES, RuntimeUnavailable, installed
+from .subnet_maps import subnet_map_legend, subnet_map_overlay
 
 USAGE_ERROR = 2
 
@@ -67,6 +68,7 @@ def build_parser():
                         'bfloat16. Default: fp32')
     device.add_argument('--threads', type=positive_int, help='CPU threads. Default: every CPU this process may use')
     output = parser.add_argument_group('output')
+    output.add_argument('--save-map', action='store_true', help='also write NAME_map.png: subnet per patch')
     output.add_argument('--suffix', default='out', type=name_part, help='output name suffix: NAME_SUFFIX.EXT. '
                         'Default: out')
     output.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
@@ -88,7 +90,7 @@ def plan_outputs(args, parser):
     if not paths:
         parser.exit(USAGE_ERROR, f'error: -i: no images in {args.input}\n')
     try:
-        names = OutputNames(args.output, paths, args.suffix, args.ext, False)
+        names = OutputNames(args.output, paths, args.suffix, args.ext, args.save_map)
         check_output_folder(args.output)
         existing = names.check_existing(paths, args.overwrite, args.skip_existing)
     except (OutputFolderError, OutputConflict) as err:
@@ -120,20 +122,30 @@ def is_image_failure(err):
     return isinstance(err, (ImageReadError, NonFiniteOutput, MemoryError))
 
 
-def write_outputs(path, sr, info, names, args, existing):
-    """Publish the SR image of ``path``; returns the files another process wrote meanwhile (kept)."""
+def write_outputs(path, sr, info, report, model, names, args, existing):
+    """Publish the SR image of ``path`` (and its subnet map with ``--save-map``); returns the files another
+    process wrote meanwhile (kept). Under ``--skip-existing`` only the missing files are written."""
     if not np.isfinite(sr).all():
         raise NonFiniteOutput(f'{path}: the network gave values that are not finite (NaN or Inf); the image is not '
                               'written')
-    target = names.image_path(path, output_extension(path, args.ext, info))
-    if not args.overwrite and target in existing:
-        return []
-    image = rgb_to_image(np.clip(sr[0], 0, 1).transpose(1, 2, 0), info)
-    try:
-        write_image_atomic(target, image, replace=args.overwrite)
-    except FileExistsError:
-        return [target]
-    return []
+    targets = (names.image_path(path, output_extension(path, args.ext, info)),
+               names.map_path(path) if args.save_map else None)
+    target, map_target = (t if t is not None and (args.overwrite or t not in existing) else None for t in targets)
+    rgb, taken = np.clip(sr[0], 0, 1).transpose(1, 2, 0), []
+    for file, image in ((target, lambda: rgb_to_image(rgb, info)), (map_target, lambda: map_image(rgb, report, model))):
+        if file is not None:
+            try:
+                write_image_atomic(file, image(), replace=args.overwrite)
+            except FileExistsError:
+                taken.append(file)
+    return taken
+
+
+def map_image(rgb, report, model):
+    """The subnet map of an SR image (RGB float in [0, 1]) with its legend, as infer draws it."""
+    legend = subnet_map_legend(report, model.manifest.flops)
+    return subnet_map_overlay(rgb_to_image(rgb, ImageInfo('rgb', 255)), report.plan, model.scale, len(model.runners),
+                              legend=legend)
 
 
 def super_resolve(paths, model, names, args, existing, totals):
@@ -151,7 +163,7 @@ def super_resolve(paths, model, names, args, existing, totals):
             continue
         with interrupts_deferred():
             try:
-                taken = write_outputs(path, sr, info, names, args, existing)
+                taken = write_outputs(path, sr, info, report, model, names, args, existing)
             except Exception as err:
                 if isinstance(err, OSError) and not is_image_failure(err):
                     raise OSError(errno.ENOSPC, f'-o: no space left on the device of {args.output}') from None

@@ -11,9 +11,10 @@ from conftest import FIXTURES, PLAIN_CLASSES, TINY_SUPERNETS_3X3, parsed_options
 
 from wbsr_plugin import export, subnets
 from wbsr_plugin.cli.export_files import ExportError, export_subnets, onnx_max_error, resolve_subnet, write_onnx
-from wbsr_plugin.cli.image_io import read_image, subnet_colours, subnet_map_legend, subnet_map_overlay
+from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.inference.checkpoint import load_supernet, make_wbsr_meta
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
+from wbsr_runtime.subnet_maps import subnet_colours, subnet_map_legend, subnet_map_overlay
 
 from basicsr.archs import build_network
 from basicsr.models import build_model
@@ -262,7 +263,7 @@ def test_subnet_map_legend_names_colours_patches_and_flops(tmp_path):
     net = tiny_supernet('WBSRResNet', 4)
     engine = DynamicInferenceEngine(net, patch_size=16, overlap=2)
     sr, report = engine.run(real_photo(80, 72))
-    legend = subnet_map_legend(report, net)
+    legend = subnet_map_legend(report, lambda h, w, s: net.flops(h, w, subnet=s))
     assert legend.names == report.subnet_names and legend.patches == report.histogram
     assert sum(legend.flops_shares) == pytest.approx(1)
     assert legend.title == f'{report.num_patches} patches, {100 * report.flops_ratio:.1f}% of full FLOPs'
@@ -287,7 +288,7 @@ def test_subnet_map_of_a_whole_image_run_has_one_colour(tmp_path):
     sr, report = engine.run(real_photo(12, 10))
     if getattr(report.plan, 'whole_image_subnet', None) is None:
         pytest.skip('this engine always tiles')
-    legend = subnet_map_legend(report, net)
+    legend = subnet_map_legend(report, lambda h, w, s: net.flops(h, w, subnet=s))
     assert legend.title.startswith('whole image') and legend.flops_shares[3] == 1
     overlay = subnet_map_overlay(to_bgr(sr), report.plan, 4, len(net.subnets), legend=legend)
     small = overlay[:48, :40]

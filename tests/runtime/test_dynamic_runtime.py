@@ -137,12 +137,13 @@ def mixed_folder(folder):
 
 
 def test_folder_command_without_torch_writes_what_infer_writes(tiny_export, tmp_path):
+    """Images and subnet maps, 8/16-bit, grey, RGBA, JPEG and odd sizes."""
     checkpoint, folder = tiny_export
     inputs = str(tmp_path / 'in')
     mixed_folder(inputs)
     env = dict(os.environ, PYTHONPATH=ROOT)
     ran = subprocess.run(blocked_python() + ['-i', inputs, '-o', str(tmp_path / 'free'), '--model', folder,
-                                             '--budget', '0.5', '--threads', '1'],
+                                             '--budget', '0.5', '--threads', '1', '--save-map'],
                          capture_output=True, text=True, env=env, timeout=300)
     assert ran.returncode == 0, ran.stderr
     assert 'total: 6 image(s), 0 skipped, 0 failed' in ran.stdout
@@ -152,8 +153,9 @@ def test_folder_command_without_torch_writes_what_infer_writes(tiny_export, tmp_
     for runtime, identical in (('onnxruntime', True), ('torch', False)):
         out = str(tmp_path / runtime)
         assert infer.main(['-i', inputs, '-o', out, '--model', checkpoint, '--budget', '0.5', '--runtime', runtime,
-                           '--threads', '1']) == 0
+                           '--threads', '1', '--save-map']) == 0
         assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / 'free'))
+        assert len(os.listdir(out)) == 12  # every image and its subnet map
         for name in os.listdir(out):
             ours = cv2.imread(str(tmp_path / 'free' / name), cv2.IMREAD_UNCHANGED)
             theirs = cv2.imread(osp.join(out, name), cv2.IMREAD_UNCHANGED)

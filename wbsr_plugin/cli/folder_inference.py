@@ -21,8 +21,9 @@ from wbsr_plugin.utils.memory import release_freed_memory
 from wbsr_runtime.images import ImageInfo, ImageReadError, NonFiniteOutput, write_image_atomic
 from wbsr_runtime.interrupts import interrupts_deferred
 from wbsr_runtime.output_names import output_extension
+from wbsr_runtime.subnet_maps import subnet_map_legend, subnet_map_overlay
 
-from .image_io import HostImage, check_finite, read_image, subnet_map_legend, subnet_map_overlay
+from .image_io import HostImage, check_finite, read_image
 from .image_pipeline import ReadAhead, WriteBehind, succeeded
 from .sharding import available_cpus
 
@@ -166,7 +167,7 @@ def compute_image(decoded, engine, net, settings):
     image = ComputedImage(info, HostImage(sr, info, with_map=settings.save_map), report)
     if settings.save_map:
         image.map_plan = replace(report.plan, subnets=report.plan.subnets.cpu())
-        image.legend = subnet_map_legend(report, net)
+        image.legend = subnet_map_legend(report, engine.subnets.flops)
     return image
 
 
