@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .class_thresholds import ClassThresholds
+from .class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
 from .cost_table import this_cpu, usable_cpus
 from .manifest import Manifest
 from .plan_targets import plan_strategy
@@ -58,15 +58,14 @@ class DynamicModel:
         self.subnet_names = [s.name for s in manifest.subnets]
         meta = manifest.wbsr
         self.thresholds = ClassThresholds.from_meta(meta, len(manifest.subnets)) if meta else None
-        if target is not None:
-            target = target.bound(self)
         self.policy = checkpoint_policy(meta, target=target, patch_size=patch_size, overlap=overlap, plan_by=plan_by)
         self.target = self.policy.target.bound(self)
         if self.target.by_time and cost_table is None:
             raise PlanningTargetError(f'{self.target} plans by time, which needs a cost table of this machine in this '
                                       'runtime: measure it with the torch engine (infer --runtime R --plan-by time) '
                                       'and export again, or plan by FLOPs')
-        num_classes = self.thresholds.num_classes if self.thresholds is not None else meta.get('num_classes', 10)
+        num_classes = (self.thresholds.num_classes if self.thresholds is not None
+                       else meta.get('num_classes', DEFAULT_NUM_CLASSES))
         trim = int(manifest.planning.get('trim', DEFAULT_TRIM))
         self.max_batch_pixels = int(manifest.planning.get('max_batch_pixels', DEFAULT_MAX_BATCH_PIXELS))
         target = self.target
