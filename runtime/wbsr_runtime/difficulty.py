@@ -46,4 +46,6 @@ def patch_difficulty(luma, patch_size, tops, lefts):
 def quantile_thresholds(scores, num_classes):
     """``t_k = s[floor(k N / K)]``, k = 1..K-1, on the sorted scores ``s`` (Eq. 7), as a list."""
     ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if ordered.size == 0:
+        raise ValueError('cannot compute thresholds of an empty set of scores.')
     return [float(ordered[k * ordered.size // num_classes]) for k in range(1, num_classes)]

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from wbsr_plugin.utils.device_tensors import to_device
-
-LUMA_WEIGHTS_RGB = (0.299, 0.587, 0.114)
+from wbsr_runtime.difficulty import LUMA_WEIGHTS_RGB
+from wbsr_runtime.difficulty import quantile_thresholds as numpy_quantile_thresholds
 
 
 def rgb_to_luma(img):
@@ -128,10 +128,7 @@ def quantile_thresholds(scores, num_classes):
     _check_num_classes(num_classes)
     if torch.is_tensor(scores):
         return quantile_threshold_tensor(scores, num_classes).tolist()
-    ordered = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    if ordered.size == 0:
-        raise ValueError('cannot compute thresholds of an empty set of scores.')
-    return [float(ordered[k * ordered.size // num_classes]) for k in range(1, num_classes)]
+    return numpy_quantile_thresholds(scores, num_classes)
 
 
 def quantile_threshold_tensor(scores, num_classes):
