@@ -186,30 +186,31 @@ def summary_row(values, target, slack):
 
 
 def table_kind(text):
-    """``mean``, ``bound`` or ``bound:MARGIN``."""
-    if text in ('mean', 'bound'):
+    """``mean``, ``bound``, ``bound:MARGIN`` or ``classes`` (the bound without the image's own spread)."""
+    if text in ('mean', 'bound', 'classes'):
         return text
     try:
         if text.startswith('bound:') and float(text[6:]) >= 0:
             return text
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f'expected mean, bound or bound:MARGIN, got {text!r}')
+    raise argparse.ArgumentTypeError(f'expected mean, bound, bound:MARGIN or classes, got {text!r}')
 
 
 def planning_thresholds(meta, kind):
     """The thresholds of a checkpoint's metadata with its class errors as ``kind`` says: ``'mean'``, the measured
-    means; ``'bound'``, the table the engine plans with (:meth:`ClassErrors.planning_table`); ``'bound:M'``, the
-    same with margin M."""
+    means; ``'bound'``, the table the engine plans with (:meth:`ClassErrors.planning_table`) and the image's own
+    spread (:meth:`ClassErrors.spread_table`); ``'bound:M'``, the same with margin M; ``'classes'``, the bound
+    without the image's spread."""
     thresholds = ClassThresholds.from_meta(meta)
     errors = ClassErrors.from_meta(meta)
     if errors is None:
         raise ValueError('a checkpoint without class errors has no quality target')
     if kind == 'mean':
-        table = [list(row) for row in errors.means]
-    else:
-        table = errors.planning_table(margin=float(kind[6:]) if ':' in kind else None)
-    return ClassThresholds.of(thresholds, class_errors=table)
+        return ClassThresholds.of(thresholds, class_errors=[list(row) for row in errors.means])
+    table = errors.planning_table(margin=float(kind[6:]) if ':' in kind else None)
+    return ClassThresholds.of(thresholds, class_errors=table,
+                              class_spreads=None if kind == 'classes' else errors.spread_table())
 
 
 def build_parser():
@@ -218,8 +219,8 @@ def build_parser():
     parser.add_argument('--calibration', nargs='*', default=[], help='checkpoints of the same network whose class '
                         'errors are planned with as well')
     parser.add_argument('--tables', nargs='+', type=table_kind, default=['mean', 'bound'],
-                        help='plan with the measured class means (mean), the bound the engine uses (bound), or the '
-                        'bound with another margin (bound:M)')
+                        help='plan with the measured class means (mean), the bound the engine uses (bound), the '
+                        'bound with another margin (bound:M), or the bound without the image\'s own spread (classes)')
     parser.add_argument('--set', action='append', required=True, type=parse_set, metavar='NAME=DIR[@I/N]')
     parser.add_argument('--targets', nargs='*', type=float, default=list(TARGETS), help='quality targets in dB')
     parser.add_argument('--budget', type=float, default=0.6, help='FLOPs budget (0: none)')

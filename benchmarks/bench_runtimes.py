@@ -7,8 +7,9 @@ in the same runtime (its fastest execution: whole image or tiled).
 For each runtime and LR size (SRResNet x4 with the paper's widths, or --arch WBSRRCAN; random weights unless
 --model), one table row per setting: the engine by FLOPs at --budget, the same planned by this runtime's measured
 costs (never slower than that runtime's plain execution), Eq. 15 planned by time, and the engine's defaults
-(Eq. 15 by FLOPs). Times are medians of --repeat calls after one untimed call per shape, the settings of one size
-interleaved with the plain network; first-call (compile) seconds are reported apart. The LR image is a crop of a
+(Eq. 15 by FLOPs). Times are medians of --repeat rounds after one untimed call per shape; each round calls the
+plain network (whole and tiled) and every setting once in turn, so that all see the same load; first-call (compile)
+seconds are reported apart. The LR image is a crop of a
 photo scikit-image ships (tiled when the size asks for more).
 """
 import argparse
@@ -48,6 +49,23 @@ def timed(fn, repeat):
         fn()
         times.append(time.perf_counter() - start)
     return first, statistics.median(times)
+
+
+def interleaved(fns, repeat):
+    """``({name: first-call seconds}, {name: median seconds})`` of the callables ``fns``, timed in ``repeat``
+    rounds that call each once in turn (side by side: every one sees the same load and the same caches)."""
+    firsts = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        firsts[name] = time.perf_counter() - start
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return firsts, {name: statistics.median(t) for name, t in times.items()}
 
 
 def shapes_section(net, runtimes, repeat):
@@ -126,12 +144,9 @@ def main(argv=None):
         _, torch_tiled = timed(lambda: torch_tiles.run(lq), args.repeat)
         torch_plain = min(torch_whole, torch_tiled)  # the fastest plain execution in torch fp32
         for runtime in runtimes:
-            opts = dict(stored, runtime=None if runtime == TORCH_FP32 else runtime)
+            opts = dict(stored, runtime=None if runtime == TORCH_FP32 else runtime, watch_weights=False)  # as infer
             whole = DynamicInferenceEngine(net, subnet=len(net.subnets) - 1, **opts)
             tiled = DynamicInferenceEngine(net, subnet=len(net.subnets) - 1, whole_image_fallback=False, **opts)
-            _, plain_whole = timed(lambda: whole.run_whole(lq, len(net.subnets) - 1), args.repeat)
-            _, plain_tiled = timed(lambda: tiled.run(lq), args.repeat)
-            plain = min(plain_whole, plain_tiled)
             settings = {
                 f'budget {args.budget} by FLOPs': DynamicInferenceEngine(net, budget=args.budget, **opts),
                 f'budget {args.budget} by time': DynamicInferenceEngine(net, budget=args.budget,
@@ -139,12 +154,17 @@ def main(argv=None):
                 'Eq. 15 by time': DynamicInferenceEngine(net, cost_table=tables[runtime], **opts),
                 'defaults (Eq. 15 by FLOPs)': DynamicInferenceEngine(net, **opts),
             }
-            print(f'| {runtime} | {w}x{h} | plain ({"whole" if plain_whole <= plain_tiled else "tiled"}) | | '
-                  f'{1e3 * plain:.1f} | {torch_plain / plain:.2f}x | 1.00x |')
-            for label, engine in settings.items():
-                first, seconds = timed(lambda: engine.run(lq), args.repeat)
-                print(f'| {runtime} | {w}x{h} | {label} | {first:.2f} | {1e3 * seconds:.1f} | '
-                      f'{torch_plain / seconds:.2f}x | {plain / seconds:.2f}x |', flush=True)
+            calls = {'plain whole': lambda: whole.run_whole(lq, len(net.subnets) - 1),
+                     'plain tiled': lambda: tiled.run(lq)}
+            calls.update({label: (lambda e=engine: e.run(lq)) for label, engine in settings.items()})
+            firsts, seconds = interleaved(calls, args.repeat)
+            plain = min(seconds['plain whole'], seconds['plain tiled'])
+            which = 'whole' if seconds['plain whole'] <= seconds['plain tiled'] else 'tiled'
+            print(f'| {runtime} | {w}x{h} | plain ({which}) | | {1e3 * plain:.1f} | {torch_plain / plain:.2f}x | '
+                  '1.00x |')
+            for label in settings:
+                print(f'| {runtime} | {w}x{h} | {label} | {firsts[label]:.2f} | {1e3 * seconds[label]:.1f} | '
+                      f'{torch_plain / seconds[label]:.2f}x | {plain / seconds[label]:.2f}x |', flush=True)
 
 
 if __name__ == '__main__':

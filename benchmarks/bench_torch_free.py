@@ -86,7 +86,7 @@ def main(argv=None):
         for runtime in runtimes:
             name, precision = runtime.name, runtime.precision
             engine = DynamicInferenceEngine(net, **engine_options(meta), **policy.engine_options(),
-                                            runtime=runtime, cost_table=tables[runtime])
+                                            runtime=runtime, cost_table=tables[runtime], watch_weights=False)
             model = DynamicModel.load(folder, runtime=name, precision=precision, threads=args.threads,
                                       target=target, plan_by=args.plan_by)
             for size_text in args.sizes:

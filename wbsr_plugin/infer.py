@@ -157,7 +157,7 @@ def build_engine(args, parser, device, network_opt):
             cost_table = load_or_measure(net, device, next(net.parameters()).dtype, refresh=args.refresh_costs,
                                          on_measure=on_measure, runtime=runtime)
         engine = DynamicInferenceEngine(net, **engine_options(meta), **policy.engine_options(), cost_table=cost_table,
-                                        runtime=runtime)
+                                        runtime=runtime, watch_weights=False)  # the weights stay as loaded
         if not runtime.is_default:
             status_line(f'runtime: {runtime} ({why})', file=sys.stderr)
     except (CheckpointError, ValueError, TypeError) as err:

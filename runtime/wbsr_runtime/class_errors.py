@@ -13,13 +13,16 @@ The planner does not take the means at their word. It plans with a bound (:meth:
 the full network's error is the class mean, every other subnet's excess over it is raised to
 ``excess * MARGIN + z * sd / sqrt(n)`` (:data:`MARGIN`) (``z`` one-sided, :data:`Z_BOUND`), where ``MARGIN`` covers what
 differs between the calibration photos and the user's (measured on held-out photos, docs/RESULTS.md), and the
-second term the sampling error of a class measured on few patches. A checkpoint whose class errors carry no
-counts is planned with a wider margin (:data:`UNCOUNTED_MARGIN`); :meth:`ClassErrors.reliability` says so.
+second term the sampling error of a class measured on few patches. The patches' spreads (:meth:`spread_table`)
+also bound what one image's own few patches may add (:mod:`.expected_quality`). A checkpoint whose class errors
+carry no counts is planned with a wider margin (:data:`UNCOUNTED_MARGIN`); :meth:`ClassErrors.reliability` says so.
 """
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .expected_quality import Z_IMAGE
 
 # one-sided normal quantile of the sampling term (95 %)
 Z_BOUND = 1.645
@@ -135,6 +138,14 @@ class ClassErrors:
             table.append([full + max(e - full, 0.) * margin + s for e, s in zip(row[:-1], sampling)] + [full])
         return table
 
+    def spread_table(self):
+        """K x M standard deviations of one patch's excess error over the full network (absolute: relative spread
+        times the class's full-network error; 0 for the full network), or None without counts. What an image's
+        own patches add to the bound (:func:`~.expected_quality.error_bound`)."""
+        if not self.counted:
+            return None
+        return [[sd * row[-1] for sd in spreads[:-1]] + [0.] for row, spreads in zip(self.means, self._spreads())]
+
     def _spreads(self):
         """``excess_sd``, where a class has fewer than 2 patches the largest spread of any class (per subnet)."""
         if not self.counted:
@@ -165,7 +176,7 @@ class ClassErrors:
         thin = self.thin_classes()
         data = (self.source or {}).get('data', 'unknown data')
         text = (f'calibrated on {sum(self.counts)} patches of {data}; expected losses are bounds (x{MARGIN:g} '
-                f'excess + {Z_BOUND:g} sd)')
+                f'excess + {Z_BOUND:g} sd, and {Z_IMAGE:g} sd of the image\'s own patches)')
         if thin:
             text += f'; thin classes (< {THIN_PATCHES} patches): {", ".join(map(str, thin))}'
         return text

@@ -84,18 +84,23 @@ class ClassThresholds:
         table (tuple[tuple[int, tuple[float]]] | None): ``(patch side, thresholds)`` by ascending side.
         class_errors (tuple[tuple[float]] | None): Expected error of each class (rows) through each
             subnet (columns, cost order), when measured.
+        class_spreads (tuple[tuple[float]] | None): Standard deviation of one patch's excess error over the full
+            network, per class and subnet, when the calibration stored counts (:meth:`.ClassErrors.spread_table`).
     """
     values: tuple = None
     table: tuple = None
     class_errors: tuple = None
+    class_spreads: tuple = None
 
     @classmethod
-    def of(cls, thresholds, *, class_errors=None, num_classes=None, num_subnets=None):
+    def of(cls, thresholds, *, class_errors=None, class_spreads=None, num_classes=None, num_subnets=None):
         """The value of ``thresholds`` (list, dict, :class:`ClassThresholds` or None: then None).
 
         Args:
             thresholds (list[float] | dict[int, list[float]] | ClassThresholds | None): The thresholds.
-            class_errors (list[list[float]] | None): Class errors; replaces those of a given value.
+            class_errors (list[list[float]] | None): Class errors; replaces those of a given value (and its
+                spreads, unless ``class_spreads`` are given too).
+            class_spreads (list[list[float]] | None): Class spreads (K x M, finite, >= 0).
             num_classes (int | None): K, checked against the thresholds when given.
             num_subnets (int | None): M, checked against the class errors when given.
         """
@@ -112,11 +117,15 @@ class ClassThresholds:
             count = value.num_classes - 1
             raise ValueError(f'{count} thresholds define {count + 1} classes, but num_classes={num_classes}.')
         if class_errors is None:
-            class_errors = value.class_errors
+            class_errors, class_spreads = value.class_errors, value.class_spreads
         if class_errors is not None:
             num_subnets = len(class_errors[0]) if num_subnets is None and class_errors else num_subnets
             class_errors = _frozen_rows(check_class_errors(class_errors, value.num_classes, num_subnets))
-        return cls(value.values, value.table, class_errors)
+        if class_spreads is not None:
+            if class_errors is None:
+                raise ValueError('class_spreads need class_errors.')
+            class_spreads = _frozen_rows(check_class_errors(class_spreads, value.num_classes, len(class_errors[0])))
+        return cls(value.values, value.table, class_errors, class_spreads)
 
     @classmethod
     def from_meta(cls, meta, num_subnets=None):
@@ -129,7 +138,7 @@ class ClassThresholds:
                                num_subnets or len(meta['class_errors'][0]))
         errors = ClassErrors.from_meta(meta)
         return cls.of(thresholds, class_errors=None if errors is None else errors.planning_table(),
-                      num_subnets=num_subnets)
+                      class_spreads=None if errors is None else errors.spread_table(), num_subnets=num_subnets)
 
     @property
     def num_classes(self):
@@ -157,6 +166,10 @@ class ClassThresholds:
     def class_error_lists(self):
         """The class errors as lists of lists, or None."""
         return None if self.class_errors is None else [list(row) for row in self.class_errors]
+
+    def class_spread_lists(self):
+        """The class spreads as lists of lists, or None."""
+        return None if self.class_spreads is None else [list(row) for row in self.class_spreads]
 
     def meta_entries(self, patch_size):
         """The entries of a checkpoint's ``'wbsr'`` that hold this value: ``'thresholds'`` (at ``patch_size``),

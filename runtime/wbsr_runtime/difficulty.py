@@ -27,8 +27,16 @@ def _window_sums(values, tops, lefts, height, width):
 
 def _mean_std(magnitude, tops, lefts, height, width):
     count = height * width
-    mean = _window_sums(magnitude, tops, lefts, height, width) / count
-    mean_sq = _window_sums(magnitude * magnitude, tops, lefts, height, width) / count
+    if len(tops) == 1 and len(lefts) == 1:  # one window (tiny images): its sums directly, no summed-area table
+        rows, cols = magnitude.shape[-2:]
+        if not (0 <= tops[0] <= rows - height and 0 <= lefts[0] <= cols - width):
+            raise IndexError(f'window at ({tops[0]}, {lefts[0]}) of {height}x{width} lies outside {rows}x{cols}')
+        window = magnitude[tops[0]:tops[0] + height, lefts[0]:lefts[0] + width]
+        mean = np.full((1, 1), window.sum() / count)
+        mean_sq = np.full((1, 1), (window * window).sum() / count)
+    else:
+        mean = _window_sums(magnitude, tops, lefts, height, width) / count
+        mean_sq = _window_sums(magnitude * magnitude, tops, lefts, height, width) / count
     return mean, np.sqrt(np.maximum(mean_sq - mean * mean, 0))
 
 

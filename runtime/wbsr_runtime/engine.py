@@ -75,6 +75,7 @@ class DynamicModel:
                                budget=target.budget, target_gflops=target.target_gflops, alpha=target.alpha,
                                subnet=target.subnet,
                                class_errors=None if self.thresholds is None else self.thresholds.class_error_lists(),
+                               class_spreads=None if self.thresholds is None else self.thresholds.class_spread_lists(),
                                whole_image_fallback=True)
         self._weights = {}
         self.timer = None if cost_table is None else PlanTimer(cost_table, self.batch_sizes)

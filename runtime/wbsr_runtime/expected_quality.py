@@ -4,8 +4,16 @@ Class errors (``inference/calibration.py``) hold the mean squared error of every
 every difficulty class. A plan's expected error is their sum over its patches; its expected loss against the
 full network, in dB of PSNR, is ``10 log10(plan's error / the full network's error)`` on the same patches.
 Without class errors, quality is read from FLOPs: the share of the full network's FLOPs that an LR pixel gets.
+
+With class spreads (the standard deviation of one patch's excess error over the full network, per class and
+subnet), the expected error is a bound for one image, not only for the mean of many: the excess of an image's
+patches varies around its expectation by ``sqrt(sum of n s^2)``, and the bound adds :data:`Z_IMAGE` times that, so
+that an image of a few dozen patches stays within the target as often as one of thousands.
 """
 import math
+
+# one-sided normal quantile of an image's own spread: the target holds for 9 images in 10
+Z_IMAGE = 1.2816
 
 
 def subnet_counts(class_counts, levels, steps):
@@ -18,15 +26,24 @@ def subnet_counts(class_counts, levels, steps):
     return at_level
 
 
-def tiled_error(class_counts, levels, steps, class_errors):
-    """Expected error (a sum over the patches) of a tiled plan."""
-    return sum(n * class_errors[k][m]
-               for k, counts in enumerate(subnet_counts(class_counts, levels, steps)) for m, n in counts.items())
+def error_bound(counts_by_class, class_errors, class_spreads=None):
+    """Expected error (a sum over the patches) of ``counts_by_class[k][m]`` patches of class k through subnet m,
+    plus :data:`Z_IMAGE` times the spread of their sum when ``class_spreads`` (K x M) are given."""
+    error = sum(n * class_errors[k][m] for k, counts in enumerate(counts_by_class) for m, n in counts.items())
+    if class_spreads is None:
+        return error
+    variance = sum(n * class_spreads[k][m]**2 for k, counts in enumerate(counts_by_class) for m, n in counts.items())
+    return error + Z_IMAGE * math.sqrt(variance)
 
 
-def whole_error(class_counts, class_errors, subnet):
-    """Expected error (a sum over the patches) of ``subnet`` on the whole image."""
-    return sum(n * row[subnet] for n, row in zip(class_counts, class_errors))
+def tiled_error(class_counts, levels, steps, class_errors, class_spreads=None):
+    """Expected error (a sum over the patches, a bound with ``class_spreads``) of a tiled plan."""
+    return error_bound(subnet_counts(class_counts, levels, steps), class_errors, class_spreads)
+
+
+def whole_error(class_counts, class_errors, subnet, class_spreads=None):
+    """Expected error (a sum over the patches, a bound with ``class_spreads``) of ``subnet`` on the whole image."""
+    return error_bound([{subnet: n} for n in class_counts], class_errors, class_spreads)
 
 
 def loss_db(error, full_error):

@@ -45,7 +45,7 @@ class TargetSearch:
 
     def __init__(self, planner, analysis, timer, flops):
         self.planner, self.analysis, self.timer, self.flops = planner, analysis, timer, flops
-        self.errors = planner.class_errors
+        self.errors, self.spreads = planner.class_errors, planner.class_spreads
         self.full = planner.num_subnets - 1
         self.full_error = whole_error(analysis.class_counts, self.errors, self.full) if self.errors else None
         # (seconds, whole image) of the fastest plain execution, measured once per image
@@ -59,7 +59,7 @@ class TargetSearch:
         a = self.analysis
         levels, steps, _, histogram = self.planner.operating_point(a, budget)
         if self.errors is not None:
-            error = tiled_error(a.class_counts, levels, steps, self.errors)
+            error = tiled_error(a.class_counts, levels, steps, self.errors, self.spreads)
         else:  # quality from FLOPs: the share of the full network's FLOPs per patch
             error = -sum(n * c for n, c in zip(histogram, a.costs)) / (a.num_patches * a.costs[-1])
         if self.timer is not None:
@@ -72,7 +72,7 @@ class TargetSearch:
         """The candidate of ``subnet`` on the whole image (the full one runs as the plain network)."""
         (h, w), full = self.analysis.lq_size, self.full
         if self.errors is not None:
-            error = whole_error(self.analysis.class_counts, self.errors, subnet)
+            error = whole_error(self.analysis.class_counts, self.errors, subnet, self.spreads)
         else:
             error = -self.flops(h, w, subnet) / self.flops(h, w, full)
         if self.timer is None:

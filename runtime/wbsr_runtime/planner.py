@@ -8,13 +8,14 @@ whole image runs through one subnet instead; with class errors, also when that i
 images). A budget that no plan of the image meets (even the cheapest subnet costs more) gets a note in the
 plan's ``reason``.
 """
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
 
 from .difficulty import patch_difficulty, quantile_thresholds, rgb_to_luma
 from .expected_quality import loss_db, tiled_error, whole_error
-from .levels import apply_levels, budget_levels, calibrated_levels, class_subnet_table, classify
+from .levels import apply_levels, budget_levels, calibrated_levels, class_subnet_table, classify, step_tables
 from .tile_geometry import tile_geometry
 
 
@@ -106,10 +107,12 @@ class Planner:
         num_classes (int): K.
         patch_size, overlap, trim (int): The tiling (:func:`~.tiling.tile_geometry`).
         budget, target_gflops, alpha, subnet, class_errors, whole_image_fallback: As the engine's.
+        class_spreads (list[list[float]] | None): With ``class_errors``: the spread of one patch's excess error
+            (:func:`~.expected_quality.error_bound`), so that expected losses bound one image's. Default: None.
     """
 
     def __init__(self, subnet_gflops, flops, *, thresholds, num_classes, patch_size, overlap, trim, budget,
-                 target_gflops, alpha, subnet, class_errors, whole_image_fallback):
+                 target_gflops, alpha, subnet, class_errors, whole_image_fallback, class_spreads=None):
         self.flops = flops
         self.num_subnets = len(subnet_gflops)
         self.thresholds = thresholds
@@ -120,6 +123,7 @@ class Planner:
         self.budget = budget
         self.subnet = subnet
         self.class_errors = class_errors
+        self.class_spreads = class_spreads if class_errors is not None else None
         self.whole_image_fallback = whole_image_fallback
         if target_gflops is not None:
             self.class_table = class_subnet_table(num_classes, self.num_subnets, list(subnet_gflops),
@@ -166,10 +170,22 @@ class Planner:
                 thresholds, source = self.thresholds.at(patch), self.thresholds.source
             else:
                 source = 'image-quantiles'
-            classes, class_counts, thresholds = self.classes(difficulty, thresholds)
+            one_patch = len(tops) * len(lefts) == 1
+            classes, class_counts, thresholds = (self._one_patch_classes if one_patch else self.classes)(
+                difficulty, thresholds)
         costs = [self.flops(patch, patch, s) for s in range(self.num_subnets)]
         return ImageAnalysis((h, w), patch, tops, lefts, trim, difficulty, classes, class_counts, thresholds, source,
                              costs, self.flops(h, w, self.num_subnets - 1))
+
+    def _one_patch_classes(self, difficulty, thresholds):
+        """:meth:`classes` of an image that is one patch, from one read of its difficulty (tiny images: a dozen
+        array operations fewer). Its own quantiles are its difficulty, so it is in the top class."""
+        value = float(difficulty.reshape(-1)[0])
+        thresholds = [value] * (self.num_classes - 1) if thresholds is None else [float(t) for t in thresholds]
+        k = bisect.bisect_right(thresholds, value) + 1
+        counts = [0] * self.num_classes
+        counts[k - 1] = 1
+        return self.full(difficulty.shape, k, difficulty), counts, thresholds
 
     def operating_point(self, analysis, budget):
         """``(levels, steps, alpha, histogram)`` of the tiled plan under a FLOPs ``budget`` (None: Eq. 15 or
@@ -201,6 +217,11 @@ class Planner:
         levels, steps, alpha, histogram = self.operating_point(analysis, budget)
         if analysis.classes is None:
             subnets = self.full(analysis.difficulty.shape, self.subnet, analysis.difficulty)
+        elif analysis.num_patches == 1:  # one patch, the hardest of its class: every step of its class moves it
+            k = analysis.class_counts.index(1) + 1
+            step_counts, targets = step_tables(levels, steps)
+            subnet = targets[k - 1][sum(count > 0 for count in step_counts[k - 1])]
+            subnets = self.full(analysis.difficulty.shape, subnet, analysis.difficulty)
         else:
             subnets = self.apply_levels(analysis.classes, analysis.difficulty, levels, steps)
         (h, w), full_flops = analysis.lq_size, analysis.full_flops
@@ -222,7 +243,7 @@ class Planner:
         if whole is not None or self.class_errors is None or class_counts is None:
             return self.whole_image_loss(class_counts, whole)
         full_error = whole_error(class_counts, self.class_errors, self.num_subnets - 1)
-        return loss_db(tiled_error(class_counts, levels, steps, self.class_errors), full_error)
+        return loss_db(tiled_error(class_counts, levels, steps, self.class_errors, self.class_spreads), full_error)
 
     def whole_image_loss(self, class_counts, subnet):
         """Expected loss in dB against the full network of ``subnet`` on the whole image; None without class errors
@@ -230,8 +251,8 @@ class Planner:
         if subnet is None or self.class_errors is None or class_counts is None:
             return None
         errors = self.class_errors
-        return loss_db(whole_error(class_counts, errors, subnet), whole_error(class_counts, errors,
-                                                                              self.num_subnets - 1))
+        return loss_db(whole_error(class_counts, errors, subnet, self.class_spreads),
+                       whole_error(class_counts, errors, self.num_subnets - 1))
 
     def _budget_out_of_reach(self, h, w, tiled_flops, full_flops, budget, whole):
         """A note when the plan costs more than the FLOPs ``budget`` allows (no plan of the image fits), else None."""

@@ -3,8 +3,13 @@
 Each callable takes an LR batch (n, c, h, w) float32 array and returns its SR batch (float32). ONNX Runtime runs
 fp32; OpenVINO runs fp32 or bf16 (``INFERENCE_PRECISION_HINT``, on CPUs with native bfloat16). Every subnet gets
 its own session with ``threads`` CPU threads, and ONNX Runtime's threads do not spin between calls (a spinning
-pool of one session slows the next). The torch engine's OpenVINO and ONNX Runtime runtimes are built from these.
+pool of one session slows the next). Callables of the same file, precision and thread count share one compiled
+model while any of them lives (engines of the same weights hold one copy of them, and the CPU caches hold
+one copy too). The torch engine's OpenVINO and ONNX Runtime runtimes are built from these.
 """
+import os
+import weakref
+
 import numpy as np
 
 RUNTIMES = ('onnxruntime', 'openvino')
@@ -49,14 +54,33 @@ def check_session_runtime(name, precision, install=INSTALL):
         raise RuntimeUnavailable('this CPU has no native bfloat16 (AVX-512 BF16 or AMX): use --precision fp32')
 
 
+_COMPILED = weakref.WeakValueDictionary()  # compiled models in use, by file (and its version), precision, threads
+
+
+def shared_compiled(runtime, path, precision, threads, compile_model):
+    """The compiled model of ``path`` in ``runtime``, ``precision`` and ``threads``: the one in use if any (the
+    file unchanged since), else ``compile_model()``."""
+    stat = os.stat(path)
+    key = (runtime, os.path.abspath(path), stat.st_mtime_ns, stat.st_size, precision, threads)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = compile_model()
+        _COMPILED[key] = compiled
+    return compiled
+
+
 def onnxruntime_runner(onnx_path, threads):
     """``run(batch) -> SR batch`` of the ONNX file in ONNX Runtime's CPU provider."""
     import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    session = onnxruntime.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
+
+    def compile_model():
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        return onnxruntime.InferenceSession(onnx_path, options, providers=['CPUExecutionProvider'])
+
+    session = shared_compiled('onnxruntime', onnx_path, 'fp32', threads, compile_model)  # run() is thread-safe
     name = session.get_inputs()[0].name
 
     def run_onnxruntime(batch):
@@ -70,10 +94,13 @@ def openvino_runner(core, model_path, precision, threads):
     the CPU in ``precision``."""
     config = {'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32',
               'INFERENCE_NUM_THREADS': threads, 'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1}
-    request = core.compile_model(model_path, 'CPU', config).create_infer_request()
+    compiled = shared_compiled('openvino', model_path, precision, threads,
+                               lambda: core.compile_model(model_path, 'CPU', config))
+    request = compiled.create_infer_request()  # a request of its own: callables may run in different threads
 
     def run_openvino(batch):
         request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()
 
+    run_openvino.compiled = compiled  # shared while this callable lives
     return run_openvino

@@ -15,26 +15,40 @@ subnet, which need none), the subnet forwards, and gathering and stitching the p
 import dataclasses
 import math
 
+MEMO_ENTRIES = 4096  # predictions kept per timer (they depend on the image size and histogram only)
+
 
 @dataclasses.dataclass
 class PlanTimer:
-    """Predicted seconds of plans on one device.
+    """Predicted seconds of plans on one device; each prediction is computed once per image size and histogram,
+    so that planning a folder of same-sized images costs dictionary reads.
 
     Args:
         cost (CostTable): Measured costs of the device.
-        batch_sizes (Callable[[int], list[int]]): Patches per forward call of every subnet, by patch side.
+        batch_sizes (Callable[[int], list[int]]): Patches per forward call of every subnet, by patch side (fixed
+            once seen).
         memory_limit (Callable[[], int] | None): Bytes a forward may take now (on CUDA); a whole image whose
             predicted peak memory exceeds it is predicted to take forever, so it is never chosen. None: no limit.
     """
     cost: object
     batch_sizes: object
     memory_limit: object = None
+    memo: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def _memoized(self, key, predict):
+        if key not in self.memo:
+            if len(self.memo) >= MEMO_ENTRIES:
+                self.memo.clear()
+            self.memo[key] = predict()
+        return self.memo[key]
 
     def tiled(self, histogram, side, h, w, analysed=True):
         """Seconds of ``histogram[m]`` patches of ``side`` through subnet m on an h x w LR image."""
-        seconds = self.cost.forward_seconds(histogram, side, self.batch_sizes(side))
-        seconds += self.cost.tiling_seconds(sum(histogram), side)
-        return seconds + (self.cost.analysis_seconds(h, w) if analysed else 0.)
+        def predict():
+            seconds = self.cost.forward_seconds(histogram, side, self.batch_sizes(side))
+            seconds += self.cost.tiling_seconds(sum(histogram), side)
+            return seconds + (self.cost.analysis_seconds(h, w) if analysed else 0.)
+        return self._memoized(('tiled', tuple(histogram), side, h, w, analysed), predict)
 
     def whole(self, subnet, h, w, analysed=True):
         """Seconds of ``subnet`` on the whole h x w LR image (inf when it is predicted not to fit in memory)."""
@@ -42,7 +56,8 @@ class PlanTimer:
         limit = None if peak is None or self.memory_limit is None else self.memory_limit()
         if limit is not None and peak > limit:
             return math.inf
-        return self.cost.whole_seconds(subnet, h, w) + (self.cost.analysis_seconds(h, w) if analysed else 0.)
+        return self._memoized(('whole', subnet, h, w, analysed), lambda: self.cost.whole_seconds(subnet, h, w) + (
+            self.cost.analysis_seconds(h, w) if analysed else 0.))
 
     def of(self, plan, analysed=True):
         """Seconds of ``plan`` (tiled, or its whole-image subnet)."""

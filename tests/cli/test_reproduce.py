@@ -9,7 +9,8 @@ from conftest import FIXTURES, run_module
 from wbsr_plugin.reproduce_util.presets import PRESETS, get_preset
 from wbsr_plugin.reproduce_util.rows import PAPER_ROWS, TABLE_ROWS, run_kinds, training_options
 
-DATA = {'train_hr': 'hr', 'train_lr': 'lr', 'prior': 'prior.pth', 'thresholds': [float(t) for t in range(1, 10)],
+DATA = {'train_hr': 'hr', 'train_lr': 'lr', 'calibration_hr': 'val_hr', 'calibration_lr': 'val_lr',
+        'prior': 'prior.pth', 'thresholds': [float(t) for t in range(1, 10)],
         'classsr_thresholds': [10.0, 30.0]}
 
 
@@ -49,6 +50,11 @@ def test_toy_preset_end_to_end(tmp_path):
     held_out = json.loads((out / 'data' / 'thresholds.json').read_text())['held_out_images']
     assert held_out and not set(held_out) & set(json.loads((out / 'data' / 'thresholds.json').read_text())
                                                 ['train_images'])
+    # supernet runs measure their class errors on sub-images of the held-out images, never on training ones
+    calibration = {p.name.split('_s0')[0] for p in (out / 'data' / 'val_hr_sub').iterdir()}
+    assert calibration == {name.rsplit('.', 1)[0] for name in held_out}
+    wbsr_options = yaml.safe_load((out / 'runs' / 'options' / 'srresnet_wbsr_s0.yml').read_text())['wbsr']
+    assert wbsr_options['calibration_set']['dataroot_gt'] == str(out / 'data' / 'val_hr_sub')
     # a rerun skips every finished step
     proc = run_module('wbsr_plugin.reproduce', '--preset', 'toy', '--train-hr', hr, '--test', f'fixtures={hr}',
                       '--out', str(out), '--iters', '2', '--seeds', '0', cwd=tmp_path, timeout=120)

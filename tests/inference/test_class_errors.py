@@ -41,6 +41,35 @@ def test_the_planning_table_is_the_bound_of_the_module_docstring():
     assert 'without counts' in old.reliability()
 
 
+def test_an_images_own_spread_adds_z_times_the_root_of_its_patches_variances():
+    table = [[4., 3., 2.], [9., 6., 5.], [20., 12., 10.]]
+    spreads = [[1., 0.5, 0.], [3., 2., 0.], [4., 1., 0.]]
+    histogram, levels, steps = [50, 30, 20], [0, 1, 2], [(2, 1, 2, 10)]
+    plan = 50 * 4. + 20 * 6. + 10 * 5. + 20 * 10.
+    variance = 50 * 1.**2 + 20 * 2.**2  # the full network's own patches add nothing
+    assert tiled_error(histogram, levels, steps, table, spreads) == pytest.approx(plan + 1.2816 * math.sqrt(variance))
+    whole = 50 * 3. + 30 * 6. + 20 * 12.
+    assert whole_error(histogram, table, 1, spreads) == pytest.approx(
+        whole + 1.2816 * math.sqrt(50 * 0.25 + 30 * 4. + 20 * 1.))
+    assert whole_error(histogram, table, 2, spreads) == whole_error(histogram, table, 2)
+    # the same mix of patches, 100 times over: the spread's share of the bound falls tenfold
+    small = tiled_error(histogram, levels, steps, table, spreads) - plan
+    large = tiled_error([100 * n for n in histogram], levels, [(2, 1, 2, 1000)], table, spreads) - 100 * plan
+    assert large / (100 * plan) == pytest.approx(small / plan / 10)
+
+
+def test_the_spread_table_is_the_relative_spread_times_the_full_networks_error():
+    means = ((4., 3., 2.), (9., 6., 5.), (1., 1., 1.))
+    sd = ((0.5, 0.3, 0.), (2., 1., 0.), (7., 7., 0.))
+    errors = ClassErrors(means, counts=(25, 4, 1), images=(3, 2, 1), excess_sd=sd)
+    # a class of one patch has no spread of its own: the widest measured one
+    assert np.allclose(errors.spread_table(), [[1., 0.6, 0.], [10., 5., 0.], [2. * 1., 1. * 1., 0.]])
+    assert ClassErrors(means).spread_table() is None  # no counts, no spreads
+    thresholds = ClassThresholds.from_meta({'thresholds': [1., 2.], 'num_classes': 3, **errors.meta_entries()})
+    assert np.allclose(thresholds.class_spread_lists(), errors.spread_table())
+    assert ClassThresholds.of(thresholds, class_errors=[list(r) for r in means]).class_spreads is None
+
+
 def test_a_synthetic_calibration_recovers_the_true_ratios_within_its_bound():
     rng = np.random.default_rng(0)
     true_ratio = np.array([[1.6, 1.3, 1.], [1.25, 1.1, 1.], [1.1, 1.04, 1.]])  # E[e_m] / E[e_full] per class

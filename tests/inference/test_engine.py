@@ -331,6 +331,62 @@ def test_plans_and_batches_are_made_on_the_input_device():
         assert torch.equal(plan.subnets, expected.subnets) and torch.equal(plan.difficulty, expected.difficulty)
 
 
+def hand_difficulty(lq):
+    """The difficulty of a whole (1, 3, h, w) image as one patch, in plain numpy: mean + population std of the
+    horizontal and of the vertical gradient magnitudes of its luma."""
+    rgb = lq[0].numpy()
+    luma = ((rgb[0] * np.float32(0.299) + rgb[1] * np.float32(0.587) + rgb[2] * np.float32(0.114))
+            * np.float32(255)).astype(np.float64)
+    gx, gy = np.abs(np.diff(luma, axis=1)), np.abs(np.diff(luma, axis=0))
+    return gx.mean() + gx.std() + gy.mean() + gy.std()
+
+
+@pytest.mark.parametrize('engine_side', ['torch', 'numpy'])
+def test_an_image_that_is_one_patch_gets_the_class_its_difficulty_falls_in(engine_side):
+    """Protects the one-patch shortcut (one value read instead of the array path), in both planners: a threshold
+    equal to the difficulty counts as below it, and the image's own quantiles put it in the top class."""
+    from wbsr_runtime.planner import Planner as NumpyPlanner
+
+    torch.manual_seed(3)
+    lq = torch.rand(1, 3, 20, 20)
+    d = hand_difficulty(lq)
+    net = tiny_net()
+    for thresholds, expected in (([d - 2, d - 1, d, d + 1, d + 2, d + 3, d + 4, d + 5, d + 6], 4),
+                                 ([d + k for k in range(1, 10)], 1), ([d - k for k in range(9, 0, -1)], 10),
+                                 (None, 10)):
+        engine = DynamicInferenceEngine(net, patch_size=32, thresholds=thresholds)
+        planner = engine.planner
+        if engine_side == 'numpy':
+            planner = NumpyPlanner([s.flops for s in net.subnets], engine.subnets.flops, thresholds=planner.thresholds,
+                                   num_classes=10, patch_size=32, overlap=4, trim=1, budget=None, target_gflops=None,
+                                   alpha=None, subnet=None, class_errors=None, whole_image_fallback=True)
+        analysis = planner.analyse(lq if engine_side == 'torch' else lq.numpy())
+        assert float(analysis.difficulty[0, 0]) == pytest.approx(d, rel=1e-12)
+        assert int(analysis.classes[0, 0]) == expected and analysis.class_counts == [int(k == expected)
+                                                                                       for k in range(1, 11)]
+
+
+def test_an_image_that_is_one_patch_runs_the_subnet_its_histogram_counts_under_every_budget():
+    """Protects the one-patch shortcut of the subnet choice: with class errors (partial upgrades of a class) and
+    without, the patch runs where the plan's histogram (counted from the class counts alone) puts it."""
+    torch.manual_seed(4)
+    net, lq = tiny_net(), torch.rand(1, 3, 20, 20)
+    d = hand_difficulty(lq)
+    errors = [[0.001 * (k + 1) * (4 - m) for m in range(4)] for k in range(10)]
+    seen = set()
+    for shift in (-3.5, -0.5, 0.5, 5):
+        thresholds = [d + shift + 0.4 * k for k in range(9)]
+        for budget in (0.05, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, None):
+            for class_errors in (None, errors):
+                engine = DynamicInferenceEngine(net, patch_size=32, thresholds=thresholds, budget=budget,
+                                                class_errors=class_errors, whole_image_fallback=False)
+                plan = engine.plan(lq)
+                subnet = int(plan.subnets[0, 0])
+                assert plan.histogram == [int(m == subnet) for m in range(4)]
+                seen.add(subnet)
+    assert {0, 1, 3} <= seen  # with class errors, one and two upgrades of its class (w8d1 -> w8d2 -> w16d2)
+
+
 # -- caches -------------------------------------------------------------------------------------------------------
 
 
@@ -359,6 +415,19 @@ def test_subnets_are_cached_until_the_weights_change():
     module = engine.subnets.module(0)
     engine.refresh()
     assert engine.subnets.module(0) is not module
+
+
+def test_engine_that_does_not_watch_the_weights_keeps_its_subnets_until_refresh():
+    """Protects watch_weights=False (the command-line tools): no check per image, the subnets stay as made until
+    refresh()."""
+    net, lq = tiny_net(), torch.rand(1, 3, 20, 20)
+    engine = DynamicInferenceEngine(net, patch_size=16, subnet=0, watch_weights=False)
+    first, _ = engine.run(lq)
+    with torch.no_grad():
+        net.conv_last.bias.add_(0.25)
+    torch.testing.assert_close(engine.run(lq)[0], first, rtol=0, atol=0)
+    engine.refresh()
+    torch.testing.assert_close(engine.run(lq)[0] - first, torch.full_like(first, 0.25), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize('channels_last', [True, False, None])

@@ -112,3 +112,32 @@ def test_every_plan_with_class_errors_reports_its_expected_loss(options):
                                       **options).plan(lq)
     full = np.array(ERRORS)[plan.classes.flatten().numpy() - 1, 3].sum()
     assert plan.expected_loss_db == pytest.approx(10 * np.log10(numpy_error(plan) / full))
+
+
+@pytest.mark.parametrize('max_loss', [0.3, 1.0])
+def test_a_quality_target_with_class_spreads_bounds_the_images_own_spread(max_loss):
+    """With spreads the expected loss adds 1.2816 sd of the image's own patches (numpy here): the plan found is the
+    one of fewest FLOPs whose loss so counted fits, more than without them."""
+    from wbsr_runtime.class_thresholds import ClassThresholds
+
+    net, lq = tiny_net(), image()
+    spreads = (np.array(ERRORS) * 0.8).tolist()
+    for row in spreads:
+        row[-1] = 0.
+    thresholds = ClassThresholds.of(THRESHOLDS, class_errors=ERRORS, class_spreads=spreads)
+    plan = DynamicInferenceEngine(net, thresholds=thresholds, patch_size=16, overlap=2, max_loss=max_loss).plan(lq)
+    classes = plan.classes.flatten().numpy() - 1
+
+    def loss(p):
+        subnets = (np.full(classes.shape, p.whole_image_subnet) if p.whole_image_subnet is not None
+                   else p.subnets.flatten().numpy())
+        error = np.array(ERRORS)[classes, subnets].sum()
+        error += 1.2816 * np.sqrt((np.array(spreads)[classes, subnets]**2).sum())
+        return 10 * np.log10(error / np.array(ERRORS)[classes, 3].sum())
+
+    assert plan.expected_loss_db == pytest.approx(loss(plan)) and loss(plan) <= max_loss + 1e-9
+    flops = DynamicInferenceEngine(net, patch_size=16).flops
+    fitting = [c for c in candidates(net, lq) if loss(c) <= max_loss]
+    assert min(flops(c) for c in fitting) >= flops(plan) * (1 - 1e-9)
+    without = engine(net, None, max_loss=max_loss, class_errors=ERRORS).plan(lq)
+    assert flops(plan) > flops(without)

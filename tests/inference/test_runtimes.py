@@ -75,6 +75,87 @@ def test_converted_models_are_cached_per_weights(name, tmp_path):
     assert len([f for f in os.listdir(tmp_path) if f.endswith('.onnx')]) == 2
 
 
+@pytest.mark.parametrize('name', EXTERNAL)
+def test_engines_on_the_same_weights_share_one_compiled_model_while_one_holds_it(name, tmp_path):
+    import gc
+
+    from wbsr_runtime import sessions
+
+    net = tiny_net()
+    full = net.extract_subnet(len(net.subnets) - 1)
+    compilers = [CompiledSubnets(Runtime(name, 'fp32'), str(tmp_path)) for _ in range(2)]
+    first, second = (c.compile(full) for c in compilers)
+    shared = [key for key in sessions._COMPILED.keys() if str(tmp_path) in key[1]]
+    assert len(shared) == 1  # one compiled model for both callables
+    x = torch.rand(2, 3, 9, 7)
+    torch.testing.assert_close(first(x), second(x), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(first(x), full(x), rtol=1e-4, atol=1e-5)
+    del first, second
+    gc.collect()
+    assert not [key for key in sessions._COMPILED.keys() if str(tmp_path) in key[1]]  # freed with its last user
+
+
+def test_a_rewritten_model_file_is_compiled_again(tmp_path):
+    from wbsr_runtime.sessions import shared_compiled
+
+    class Compiled:
+        pass
+
+    path = tmp_path / 'model.onnx'
+    path.write_bytes(b'one')
+    made = []
+
+    def compile_model():
+        made.append(Compiled())
+        return made[-1]
+
+    first = shared_compiled('onnxruntime', str(path), 'fp32', 2, compile_model)
+    assert shared_compiled('onnxruntime', str(path), 'fp32', 2, compile_model) is first
+    assert shared_compiled('onnxruntime', str(path), 'fp32', 1, compile_model) is not first  # other threads
+    path.write_bytes(b'other')  # a new export in the same place
+    assert shared_compiled('onnxruntime', str(path), 'fp32', 2, compile_model) is not first
+    assert len(made) == 3
+
+
+@pytest.mark.parametrize('arch', ['WBSRResNet', 'WBSRRCAN', 'WBSREDSR'])
+def test_torch_bf16_keeps_the_image_in_float32_where_it_enters_and_leaves(arch):
+    """Under bf16 autocast the first convolution computes in float32 and the last one gives float32 (what follows
+    it adds the image back); every other convolution computes in bf16, whether or not this CPU does natively; the
+    module itself is left as it was and the runner runs exactly this."""
+    from wbsr_plugin.inference.runtimes import with_float32_ends
+
+    options = {'WBSRResNet': dict(TINY_RESNET), 'WBSRRCAN': dict(num_feat=8, num_group=1, num_block=2, squeeze_factor=4,
+                                                                widths=[4, 8], depths=[1, 2]),
+               'WBSREDSR': dict(num_feat=8, num_block=2, widths=[4, 8], depths=[1, 2])}[arch]
+    torch.manual_seed(0)
+    net = build_network(dict(options, type=arch, upscale=4)).eval()
+    module = net.extract_subnet(len(net.subnets) - 1)
+    mixed = with_float32_ends(module)
+    seen = {}
+
+    def record(name):
+        def hook(_, args, out):
+            seen.setdefault(name, (args[0].dtype, out.dtype))
+        return hook
+
+    for name, layer in mixed.named_modules():
+        if isinstance(layer, torch.nn.Conv2d) or name == 'conv_last':
+            layer.register_forward_hook(record(name))
+    x = torch.rand(1, 3, 12, 10)
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        sr = mixed(x)
+    assert seen.pop('conv_first.layer') == (torch.float32, torch.float32)
+    assert seen.pop('conv_last')[1] == torch.float32 and seen.pop('conv_last.layer')[1] == torch.bfloat16
+    assert seen and {out for _, out in seen.values()} == {torch.bfloat16}  # every other one computes in bf16
+    assert isinstance(module.conv_first, torch.nn.Conv2d) and isinstance(module.conv_last, torch.nn.Conv2d)
+    assert [p.data_ptr() for p in mixed.parameters()] == [p.data_ptr() for p in module.parameters()]
+    with torch.inference_mode():
+        run = CompiledSubnets(Runtime('torch', 'bf16'), '.').compile(module)
+        torch.testing.assert_close(run(x), sr.float(), rtol=0, atol=0)
+        assert 0 < (sr - module(x)).abs().max() < 5e-2
+
+
 def test_refusals_are_one_line(monkeypatch):
     with pytest.raises(RuntimeUnavailable, match='on cuda the runtime is torch'):
         check_runtime(Runtime('openvino', 'fp32'), 'cuda')

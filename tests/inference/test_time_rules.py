@@ -274,3 +274,19 @@ def test_never_slower_counts_the_switches(switch, runs_plan):
     cost = CostTable(cost.key, cost.pixels, cost.call_s, switch_s=margin / used * (1 + switch * 1e-6))
     plan = engine(net, cost).plan(lq)
     assert (plan.whole_image_subnet is None) is runs_plan
+
+
+def test_predictions_are_computed_once_per_image_size_and_histogram():
+    from wbsr_runtime.time_rules import PlanTimer
+
+    net = tiny_net()
+    cost = linear(net, [1e-6, 2e-6, 3e-6, 4e-6], analysis=(1e-3, 1e-8), tiling=1e-7)
+    asked = []
+    timer = PlanTimer(cost, lambda side: asked.append(side) or [4, 4, 4, 4])
+    # 6 patches of 16 through subnet 1 (calls of 4 and 2 patches) and 2 through subnet 3, on a 40 x 56 image
+    expected = 2e-6 * 16 * 16 * 6 + 4e-6 * 16 * 16 * 2 + 1e-7 * 8 * 16 * 16 + 1e-3 + 1e-8 * 40 * 56
+    for _ in range(3):
+        assert timer.tiled([0, 6, 0, 2], 16, 40, 56) == pytest.approx(expected, rel=1e-12)
+        assert timer.whole(2, 40, 56, analysed=False) == pytest.approx(3e-6 * 40 * 56, rel=1e-12)
+    assert asked == [16]
+    assert timer.tiled([0, 6, 0, 2], 16, 40, 56, analysed=False) == pytest.approx(expected - 1e-3 - 1e-8 * 40 * 56)

@@ -181,9 +181,10 @@ def engine_runner(net, thresholds=None, **engine_opt):
         thresholds (list[float] | dict[int, list[float]] | None): Class thresholds (K - 1), or a table of
             them per LR patch side; None: per-image quantiles. Default: None.
         **engine_opt: Further :class:`DynamicInferenceEngine` options (``patch_size``,
-            ``overlap``, ``budget``, ``subnet``, ``channels_last``, ...).
+            ``overlap``, ``budget``, ``subnet``, ``channels_last``, ...). ``watch_weights`` defaults to False: the
+            network is evaluated as loaded.
     """
-    engine = DynamicInferenceEngine(net, thresholds=thresholds, **engine_opt)
+    engine = DynamicInferenceEngine(net, thresholds=thresholds, **{'watch_weights': False, **engine_opt})
 
     def run(lq):
         sr, report = engine.run(lq)

@@ -68,9 +68,20 @@ def _window_sums(values, tops, lefts, height, width):
 
 
 def _mean_std(magnitude, tops, lefts, height, width):
+    """Mean and population std of ``magnitude`` over each window."""
     count = height * width
-    mean = _window_sums(magnitude, tops, lefts, height, width) / count
-    mean_sq = _window_sums(magnitude * magnitude, tops, lefts, height, width) / count
+    # one window given on the host (tiny images): its sums directly, no summed-area table (offsets on the device
+    # keep the table: reading them would wait for the device)
+    if not torch.is_tensor(tops) and len(tops) == 1 and len(lefts) == 1:
+        rows, cols = magnitude.shape[-2:]
+        if not (0 <= tops[0] <= rows - height and 0 <= lefts[0] <= cols - width):
+            raise IndexError(f'window at ({tops[0]}, {lefts[0]}) of {height}x{width} lies outside {rows}x{cols}')
+        window = magnitude[..., tops[0]:tops[0] + height, lefts[0]:lefts[0] + width]
+        mean = (window.sum((-2, -1)) / count)[..., None, None]
+        mean_sq = ((window * window).sum((-2, -1)) / count)[..., None, None]
+    else:
+        mean = _window_sums(magnitude, tops, lefts, height, width) / count
+        mean_sq = _window_sums(magnitude * magnitude, tops, lefts, height, width) / count
     return mean, (mean_sq - mean * mean).clamp_min(0).sqrt()
 
 

@@ -24,7 +24,15 @@ import torch
 from wbsr_runtime.files import atomic_write_text
 
 from .cost_model import cache_dir, load_or_measure
-from .runtimes import TORCH_FP32, CompiledSubnets, Runtime, candidate_runtimes, check_runtime, weights_digest
+from .runtimes import (
+    TORCH_FP32,
+    CompiledSubnets,
+    Runtime,
+    candidate_runtimes,
+    check_runtime,
+    runtime_versions,
+    weights_digest,
+)
 
 BF16_MAX_LOSS_DB = 0.01
 BF16_REFERENCE_PSNR = 45.  # dB of Y-PSNR: the cleanest results the bound covers (x4 SR of photos stays below)
@@ -74,8 +82,8 @@ def bf16_loss_db(net, runtime, folder=None):
     on the check photos, cached per weights, runtime and machine."""
     full = net.extract_subnet(len(net.subnets) - 1).to('cpu', torch.float32).eval()
     folder = folder or osp.join(cache_dir(), 'runtimes')
-    key = hashlib.sha1(repr((weights_digest(full), str(runtime), PHOTOS, PHOTO_LQ_SIDE, BF16_REFERENCE_PSNR)
-                            ).encode()).hexdigest()[:20]
+    key = hashlib.sha1(repr((weights_digest(full), str(runtime), runtime_versions(runtime), PHOTOS, PHOTO_LQ_SIDE,
+                             BF16_REFERENCE_PSNR)).encode()).hexdigest()[:20]
     path = osp.join(folder, f'bf16_check_{key}.json')
     if osp.isfile(path):
         try:

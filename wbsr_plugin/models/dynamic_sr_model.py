@@ -207,8 +207,10 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         patch_size, overlap = inference_opt.pop('patch_size', None), inference_opt.pop('overlap', None)
         calibrated = self.calibration is not None or self._class_errors[1] is not None
         class_errors = self.class_errors(current_iter) if calibrated else None
-        table = class_errors.planning_table() if class_errors is not None else None  # as infer plans
-        thresholds = ClassThresholds.of(self.thresholds, class_errors=table) if self.thresholds else None
+        table, spreads = (None, None) if class_errors is None else (class_errors.planning_table(),
+                                                                    class_errors.spread_table())  # as infer plans
+        thresholds = (ClassThresholds.of(self.thresholds, class_errors=table, class_spreads=spreads)
+                      if self.thresholds else None)
         policy = inference_policy(thresholds, self.threshold_patch_size, target=PlanningTarget.from_options(**given),
                                   patch_size=patch_size or self.threshold_patch_size, overlap=overlap,
                                   plan_by=plan_by)

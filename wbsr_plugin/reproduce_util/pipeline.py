@@ -75,8 +75,10 @@ def prepare_data(preset, train_hr, out_dir):
     """Split, crop, downsample, fit the BDLoss prior and compute the class thresholds (idempotent).
 
     Returns:
-        dict: ``train_hr``, ``train_lr`` (sub-image folders), ``val_hr`` (held-out originals), ``prior``,
-        ``thresholds`` (K - 1, on ``patch_size`` LR patches), ``classsr_thresholds`` (on training patches).
+        dict: ``train_hr``, ``train_lr`` (sub-image folders), ``val_hr`` (held-out originals), ``calibration_hr``,
+        ``calibration_lr`` (sub-images of the held-out images: what supernet runs measure their class errors on),
+        ``prior``, ``thresholds`` (K - 1, on ``patch_size`` LR patches), ``classsr_thresholds`` (on training
+        patches).
     """
     data_dir = osp.join(out_dir, 'data')
     scale, threads = preset['scale'], min(8, available_cpus())
@@ -84,11 +86,19 @@ def prepare_data(preset, train_hr, out_dir):
     link_images(train_hr, train_names, osp.join(data_dir, 'src_train'))
     link_images(train_hr, val_names, osp.join(data_dir, 'src_val'))
     paths = {'train_hr': osp.join(data_dir, 'train_hr_sub'), 'train_lr': osp.join(data_dir, f'train_lr_sub_x{scale}'),
-             'val_hr': osp.join(data_dir, 'src_val'), 'prior': osp.join(data_dir, f'bdloss_prior_x{scale}.pth')}
-    steps = [('sub-images', lambda: extract_subimages(osp.join(data_dir, 'src_train'), paths['train_hr'],
-                                                      preset['subimage_crop'], preset['subimage_step'], 0,
-                                                      n_thread=threads)),
-             ('downsample', lambda: downsample(paths['train_hr'], paths['train_lr'], scale, n_thread=threads))]
+             'val_hr': osp.join(data_dir, 'src_val'), 'prior': osp.join(data_dir, f'bdloss_prior_x{scale}.pth'),
+             'calibration_hr': osp.join(data_dir, 'val_hr_sub'),
+             'calibration_lr': osp.join(data_dir, f'val_lr_sub_x{scale}')}
+
+    def crop(src, dst):
+        return lambda: extract_subimages(osp.join(data_dir, src), paths[dst], preset['subimage_crop'],
+                                         preset['subimage_step'], 0, n_thread=threads)
+
+    steps = [('sub-images', crop('src_train', 'train_hr')),
+             ('downsample', lambda: downsample(paths['train_hr'], paths['train_lr'], scale, n_thread=threads)),
+             ('held-out sub-images (calibration)', crop('src_val', 'calibration_hr')),
+             ('held-out downsample (calibration)',
+              lambda: downsample(paths['calibration_hr'], paths['calibration_lr'], scale, n_thread=threads))]
     for label, step in steps:
         try:
             log(f'{label}: {step()} images')

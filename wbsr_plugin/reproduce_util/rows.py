@@ -154,7 +154,7 @@ def training_options(preset, backbone, kind, seed, data):
         kind (str): A key of :data:`RUN_KINDS`.
         seed (int): ``manual_seed``.
         data (dict): From :func:`wbsr_plugin.reproduce_util.pipeline.prepare_data` (``train_hr``,
-            ``train_lr``, ``prior``, ``thresholds``, ``classsr_thresholds``).
+            ``train_lr``, ``calibration_hr``, ``calibration_lr``, ``prior``, ``thresholds``, ``classsr_thresholds``).
     """
     if kind not in RUN_KINDS:
         raise ValueError(f'unknown run kind {kind!r}; expected one of {sorted(RUN_KINDS)}.')
@@ -176,6 +176,7 @@ def training_options(preset, backbone, kind, seed, data):
         wbsr = {'subnet_sampling': preset['subnet_sampling'], 'loss_lr': 1.0e-2, 'dynamic_val': False,
                 'thresholds': [float(t) for t in data['thresholds']],
                 'calibration_patches': int(preset['calibration_patches']),
+                'calibration_set': {'dataroot_gt': data['calibration_hr'], 'dataroot_lq': data['calibration_lr']},
                 'inference': {'patch_size': preset['patch_size'], 'overlap': preset['overlap']}}
         if distill:
             wbsr['distill_weight'] = float(preset['distill_weight'])
