@@ -20,7 +20,6 @@ interiors, not of the blended image. A gap close to its gap says that knowing ea
 not win back much.
 """
 import argparse
-import dataclasses
 import platform
 
 import numpy as np
@@ -92,7 +91,7 @@ def measure(net, meta, pairs, budget, patch_size, overlap):
     (the calibrated entries are None for a checkpoint without class errors)."""
     thresholds = engine_options(meta)['thresholds']
     common = dict(budget=budget, patch_size=patch_size, overlap=overlap)
-    eq16 = DynamicInferenceEngine(net, thresholds=thresholds and dataclasses.replace(thresholds, class_errors=None),
+    eq16 = DynamicInferenceEngine(net, thresholds=thresholds and thresholds.without_class_errors(),
                                   **common)
     calibrated = (DynamicInferenceEngine(net, thresholds=thresholds, **common)
                   if thresholds is not None and thresholds.class_errors else None)

@@ -117,7 +117,8 @@ class ClassThresholds:
             count = value.num_classes - 1
             raise ValueError(f'{count} thresholds define {count + 1} classes, but num_classes={num_classes}.')
         if class_errors is None:
-            class_errors, class_spreads = value.class_errors, value.class_spreads
+            class_errors = value.class_errors
+            class_spreads = value.class_spreads if class_spreads is None else class_spreads
         if class_errors is not None:
             num_subnets = len(class_errors[0]) if num_subnets is None and class_errors else num_subnets
             class_errors = _frozen_rows(check_class_errors(class_errors, value.num_classes, num_subnets))
@@ -166,6 +167,10 @@ class ClassThresholds:
     def class_error_lists(self):
         """The class errors as lists of lists, or None."""
         return None if self.class_errors is None else [list(row) for row in self.class_errors]
+
+    def without_class_errors(self):
+        """The same thresholds without class errors (nor their spreads)."""
+        return ClassThresholds(self.values, self.table)
 
     def class_spread_lists(self):
         """The class spreads as lists of lists, or None."""

@@ -291,14 +291,15 @@ class Planner:
 
     def _better_whole_image_subnet(self, h, w, class_counts, levels, steps, budget):
         """The subnet within the budget whose expected error on the whole image (``class_errors`` over the
-        patches) is below the tiled plan's, else None (small images: the tiling's overlaps eat the budget)."""
-        errors = self.class_errors
-        tiled = tiled_error(class_counts, levels, steps, errors)
+        patches, the bound the plans report) is below the tiled plan's, else None (small images: the tiling's
+        overlaps eat the budget)."""
+        errors, spreads = self.class_errors, self.class_spreads
+        tiled = tiled_error(class_counts, levels, steps, errors, spreads)
         allowed = budget * self.flops(h, w, self.num_subnets - 1)
         best, best_error = None, tiled
         for m in range(self.num_subnets):
             if self.flops(h, w, m) <= allowed:
-                error = whole_error(class_counts, errors, m)
+                error = whole_error(class_counts, errors, m, spreads)
                 if error < best_error:
                     best, best_error = m, error
         return best

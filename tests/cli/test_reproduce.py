@@ -226,3 +226,21 @@ def test_training_runs_use_one_device_each(device_count, visible, expected, tmp_
     assert [env.get('CUDA_VISIBLE_DEVICES') for env in calls[0]] == devices * (2 // len(devices))
     options = sorted((tmp_path / 'runs' / 'options').iterdir())
     assert len(options) == 2 and {yaml.safe_load(o.read_text())['num_gpu'] for o in options} == {num_gpu}
+
+
+def test_held_out_images_smaller_than_a_sub_image_leave_calibration_to_training_patches(tmp_path):
+    import cv2
+    import numpy as np
+
+    from wbsr_plugin.reproduce_util.pipeline import prepare_data
+
+    src = tmp_path / 'hr'
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i, side in enumerate((200, 200, 200, 40)):  # the toy preset holds out every 4th image: the 40-px one
+        cv2.imwrite(str(src / f'im{i}.png'), (rng.random((side, side, 3)) * 255).astype(np.uint8))
+    preset = get_preset('toy')
+    for _ in range(2):  # and again on the same folder
+        data = prepare_data(preset, str(src), str(tmp_path / 'out'))
+        assert data['held_out_images'] == ['im3.png'] and data['calibration_hr'] is None
+        assert 'calibration_set' not in training_options(preset, 'srresnet', 'wbsr', 0, data)['wbsr']

@@ -68,6 +68,10 @@ def test_the_spread_table_is_the_relative_spread_times_the_full_networks_error()
     thresholds = ClassThresholds.from_meta({'thresholds': [1., 2.], 'num_classes': 3, **errors.meta_entries()})
     assert np.allclose(thresholds.class_spread_lists(), errors.spread_table())
     assert ClassThresholds.of(thresholds, class_errors=[list(r) for r in means]).class_spreads is None
+    plain = thresholds.without_class_errors()  # Eq. 16's thresholds: neither errors nor spreads
+    assert ClassThresholds.of(plain).class_errors is None and ClassThresholds.of(plain).class_spreads is None
+    with pytest.raises(ValueError, match='class_spreads need class_errors'):
+        ClassThresholds.of(plain, class_spreads=errors.spread_table())
 
 
 def test_a_synthetic_calibration_recovers_the_true_ratios_within_its_bound():

@@ -75,6 +75,40 @@ def test_converted_models_are_cached_per_weights(name, tmp_path):
     assert len([f for f in os.listdir(tmp_path) if f.endswith('.onnx')]) == 2
 
 
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_srresnet_without_its_bilinear_skip_plus_the_bilinear_image_is_srresnet(scale):
+    """What a bf16 runtime runs for SRResNet, and the image added after it, make the network exactly (fp32)."""
+    from wbsr_plugin.inference.runtimes import BilinearSkipOutside
+
+    torch.manual_seed(0)
+    net = build_network(dict(TINY_RESNET, upscale=scale)).eval()
+    module = net.extract_subnet(1)
+    x = torch.rand(2, 3, 9, 7)
+    with torch.no_grad():
+        base = torch.nn.functional.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=False)
+        torch.testing.assert_close(BilinearSkipOutside(module)(x) + base, module(x), rtol=0, atol=1e-6)
+    assert BilinearSkipOutside.applies(module)
+    rcan = build_network({'type': 'WBSRRCAN', 'upscale': 4, 'num_feat': 8, 'num_group': 1, 'num_block': 2,
+                          'squeeze_factor': 4, 'widths': [4, 8], 'depths': [1, 2]})
+    assert not BilinearSkipOutside.applies(rcan.extract_subnet(0))
+
+
+@needs_bf16
+@pytest.mark.skipif(not installed('openvino'), reason='openvino is not installed')
+def test_openvino_bf16_adds_srresnets_bilinear_image_outside(tmp_path):
+    from wbsr_plugin.inference.runtimes import BilinearSkipOutside
+
+    net = tiny_net()
+    module = net.extract_subnet(len(net.subnets) - 1)
+    compiler = CompiledSubnets(Runtime('openvino', 'bf16'), str(tmp_path))
+    run = compiler.compile(module)
+    residual = compiler._model_file(BilinearSkipOutside(module), 3, '.onnx')
+    assert [str(p) for p in tmp_path.glob('*.onnx')] == [residual]  # what was converted: the residual alone
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        assert (run(x) - module(x)).abs().max() < 3e-2  # and the image added back
+
+
 @pytest.mark.parametrize('name', EXTERNAL)
 def test_engines_on_the_same_weights_share_one_compiled_model_while_one_holds_it(name, tmp_path):
     import gc

@@ -18,7 +18,6 @@
         budget: ~                 # a planning target (budget, max_loss, ...), or ~ for the default policy
 """
 import copy
-import dataclasses
 
 from wbsr_plugin.data.hes import parse_hes_options
 from wbsr_plugin.data.hes_index import dataset_threshold_table
@@ -136,7 +135,7 @@ def training_thresholds(opt, wbsr_opt):
         thresholds = ClassThresholds.from_meta(meta)
         if thresholds is not None:  # the checkpoint's own patch size, unless wbsr.inference gives one (as infer)
             patch_size = wbsr_opt['inference'].get('patch_size') or meta.get('patch_size') or DEFAULT_PATCH_SIZE
-            return dataclasses.replace(thresholds, class_errors=None), patch_size  # see pretrained_class_errors
+            return thresholds.without_class_errors(), patch_size  # see pretrained_class_errors
     logger.info('Dynamic inference uses per-image quantile thresholds (no paired training data, no wbsr.thresholds).')
     return None, patch_size
 

@@ -21,7 +21,7 @@ from wbsr_plugin.data.hes_index import load_or_build_index
 from wbsr_plugin.data.prepare_util import AlreadyDone, downsample, extract_subimages, input_images
 from wbsr_plugin.inference.checkpoint import load_supernet
 from wbsr_plugin.losses.gmm_prior_util import fit_gmm_prior, save_gmm_prior
-from wbsr_runtime.files import atomic_write_text
+from wbsr_runtime.files import atomic_write_text, list_images
 
 from .jobs import Job, one_device_each, run_jobs, share_of_machine
 from .rows import COST_ORDER, DYNAMIC_METHODS, RUN_KINDS, TABLE_ROWS, run_kinds, run_name, table_rows, training_options
@@ -76,7 +76,8 @@ def prepare_data(preset, train_hr, out_dir):
 
     Returns:
         dict: ``train_hr``, ``train_lr`` (sub-image folders), ``val_hr`` (held-out originals), ``calibration_hr``,
-        ``calibration_lr`` (sub-images of the held-out images: what supernet runs measure their class errors on),
+        ``calibration_lr`` (sub-images of the held-out images: what supernet runs measure their class errors on;
+        None when the held-out images are smaller than a sub-image),
         ``prior``, ``thresholds`` (K - 1, on ``patch_size`` LR patches), ``classsr_thresholds`` (on training
         patches).
     """
@@ -94,16 +95,21 @@ def prepare_data(preset, train_hr, out_dir):
         return lambda: extract_subimages(osp.join(data_dir, src), paths[dst], preset['subimage_crop'],
                                          preset['subimage_step'], 0, n_thread=threads)
 
-    steps = [('sub-images', crop('src_train', 'train_hr')),
-             ('downsample', lambda: downsample(paths['train_hr'], paths['train_lr'], scale, n_thread=threads)),
-             ('held-out sub-images (calibration)', crop('src_val', 'calibration_hr')),
-             ('held-out downsample (calibration)',
-              lambda: downsample(paths['calibration_hr'], paths['calibration_lr'], scale, n_thread=threads))]
-    for label, step in steps:
+    def run_step(label, step):
         try:
             log(f'{label}: {step()} images')
         except AlreadyDone as done:
             log(f'{label}: {done}')
+
+    run_step('sub-images', crop('src_train', 'train_hr'))
+    run_step('downsample', lambda: downsample(paths['train_hr'], paths['train_lr'], scale, n_thread=threads))
+    run_step('held-out sub-images (calibration)', crop('src_val', 'calibration_hr'))
+    if osp.isdir(paths['calibration_hr']) and list_images(paths['calibration_hr'], recursive=True):
+        run_step('held-out downsample (calibration)',
+                 lambda: downsample(paths['calibration_hr'], paths['calibration_lr'], scale, n_thread=threads))
+    else:
+        log(f"held-out images smaller than {preset['subimage_crop']} px: supernet runs calibrate on training patches")
+        paths['calibration_hr'] = paths['calibration_lr'] = None
     if not osp.isfile(paths['prior']):
         prior = fit_gmm_prior(paths['train_hr'], scale, num_components=preset['prior_components'],
                               max_pixels=preset['prior_max_pixels'])

@@ -176,8 +176,9 @@ def training_options(preset, backbone, kind, seed, data):
         wbsr = {'subnet_sampling': preset['subnet_sampling'], 'loss_lr': 1.0e-2, 'dynamic_val': False,
                 'thresholds': [float(t) for t in data['thresholds']],
                 'calibration_patches': int(preset['calibration_patches']),
-                'calibration_set': {'dataroot_gt': data['calibration_hr'], 'dataroot_lq': data['calibration_lr']},
                 'inference': {'patch_size': preset['patch_size'], 'overlap': preset['overlap']}}
+        if data.get('calibration_hr'):
+            wbsr['calibration_set'] = {'dataroot_gt': data['calibration_hr'], 'dataroot_lq': data['calibration_lr']}
         if distill:
             wbsr['distill_weight'] = float(preset['distill_weight'])
     pixel_opt = options.pixel_loss(loss, prior_path=data['prior'], scale=scale)
