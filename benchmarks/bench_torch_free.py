@@ -16,10 +16,8 @@ The LR image is a crop of scikit-image's photos (tiled when the size asks for mo
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from os import path as osp
 
 import numpy as np
@@ -37,19 +35,7 @@ from wbsr_runtime.planning_target import checkpoint_policy
 from basicsr.archs import build_network
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from bench_runtimes import photo_lq  # noqa: E402
-
-
-def interleaved(first, second, repeat):
-    """Median seconds of ``first()`` and ``second()``, called alternately ``repeat`` times after one call each."""
-    first(), second()
-    times = ([], [])
-    for _ in range(repeat):
-        for fn, found in zip((first, second), times):
-            start = time.perf_counter()
-            fn()
-            found.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+from bench_runtimes import interleaved, photo_lq  # noqa: E402
 
 
 def main(argv=None):
@@ -93,7 +79,9 @@ def main(argv=None):
                 w, h = (int(v) for v in size_text.split('x'))
                 lq = photo_lq(w, h)
                 lq_np = lq.numpy()
-                torch_s, free_s = interleaved(lambda: engine.run(lq), lambda: model.run(lq_np), args.repeat)
+                _, seconds = interleaved({'torch': lambda: engine.run(lq), 'free': lambda: model.run(lq_np)},
+                                         args.repeat)
+                torch_s, free_s = seconds['torch'], seconds['free']
                 sr_torch, report = engine.run(lq)
                 sr, own = model.run(lq_np)
                 same = report.histogram == own.histogram and np.array_equal(report.plan.subnets.numpy(),

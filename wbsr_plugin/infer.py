@@ -50,15 +50,14 @@ from wbsr_plugin.inference.checkpoint import CheckpointError, engine_options, lo
 from wbsr_plugin.inference.cost_model import load_or_measure
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
 from wbsr_plugin.utils.memory import bound_onednn_cache
-from wbsr_runtime.arg_types import name_part
 from wbsr_runtime.class_errors import ClassErrors
 from wbsr_runtime.files import list_images
 from wbsr_runtime.interrupts import INTERRUPTED, sigterm_as_interrupt
 from wbsr_runtime.output_folders import OutputFolderError, check_output_folder
 from wbsr_runtime.output_names import (
-    OUTPUT_EXTENSIONS,
     OutputConflict,
     OutputNames,
+    add_output_arguments,
     outputs_among_inputs,
 )
 from wbsr_runtime.planning_target import checkpoint_policy
@@ -81,19 +80,7 @@ def build_parser():
     add_model_arguments(parser)
     add_planning_arguments(parser)
     add_device_arguments(parser)
-    output = parser.add_argument_group('output')
-    output.add_argument('--save-map', action='store_true', help='also write NAME_map.png: subnet per patch')
-    output.add_argument('--suffix', default='out', type=name_part, help='output name suffix: NAME_SUFFIX.EXT (no '
-                        "path separator, '..' or control characters). Default: out")
-    output.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
-                        help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
-    existing = output.add_mutually_exclusive_group()
-    existing.add_argument('--skip-existing', action='store_true',
-                          help='leave out inputs whose output (and map, with --save-map) already exists; of the '
-                          'others, write only the missing files')
-    existing.add_argument('--overwrite', action='store_true',
-                          help='replace files this run writes that exist already (without it, or --skip-existing, '
-                          'the run stops before computing when one exists)')
+    output = add_output_arguments(parser)
     output.add_argument('--pipeline', choices=('auto', 'overlapped', 'serial'), default='auto',
                         help='overlapped: read the next images and write the finished ones in background threads '
                         'while the network runs; serial: one step after another. Default: auto (overlapped on a '

@@ -20,7 +20,7 @@ from os import path as osp
 import numpy as np
 
 from . import __version__
-from .arg_types import name_part, positive_int
+from .arg_types import positive_int
 from .class_errors import ClassErrors
 from .engine import DynamicModel
 from .files import list_images
@@ -28,7 +28,7 @@ from .images import ImageInfo, ImageReadError, NonFiniteOutput, opencv, read_rgb
 from .interrupts import INTERRUPTED, interrupts_deferred, sigterm_as_interrupt
 from .manifest import ManifestError
 from .output_folders import OutputFolderError, check_output_folder
-from .output_names import OUTPUT_EXTENSIONS, OutputConflict, OutputNames, output_extension, outputs_among_inputs
+from .output_names import OutputConflict, OutputNames, add_output_arguments, output_extension, outputs_among_inputs
 from .planning_target import BUDGET_UNITS, PLAN_BY, PlanningTarget, PlanningTargetError
 from .run_totals import RankTotals, totals_summary
 from .sessions import PRECISIONS, RUNTIMES, RuntimeUnavailable, installed
@@ -67,16 +67,7 @@ def build_parser():
     device.add_argument('--precision', choices=PRECISIONS, default='fp32', help='bf16: OpenVINO on CPUs with native '
                         'bfloat16. Default: fp32')
     device.add_argument('--threads', type=positive_int, help='CPU threads. Default: every CPU this process may use')
-    output = parser.add_argument_group('output')
-    output.add_argument('--save-map', action='store_true', help='also write NAME_map.png: subnet per patch')
-    output.add_argument('--suffix', default='out', type=name_part, help='output name suffix: NAME_SUFFIX.EXT. '
-                        'Default: out')
-    output.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
-                        help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
-    existing = output.add_mutually_exclusive_group()
-    existing.add_argument('--skip-existing', action='store_true', help='leave out inputs whose output exists')
-    existing.add_argument('--overwrite', action='store_true', help='replace outputs that exist (without it, or '
-                          '--skip-existing, the run stops before computing when one exists)')
+    add_output_arguments(parser)
     return parser
 
 

@@ -26,7 +26,7 @@ import os
 from collections import defaultdict
 from os import path as osp
 
-from .arg_types import name_part_problem
+from .arg_types import name_part, name_part_problem
 
 OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'tif', 'webp')
 # Formats that keep 16 bits per channel and an alpha channel.
@@ -196,3 +196,22 @@ def outputs_among_inputs(inputs, input_path, output_folder, suffix):
         return list(inputs), []
     left_out = [p for p in inputs if looks_like_output(p, suffix)]
     return [p for p in inputs if p not in left_out], left_out
+
+
+def add_output_arguments(parser):
+    """The output policy's arguments (``--save-map``, ``--suffix``, ``--ext``, ``--skip-existing``,
+    ``--overwrite``) as the group ``output`` of ``parser``, which it returns."""
+    output = parser.add_argument_group('output')
+    output.add_argument('--save-map', action='store_true', help='also write NAME_map.png: subnet per patch')
+    output.add_argument('--suffix', default='out', type=name_part, help='output name suffix: NAME_SUFFIX.EXT (no '
+                        "path separator, '..' or control characters). Default: out")
+    output.add_argument('--ext', choices=OUTPUT_EXTENSIONS, default='auto',
+                        help='output format; auto keeps the input format (png for 16-bit/alpha). Default: auto')
+    existing = output.add_mutually_exclusive_group()
+    existing.add_argument('--skip-existing', action='store_true',
+                          help='leave out inputs whose output (and map, with --save-map) already exists; of the '
+                          'others, write only the missing files')
+    existing.add_argument('--overwrite', action='store_true',
+                          help='replace files this run writes that exist already (without it, or --skip-existing, '
+                          'the run stops before computing when one exists)')
+    return output

@@ -91,22 +91,18 @@ def prepare_data(preset, train_hr, out_dir):
              'calibration_hr': osp.join(data_dir, 'val_hr_sub'),
              'calibration_lr': osp.join(data_dir, f'val_lr_sub_x{scale}')}
 
-    def crop(src, dst):
-        return lambda: extract_subimages(osp.join(data_dir, src), paths[dst], preset['subimage_crop'],
-                                         preset['subimage_step'], 0, n_thread=threads)
-
-    def run_step(label, step):
+    def step(label, prepare, *args):
         try:
-            log(f'{label}: {step()} images')
+            log(f'{label}: {prepare(*args, n_thread=threads)} images')
         except AlreadyDone as done:
             log(f'{label}: {done}')
 
-    run_step('sub-images', crop('src_train', 'train_hr'))
-    run_step('downsample', lambda: downsample(paths['train_hr'], paths['train_lr'], scale, n_thread=threads))
-    run_step('held-out sub-images (calibration)', crop('src_val', 'calibration_hr'))
+    crop = (preset['subimage_crop'], preset['subimage_step'], 0)
+    step('sub-images', extract_subimages, osp.join(data_dir, 'src_train'), paths['train_hr'], *crop)
+    step('downsample', downsample, paths['train_hr'], paths['train_lr'], scale)
+    step('held-out sub-images (calibration)', extract_subimages, paths['val_hr'], paths['calibration_hr'], *crop)
     if osp.isdir(paths['calibration_hr']) and list_images(paths['calibration_hr'], recursive=True):
-        run_step('held-out downsample (calibration)',
-                 lambda: downsample(paths['calibration_hr'], paths['calibration_lr'], scale, n_thread=threads))
+        step('held-out downsample (calibration)', downsample, paths['calibration_hr'], paths['calibration_lr'], scale)
     else:
         log(f"held-out images smaller than {preset['subimage_crop']} px: supernet runs calibrate on training patches")
         paths['calibration_hr'] = paths['calibration_lr'] = None
