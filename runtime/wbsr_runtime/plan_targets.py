@@ -155,7 +155,7 @@ def plan_strategy(planner, timer, target, flops):
     if target.kind == 'quality':
         return lambda lq: quality_plan(planner, planner.analyse(lq), timer, target.max_loss, flops)
     if timer is None:
-        return lambda lq: planner.choose(planner.analyse(lq), target.budget)
+        return sized_memo(planner, lambda lq: planner.choose(planner.analyse(lq), target.budget))
 
     def timed_flops_plan(lq):
         budget = target.budget
@@ -165,4 +165,27 @@ def plan_strategy(planner, timer, target, flops):
         analysis = planner.analyse(lq)
         return by_time(planner.choose(analysis, budget), timer, planner, analysis, budget=budget, flops=flops)
 
-    return timed_flops_plan
+    return sized_memo(planner, timed_flops_plan)
+
+
+MEMO_PLANS = 64
+
+
+def sized_memo(planner, strategy):
+    """``strategy`` with its plans kept per image size (and device) where no content could change them: an
+    explicit subnet, or an image that is one patch without stored thresholds (its own top class). Tiny images then
+    cost a dictionary read instead of a plan (0.1 ms right after a subnet's call, 2 % of SRResNet at 24x24)."""
+    memo = {}
+
+    def plan(lq):
+        h, w = lq.shape[-2:]
+        if not planner.content_free(h, w):
+            return strategy(lq)
+        key = (h, w, str(getattr(lq, 'device', 'cpu')))
+        if key not in memo:
+            if len(memo) >= MEMO_PLANS:
+                memo.clear()
+            memo[key] = strategy(lq)
+        return memo[key]
+
+    return plan

@@ -154,13 +154,16 @@ class Planner:
 
     def analyse(self, lq, content=True):
         """Tile ``lq`` (1, c, h, w) and classify its patches (on ``lq``'s device): what every plan of it shares.
-        Without ``content`` (and for an explicit subnet, which needs none), only the tiling: no difficulty."""
+        Without ``content`` (and for an explicit subnet, which needs none), only the tiling: no difficulty (zeros).
+        An image that is one patch, without stored thresholds, is in the top class: no difficulty either."""
         if lq.ndim != 4 or lq.shape[0] != 1:
             raise ValueError(f'expected an LR tensor of shape (1, c, h, w), got {tuple(lq.shape)}.')
         h, w = lq.shape[-2:]
         patch, tops, lefts, trim = tile_geometry(h, w, self.patch_size, self.overlap, self.trim)
         content = content and self.subnet is None
-        if content and patch >= 2:
+        one_patch = len(tops) * len(lefts) == 1
+        # one patch classed by the image's own quantiles is in the top class whatever its difficulty: none measured
+        if content and patch >= 2 and not (one_patch and self.thresholds is None):
             difficulty = self.difficulty(lq, patch, tops, lefts)
         else:
             difficulty = self.zeros(len(tops), len(lefts), lq)
@@ -170,12 +173,19 @@ class Planner:
                 thresholds, source = self.thresholds.at(patch), self.thresholds.source
             else:
                 source = 'image-quantiles'
-            one_patch = len(tops) * len(lefts) == 1
             classes, class_counts, thresholds = (self._one_patch_classes if one_patch else self.classes)(
                 difficulty, thresholds)
         costs = [self.flops(patch, patch, s) for s in range(self.num_subnets)]
         return ImageAnalysis((h, w), patch, tops, lefts, trim, difficulty, classes, class_counts, thresholds, source,
                              costs, self.flops(h, w, self.num_subnets - 1))
+
+    def content_free(self, h, w):
+        """True when no content of an h x w image can change its plan: an explicit subnet, or an image that is one
+        patch without stored thresholds."""
+        if self.subnet is not None:
+            return True
+        _, tops, lefts, _ = tile_geometry(h, w, self.patch_size, self.overlap, self.trim)
+        return self.thresholds is None and len(tops) * len(lefts) == 1
 
     def _one_patch_classes(self, difficulty, thresholds):
         """:meth:`classes` of an image that is one patch, from one read of its difficulty (tiny images: a dozen

@@ -43,7 +43,11 @@ class PlanTimer:
         return self.memo[key]
 
     def tiled(self, histogram, side, h, w, analysed=True):
-        """Seconds of ``histogram[m]`` patches of ``side`` through subnet m on an h x w LR image."""
+        """Seconds of ``histogram[m]`` patches of ``side`` through subnet m on an h x w LR image (an image that is
+        one patch runs whole, as the engine runs it)."""
+        if side == h == w and sum(histogram) == 1:
+            return self.whole(histogram.index(1), h, w, analysed)
+
         def predict():
             seconds = self.cost.forward_seconds(histogram, side, self.batch_sizes(side))
             seconds += self.cost.tiling_seconds(sum(histogram), side)

@@ -76,33 +76,42 @@ def test_converted_models_are_cached_per_weights(name, tmp_path):
 
 
 @pytest.mark.parametrize('scale', [2, 3, 4])
-def test_srresnet_without_its_bilinear_skip_plus_the_bilinear_image_is_srresnet(scale):
-    """What a bf16 runtime runs for SRResNet, and the image added after it, make the network exactly (fp32)."""
-    from wbsr_plugin.inference.runtimes import BilinearSkipOutside
+def test_srresnet_on_its_split_image_plus_the_bilinear_image_is_srresnet(scale):
+    """What a bf16 runtime runs for SRResNet, on the image in two parts, and the image added after it, make the
+    network (fp32); the parts of the image and of the weights that carry their first 8 bits are bf16 numbers."""
+    from wbsr_plugin.inference.runtimes import Float32EndsSRResNet
 
     torch.manual_seed(0)
     net = build_network(dict(TINY_RESNET, upscale=scale)).eval()
     module = net.extract_subnet(1)
     x = torch.rand(2, 3, 9, 7)
+    wrapped = Float32EndsSRResNet(module)
     with torch.no_grad():
+        parts = Float32EndsSRResNet.split(x)
+        hi, lo = parts[:, :3], parts[:, 3:]
+        assert torch.equal(hi + lo, x) and torch.equal(hi.to(torch.bfloat16).float(), hi)
+        assert (lo.abs() <= x.abs() * 2.**-8).all()  # what a bf16 runtime rounds: lo, to 2^-8 of itself
+        weights = wrapped.conv_first.weight.chunk(3, 1)
+        assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0].to(torch.bfloat16).float(), weights[0])
+        torch.testing.assert_close(weights[0] + weights[2], module.conv_first.weight, rtol=0, atol=0)
         base = torch.nn.functional.interpolate(x, scale_factor=scale, mode='bilinear', align_corners=False)
-        torch.testing.assert_close(BilinearSkipOutside(module)(x) + base, module(x), rtol=0, atol=1e-6)
-    assert BilinearSkipOutside.applies(module)
+        torch.testing.assert_close(wrapped(parts) + base, module(x), rtol=0, atol=2e-6)
+    assert Float32EndsSRResNet.applies(module)
     rcan = build_network({'type': 'WBSRRCAN', 'upscale': 4, 'num_feat': 8, 'num_group': 1, 'num_block': 2,
                           'squeeze_factor': 4, 'widths': [4, 8], 'depths': [1, 2]})
-    assert not BilinearSkipOutside.applies(rcan.extract_subnet(0))
+    assert not Float32EndsSRResNet.applies(rcan.extract_subnet(0))
 
 
 @needs_bf16
 @pytest.mark.skipif(not installed('openvino'), reason='openvino is not installed')
-def test_openvino_bf16_adds_srresnets_bilinear_image_outside(tmp_path):
-    from wbsr_plugin.inference.runtimes import BilinearSkipOutside
+def test_openvino_bf16_keeps_srresnets_image_in_float32_where_it_enters_and_leaves(tmp_path):
+    from wbsr_plugin.inference.runtimes import Float32EndsSRResNet
 
     net = tiny_net()
     module = net.extract_subnet(len(net.subnets) - 1)
     compiler = CompiledSubnets(Runtime('openvino', 'bf16'), str(tmp_path))
     run = compiler.compile(module)
-    residual = compiler._model_file(BilinearSkipOutside(module), 3, '.onnx')
+    residual = compiler._model_file(Float32EndsSRResNet(module), 6, '.onnx')
     assert [str(p) for p in tmp_path.glob('*.onnx')] == [residual]  # what was converted: the residual alone
     x = torch.rand(1, 3, 10, 12)
     with torch.no_grad():
@@ -288,5 +297,9 @@ def test_torch_runs_single_threaded_beside_another_runtime_and_gets_its_threads_
         assert torch.get_num_threads() == 2
         with torch_threads_beside(Runtime('torch', 'bf16')):
             assert torch.get_num_threads() == 2
+        with torch_threads_beside(Runtime('openvino', 'fp32'), elements=3 * 96 * 96):  # below torch's grain size
+            assert torch.get_num_threads() == 2
+        with torch_threads_beside(Runtime('openvino', 'fp32'), elements=3 * 128 * 128):
+            assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)

@@ -290,3 +290,28 @@ def test_predictions_are_computed_once_per_image_size_and_histogram():
         assert timer.whole(2, 40, 56, analysed=False) == pytest.approx(3e-6 * 40 * 56, rel=1e-12)
     assert asked == [16]
     assert timer.tiled([0, 6, 0, 2], 16, 40, 56, analysed=False) == pytest.approx(expected - 1e-3 - 1e-8 * 40 * 56)
+
+
+def test_an_image_that_is_one_patch_is_predicted_as_it_runs_whole():
+    """The engine runs an image that is one patch through its subnet on the whole image (no tiling, no stitching):
+    its plans are predicted so, and a cheap subnet that tiling's costs would have made slower runs."""
+    net = tiny_net()
+    cost = linear(net, RATES, analysis=(1e-4, 0.), tiling=1.)  # tiling dearer than the full network
+    lq = torch.full((1, 3, 16, 16), 0.5)  # flat: the cheapest subnet
+    plan = engine(net, cost).plan(lq)
+    assert plan.patch_size == 16 and plan.histogram == [1, 0, 0, 0]
+    assert plan.reason == 'plan predicted faster than the plain network'
+    assert plan.predicted_s == pytest.approx(16 * 16 * RATES[0] + 1e-4, rel=1e-12)
+    report = engine(net, cost).run(lq)[1]
+    assert report.histogram == [1, 0, 0, 0] and report.flops == net.flops(16, 16, subnet=0)
+
+
+def test_a_subnet_measured_slower_than_one_that_computes_more_gets_that_ones_time():
+    """Protects the cost table against noise where it decides most: by hand, on w8d1, w8d2, w16d1, w16d2."""
+    from wbsr_plugin.inference.cost_model import dominance_clamped
+
+    net = tiny_net()
+    assert [s.name for s in net.subnets] == ['w8d1', 'w8d2', 'w16d1', 'w16d2']
+    measured = ((1., 10.), (5., 3.), (2., 4.), (4., 8.))
+    # w8d1: every subnet computes at least as much; w8d2: itself and w16d2; w16d1: itself and w16d2
+    assert dominance_clamped(measured, net.subnets) == ((1., 3.), (4., 3.), (2., 4.), (4., 8.))

@@ -35,7 +35,7 @@ from .runtimes import TORCH_FP32, CompiledSubnets, runtime_versions, torch_threa
 from .subnet_cache import SubnetCache
 from .tiling import BlendGeometry, extract_patches
 
-COST_MODEL_VERSION = 3
+COST_MODEL_VERSION = 4
 # LR sides of the square inputs measured: up to the engine's batch of patches (32768 LR pixels on CPU)
 MEASURED_SIDES = {'cpu': (32, 64, 192), 'cuda': (32, 64, 128, 256, 512)}
 WARM_UP_PIXELS = 64 * 64
@@ -103,17 +103,30 @@ def _analyse(lq, patch, tops, lefts):
     apply_levels(classes, difficulty, [0] * DEFAULT_NUM_CLASSES, [(DEFAULT_NUM_CLASSES, 0, 1, 1)])
 
 
-def _measure_overhead(scale, device, dtype, repeat):
+def dominance_clamped(call_s, subnets):
+    """``call_s`` (per subnet, per measured size) with each time no larger than that of any subnet at least as wide
+    and as deep: such a subnet computes more, so a smaller one measured slower met noise (a VM's stolen time, say).
+    Left alone, one such outlier at a small size makes the time rules run the full network instead of the cheap
+    subnet an image chose (tiny images in OpenVINO bf16: 0.88x of the plain network)."""
+    return tuple(tuple(min(call_s[n][j] for n, other in enumerate(subnets)
+                           if other.width >= subnet.width and other.depth >= subnet.depth)
+                       for j in range(len(call_s[m])))
+                 for m, subnet in enumerate(subnets))
+
+
+def _measure_overhead(scale, device, dtype, repeat, runtime):
     """``(analysis_s, tiling_pixel_s)``: the engine's difficulty analysis on two image sizes (a line), and its
-    gathering and stitching per LR pixel of the patches (on the larger one)."""
+    gathering and stitching per LR pixel of the patches (on the larger one), with torch's threads as the engine
+    has them (:func:`~.runtimes.torch_threads_beside` but for the stitch)."""
     analysis, tiling = [], 0.
     for side in OVERHEAD_SIDES:
         lq = torch.rand(1, 3, side, side, device=device)
         patch, tops, lefts, trim = tile_geometry(side, side, OVERHEAD_PATCH, OVERHEAD_OVERLAP, DEFAULT_TRIM)
-        analysis.append(_timed(lambda: _analyse(lq, patch, tops, lefts), device, repeat))
         blend = BlendGeometry((side, side), patch, tops, lefts, trim, scale, device)
         outputs = torch.rand(len(tops) * len(lefts), 3, patch * scale, patch * scale, device=device, dtype=dtype)
-        gather = _timed(lambda: extract_patches(lq, patch, tops, lefts).to(dtype), device, repeat)
+        with torch_threads_beside(runtime):
+            analysis.append(_timed(lambda: _analyse(lq, patch, tops, lefts), device, repeat))
+            gather = _timed(lambda: extract_patches(lq, patch, tops, lefts).to(dtype), device, repeat)
         tiling = (gather + _timed(lambda: blend.stitch(outputs), device, repeat)) / (outputs.shape[0] * patch**2)
     return _line(OVERHEAD_SIDES[0]**2, analysis[0], OVERHEAD_SIDES[1]**2, analysis[1]), tiling
 
@@ -166,9 +179,11 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sid
             call_s.append(tuple(times))
             if device.type == 'cuda':
                 peaks.append((torch.cuda.max_memory_allocated(device) - base) / (sides[-1]**2))
-        analysis_s, tiling_pixel_s = _measure_overhead(net.upscale, device, dtype, repeat)
         switch_s = _measure_switch(cache, sides[0], [times[0] for times in call_s], device, dtype, memory_format)
-    return CostTable(cost_key(net, device, dtype, channels_last, runtime), tuple(s * s for s in sides), tuple(call_s),
+    with torch.inference_mode():
+        analysis_s, tiling_pixel_s = _measure_overhead(net.upscale, device, dtype, repeat, runtime)
+    call_s = dominance_clamped(call_s, net.subnets)
+    return CostTable(cost_key(net, device, dtype, channels_last, runtime), tuple(s * s for s in sides), call_s,
                      analysis_s, tiling_pixel_s, tuple(peaks) if peaks else None, switch_s)
 
 

@@ -306,17 +306,20 @@ class DynamicInferenceEngine:
         start = time.perf_counter()
         if self.watch_weights:
             self.subnets.drop_stale()
-        with torch.inference_mode(), torch_threads_beside(self.runtime):
-            lq = lq.to(device=next(self.net.parameters()).device, dtype=torch.float32)
-            h, w = lq.shape[-2:]
-            padded = lq
-            if min(h, w) < 2:  # the difficulty needs 2 pixels; pad tiny images and crop the output
-                padded = torch.nn.functional.pad(lq, (0, max(0, 2 - w), 0, max(0, 2 - h)), mode='replicate')
-            plan = self.plan(padded)
-            whole = plan.whole_image_subnet
-            if whole is None and (padded is not lq or plan.patch_size == h == w):  # tiny, or one patch: no tiling
-                whole = int(plan.subnets.max())  # (a padded image's patches: the largest subnet they chose)
-            sr = self.run_whole(lq, whole) if whole is not None else self.stitch(self.run_patches(lq, plan), plan)
+        h, w = lq.shape[-2:]
+        with torch.inference_mode():
+            with torch_threads_beside(self.runtime, lq.shape[1] * h * w * self.scale**2):
+                lq = lq.to(device=next(self.net.parameters()).device, dtype=torch.float32)
+                padded = lq
+                if min(h, w) < 2:  # the difficulty needs 2 pixels; pad tiny images and crop the output
+                    padded = torch.nn.functional.pad(lq, (0, max(0, 2 - w), 0, max(0, 2 - h)), mode='replicate')
+                plan = self.plan(padded)
+                whole = plan.whole_image_subnet
+                if whole is None and (padded is not lq or plan.patch_size == h == w):  # tiny, or one patch: whole
+                    whole = max(i for i, n in enumerate(plan.histogram) if n)  # (padded: the largest chosen)
+                sr = self.run_whole(lq, whole) if whole is not None else self.run_patches(lq, plan)
+            if whole is None:  # after the runtime's last call: with torch's threads (8x faster at 4K on 2 cores)
+                sr = self.stitch(sr, plan)
             if sr.device.type == 'cuda':
                 torch.cuda.synchronize(sr.device)
         elapsed = time.perf_counter() - start

@@ -32,6 +32,10 @@ class Planner(planner.Planner):
         super().__init__([s.flops / 1e9 for s in net.subnets], flops, **options)
 
     def difficulty(self, lq, patch, tops, lefts):
+        if lq.device.type == 'cpu' and len(tops) * len(lefts) == 1:
+            # one patch on the CPU (tiny images): numpy's few operations, right after a subnet's call has taken the
+            # caches, cost half of torch's (0.17 against 0.28 ms at 24x24)
+            return torch.from_numpy(super().difficulty(lq.detach().float().numpy(), patch, tops, lefts))
         return patch_difficulty(rgb_to_luma(lq[0].detach().float()), patch, tops, lefts)
 
     def zeros(self, rows, cols, like):

@@ -12,8 +12,8 @@ tensor to its SR batch (float32, on the CPU).
   own compiled-blob cache lives beside it). Inputs and outputs stay float32.
 * ``onnxruntime``: the same ONNX file, run by ONNX Runtime's CPU provider (fp32 only).
 
-In bf16, SRResNet's subnets leave out their last step, adding the bilinear image, which runs after them in float32
-(:class:`BilinearSkipOutside`).
+In bf16, SRResNet's subnets read the image in two bf16 parts and leave out their last step, adding the bilinear image,
+which runs after them in float32 (:class:`Float32EndsSRResNet`).
 
 OpenVINO and ONNX Runtime are optional (``pip install -e ".[runtimes]"``); asking for one that is not installed
 says how to install it. On CUDA, torch is the runtime.
@@ -110,7 +110,7 @@ def runtime_versions(runtime):
     if runtime.name != 'torch':
         versions[runtime.name] = __import__(runtime.name).__version__
         if runtime.precision == 'bf16':
-            versions['bf16'] = "SRResNet's bilinear image added outside, in float32"  # BilinearSkipOutside
+            versions['bf16'] = "SRResNet's image in two bf16 parts, its bilinear image outside"  # Float32EndsSRResNet
     elif runtime.precision == 'bf16':
         versions['bf16'] = 'autocast, conv_first in float32, conv_last out float32'  # with_float32_ends
     return versions
@@ -195,8 +195,9 @@ class CompiledSubnets:
 
     def _compile_external(self, module, in_channels):
         skip = None
-        if self.runtime.precision == 'bf16' and BilinearSkipOutside.applies(module):
-            skip, module = module.upscale, BilinearSkipOutside(module)
+        if self.runtime.precision == 'bf16' and Float32EndsSRResNet.applies(module):
+            skip, module = module.upscale, Float32EndsSRResNet(module)
+            in_channels *= 2
         if self.runtime.name == 'onnxruntime':
             run = onnxruntime_runner(self._model_file(module, in_channels, '.onnx'), self.threads)
         else:
@@ -209,7 +210,7 @@ class CompiledSubnets:
 
         def run_external(batch):
             batch = batch.detach().to('cpu', torch.float32)
-            out = torch.from_numpy(run(batch.numpy()))
+            out = torch.from_numpy(run((batch if skip is None else Float32EndsSRResNet.split(batch)).numpy()))
             if skip is not None:  # channels-last: twice as fast on one thread, the same values
                 out += torch.nn.functional.interpolate(batch.contiguous(memory_format=torch.channels_last),
                                                        scale_factor=skip, mode='bilinear', align_corners=False)
@@ -218,12 +219,18 @@ class CompiledSubnets:
         return run_external
 
 
+TORCH_GRAIN_SIZE = 32768  # torch's CPU operations on fewer elements run on the calling thread alone
+
+
 @contextlib.contextmanager
-def torch_threads_beside(runtime):
+def torch_threads_beside(runtime, elements=None):
     """Run torch single-threaded inside the block when ``runtime`` is not torch: its idle OpenMP threads keep
     spinning after each parallel operation, which takes the cores from OpenVINO's or ONNX Runtime's threads (the
-    engine's own torch work between subnet calls is small). No change for torch runtimes."""
-    if runtime is None or runtime.name == 'torch' or torch.get_num_threads() == 1:
+    engine's own torch work between subnet calls is small). No change for torch runtimes, nor when the block's
+    largest tensor has ``elements`` below torch's grain size (tiny images: no operation would use the threads, and
+    switching them costs 0.06 ms)."""
+    if (runtime is None or runtime.name == 'torch' or torch.get_num_threads() == 1
+            or (elements is not None and elements < TORCH_GRAIN_SIZE)):
         yield
         return
     threads = torch.get_num_threads()
@@ -234,27 +241,48 @@ def torch_threads_beside(runtime):
         torch.set_num_threads(threads)
 
 
-class BilinearSkipOutside(torch.nn.Module):
-    """SRResNet (BasicSR's ``MSRResNet``) without its last step, the bilinear image added to its output: what a bf16
-    runtime runs, so that the image is added outside it, in float32.
+class Float32EndsSRResNet(torch.nn.Module):
+    """SRResNet (BasicSR's ``MSRResNet``) as a bf16 runtime runs it, the image kept in float32 where it enters and
+    leaves.
 
-    Inside a bf16 runtime that sum is rounded to 8 bits of mantissa, 0.2 grey levels RMS around 0.5: OpenVINO bf16
-    lost 0.06 dB on held-out photos at 43 dB, and 0.002 dB with the image added outside (docs/RESULTS.md). The
-    residual the network makes is small, so its own rounding is small too.
+    * **Out:** the network without its last step; the bilinear image is added to its output outside, in float32.
+      Inside a bf16 runtime that sum is rounded to 8 bits of mantissa, 0.2 grey levels RMS around 0.5. The residual
+      the network makes is small, so its own rounding is small too.
+    * **In:** the image in two bf16 parts, ``hi`` (the image rounded to bf16) and ``lo`` (what that rounding left
+      out), 6 channels (:meth:`split`). The first convolution reads ``[hi, lo, hi]`` with the weights
+      ``[w_hi, w_hi, w_lo]`` (``w_hi`` the weights rounded to bf16): ``w x`` but for ``w_lo lo``. bf16
+      convolutions sum their products in float32, so what rounding remains is that of ``lo`` and ``w_lo``, 2^-16
+      of ``x`` and ``w`` instead of 2^-8.
+
+    On held-out photos at 43 dB OpenVINO bf16 lost 0.058 dB with the whole network inside, 0.0075 dB (worst photo
+    0.016) with the image added outside, and 0.0011 dB (worst 0.0026) with its input in two parts as well
+    (docs/RESULTS.md). The first convolution reads 9 channels instead of 3: the plain network takes 1.5-2 % more.
     """
 
     def __init__(self, net):
         super().__init__()
         self.net = net
+        weight = net.conv_first.weight.detach()
+        weight_hi = weight.to(torch.bfloat16).float()
+        self.conv_first = torch.nn.Conv2d(3 * net.conv_first.in_channels, net.conv_first.out_channels, 3, 1, 1)
+        self.conv_first.weight.data = torch.cat([weight_hi, weight_hi, weight - weight_hi], 1)
+        self.conv_first.bias.data = net.conv_first.bias.detach().clone()
 
     @staticmethod
     def applies(module):
         from basicsr.archs.srresnet_arch import MSRResNet
         return type(module) is MSRResNet and module.upscale in (2, 3, 4)
 
-    def forward(self, x):  # MSRResNet.forward up to its last line
+    @staticmethod
+    def split(x):
+        """``x`` (n, c, h, w) float32 as ``[hi, lo]`` (n, 2c, h, w): ``x`` rounded to bf16, and the rest."""
+        hi = x.to(torch.bfloat16).float()
+        return torch.cat([hi, x - hi], 1)
+
+    def forward(self, parts):  # MSRResNet.forward up to its last line, on the split image
         net = self.net
-        out = net.body(net.lrelu(net.conv_first(x)))
+        hi, lo = parts.chunk(2, 1)
+        out = net.body(net.lrelu(self.conv_first(torch.cat([hi, lo, hi], 1))))
         out = net.lrelu(net.pixel_shuffle(net.upconv1(out)))
         if net.upscale == 4:
             out = net.lrelu(net.pixel_shuffle(net.upconv2(out)))
