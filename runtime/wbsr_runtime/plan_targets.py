@@ -165,21 +165,24 @@ def plan_strategy(planner, timer, target, flops):
         analysis = planner.analyse(lq)
         return by_time(planner.choose(analysis, budget), timer, planner, analysis, budget=budget, flops=flops)
 
-    return sized_memo(planner, timed_flops_plan)
+    return sized_memo(planner, timed_flops_plan, timer)
 
 
 MEMO_PLANS = 64
 
 
-def sized_memo(planner, strategy):
+def sized_memo(planner, strategy, timer=None):
     """``strategy`` with its plans kept per image size (and device) where no content could change them: an
     explicit subnet, or an image that is one patch without stored thresholds (its own top class). Tiny images then
-    cost a dictionary read instead of a plan (0.1 ms right after a subnet's call, 2 % of SRResNet at 24x24)."""
+    cost a dictionary read instead of a plan (0.1 ms right after a subnet's call, 2 % of SRResNet at 24x24). The
+    plans are shared: callers replace them (``dataclasses.replace``), never change them. Nothing is kept while the
+    ``timer`` has a memory limit (on CUDA: whether a whole image fits depends on the memory free now)."""
     memo = {}
 
     def plan(lq):
         h, w = lq.shape[-2:]
-        if not planner.content_free(h, w):
+        limited = timer is not None and timer.memory_limit is not None and timer.memory_limit() is not None
+        if limited or not planner.content_free(h, w):
             return strategy(lq)
         key = (h, w, str(getattr(lq, 'device', 'cpu')))
         if key not in memo:

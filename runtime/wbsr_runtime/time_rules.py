@@ -100,7 +100,8 @@ def without_analysis(planner, geometry, timer, *, budget, flops):
     (h, w), full = geometry.lq_size, planner.num_subnets - 1
     fastest = timer.fastest_plain(geometry, planner.num_subnets)
     plain_s = fastest[0]
-    cheapest = timer.tiled([geometry.num_patches] + [0] * full, geometry.patch_size, h, w)
+    cheapest = timer.tiled([geometry.num_patches] + [0] * full, geometry.patch_size, h, w,
+                           analysed=not planner.content_free(h, w))
     if cheapest < plain_s:
         return None
     if budget is not None and any(flops(h, w, m) <= budget * flops(h, w, full) and timer.whole(m, h, w) < plain_s
@@ -122,7 +123,7 @@ def by_time(plan, timer, planner, analysis, *, budget, flops):
         return dataclasses.replace(tiled, predicted_s=t_tiled, reason='subnet: tiled predicted faster')
     fastest = timer.fastest_plain(analysis, num_subnets)
     plain_s = fastest[0]
-    own = timer.of(plan)
+    own = timer.of(plan, analysed=not planner.content_free(h, w))
     if own <= plain_s:
         return dataclasses.replace(plan, predicted_s=own, reason='plan predicted faster than the plain network')
     if budget is not None:

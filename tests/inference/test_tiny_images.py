@@ -113,3 +113,19 @@ def test_plans_no_content_could_change_are_kept_per_image_size():
     flat_plan, busy_plan = measured.plan(flat), measured.plan(busy)
     assert float(flat_plan.difficulty) == 0 and float(busy_plan.difficulty) > 0
     assert flat_plan.histogram != busy_plan.histogram
+
+
+def test_plans_are_not_kept_while_a_whole_image_must_fit_in_the_memory_free_now():
+    """On CUDA the time rules weigh a whole image against the memory free at each call: such plans are made anew."""
+    from test_time_rules import linear
+
+    net = tiny_net()
+    lq = torch.rand(1, 3, 40, 40)
+    engine = DynamicInferenceEngine(net, subnet=1, cost_table=linear(net, [1e-6, 2e-6, 3e-6, 4e-6]))
+    assert engine.timer.memory_limit() is None and engine.plan(lq) is engine.plan(lq)  # CPU: no limit, kept
+    free = [10**12]
+    engine = DynamicInferenceEngine(net, subnet=1, cost_table=linear(net, [1e-6, 2e-6, 3e-6, 4e-6]))
+    engine.timer.memory_limit = lambda: free[0]
+    first = engine.plan(lq)
+    free[0] = 10  # nothing fits whole any more
+    assert engine.plan(lq) is not first

@@ -105,7 +105,8 @@ def _analyse(lq, patch, tops, lefts):
 
 def dominance_clamped(call_s, subnets):
     """``call_s`` (per subnet, per measured size) with each time no larger than that of any subnet at least as wide
-    and as deep: such a subnet computes more, so a smaller one measured slower met noise (a VM's stolen time, say).
+    and as deep: such a subnet computes more, so on the CPU a smaller one measured slower met noise (a VM's stolen
+    time, say).
     Left alone, one such outlier at a small size makes the time rules run the full network instead of the cheap
     subnet an image chose (tiny images in OpenVINO bf16: 0.88x of the plain network)."""
     return tuple(tuple(min(call_s[n][j] for n, other in enumerate(subnets)
@@ -182,8 +183,9 @@ def measure_cost_table(net, device, dtype=torch.float32, channels_last=True, sid
         switch_s = _measure_switch(cache, sides[0], [times[0] for times in call_s], device, dtype, memory_format)
     with torch.inference_mode():
         analysis_s, tiling_pixel_s = _measure_overhead(net.upscale, device, dtype, repeat, runtime)
-    call_s = dominance_clamped(call_s, net.subnets)
-    return CostTable(cost_key(net, device, dtype, channels_last, runtime), tuple(s * s for s in sides), call_s,
+    if device.type == 'cpu':  # (on CUDA, widths off the tensor cores' multiples may truly run slower)
+        call_s = dominance_clamped(call_s, net.subnets)
+    return CostTable(cost_key(net, device, dtype, channels_last, runtime), tuple(s * s for s in sides), tuple(call_s),
                      analysis_s, tiling_pixel_s, tuple(peaks) if peaks else None, switch_s)
 
 
