@@ -181,8 +181,8 @@ def sized_memo(planner, strategy, timer=None):
 
     def plan(lq):
         h, w = lq.shape[-2:]
-        limited = timer is not None and timer.memory_limit is not None and timer.memory_limit() is not None
-        if limited or not planner.content_free(h, w):
+        if not planner.content_free(h, w) or (timer is not None and timer.memory_limit is not None
+                                              and timer.memory_limit() is not None):
             return strategy(lq)
         key = (h, w, str(getattr(lq, 'device', 'cpu')))
         if key not in memo:

@@ -184,8 +184,10 @@ class Planner:
         patch without stored thresholds."""
         if self.subnet is not None:
             return True
+        if self.thresholds is not None:  # (no tiling to compute: planned per image, every time)
+            return False
         _, tops, lefts, _ = tile_geometry(h, w, self.patch_size, self.overlap, self.trim)
-        return self.thresholds is None and len(tops) * len(lefts) == 1
+        return len(tops) * len(lefts) == 1
 
     def _one_patch_classes(self, difficulty, thresholds):
         """:meth:`classes` of an image that is one patch, from one read of its difficulty (tiny images: a dozen
