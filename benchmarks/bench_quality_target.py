@@ -37,6 +37,7 @@ from wbsr_plugin.cli.evaluation import to_uint8_bgr
 from wbsr_plugin.cli.image_io import read_image
 from wbsr_plugin.inference.checkpoint import CheckpointError, load_supernet
 from wbsr_plugin.inference.engine import DynamicInferenceEngine
+from wbsr_runtime import expected_quality
 from wbsr_runtime.class_errors import ClassErrors
 from wbsr_runtime.class_thresholds import ClassThresholds
 from wbsr_runtime.files import list_images
@@ -149,9 +150,15 @@ def patch_errors(outputs, hr, scale):
     return torch.stack(result, 1).double().numpy()
 
 
-def measure_set(net, engines, pairs, dump=None, set_name=''):
-    """Per engine key: lists of (expected, realised, FLOPs share) over the images."""
+TILED_FULL = ('-', 'full network tiled')
+
+
+def measure_set(net, engines, pairs, dump=None, set_name='', tiled_full=False):
+    """Per engine key (and :data:`TILED_FULL` with ``tiled_full``: every patch through the full network, stitched):
+    lists of (expected, realised, FLOPs share) over the images."""
     results = {key: [] for key in engines}
+    if tiled_full:
+        results[TILED_FULL] = []
     first = next(iter(engines.values()))
     full = len(net.subnets) - 1
     for index, (name, lq, hr) in enumerate(pairs):
@@ -159,6 +166,11 @@ def measure_set(net, engines, pairs, dump=None, set_name=''):
         with torch.inference_mode():
             outputs = PatchOutputs(first, lq)
             reference = y_psnr(outputs.whole_image(full), hr, net.upscale)
+            if tiled_full:
+                plan = dataclasses.replace(outputs.plan, subnets=torch.full_like(outputs.plan.subnets, full))
+                tiled_flops = plan.subnets.numel() * first.subnets.flops(plan.patch_size, plan.patch_size, full)
+                results[TILED_FULL].append((None, reference - y_psnr(outputs.realise(plan), hr, net.upscale),
+                                            tiled_flops / first.subnets.flops(*lq.shape[-2:], full)))
             for key, engine in engines.items():
                 plan = engine.plan(lq)
                 sr = reference if plan.whole_image_subnet == full else y_psnr(outputs.realise(plan), hr, net.upscale)
@@ -185,23 +197,36 @@ def summary_row(values, target, slack):
             f'{100 * np.mean([f for _, _, f in values]):.0f} %')
 
 
+TABLE_KINDS = ('mean', 'bound', 'classes', 'spread', 'no-detail')
+
+
+def missed_images(values, names, target, slack):
+    """The images whose realised loss is above ``target + slack`` (with it), or '-'."""
+    if target is None:
+        return '-'
+    missed = [f'{name} {realised:.3f}' for name, (_, realised, _) in zip(names, values) if realised > target + slack]
+    return ', '.join(missed) or '-'
+
+
 def table_kind(text):
-    """``mean``, ``bound``, ``bound:MARGIN`` or ``classes`` (the bound without the image's own spread)."""
-    if text in ('mean', 'bound', 'classes'):
+    """``mean``, ``bound``, ``bound:MARGIN``, ``classes`` (the class bound alone), ``spread`` (the class bound and
+    the image's own spread) or ``no-detail`` (the bound without the image's detail)."""
+    if text in TABLE_KINDS:
         return text
     try:
         if text.startswith('bound:') and float(text[6:]) >= 0:
             return text
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f'expected mean, bound, bound:MARGIN or classes, got {text!r}')
+    raise argparse.ArgumentTypeError(f'expected mean, bound, bound:MARGIN, classes, spread or no-detail, got {text!r}')
 
 
 def planning_thresholds(meta, kind):
     """The thresholds of a checkpoint's metadata with its class errors as ``kind`` says: ``'mean'``, the measured
     means; ``'bound'``, the table the engine plans with (:meth:`ClassErrors.planning_table`) and the image's own
-    spread (:meth:`ClassErrors.spread_table`); ``'bound:M'``, the same with margin M; ``'classes'``, the bound
-    without the image's spread."""
+    spread (:meth:`ClassErrors.spread_table`), detail (:attr:`ClassErrors.detail`) and tiling's cost
+    (:meth:`ClassErrors.tiling_table`); ``'bound:M'``, the same with margin M; ``'classes'``, the class bound alone;
+    ``'spread'``, the class bound and the image's spread; ``'no-detail'``, the bound without the image's detail."""
     thresholds = ClassThresholds.from_meta(meta)
     errors = ClassErrors.from_meta(meta)
     if errors is None:
@@ -210,7 +235,9 @@ def planning_thresholds(meta, kind):
         return ClassThresholds.of(thresholds, class_errors=[list(row) for row in errors.means])
     table = errors.planning_table(margin=float(kind[6:]) if ':' in kind else None)
     return ClassThresholds.of(thresholds, class_errors=table,
-                              class_spreads=None if kind == 'classes' else errors.spread_table())
+                              class_spreads=None if kind == 'classes' else errors.spread_table(),
+                              class_detail=None if kind in ('classes', 'spread', 'no-detail') else errors.detail,
+                              class_tiling=None if kind in ('classes', 'spread') else errors.tiling_table())
 
 
 def build_parser():
@@ -220,7 +247,8 @@ def build_parser():
                         'errors are planned with as well')
     parser.add_argument('--tables', nargs='+', type=table_kind, default=['mean', 'bound'],
                         help='plan with the measured class means (mean), the bound the engine uses (bound), the '
-                        'bound with another margin (bound:M), or the bound without the image\'s own spread (classes)')
+                        'bound with another margin (bound:M), the class bound alone (classes), with the image\'s '
+                        'own spread (spread), or the bound without the image\'s detail (no-detail)')
     parser.add_argument('--set', action='append', required=True, type=parse_set, metavar='NAME=DIR[@I/N]')
     parser.add_argument('--targets', nargs='*', type=float, default=list(TARGETS), help='quality targets in dB')
     parser.add_argument('--budget', type=float, default=0.6, help='FLOPs budget (0: none)')
@@ -231,6 +259,11 @@ def build_parser():
     parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP)
     parser.add_argument('--threads', type=int, help="torch threads (default: torch's)")
     parser.add_argument('--dump', help='write every patch\'s class and errors to this .npz')
+    parser.add_argument('--misses', action='store_true', help='name the images above target + slack in every row')
+    parser.add_argument('--tiled-full', action='store_true', help='add a row of the full network run tiled '
+                        '(what tiling alone loses against the whole image)')
+    parser.add_argument('--detail-power', type=float, help='plan with this power of the image\'s detail ratio '
+                        '(default: expected_quality.DETAIL_POWER)')
     return parser
 
 
@@ -238,6 +271,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.detail_power is not None:
+        expected_quality.DETAIL_POWER = args.detail_power
     try:
         net, meta = load_supernet(args.model)
         metas = [(osp.basename(args.model), meta)] + [(osp.basename(p), load_supernet(p)[1]) for p in args.calibration]
@@ -257,14 +292,19 @@ def main(argv=None):
     print(f'# patch {patch_size}, overlap {args.overlap}; {platform.machine()}, torch {torch.__version__}, '
           f'{torch.get_num_threads()} threads\n')
     print('| calibration | set | images | setting | expected (dB) | realised (dB) | within target + '
-          f'{args.slack:g} | p90 realised | FLOPs |')
-    print('|---|---|---|---|---|---|---|---|---|')
+          f'{args.slack:g} | p90 realised | FLOPs |' + (' above |' if args.misses else ''))
+    print('|---|---|---|---|---|---|---|---|---|' + ('---|' if args.misses else ''))
     dump = [] if args.dump else None
     for set_name, pairs in sets:
-        results = measure_set(net, engines, pairs, dump, set_name)
+        results = measure_set(net, engines, pairs, dump, set_name, args.tiled_full)
+        if args.tiled_full:
+            row = summary_row(results[TILED_FULL], None, args.slack)
+            print(f'| - | {set_name} | {len(pairs)} | full network tiled | {row} |' + (' - |' if args.misses else ''))
         for label, _ in tables:
             for name, _, target in settings:
                 row = summary_row(results[label, name], target, args.slack)
+                if args.misses:
+                    row += ' | ' + missed_images(results[label, name], [p[0] for p in pairs], target, args.slack)
                 print(f'| {label} | {set_name} | {len(pairs)} | {name} | {row} |', flush=True)
     if dump is not None:
         keys = list(engines)

@@ -26,6 +26,7 @@ from wbsr_plugin.inference.calibration import measure_class_errors, sample_patch
 from wbsr_plugin.inference.checkpoint import WBSR_KEY, CheckpointError, load_supernet, make_wbsr_meta
 from wbsr_plugin.utils.checkpoint_files import load_weights_file
 from wbsr_runtime.arg_types import positive_int
+from wbsr_runtime.class_errors import CALIBRATION_CONTEXT
 from wbsr_runtime.class_thresholds import ClassThresholds
 from wbsr_runtime.files import atomic_path, list_images
 from wbsr_runtime.images import ImageReadError
@@ -128,7 +129,8 @@ def main(argv=None):
             parser.error(f'--hr: no images in {args.hr}')
         status_line(f'sampling {args.patches} patches of {patch_size} LR px from {len(images)} image(s)',
                     file=sys.stderr)
-        lq, gt, ids = sample_patch_pairs(images, patch_size, net.upscale, args.patches, args.seed, with_images=True)
+        lq, gt, ids = sample_patch_pairs(images, patch_size, net.upscale, args.patches, args.seed, with_images=True,
+                                         context=CALIBRATION_CONTEXT)
     except FileNotFoundError as err:
         parser.error(f'--hr/--lr: {err}')
     except (ImageReadError, ValueError) as err:

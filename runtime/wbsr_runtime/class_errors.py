@@ -7,14 +7,19 @@ patch. Stored per class k and subnet m (cost order; the last is the full network
   blends them (older checkpoints: the patch interior);
 * ``calibration`` (a dict): ``counts`` (patches per class), ``images`` (calibration images with a patch in the
   class), ``excess_sd`` (K x M: the standard deviation over the class's patches of a patch's excess error
-  ``e_m - e_full``, relative to the class's mean full-network error), and what was calibrated on.
+  ``e_m - e_full``, relative to the class's mean full-network error), ``detail`` (per class, the mean detail of its
+  LR patches, :func:`.difficulty.patch_detail`), ``full_in_context`` (per class, the full network's mean error on
+  the patches when it also sees the pixels around them, as on a whole image), and what was calibrated on.
 
 The planner does not take the means at their word. It plans with a bound (:meth:`ClassErrors.planning_table`):
 the full network's error is the class mean, every other subnet's excess over it is raised to
 ``excess * MARGIN + z * sd / sqrt(n)`` (:data:`MARGIN`) (``z`` one-sided, :data:`Z_BOUND`), where ``MARGIN`` covers what
 differs between the calibration photos and the user's (measured on held-out photos, docs/RESULTS.md), and the
 second term the sampling error of a class measured on few patches. The patches' spreads (:meth:`spread_table`)
-also bound what one image's own few patches may add (:mod:`.expected_quality`). A checkpoint whose class errors
+also bound what one image's own few patches may add (:mod:`.expected_quality`), the classes' detail tells an
+image cleaner than its classes, whose full-network error is lower (:func:`.expected_quality.error_scales`), and the
+full network's error with context what tiling costs against the whole image (:meth:`ClassErrors.tiling_table`). A
+checkpoint whose class errors
 carry no counts is planned with a wider margin (:data:`UNCOUNTED_MARGIN`); :meth:`ClassErrors.reliability` says so.
 """
 import math
@@ -33,6 +38,10 @@ MARGIN = 2.5
 UNCOUNTED_MARGIN = 4.0
 # a class with fewer patches than this is reported as thin
 THIN_PATCHES = 30
+# LR pixels around every calibration patch through which the full network also sees it (what tiling costs)
+CALIBRATION_CONTEXT = 8
+# per-class statistics of a calibration's ``'calibration'`` entry besides counts and images
+PER_CLASS = ('detail', 'full_in_context')
 
 
 def _rows(table):
@@ -50,15 +59,19 @@ class ClassErrors:
         excess_sd (tuple[tuple[float]] | None): K x M standard deviation of a patch's excess error over the full
             network, relative to the class's mean full-network error.
         source (dict): What was calibrated on (``'data'``, ``'patch_size'``, ``'patches'``, ...).
+        detail (tuple[float] | None): Per class, the mean detail of its LR patches (None: not stored).
+        in_context (tuple[float] | None): Per class, the full network's mean error with context (None: not stored).
     """
     means: tuple
     counts: tuple = None
     images: tuple = None
     excess_sd: tuple = None
     source: dict = None
+    detail: tuple = None
+    in_context: tuple = None
 
     @classmethod
-    def from_samples(cls, classes, errors, image_ids, num_classes, source=None):
+    def from_samples(cls, classes, errors, image_ids, num_classes, source=None, detail=None, in_context=None):
         """The statistics of per-patch errors.
 
         Args:
@@ -67,6 +80,8 @@ class ClassErrors:
             image_ids (np.ndarray): (n,) the image each patch came from.
             num_classes (int): K.
             source (dict | None): What was calibrated on.
+            detail (np.ndarray | None): (n,) detail of every LR patch (:func:`.difficulty.patch_detail`).
+            in_context (np.ndarray | None): (n,) the full network's error on every patch with context.
 
         Raises:
             ValueError: No patch at all.
@@ -78,17 +93,22 @@ class ClassErrors:
         counts = np.bincount(classes - 1, minlength=num_classes)[:num_classes]
         filled = [k for k in range(num_classes) if counts[k] > 0]
         means, sds = np.zeros((num_classes, num_subnets)), np.zeros((num_classes, num_subnets))
-        images = np.zeros(num_classes, dtype=int)
+        images, details, contexts = np.zeros(num_classes, dtype=int), np.zeros(num_classes), np.zeros(num_classes)
         for k in range(num_classes):
             source_k = k if counts[k] else min(filled, key=lambda f: (abs(f - k), f))  # empty: nearest class
             rows = errors[classes == source_k + 1]
             means[k] = rows.mean(0)
+            if detail is not None:
+                details[k] = np.asarray(detail, dtype=np.float64)[classes == source_k + 1].mean()
+            if in_context is not None:
+                contexts[k] = np.asarray(in_context, dtype=np.float64)[classes == source_k + 1].mean()
             if counts[k]:
                 images[k] = len(np.unique(image_ids[classes == k + 1]))
                 excess = (rows - rows[:, -1:]) / max(means[k, -1], 1e-12)
                 sds[k] = excess.std(0, ddof=1) if len(rows) > 1 else 0.
         return cls(_rows(means), tuple(int(c) for c in counts), tuple(int(i) for i in images), _rows(sds),
-                   dict(source or {}))
+                   dict(source or {}), None if detail is None else tuple(float(d) for d in details),
+                   None if in_context is None else tuple(float(c) for c in contexts))
 
     @classmethod
     def from_meta(cls, meta):
@@ -100,7 +120,13 @@ class ClassErrors:
         value = cls(_rows(meta['class_errors']), None if counts is None else tuple(int(c) for c in counts),
                     None if stats.get('images') is None else tuple(int(i) for i in stats['images']),
                     _rows(stats.get('excess_sd')),
-                    {k: v for k, v in stats.items() if k not in ('counts', 'images', 'excess_sd')})
+                    {k: v for k, v in stats.items() if k not in ('counts', 'images', 'excess_sd') + PER_CLASS},
+                    *(None if stats.get(key) is None else tuple(float(v) for v in stats[key]) for key in PER_CLASS))
+        for key, values in zip(PER_CLASS, (value.detail, value.in_context)):
+            if values is not None and (len(values) != len(value.means)
+                                       or not all(math.isfinite(v) and v >= 0 for v in values)):
+                raise ValueError(f'calibration: {key} must hold {len(value.means)} finite values >= 0 (one per '
+                                 'class).')
         if value.counts is not None or value.excess_sd is not None:
             shape = (len(value.means), len(value.means[0]) if value.means else 0)
             if (value.counts is None or value.excess_sd is None or len(value.counts) != shape[0]
@@ -123,7 +149,17 @@ class ClassErrors:
             entries['calibration'] = {**(self.source or {}), 'counts': list(self.counts),
                                       'images': list(self.images or [0] * len(self.counts)),
                                       'excess_sd': [list(row) for row in self.excess_sd]}
+            for key, values in zip(PER_CLASS, (self.detail, self.in_context)):
+                if values is not None:
+                    entries['calibration'][key] = list(values)
         return entries
+
+    def tiling_table(self):
+        """Per class, what tiling adds to the full network's error: its mean error on the patches alone (the class
+        errors) over its mean error with context, or None when not measured."""
+        if self.in_context is None:
+            return None
+        return [max(row[-1] - context, 0.) for row, context in zip(self.means, self.in_context)]
 
     def planning_table(self, margin=None, z=Z_BOUND):
         """The K x M table the planner uses: the full network's mean, and every other subnet's excess over it
@@ -176,7 +212,13 @@ class ClassErrors:
         thin = self.thin_classes()
         data = (self.source or {}).get('data', 'unknown data')
         text = (f'calibrated on {sum(self.counts)} patches of {data}; expected losses are bounds (x{MARGIN:g} '
-                f'excess + {Z_BOUND:g} sd, and {Z_IMAGE:g} sd of the image\'s own patches)')
+                f'excess + {Z_BOUND:g} sd, and {Z_IMAGE:g} sd of the image\'s own patches')
+        missing = [what for what, values in (('class detail', self.detail), ('tiling\'s cost', self.in_context))
+                   if values is None]
+        context = 2 * CALIBRATION_CONTEXT + int((self.source or {}).get('patch_size') or 0)
+        text += ((', the full network\'s error scaled by the image\'s detail, and what tiling costs)') if not missing
+                 else f'); not stored: {" and ".join(missing)} (clean photos may lose more than expected: run '
+                      f'calibrate again, on images of at least {context} LR px)')
         if thin:
             text += f'; thin classes (< {THIN_PATCHES} patches): {", ".join(map(str, thin))}'
         return text

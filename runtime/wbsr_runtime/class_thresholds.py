@@ -54,6 +54,18 @@ def check_class_errors(class_errors, num_classes, num_subnets):
     return rows
 
 
+def _class_vector(values, name, num_classes, class_errors):
+    """``values`` (one per class, finite, >= 0; they need ``class_errors``) as a tuple, or None."""
+    if values is None:
+        return None
+    if class_errors is None:
+        raise ValueError(f'{name} needs class_errors.')
+    values = tuple(float(v) for v in values)
+    if len(values) != num_classes or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f'{name} must hold {num_classes} finite values >= 0 (one per class).')
+    return values
+
+
 def thresholds_at(table, patch_size):
     """Thresholds for ``patch_size`` from ``{patch side: thresholds}``: linear in log patch side between the
     two nearest stored sides, the nearest stored side outside their range."""
@@ -86,21 +98,30 @@ class ClassThresholds:
             subnet (columns, cost order), when measured.
         class_spreads (tuple[tuple[float]] | None): Standard deviation of one patch's excess error over the full
             network, per class and subnet, when the calibration stored counts (:meth:`.ClassErrors.spread_table`).
+        class_detail (tuple[float] | None): Mean detail of each class's calibration patches, when stored
+            (:attr:`.ClassErrors.detail`).
+        class_tiling (tuple[float] | None): What tiling adds to the full network's error in each class, when
+            measured (:meth:`.ClassErrors.tiling_table`).
     """
     values: tuple = None
     table: tuple = None
     class_errors: tuple = None
     class_spreads: tuple = None
+    class_detail: tuple = None
+    class_tiling: tuple = None
 
     @classmethod
-    def of(cls, thresholds, *, class_errors=None, class_spreads=None, num_classes=None, num_subnets=None):
+    def of(cls, thresholds, *, class_errors=None, class_spreads=None, class_detail=None, class_tiling=None,
+           num_classes=None, num_subnets=None):
         """The value of ``thresholds`` (list, dict, :class:`ClassThresholds` or None: then None).
 
         Args:
             thresholds (list[float] | dict[int, list[float]] | ClassThresholds | None): The thresholds.
             class_errors (list[list[float]] | None): Class errors; replaces those of a given value (and its
-                spreads, unless ``class_spreads`` are given too).
+                spreads, detail and tiling, unless given too).
             class_spreads (list[list[float]] | None): Class spreads (K x M, finite, >= 0).
+            class_detail (list[float] | None): Class detail (K, finite, >= 0).
+            class_tiling (list[float] | None): Class tiling costs (K, finite, >= 0).
             num_classes (int | None): K, checked against the thresholds when given.
             num_subnets (int | None): M, checked against the class errors when given.
         """
@@ -119,6 +140,8 @@ class ClassThresholds:
         if class_errors is None:
             class_errors = value.class_errors
             class_spreads = value.class_spreads if class_spreads is None else class_spreads
+            class_detail = value.class_detail if class_detail is None else class_detail
+            class_tiling = value.class_tiling if class_tiling is None else class_tiling
         if class_errors is not None:
             num_subnets = len(class_errors[0]) if num_subnets is None and class_errors else num_subnets
             class_errors = _frozen_rows(check_class_errors(class_errors, value.num_classes, num_subnets))
@@ -126,7 +149,9 @@ class ClassThresholds:
             if class_errors is None:
                 raise ValueError('class_spreads need class_errors.')
             class_spreads = _frozen_rows(check_class_errors(class_spreads, value.num_classes, len(class_errors[0])))
-        return cls(value.values, value.table, class_errors, class_spreads)
+        class_detail = _class_vector(class_detail, 'class_detail', value.num_classes, class_errors)
+        class_tiling = _class_vector(class_tiling, 'class_tiling', value.num_classes, class_errors)
+        return cls(value.values, value.table, class_errors, class_spreads, class_detail, class_tiling)
 
     @classmethod
     def from_meta(cls, meta, num_subnets=None):
@@ -139,7 +164,9 @@ class ClassThresholds:
                                num_subnets or len(meta['class_errors'][0]))
         errors = ClassErrors.from_meta(meta)
         return cls.of(thresholds, class_errors=None if errors is None else errors.planning_table(),
-                      class_spreads=None if errors is None else errors.spread_table(), num_subnets=num_subnets)
+                      class_spreads=None if errors is None else errors.spread_table(),
+                      class_detail=None if errors is None else errors.detail,
+                      class_tiling=None if errors is None else errors.tiling_table(), num_subnets=num_subnets)
 
     @property
     def num_classes(self):
@@ -169,12 +196,20 @@ class ClassThresholds:
         return None if self.class_errors is None else [list(row) for row in self.class_errors]
 
     def without_class_errors(self):
-        """The same thresholds without class errors (nor their spreads)."""
+        """The same thresholds without class errors (nor their spreads, detail and tiling costs)."""
         return ClassThresholds(self.values, self.table)
 
     def class_spread_lists(self):
         """The class spreads as lists of lists, or None."""
         return None if self.class_spreads is None else [list(row) for row in self.class_spreads]
+
+    def class_detail_list(self):
+        """The class detail as a list, or None."""
+        return None if self.class_detail is None else list(self.class_detail)
+
+    def class_tiling_list(self):
+        """The class tiling costs as a list, or None."""
+        return None if self.class_tiling is None else list(self.class_tiling)
 
     def meta_entries(self, patch_size):
         """The entries of a checkpoint's ``'wbsr'`` that hold this value: ``'thresholds'`` (at ``patch_size``),

@@ -3,6 +3,11 @@
 Luma ``Y = 0.299 R + 0.587 G + 0.114 B`` in [0, 255] (computed in float32, as the engine does); forward differences
 inside each patch; the mean and population std of the horizontal and vertical magnitudes, summed. All patches
 of an image are scored at once from summed-area tables in float64.
+
+The patch detail (:func:`patch_detail`) is the mean squared 4-neighbour Laplacian of the luma over a patch's pixels
+whose neighbours lie in the patch: the energy of the LR's finest scale. The difficulty classes do not see it (a
+smooth ramp and fine texture can share their gradient statistics); the quality target uses it to tell an image
+cleaner than its classes (:mod:`.expected_quality`).
 """
 import numpy as np
 
@@ -49,6 +54,23 @@ def patch_difficulty(luma, patch_size, tops, lefts):
     mean_x, std_x = _mean_std(grad_x, tops, lefts, patch_size, patch_size - 1)
     mean_y, std_y = _mean_std(grad_y, tops, lefts, patch_size - 1, patch_size)
     return np.stack([mean_x, std_x, mean_y, std_y], axis=-1).sum(-1)
+
+
+def laplacian(luma):
+    """4-neighbour Laplacian (float64, (H - 2, W - 2)) of the pixels of ``luma`` (H, W) whose neighbours lie inside."""
+    luma = np.asarray(luma, dtype=np.float64)
+    centre = luma[1:-1, 1:-1]
+    return 4 * centre - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
+
+
+def patch_detail(luma, patch_size, tops, lefts):
+    """Detail (float64, (len(tops), len(lefts))): the mean squared Laplacian of ``luma`` (H, W) over the pixels of
+    each patch of side ``patch_size`` (>= 3) whose 4 neighbours lie in the patch."""
+    if patch_size < 3:
+        raise ValueError(f'patch detail needs patches of at least 3 pixels, got {patch_size}')
+    energy = laplacian(luma) ** 2
+    inner = patch_size - 2
+    return _window_sums(energy, tops, lefts, inner, inner) / (inner * inner)
 
 
 def quantile_thresholds(scores, num_classes):

@@ -76,6 +76,8 @@ class DynamicModel:
                                subnet=target.subnet,
                                class_errors=None if self.thresholds is None else self.thresholds.class_error_lists(),
                                class_spreads=None if self.thresholds is None else self.thresholds.class_spread_lists(),
+                               class_detail=None if self.thresholds is None else self.thresholds.class_detail_list(),
+                               class_tiling=None if self.thresholds is None else self.thresholds.class_tiling_list(),
                                whole_image_fallback=True)
         self._weights = {}
         self.timer = None if cost_table is None else PlanTimer(cost_table, self.batch_sizes)

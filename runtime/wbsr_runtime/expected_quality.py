@@ -5,15 +5,63 @@ every difficulty class. A plan's expected error is their sum over its patches; i
 full network, in dB of PSNR, is ``10 log10(plan's error / the full network's error)`` on the same patches.
 Without class errors, quality is read from FLOPs: the share of the full network's FLOPs that an LR pixel gets.
 
+Class errors are measured on patches run alone, as tiled plans run them. The loss is taken against the full network
+on the whole image, which sees every pixel's surroundings: with the full network's error with context measured too,
+what tiling costs (per class, :meth:`.ClassErrors.tiling_table`) counts against every tiled plan, the full network
+tiled included, and not against subnets run on the whole image (:func:`untiled`). On clean photos tiling alone
+lost up to 0.1 dB (docs/RESULTS.md).
+
 With class spreads (the standard deviation of one patch's excess error over the full network, per class and
 subnet), the expected error is a bound for one image, not only for the mean of many: the excess of an image's
 patches varies around its expectation by ``sqrt(sum of n s^2)``, and the bound adds :data:`Z_IMAGE` times that, so
 that an image of a few dozen patches stays within the target as often as one of thousands.
+
+An image cleaner than its classes (its LR patches hold less fine detail, :func:`.difficulty.patch_detail`, than the
+calibration's patches of the same classes) has a lower full-network error than the class means say, while the
+smaller subnets' excess over it does not fall in proportion: the same plan then loses more dB. With the classes'
+mean detail stored, the full network's error of such an image is scaled, class by class, by its patches' detail
+against the class's (:func:`error_scales`, at most 1: never a discount), and every subnet keeps its excess
+(:func:`scaled_errors`). That is the cautious end: the excess does fall somewhat with the image's error (flat
+patches lose nothing through any subnet), so images much cleaner than their classes get plans of more FLOPs than
+they need, never fewer.
 """
 import math
 
 # one-sided normal quantile of an image's own spread: the target holds for 9 images in 10
 Z_IMAGE = 1.2816
+# the detail of 8-bit rounding noise (variance 1/12 per pixel; the Laplacian's is 16/12 + 4/12): what an LR image
+# holds at least, so that a perfectly flat patch is not taken for an error-free one
+ROUNDING_DETAIL = 20 / 12
+# the power of an image's detail ratio that its full-network error ratio follows (see docs/RESULTS.md)
+DETAIL_POWER = 1.
+
+
+def error_scales(class_detail_sums, class_counts, class_detail, power=None):
+    """Per class, the image's full-network error relative to the class mean: the detail of the image's patches in
+    the class over what the class's mean detail predicts for them, both with :data:`ROUNDING_DETAIL` added per patch,
+    to the power ``power`` (None: :data:`DETAIL_POWER`), at most 1 (1 for a class without patches)."""
+    power = DETAIL_POWER if power is None else power
+    rounding = ROUNDING_DETAIL
+    return [1. if n <= 0 else min(1., (max(float(found), 0.) + n * rounding) / (n * (d + rounding))) ** power
+            for found, n, d in zip(class_detail_sums, class_counts, class_detail)]
+
+
+def scaled_errors(class_errors, scales, tiling=None):
+    """Class errors (K x M, the last the full network) of an image whose full-network error in class k (on the whole
+    image: less ``tiling[k]``, what tiling adds) is ``scales[k]`` times the class mean's: every subnet keeps its
+    excess over the full network, and tiling its cost."""
+    if scales is None or all(scale == 1 for scale in scales):
+        return class_errors
+    tiling = tiling or [0.] * len(class_errors)
+    return [[e - (1 - scale) * (row[-1] - t) for e in row] for row, scale, t in zip(class_errors, scales, tiling)]
+
+
+def untiled(class_errors, tiling):
+    """Class errors of subnets run on the whole image: the tiled ones less what tiling costs (``tiling``, per class;
+    None: nothing)."""
+    if tiling is None:
+        return class_errors
+    return [[e - t for e in row] for row, t in zip(class_errors, tiling)]
 
 
 def subnet_counts(class_counts, levels, steps):

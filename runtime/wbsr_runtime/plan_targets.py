@@ -15,7 +15,7 @@ is found by bisection on it (``SEARCH_STEPS`` plans of the class histogram, no p
 """
 import dataclasses
 
-from .expected_quality import loss_db, tiled_error, whole_error
+from .expected_quality import loss_db, tiled_error, untiled, whole_error
 from .time_rules import by_time, plain_plan, without_analysis
 
 SEARCH_STEPS = 12
@@ -45,9 +45,9 @@ class TargetSearch:
 
     def __init__(self, planner, analysis, timer, flops):
         self.planner, self.analysis, self.timer, self.flops = planner, analysis, timer, flops
-        self.errors, self.spreads = planner.class_errors, planner.class_spreads
+        (self.errors, self.whole_errors), self.spreads = planner.image_tables(analysis), planner.class_spreads
         self.full = planner.num_subnets - 1
-        self.full_error = whole_error(analysis.class_counts, self.errors, self.full) if self.errors else None
+        self.full_error = whole_error(analysis.class_counts, self.whole_errors, self.full) if self.errors else None
         # (seconds, whole image) of the fastest plain execution, measured once per image
         self.fastest = None if timer is None else timer.fastest_plain(analysis, planner.num_subnets)
 
@@ -69,10 +69,13 @@ class TargetSearch:
         return Candidate(seconds, error, budget=budget, loss_db=self._loss(error))
 
     def whole(self, subnet):
-        """The candidate of ``subnet`` on the whole image (the full one runs as the plain network)."""
+        """The candidate of ``subnet`` on the whole image (the full one runs as the plain network, tiled where that is
+        its fastest execution: then it pays what tiling costs)."""
         (h, w), full = self.analysis.lq_size, self.full
+        plain_tiled = subnet == full and self.fastest is not None and not self.fastest[1]
         if self.errors is not None:
-            error = whole_error(self.analysis.class_counts, self.errors, subnet, self.spreads)
+            table = self.errors if plain_tiled else self.whole_errors
+            error = whole_error(self.analysis.class_counts, table, subnet, self.spreads)
         else:
             error = -self.flops(h, w, subnet) / self.flops(h, w, full)
         if self.timer is None:
@@ -81,7 +84,8 @@ class TargetSearch:
             seconds = self.fastest[0]
         else:
             seconds = self.timer.whole(subnet, h, w)
-        return Candidate(seconds, error, subnet=subnet, loss_db=0. if subnet == full else self._loss(error))
+        loss = self._loss(error) if subnet != full or (plain_tiled and self.errors is not None) else 0.
+        return Candidate(seconds, error, subnet=subnet, loss_db=loss)
 
     def bisect(self, fits, largest):
         """The tiled candidate of the largest (``largest``) or smallest FLOPs budget that ``fits``, where
@@ -137,13 +141,22 @@ def quality_plan(planner, analysis, timer, max_loss, flops):
     """The plan of a quality target: the fastest whose expected loss is at most ``max_loss`` dB."""
     search = TargetSearch(planner, analysis, timer, flops)
     fits = lambda c: c.loss_db <= max_loss  # noqa: E731
-    candidates = [c for c in (search.whole(m) for m in range(planner.num_subnets)) if fits(c)]
+    wholes = [search.whole(m) for m in range(planner.num_subnets)]
+    candidates = [c for c in wholes if fits(c)]
     tiled = search.bisect(fits, largest=False)
     candidates += [tiled] if tiled is not None else []
-    choice = min(candidates, key=lambda c: (c.seconds, c.error))  # the plain network always fits
+    if not candidates:  # the plain network always fits, unless it runs tiled (then tiling alone may not)
+        choice = min(wholes + [search.tiled(1.)], key=lambda c: (c.error, c.seconds))
+        return search.plan(choice, f'quality target {max_loss:g} dB: no plan expected within it; the least expected '
+                           f'loss ({choice.loss_db:.3f} dB)')
+    choice = min(candidates, key=lambda c: (c.seconds, c.error))
     unit = 'predicted' if timer is not None else 'by FLOPs'
+    unscaled = whole_error(analysis.class_counts, untiled(planner.class_errors, planner.class_tiling), search.full)
+    scale = search.full_error / unscaled if search.errors is not planner.class_errors and unscaled > 0 else 1.
+    cleaner = (f'; the image holds less detail than its classes: the full network\'s error counted {scale:.2f} '
+               'times theirs' if scale < 1 else '')
     return search.plan(choice, f'quality target {max_loss:g} dB: fastest ({unit}) expected within it '
-                       f'({choice.loss_db:.3f} dB)')
+                       f'({choice.loss_db:.3f} dB){cleaner}')
 
 
 def plan_strategy(planner, timer, target, flops):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .difficulty import patch_difficulty, quantile_thresholds, rgb_to_luma
-from .expected_quality import loss_db, tiled_error, whole_error
+from .difficulty import patch_detail, patch_difficulty, quantile_thresholds, rgb_to_luma
+from .expected_quality import error_scales, loss_db, scaled_errors, tiled_error, untiled, whole_error
 from .levels import apply_levels, budget_levels, calibrated_levels, class_subnet_table, classify, step_tables
 from .tile_geometry import tile_geometry
 
@@ -75,6 +75,8 @@ class ImageAnalysis:
         class_counts (list[int] | None): Patches in each class 1..K (None for an explicit subnet).
         costs (list[int]): FLOPs of one patch through each subnet.
         full_flops (int): FLOPs of the full network on the whole image.
+        error_scales (list[float] | None): Per class, the image's full-network error relative to the class
+            mean's (at most 1; :func:`~.expected_quality.error_scales`); None without the classes' detail.
     """
     lq_size: tuple
     patch_size: int
@@ -88,6 +90,7 @@ class ImageAnalysis:
     threshold_source: str
     costs: list
     full_flops: int
+    error_scales: list = None
 
     @property
     def num_patches(self):
@@ -109,10 +112,16 @@ class Planner:
         budget, target_gflops, alpha, subnet, class_errors, whole_image_fallback: As the engine's.
         class_spreads (list[list[float]] | None): With ``class_errors``: the spread of one patch's excess error
             (:func:`~.expected_quality.error_bound`), so that expected losses bound one image's. Default: None.
+        class_detail (list[float] | None): With ``class_errors``: the mean detail of every class's calibration
+            patches, so that an image cleaner than its classes is expected to lose more
+            (:func:`~.expected_quality.error_scales`). Default: None.
+        class_tiling (list[float] | None): With ``class_errors``: what tiling adds to the full network's error in
+            every class, against the whole image (:func:`~.expected_quality.untiled`). Default: None.
     """
 
     def __init__(self, subnet_gflops, flops, *, thresholds, num_classes, patch_size, overlap, trim, budget,
-                 target_gflops, alpha, subnet, class_errors, whole_image_fallback, class_spreads=None):
+                 target_gflops, alpha, subnet, class_errors, whole_image_fallback, class_spreads=None,
+                 class_detail=None, class_tiling=None):
         self.flops = flops
         self.num_subnets = len(subnet_gflops)
         self.thresholds = thresholds
@@ -124,6 +133,8 @@ class Planner:
         self.subnet = subnet
         self.class_errors = class_errors
         self.class_spreads = class_spreads if class_errors is not None else None
+        self.class_detail = class_detail if class_errors is not None else None
+        self.class_tiling = class_tiling if class_errors is not None else None
         self.whole_image_fallback = whole_image_fallback
         if target_gflops is not None:
             self.class_table = class_subnet_table(num_classes, self.num_subnets, list(subnet_gflops),
@@ -136,18 +147,29 @@ class Planner:
         """Difficulty (float64, (len(tops), len(lefts))) of the patches of ``lq`` (1, c, h, w) in [0, 1]."""
         return patch_difficulty(rgb_to_luma(np.asarray(lq[0], dtype=np.float32)), patch, tops, lefts)
 
+    def detail(self, lq, patch, tops, lefts):
+        """Detail (float64, (len(tops), len(lefts))) of the patches of ``lq`` (1, c, h, w) in [0, 1]."""
+        return patch_detail(rgb_to_luma(np.asarray(lq[0], dtype=np.float32)), patch, tops, lefts)
+
     def zeros(self, rows, cols, like):
         return np.zeros((rows, cols), dtype=np.float64)
+
+    def first_values(self, *arrays):
+        """The first value of every array, as floats (one read from the device)."""
+        return [float(a.reshape(-1)[0]) for a in arrays]
 
     def full(self, shape, subnet, like):
         return np.full(shape, subnet, dtype=np.int64)
 
-    def classes(self, difficulty, thresholds):
-        """``(classes 1..K, class counts, thresholds as a list)``; ``thresholds`` None: the image's quantiles."""
+    def classes(self, difficulty, thresholds, detail=None):
+        """``(classes 1..K, class counts, thresholds as a list, detail summed per class or None)``; ``thresholds``
+        None: the image's quantiles; ``detail``: the patches' detail (None: none)."""
         if thresholds is None:
             thresholds = quantile_thresholds(difficulty, self.num_classes)
         classes = classify(difficulty, thresholds)
-        return classes, np.bincount(classes.ravel(), minlength=self.num_classes + 1)[1:].tolist(), thresholds
+        bins = self.num_classes + 1
+        return (classes, np.bincount(classes.ravel(), minlength=bins)[1:].tolist(), thresholds,
+                None if detail is None else np.bincount(classes.ravel(), detail.ravel(), bins)[1:].tolist())
 
     def apply_levels(self, classes, difficulty, levels, steps):
         return apply_levels(classes, difficulty, levels, steps)
@@ -167,17 +189,21 @@ class Planner:
             difficulty = self.difficulty(lq, patch, tops, lefts)
         else:
             difficulty = self.zeros(len(tops), len(lefts), lq)
-        thresholds, source, classes, class_counts = None, 'none', None, None
+        thresholds, source, classes, class_counts, scales = None, 'none', None, None, None
         if content:
             if self.thresholds is not None:
                 thresholds, source = self.thresholds.at(patch), self.thresholds.source
             else:
                 source = 'image-quantiles'
-            classes, class_counts, thresholds = (self._one_patch_classes if one_patch else self.classes)(
-                difficulty, thresholds)
+            detail = (self.detail(lq, patch, tops, lefts)
+                      if self.class_detail is not None and self.thresholds is not None and patch >= 3 else None)
+            classes, class_counts, thresholds, detail_sums = (
+                self._one_patch_classes if one_patch else self.classes)(difficulty, thresholds, detail)
+            if detail_sums is not None:
+                scales = error_scales(detail_sums, class_counts, self.class_detail)
         costs = [self.flops(patch, patch, s) for s in range(self.num_subnets)]
         return ImageAnalysis((h, w), patch, tops, lefts, trim, difficulty, classes, class_counts, thresholds, source,
-                             costs, self.flops(h, w, self.num_subnets - 1))
+                             costs, self.flops(h, w, self.num_subnets - 1), scales)
 
     def content_free(self, h, w):
         """True when no content of an h x w image can change its plan: an explicit subnet, or an image that is one
@@ -189,15 +215,19 @@ class Planner:
         _, tops, lefts, _ = tile_geometry(h, w, self.patch_size, self.overlap, self.trim)
         return len(tops) * len(lefts) == 1
 
-    def _one_patch_classes(self, difficulty, thresholds):
+    def _one_patch_classes(self, difficulty, thresholds, detail=None):
         """:meth:`classes` of an image that is one patch, from one read of its difficulty (tiny images: a dozen
         array operations fewer). Its own quantiles are its difficulty, so it is in the top class."""
-        value = float(difficulty.reshape(-1)[0])
+        value, *found = self.first_values(difficulty, *([] if detail is None else [detail]))
         thresholds = [value] * (self.num_classes - 1) if thresholds is None else [float(t) for t in thresholds]
         k = bisect.bisect_right(thresholds, value) + 1
         counts = [0] * self.num_classes
         counts[k - 1] = 1
-        return self.full(difficulty.shape, k, difficulty), counts, thresholds
+        detail_sums = None
+        if detail is not None:
+            detail_sums = [0.] * self.num_classes
+            detail_sums[k - 1] = found[0]
+        return self.full(difficulty.shape, k, difficulty), counts, thresholds, detail_sums
 
     def operating_point(self, analysis, budget):
         """``(levels, steps, alpha, histogram)`` of the tiled plan under a FLOPs ``budget`` (None: Eq. 15 or
@@ -242,29 +272,53 @@ class Planner:
         if self.whole_image_fallback if whole_image_fallback is None else whole_image_fallback:
             whole = self._whole_image_subnet(h, w, tiled_flops, full_flops, budget)
             if whole is None and budget is not None and self.class_errors is not None and self.subnet is None:
-                whole = self._better_whole_image_subnet(h, w, analysis.class_counts, levels, steps, budget)
+                whole = self._better_whole_image_subnet(analysis, levels, steps, budget)
         return InferencePlan((h, w), analysis.patch_size, analysis.tops, analysis.lefts, analysis.difficulty,
                              analysis.classes, subnets, analysis.thresholds, analysis.threshold_source,
                              analysis.trim, alpha, histogram, tiled_flops, whole,
                              reason=self._budget_out_of_reach(h, w, tiled_flops, full_flops, budget, whole),
-                             expected_loss_db=self._expected_loss(analysis.class_counts, levels, steps, whole))
+                             expected_loss_db=self._expected_loss(analysis, levels, steps, whole))
 
-    def _expected_loss(self, class_counts, levels, steps, whole):
+    def image_tables(self, analysis):
+        """``(tiled, whole)``: the class errors of ``analysis``'s image for patches run tiled and for subnets run on
+        the whole image (:func:`~.expected_quality.untiled`), its full network's error scaled by its detail
+        (:attr:`ImageAnalysis.error_scales`); ``(None, None)`` without class errors."""
+        if self.class_errors is None:
+            return None, None
+        # an image that is one patch runs whole: no tiling to pay
+        tiling = None if getattr(analysis, 'num_patches', 2) == 1 else self.class_tiling
+        tiled = scaled_errors(self.class_errors, getattr(analysis, 'error_scales', None), tiling)
+        return tiled, untiled(tiled, tiling)
+
+    def _expected_loss(self, analysis, levels, steps, whole):
         """Expected loss in dB against the full network (from the class errors) of the tiled plan of ``levels`` and
         ``steps``, or of ``whole`` on the whole image; None without class errors or classes."""
+        class_counts = analysis.class_counts
         if whole is not None or self.class_errors is None or class_counts is None:
-            return self.whole_image_loss(class_counts, whole)
-        full_error = whole_error(class_counts, self.class_errors, self.num_subnets - 1)
-        return loss_db(tiled_error(class_counts, levels, steps, self.class_errors, self.class_spreads), full_error)
+            return self.whole_image_loss(analysis, whole)
+        tiled, whole = self.image_tables(analysis)
+        full_error = whole_error(class_counts, whole, self.num_subnets - 1)
+        return loss_db(tiled_error(class_counts, levels, steps, tiled, self.class_spreads), full_error)
 
-    def whole_image_loss(self, class_counts, subnet):
-        """Expected loss in dB against the full network of ``subnet`` on the whole image; None without class errors
-        or classes."""
+    def plain_loss(self, analysis, whole_image):
+        """Expected loss in dB of the plain network on ``analysis``'s image, run whole (0) or tiled (what tiling
+        costs); None without class errors or classes."""
+        full = self.num_subnets - 1
+        if whole_image or self.class_errors is None or analysis.class_counts is None:
+            return self.whole_image_loss(analysis, full)
+        tiled, whole = self.image_tables(analysis)
+        return loss_db(whole_error(analysis.class_counts, tiled, full, self.class_spreads),
+                       whole_error(analysis.class_counts, whole, full))
+
+    def whole_image_loss(self, analysis, subnet):
+        """Expected loss in dB against the full network of ``subnet`` on the whole image of ``analysis``; None
+        without class errors or classes."""
+        class_counts = analysis.class_counts
         if subnet is None or self.class_errors is None or class_counts is None:
             return None
-        errors = self.class_errors
-        return loss_db(whole_error(class_counts, errors, subnet, self.class_spreads),
-                       whole_error(class_counts, errors, self.num_subnets - 1))
+        whole = self.image_tables(analysis)[1]
+        return loss_db(whole_error(class_counts, whole, subnet, self.class_spreads),
+                       whole_error(class_counts, whole, self.num_subnets - 1))
 
     def _budget_out_of_reach(self, h, w, tiled_flops, full_flops, budget, whole):
         """A note when the plan costs more than the FLOPs ``budget`` allows (no plan of the image fits), else None."""
@@ -301,17 +355,18 @@ class Planner:
         fitting = [s for s in range(self.num_subnets) if self.flops(h, w, s) <= allowed]
         return fitting[-1] if fitting else 0
 
-    def _better_whole_image_subnet(self, h, w, class_counts, levels, steps, budget):
+    def _better_whole_image_subnet(self, analysis, levels, steps, budget):
         """The subnet within the budget whose expected error on the whole image (``class_errors`` over the
         patches, the bound the plans report) is below the tiled plan's, else None (small images: the tiling's
         overlaps eat the budget)."""
-        errors, spreads = self.class_errors, self.class_spreads
-        tiled = tiled_error(class_counts, levels, steps, errors, spreads)
+        (h, w), class_counts, spreads = analysis.lq_size, analysis.class_counts, self.class_spreads
+        tiled_errors, whole_errors = self.image_tables(analysis)
+        tiled = tiled_error(class_counts, levels, steps, tiled_errors, spreads)
         allowed = budget * self.flops(h, w, self.num_subnets - 1)
         best, best_error = None, tiled
         for m in range(self.num_subnets):
             if self.flops(h, w, m) <= allowed:
-                error = whole_error(class_counts, errors, m, spreads)
+                error = whole_error(class_counts, whole_errors, m, spreads)
                 if error < best_error:
                     best, best_error = m, error
         return best

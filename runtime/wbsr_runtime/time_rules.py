@@ -87,7 +87,7 @@ def plain_plan(planner, analysis, fastest, reason, plan=None):
     else:
         plan = planner.fixed_plan(analysis, planner.num_subnets - 1, whole_image)
     what = 'full network on the whole image' if whole_image else 'full network tiled'
-    loss = planner.whole_image_loss(analysis.class_counts, planner.num_subnets - 1)
+    loss = planner.plain_loss(analysis, whole_image)
     return dataclasses.replace(plan, predicted_s=seconds, reason=f'{what}: {reason}', expected_loss_db=loss)
 
 
@@ -134,7 +134,7 @@ def by_time(plan, timer, planner, analysis, *, budget, flops):
             return dataclasses.replace(plan, whole_image_subnet=m, predicted_s=timer.whole(m, h, w),
                                        reason='whole-image subnet within the budget predicted faster than the plan '
                                        'and the plain network',
-                                       expected_loss_db=planner.whole_image_loss(analysis.class_counts, m))
+                                       expected_loss_db=planner.whole_image_loss(analysis, m))
     return plain_plan(planner, analysis, fastest, f'the plan was predicted slower ({own:.3g} s > {plain_s:.3g} s)',
                       plan)
 

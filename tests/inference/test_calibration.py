@@ -4,7 +4,7 @@ from os import path as osp
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dirs, run_module, train_options, write_yaml
+from conftest import fixture_dirs, read_train_log, run_module, train_options, write_yaml
 
 from wbsr_plugin.cli.model_card import format_model_card
 from wbsr_plugin.data.difficulty import patch_difficulty, rgb_to_luma
@@ -84,6 +84,11 @@ def test_patch_pairs_are_aligned_and_spread_over_images():
     # images smaller than the patch lower the patch size for all
     small = [lambda: (np.zeros((5, 6, 3), np.float32), np.zeros((10, 12, 3), np.float32))]
     assert sample_patch_pairs(images + small, 8, 2, 8)[0].shape[-1] == 5
+    # with context: the patch in the middle of a wider LR crop, as much context as the smallest image holds
+    lq, gt = sample_patch_pairs(images, 8, 2, 7, seed=1, context=3)
+    assert lq.shape == (7, 3, 14, 14) and gt.shape == (7, 3, 16, 16)
+    assert torch.equal(gt[..., ::2, ::2], lq[..., 3:11, 3:11])
+    assert sample_patch_pairs(images + small, 8, 2, 8, context=3)[0].shape[-1] == 5
     wrong_scale = [lambda: (np.zeros((8, 8, 3), np.float32), np.zeros((24, 24, 3), np.float32))]
     with pytest.raises(ValueError, match='not scale=2 times'):
         sample_patch_pairs(wrong_scale, 8, 2, 4)
@@ -155,7 +160,8 @@ def test_calibration_patches_come_from_the_calibration_set_else_the_training_ima
                                                    'dataroot_lq': str(tmp_path / 'lr')}})
     thresholds = ClassThresholds.of([1., 2.])
     lq, gt, ids, data = calibration_patches(opt, wbsr, thresholds, 12)
-    assert lq.shape == (10, 3, 12, 12) and gt.shape == (10, 3, 48, 48) and sorted(set(ids)) == [0, 1]
+    # 12 px patches with 6 px of context each side: what the smallest LR image (24 px) holds of the 8 asked for
+    assert lq.shape == (10, 3, 24, 24) and gt.shape == (10, 3, 48, 48) and sorted(set(ids)) == [0, 1]
     assert data == f"calibration images ({tmp_path / 'hr'})"
     lq, _, ids, data = calibration_patches(opt, parse_wbsr_options({'calibration_patches': 8}), thresholds, 12)
     assert len(lq) == 8 and len(set(ids)) == 4 and data.startswith('training images')
@@ -175,6 +181,9 @@ def test_checkpoints_store_the_class_errors_of_training_patches(tmp_path):
     assert sum(stats.counts) == 24 and 'training images' in stats.source['data'] and stats.source['iter'] == 2
     assert engine_options(meta)['thresholds'].class_error_lists() == stats.planning_table()
     assert f'| class errors | {len(table)} classes x {len(net.subnets)} subnets' in format_model_card(net, meta, 'x')
+    # measured once: the checkpoints of iteration 2 and 'latest', and both validations (BasicSR's last at 3) reuse it
+    log = read_train_log(str(tmp_path / 'experiments' / 'calibrated'))
+    assert log.count('Class errors of iteration') == 1 and 'Class errors of iteration 2 measured on 24' in log
     # off: nothing stored
     opt['name'], opt['wbsr']['calibration_patches'] = 'uncalibrated', 0
     run_module('wbsr_plugin.train', '-opt', write_yaml(tmp_path / 'train0.yml', opt), cwd=tmp_path)
@@ -191,7 +200,28 @@ def test_patch_errors_weigh_pixels_as_the_engine_blends_them():
     gt = out + 0.1
     gt[..., :2, :] = out[..., :2, :] + 0.5  # the trimmed edge (trim 1 LR px = 2 HR px) weighs nothing
     thresholds = ClassThresholds.of([0.5])
-    _, errors = patch_errors(net, lq, gt, thresholds, overlap=4, trim=1)
-    assert errors[:, -1] == pytest.approx([0.01] * 3, rel=1e-5)
-    _, errors = patch_errors(net, lq, gt, thresholds, border=0)  # every pixel alike
+    _, errors, in_context = patch_errors(net, lq, gt, thresholds, overlap=4, trim=1)
+    assert errors[:, -1] == pytest.approx([0.01] * 3, rel=1e-5) and in_context is None
+    _, errors, _ = patch_errors(net, lq, gt, thresholds, border=0)  # every pixel alike
     assert errors[:, -1] == pytest.approx([(0.25 * 2 + 0.01 * 14) / 16] * 3, rel=1e-5)
+
+
+def test_patch_errors_with_context_measure_the_full_network_on_the_whole_crop():
+    """LR crops wider than their HR patch: the subnets see the patch alone, the full network also the crop, whose
+    middle is compared with the patch (numpy here)."""
+    net = tiny_net()  # x2
+    generator = torch.Generator().manual_seed(4)
+    crops = torch.rand(2, 3, 12, 12, generator=generator)  # 8 px patches, 2 px of context
+    gt = torch.rand(2, 3, 16, 16, generator=generator)
+    classes, errors, in_context = patch_errors(net, crops, gt, ClassThresholds.of([0.5]), border=0)
+    full = len(net.subnets) - 1
+    with torch.no_grad():
+        alone = net(crops[..., 2:10, 2:10], subnet=full).clamp(0, 1).numpy()
+        seen = net(crops, subnet=full).clamp(0, 1).numpy()[..., 4:20, 4:20]
+    target = gt.numpy()
+    assert errors[:, -1] == pytest.approx(((alone - target) ** 2).mean((1, 2, 3)), rel=1e-5)
+    assert in_context == pytest.approx(((seen - target) ** 2).mean((1, 2, 3)), rel=1e-5)
+    assert not np.allclose(in_context, errors[:, -1])
+    for lq, hr in ((crops[..., :11, :], gt), (crops[..., :6, :6], gt), (crops[:1], gt), (crops, gt[..., :15, :15])):
+        with pytest.raises(ValueError, match='LR crops of .* do not hold'):
+            patch_errors(net, lq, hr, ClassThresholds.of([0.5]))

@@ -9,6 +9,7 @@ from wbsr_plugin.archs.wbsr_resnet_arch import WBSRResNet
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.tiling import BlendGeometry
 from wbsr_plugin.utils.device_tensors import class_histogram, to_device
+from wbsr_runtime.class_thresholds import ClassThresholds
 
 # calls that read a device value back to the host (or, bincount and nonzero, need their size from it)
 READS = {'tolist', 'item', '__bool__', '__float__', '__int__', '__index__', 'cpu', 'numpy', 'bincount', 'nonzero',
@@ -56,6 +57,8 @@ CLASS_ERRORS = [[(10 - k) * e for e in (1., .6, .5, .3)] for k in range(10)]
     {'budget': 0.5},
     {'budget': 0.5, 'class_errors': CLASS_ERRORS},
     {'max_loss': 0.05, 'class_errors': CLASS_ERRORS},
+    {'max_loss': 0.05, 'thresholds': ClassThresholds.of([0.5 * k for k in range(1, 10)], class_errors=CLASS_ERRORS,
+                                                        class_detail=[1e4] * 10)},  # the image's detail read as well
     {'target_gflops': 0.05},
     {'subnet': 2},
 ])

@@ -118,6 +118,20 @@ def patch_difficulty(luma, patch_size, tops, lefts):
     return difficulty_from_vectors(gradient_vectors(luma, patch_size, tops, lefts))
 
 
+def patch_detail(luma, patch_size, tops, lefts):
+    """Detail of every patch on the grid ``tops`` x ``lefts`` of ``luma`` (..., H, W): the mean squared 4-neighbour
+    Laplacian over the patch's pixels whose neighbours lie in the patch (float64, (..., len(tops), len(lefts)));
+    the same as :func:`wbsr_runtime.difficulty.patch_detail`."""
+    if patch_size < 3:
+        raise ValueError(f'patch detail needs patches of at least 3 pixels, got {patch_size}')
+    luma = luma.double()
+    centre = luma[..., 1:-1, 1:-1]
+    laplacian = (4 * centre - luma[..., :-2, 1:-1] - luma[..., 2:, 1:-1] - luma[..., 1:-1, :-2]
+                 - luma[..., 1:-1, 2:])
+    inner = patch_size - 2
+    return _window_sums(laplacian * laplacian, tops, lefts, inner, inner) / (inner * inner)
+
+
 def _check_num_classes(num_classes):
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')

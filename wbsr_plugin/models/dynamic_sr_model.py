@@ -1,4 +1,5 @@
 import copy
+import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from os import path as osp
@@ -165,9 +166,12 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         without calibration, those stored in ``path.pretrain_network_g``, or None."""
         if self.calibration is not None and self._class_errors[0] != iteration:
             lq, gt, ids, data = self.calibration
+            start = time.perf_counter()
             errors = measure_class_errors(self._inference_net(), lq, gt, self.thresholds, ids,
                                           {'data': data, 'by': 'training', 'iter': iteration})
             self._class_errors = (iteration, errors)
+            get_root_logger().info(f'Class errors of iteration {iteration} measured on {len(lq)} calibration patches '
+                                   f'in {time.perf_counter() - start:.1f} s.')
         return self._class_errors[1]
 
     def test(self):
@@ -206,10 +210,14 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         plan_by = given.pop('plan_by', None)
         patch_size, overlap = inference_opt.pop('patch_size', None), inference_opt.pop('overlap', None)
         calibrated = self.calibration is not None or self._class_errors[1] is not None
-        class_errors = self.class_errors(current_iter) if calibrated else None
+        # BasicSR validates once more after the last iteration (at total_iter + 1): the same weights, measured already
+        last = self.opt.get('train', {}).get('total_iter')
+        class_errors = self.class_errors(min(current_iter, last) if last else current_iter) if calibrated else None
         table, spreads = (None, None) if class_errors is None else (class_errors.planning_table(),
                                                                     class_errors.spread_table())  # as infer plans
-        thresholds = (ClassThresholds.of(self.thresholds, class_errors=table, class_spreads=spreads)
+        thresholds = (ClassThresholds.of(self.thresholds, class_errors=table, class_spreads=spreads,
+                                         class_detail=None if class_errors is None else class_errors.detail,
+                                         class_tiling=None if class_errors is None else class_errors.tiling_table())
                       if self.thresholds else None)
         policy = inference_policy(thresholds, self.threshold_patch_size, target=PlanningTarget.from_options(**given),
                                   patch_size=patch_size or self.threshold_patch_size, overlap=overlap,

@@ -23,7 +23,7 @@ from wbsr_plugin.data.hes import parse_hes_options
 from wbsr_plugin.data.hes_index import dataset_threshold_table
 from wbsr_plugin.inference.calibration import DEFAULT_CALIBRATION_PATCHES, dataset_patch_pairs
 from wbsr_plugin.inference.checkpoint import read_checkpoint
-from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.class_errors import CALIBRATION_CONTEXT, ClassErrors
 from wbsr_runtime.class_thresholds import DEFAULT_NUM_CLASSES, ClassThresholds
 from wbsr_runtime.planning_target import PlanningTarget, PlanningTargetError
 from wbsr_runtime.tile_geometry import DEFAULT_PATCH_SIZE
@@ -162,13 +162,13 @@ def calibration_patches(opt, wbsr_opt, thresholds, patch_size):
         return None
     try:
         lq, gt, ids = dataset_patch_pairs(data, patch_size, opt['scale'], count, seed=opt.get('manual_seed') or 0,
-                                          with_images=True)
+                                          with_images=True, context=CALIBRATION_CONTEXT)
     except (ValueError, FileNotFoundError) as err:
         get_root_logger().warning(f'Checkpoints will not be calibrated (wbsr.calibration_patches): {err}')
         return None
     logger = get_root_logger()
-    logger.info(f'{len(lq)} {what} patches of {lq.shape[-1]} LR px will measure every subnet\'s error per class at '
-                'each checkpoint.')
+    logger.info(f'{len(lq)} {what} patches of {gt.shape[-1] // opt["scale"]} LR px will measure every subnet\'s error '
+                'per class at each checkpoint.')
     if calibration_set is None:
         logger.warning('Class errors are measured on training images (no wbsr.calibration_set): expected losses '
                        'on other photos will be optimistic.')
