@@ -17,8 +17,9 @@ the full network's error is the class mean, every other subnet's excess over it 
 differs between the calibration photos and the user's (measured on held-out photos, docs/RESULTS.md), and the
 second term the sampling error of a class measured on few patches. The patches' spreads (:meth:`spread_table`)
 also bound what one image's own few patches may add (:mod:`.expected_quality`), the classes' detail tells an
-image cleaner than its classes, whose full-network error is lower (:func:`.expected_quality.error_scales`), and the
-full network's error with context what tiling costs against the whole image (:meth:`ClassErrors.tiling_table`). A
+image cleaner than its classes (a lower full-network error) or sharper (a larger excess;
+:func:`.expected_quality.detail_ratios`), and the full network's error with context what tiling costs against the
+whole image (:meth:`ClassErrors.tiling_table`). A
 checkpoint whose class errors
 carry no counts is planned with a wider margin (:data:`UNCOUNTED_MARGIN`); :meth:`ClassErrors.reliability` says so.
 """
@@ -216,7 +217,7 @@ class ClassErrors:
         missing = [what for what, values in (('class detail', self.detail), ('tiling\'s cost', self.in_context))
                    if values is None]
         context = 2 * CALIBRATION_CONTEXT + int((self.source or {}).get('patch_size') or 0)
-        text += ((', the full network\'s error scaled by the image\'s detail, and what tiling costs)') if not missing
+        text += ((', errors scaled by the image\'s detail, and what tiling costs)') if not missing
                  else f'); not stored: {" and ".join(missing)} (clean photos may lose more than expected: run '
                       f'calibrate again, on images of at least {context} LR px)')
         if thin:

@@ -20,10 +20,11 @@ An image cleaner than its classes (its LR patches hold less fine detail, :func:`
 calibration's patches of the same classes) has a lower full-network error than the class means say, while the
 smaller subnets' excess over it does not fall in proportion: the same plan then loses more dB. With the classes'
 mean detail stored, the full network's error of such an image is scaled, class by class, by its patches' detail
-against the class's (:func:`error_scales`, at most 1: never a discount), and every subnet keeps its excess
-(:func:`scaled_errors`). That is the cautious end: the excess does fall somewhat with the image's error (flat
-patches lose nothing through any subnet), so images much cleaner than their classes get plans of more FLOPs than
-they need, never fewer.
+against the class's (:func:`detail_ratios`), and every subnet keeps its excess (:func:`scaled_errors`). That is the
+cautious end: the excess does fall somewhat with the image's error (flat patches lose nothing through any subnet), so
+images much cleaner than their classes get plans of more FLOPs than they need, never fewer. The other way round, an
+image with more detail than its classes (sharp edges, text) keeps the class's full-network error, and the subnets'
+excess, which grows with what they fail to reconstruct, grows with the ratio.
 """
 import math
 
@@ -36,24 +37,29 @@ ROUNDING_DETAIL = 20 / 12
 DETAIL_POWER = 1.
 
 
-def error_scales(class_detail_sums, class_counts, class_detail, power=None):
-    """Per class, the image's full-network error relative to the class mean: the detail of the image's patches in
-    the class over what the class's mean detail predicts for them, both with :data:`ROUNDING_DETAIL` added per patch,
-    to the power ``power`` (None: :data:`DETAIL_POWER`), at most 1 (1 for a class without patches)."""
+def detail_ratios(class_detail_sums, class_counts, class_detail, power=None):
+    """Per class, the detail of the image's patches in the class over what the class's mean detail predicts for them,
+    both with :data:`ROUNDING_DETAIL` added per patch, to the power ``power`` (None: :data:`DETAIL_POWER`); 1 for a
+    class without patches."""
     power = DETAIL_POWER if power is None else power
     rounding = ROUNDING_DETAIL
-    return [1. if n <= 0 else min(1., (max(float(found), 0.) + n * rounding) / (n * (d + rounding))) ** power
+    return [1. if n <= 0 else ((max(float(found), 0.) + n * rounding) / (n * (d + rounding))) ** power
             for found, n, d in zip(class_detail_sums, class_counts, class_detail)]
 
 
-def scaled_errors(class_errors, scales, tiling=None):
-    """Class errors (K x M, the last the full network) of an image whose full-network error in class k (on the whole
-    image: less ``tiling[k]``, what tiling adds) is ``scales[k]`` times the class mean's: every subnet keeps its
-    excess over the full network, and tiling its cost."""
-    if scales is None or all(scale == 1 for scale in scales):
+def scaled_errors(class_errors, ratios, tiling=None):
+    """Class errors (K x M, the last the full network) of an image whose patches of class k hold ``ratios[k]`` times
+    the class's detail: below 1, the full network's error (on the whole image: less ``tiling[k]``, what tiling adds)
+    falls in proportion; above 1, every subnet's excess over it grows in proportion; tiling keeps its cost. Never a
+    discount on what a subnet loses."""
+    if ratios is None or all(ratio == 1 for ratio in ratios):
         return class_errors
     tiling = tiling or [0.] * len(class_errors)
-    return [[e - (1 - scale) * (row[-1] - t) for e in row] for row, scale, t in zip(class_errors, scales, tiling)]
+    rows = []
+    for row, ratio, t in zip(class_errors, ratios, tiling):
+        full = min(ratio, 1.) * (row[-1] - t) + t
+        rows.append([full + max(ratio, 1.) * (e - row[-1]) for e in row[:-1]] + [full])
+    return rows
 
 
 def untiled(class_errors, tiling):

@@ -153,8 +153,11 @@ def quality_plan(planner, analysis, timer, max_loss, flops):
     unit = 'predicted' if timer is not None else 'by FLOPs'
     unscaled = whole_error(analysis.class_counts, untiled(planner.class_errors, planner.class_tiling), search.full)
     scale = search.full_error / unscaled if search.errors is not planner.class_errors and unscaled > 0 else 1.
+    sharper = max(getattr(analysis, 'detail_ratios', None) or [1.])
     cleaner = (f'; the image holds less detail than its classes: the full network\'s error counted {scale:.2f} '
                'times theirs' if scale < 1 else '')
+    cleaner += (f'; more detail than its classes: subnets\' excess counted up to {sharper:.2f} times theirs'
+                if sharper > 1 else '')
     return search.plan(choice, f'quality target {max_loss:g} dB: fastest ({unit}) expected within it '
                        f'({choice.loss_db:.3f} dB){cleaner}')
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .difficulty import patch_detail, patch_difficulty, quantile_thresholds, rgb_to_luma
-from .expected_quality import error_scales, loss_db, scaled_errors, tiled_error, untiled, whole_error
+from .expected_quality import detail_ratios, loss_db, scaled_errors, tiled_error, untiled, whole_error
 from .levels import apply_levels, budget_levels, calibrated_levels, class_subnet_table, classify, step_tables
 from .tile_geometry import tile_geometry
 
@@ -75,8 +75,8 @@ class ImageAnalysis:
         class_counts (list[int] | None): Patches in each class 1..K (None for an explicit subnet).
         costs (list[int]): FLOPs of one patch through each subnet.
         full_flops (int): FLOPs of the full network on the whole image.
-        error_scales (list[float] | None): Per class, the image's full-network error relative to the class
-            mean's (at most 1; :func:`~.expected_quality.error_scales`); None without the classes' detail.
+        detail_ratios (list[float] | None): Per class, the detail of the image's patches over the class's
+            (:func:`~.expected_quality.detail_ratios`); None without the classes' detail.
     """
     lq_size: tuple
     patch_size: int
@@ -90,7 +90,7 @@ class ImageAnalysis:
     threshold_source: str
     costs: list
     full_flops: int
-    error_scales: list = None
+    detail_ratios: list = None
 
     @property
     def num_patches(self):
@@ -114,7 +114,7 @@ class Planner:
             (:func:`~.expected_quality.error_bound`), so that expected losses bound one image's. Default: None.
         class_detail (list[float] | None): With ``class_errors``: the mean detail of every class's calibration
             patches, so that an image cleaner than its classes is expected to lose more
-            (:func:`~.expected_quality.error_scales`). Default: None.
+            (:func:`~.expected_quality.detail_ratios`). Default: None.
         class_tiling (list[float] | None): With ``class_errors``: what tiling adds to the full network's error in
             every class, against the whole image (:func:`~.expected_quality.untiled`). Default: None.
     """
@@ -189,7 +189,7 @@ class Planner:
             difficulty = self.difficulty(lq, patch, tops, lefts)
         else:
             difficulty = self.zeros(len(tops), len(lefts), lq)
-        thresholds, source, classes, class_counts, scales = None, 'none', None, None, None
+        thresholds, source, classes, class_counts, ratios = None, 'none', None, None, None
         if content:
             if self.thresholds is not None:
                 thresholds, source = self.thresholds.at(patch), self.thresholds.source
@@ -200,10 +200,10 @@ class Planner:
             classes, class_counts, thresholds, detail_sums = (
                 self._one_patch_classes if one_patch else self.classes)(difficulty, thresholds, detail)
             if detail_sums is not None:
-                scales = error_scales(detail_sums, class_counts, self.class_detail)
+                ratios = detail_ratios(detail_sums, class_counts, self.class_detail)
         costs = [self.flops(patch, patch, s) for s in range(self.num_subnets)]
         return ImageAnalysis((h, w), patch, tops, lefts, trim, difficulty, classes, class_counts, thresholds, source,
-                             costs, self.flops(h, w, self.num_subnets - 1), scales)
+                             costs, self.flops(h, w, self.num_subnets - 1), ratios)
 
     def content_free(self, h, w):
         """True when no content of an h x w image can change its plan: an explicit subnet, or an image that is one
@@ -282,12 +282,12 @@ class Planner:
     def image_tables(self, analysis):
         """``(tiled, whole)``: the class errors of ``analysis``'s image for patches run tiled and for subnets run on
         the whole image (:func:`~.expected_quality.untiled`), its full network's error scaled by its detail
-        (:attr:`ImageAnalysis.error_scales`); ``(None, None)`` without class errors."""
+        (:attr:`ImageAnalysis.detail_ratios`); ``(None, None)`` without class errors."""
         if self.class_errors is None:
             return None, None
         # an image that is one patch runs whole: no tiling to pay
         tiling = None if getattr(analysis, 'num_patches', 2) == 1 else self.class_tiling
-        tiled = scaled_errors(self.class_errors, getattr(analysis, 'error_scales', None), tiling)
+        tiled = scaled_errors(self.class_errors, getattr(analysis, 'detail_ratios', None), tiling)
         return tiled, untiled(tiled, tiling)
 
     def _expected_loss(self, analysis, levels, steps, whole):
