@@ -19,9 +19,8 @@ second term the sampling error of a class measured on few patches. The patches' 
 also bound what one image's own few patches may add (:mod:`.expected_quality`), the classes' detail tells an
 image cleaner than its classes (a lower full-network error) or sharper (a larger excess;
 :func:`.expected_quality.detail_ratios`), and the full network's error with context what tiling costs against the
-whole image (:meth:`ClassErrors.tiling_table`). A
-checkpoint whose class errors
-carry no counts is planned with a wider margin (:data:`UNCOUNTED_MARGIN`); :meth:`ClassErrors.reliability` says so.
+whole image (:meth:`ClassErrors.tiling_table`). A checkpoint whose class errors carry no counts is planned with a
+wider margin (:data:`UNCOUNTED_MARGIN`); :meth:`ClassErrors.reliability` says so.
 """
 import math
 from dataclasses import dataclass

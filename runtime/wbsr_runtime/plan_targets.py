@@ -15,7 +15,7 @@ is found by bisection on it (``SEARCH_STEPS`` plans of the class histogram, no p
 """
 import dataclasses
 
-from .expected_quality import loss_db, tiled_error, untiled, whole_error
+from .expected_quality import loss_db, tiled_error, whole_error
 from .time_rules import by_time, plain_plan, without_analysis
 
 SEARCH_STEPS = 12
@@ -151,9 +151,12 @@ def quality_plan(planner, analysis, timer, max_loss, flops):
                            f'loss ({choice.loss_db:.3f} dB)')
     choice = min(candidates, key=lambda c: (c.seconds, c.error))
     unit = 'predicted' if timer is not None else 'by FLOPs'
-    unscaled = whole_error(analysis.class_counts, untiled(planner.class_errors, planner.class_tiling), search.full)
-    scale = search.full_error / unscaled if search.errors is not planner.class_errors and unscaled > 0 else 1.
-    sharper = max(getattr(analysis, 'detail_ratios', None) or [1.])
+    ratios = analysis.detail_ratios or [1.]
+    scale = 1.
+    if min(ratios) < 1:  # the full network's error against its classes' (the same tables, unscaled)
+        unscaled = planner.image_tables(dataclasses.replace(analysis, detail_ratios=None))[1]
+        scale = search.full_error / max(whole_error(analysis.class_counts, unscaled, search.full), 1e-300)
+    sharper = max(ratios)
     cleaner = (f'; the image holds less detail than its classes: the full network\'s error counted {scale:.2f} '
                'times theirs' if scale < 1 else '')
     cleaner += (f'; more detail than its classes: subnets\' excess counted up to {sharper:.2f} times theirs'

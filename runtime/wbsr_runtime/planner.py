@@ -143,13 +143,12 @@ class Planner:
             self.class_table = class_subnet_table(num_classes, self.num_subnets)
 
     # array operations (numpy here; tensors on the input's device in the torch engine)
-    def difficulty(self, lq, patch, tops, lefts):
-        """Difficulty (float64, (len(tops), len(lefts))) of the patches of ``lq`` (1, c, h, w) in [0, 1]."""
-        return patch_difficulty(rgb_to_luma(np.asarray(lq[0], dtype=np.float32)), patch, tops, lefts)
-
-    def detail(self, lq, patch, tops, lefts):
-        """Detail (float64, (len(tops), len(lefts))) of the patches of ``lq`` (1, c, h, w) in [0, 1]."""
-        return patch_detail(rgb_to_luma(np.asarray(lq[0], dtype=np.float32)), patch, tops, lefts)
+    def measure(self, lq, patch, tops, lefts, with_detail=False):
+        """``(difficulty, detail or None)`` (float64, (len(tops), len(lefts))) of the patches of ``lq`` (1, c, h, w)
+        in [0, 1], both from one luma; the detail only ``with_detail``."""
+        luma = rgb_to_luma(np.asarray(lq[0], dtype=np.float32))
+        return (patch_difficulty(luma, patch, tops, lefts),
+                patch_detail(luma, patch, tops, lefts) if with_detail else None)
 
     def zeros(self, rows, cols, like):
         return np.zeros((rows, cols), dtype=np.float64)
@@ -186,17 +185,16 @@ class Planner:
         one_patch = len(tops) * len(lefts) == 1
         # one patch classed by the image's own quantiles is in the top class whatever its difficulty: none measured
         if content and patch >= 2 and not (one_patch and self.thresholds is None):
-            difficulty = self.difficulty(lq, patch, tops, lefts)
+            with_detail = self.class_detail is not None and self.thresholds is not None and patch >= 3
+            difficulty, detail = self.measure(lq, patch, tops, lefts, with_detail)
         else:
-            difficulty = self.zeros(len(tops), len(lefts), lq)
+            difficulty, detail = self.zeros(len(tops), len(lefts), lq), None
         thresholds, source, classes, class_counts, ratios = None, 'none', None, None, None
         if content:
             if self.thresholds is not None:
                 thresholds, source = self.thresholds.at(patch), self.thresholds.source
             else:
                 source = 'image-quantiles'
-            detail = (self.detail(lq, patch, tops, lefts)
-                      if self.class_detail is not None and self.thresholds is not None and patch >= 3 else None)
             classes, class_counts, thresholds, detail_sums = (
                 self._one_patch_classes if one_patch else self.classes)(difficulty, thresholds, detail)
             if detail_sums is not None:
@@ -286,8 +284,8 @@ class Planner:
         if self.class_errors is None:
             return None, None
         # an image that is one patch runs whole: no tiling to pay
-        tiling = None if getattr(analysis, 'num_patches', 2) == 1 else self.class_tiling
-        tiled = scaled_errors(self.class_errors, getattr(analysis, 'detail_ratios', None), tiling)
+        tiling = None if analysis.num_patches == 1 else self.class_tiling
+        tiled = scaled_errors(self.class_errors, analysis.detail_ratios, tiling)
         return tiled, untiled(tiled, tiling)
 
     def _expected_loss(self, analysis, levels, steps, whole):

@@ -39,15 +39,15 @@ class Planner(planner.Planner):
     def __init__(self, net, flops, **options):
         super().__init__([s.flops / 1e9 for s in net.subnets], flops, **options)
 
-    def difficulty(self, lq, patch, tops, lefts):
+    def measure(self, lq, patch, tops, lefts, with_detail=False):
         if lq.device.type == 'cpu' and len(tops) * len(lefts) == 1:
             # one patch on the CPU (tiny images): numpy's few operations, right after a subnet's call has taken the
             # caches, cost half of torch's (0.17 against 0.28 ms at 24x24)
-            return torch.from_numpy(super().difficulty(lq.detach().float().numpy(), patch, tops, lefts))
-        return patch_difficulty(rgb_to_luma(lq[0].detach().float()), patch, tops, lefts)
-
-    def detail(self, lq, patch, tops, lefts):
-        return patch_detail(rgb_to_luma(lq[0].detach().float()), patch, tops, lefts)
+            values = super().measure(lq.detach().float().numpy(), patch, tops, lefts, with_detail)
+            return tuple(None if v is None else torch.from_numpy(v) for v in values)
+        luma = rgb_to_luma(lq[0].detach().float())
+        return (patch_difficulty(luma, patch, tops, lefts),
+                patch_detail(luma, patch, tops, lefts) if with_detail else None)
 
     def first_values(self, *arrays):
         return torch.stack([a.reshape(-1)[0].double() for a in arrays]).tolist()
