@@ -42,3 +42,6 @@ if __name__ == '__main__':
         options = yaml.safe_load(f)
     options.update(dist=True, rank=rank, world_size=world_size)
     torch.save(train(options, rank, world_size), f'{out_dir}/rank{rank}.pth')
+    # leave the process group before exit: gloo's threads torn down by the interpreter can abort the rank
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
