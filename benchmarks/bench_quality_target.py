@@ -197,7 +197,7 @@ def summary_row(values, target, slack):
             f'{100 * np.mean([f for _, _, f in values]):.0f} %')
 
 
-TABLE_KINDS = ('mean', 'bound', 'classes', 'spread', 'no-detail')
+TABLE_KINDS = ('mean', 'bound', 'classes', 'spread', 'no-detail', 'no-correlation')
 
 
 def missed_images(values, names, target, slack):
@@ -210,7 +210,8 @@ def missed_images(values, names, target, slack):
 
 def table_kind(text):
     """``mean``, ``bound``, ``bound:MARGIN``, ``classes`` (the class bound alone), ``spread`` (the class bound and
-    the image's own spread) or ``no-detail`` (the bound without the image's detail)."""
+    the image's own spread), ``no-detail`` (the bound without the image's detail) or ``no-correlation`` (the bound
+    without the subnets' correlation term)."""
     if text in TABLE_KINDS:
         return text
     try:
@@ -218,26 +219,34 @@ def table_kind(text):
             return text
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f'expected mean, bound, bound:MARGIN, classes, spread or no-detail, got {text!r}')
+    raise argparse.ArgumentTypeError('expected mean, bound, bound:MARGIN, classes, spread, no-detail or '
+                                     f'no-correlation, got {text!r}')
 
 
 def planning_thresholds(meta, kind):
     """The thresholds of a checkpoint's metadata with its class errors as ``kind`` says: ``'mean'``, the measured
     means; ``'bound'``, the table the engine plans with (:meth:`ClassErrors.planning_table`) and the image's own
-    spread (:meth:`ClassErrors.spread_table`), detail (:attr:`ClassErrors.detail`) and tiling's cost
-    (:meth:`ClassErrors.tiling_table`); ``'bound:M'``, the same with margin M; ``'classes'``, the class bound alone;
-    ``'spread'``, the class bound and the image's spread; ``'no-detail'``, the bound without the image's detail."""
+    spread (:meth:`ClassErrors.spread_table`), detail (:attr:`ClassErrors.detail`), tiling's cost
+    (:meth:`ClassErrors.tiling_table`) and the subnets' correlation (:attr:`ClassErrors.correlation`);
+    ``'bound:M'``, the same with margin M; ``'classes'``, the class bound alone; ``'spread'``, the class bound and
+    the image's spread; ``'no-detail'``, the bound without the image's detail;
+    ``'no-correlation'``, the bound without the subnets' correlation term."""
     thresholds = ClassThresholds.from_meta(meta)
     errors = ClassErrors.from_meta(meta)
     if errors is None:
         raise ValueError('a checkpoint without class errors has no quality target')
     if kind == 'mean':
         return ClassThresholds.of(thresholds, class_errors=[list(row) for row in errors.means])
-    table = errors.planning_table(margin=float(kind[6:]) if ':' in kind else None)
-    return ClassThresholds.of(thresholds, class_errors=table,
-                              class_spreads=None if kind == 'classes' else errors.spread_table(),
-                              class_detail=None if kind in ('classes', 'spread', 'no-detail') else errors.detail,
-                              class_tiling=None if kind in ('classes', 'spread') else errors.tiling_table())
+    terms = errors.planning_terms(margin=float(kind[6:]) if ':' in kind else None)
+    if kind == 'classes':
+        terms['class_spreads'] = None
+    if kind in ('classes', 'spread', 'no-detail'):
+        terms['class_detail'] = None
+    if kind in ('classes', 'spread'):
+        terms['class_tiling'] = None
+    if kind in ('classes', 'spread', 'no-correlation'):
+        terms['subnet_correlation'] = None
+    return ClassThresholds.of(thresholds, **terms)
 
 
 def build_parser():
@@ -248,7 +257,8 @@ def build_parser():
     parser.add_argument('--tables', nargs='+', type=table_kind, default=['mean', 'bound'],
                         help='plan with the measured class means (mean), the bound the engine uses (bound), the '
                         'bound with another margin (bound:M), the class bound alone (classes), with the image\'s '
-                        'own spread (spread), or the bound without the image\'s detail (no-detail)')
+                        'own spread (spread), the bound without the image\'s detail (no-detail) or without the '
+                        'subnets\' correlation term (no-correlation)')
     parser.add_argument('--set', action='append', required=True, type=parse_set, metavar='NAME=DIR[@I/N]')
     parser.add_argument('--targets', nargs='*', type=float, default=list(TARGETS), help='quality targets in dB')
     parser.add_argument('--budget', type=float, default=0.6, help='FLOPs budget (0: none)')

@@ -7,8 +7,9 @@ subnet's expected error per difficulty class. This command measures it on ``--pa
 the HR images in ``--hr`` (LR made by MATLAB bicubic, or read from ``--lr`` with the same names), with the
 checkpoint's own class thresholds and patch size, and writes a copy of the checkpoint with the new class
 errors, their counts and what they were measured on (``'wbsr'`` entry, ``'calibration'``). The more patches
-per class, the tighter the bound the engine plans with (docs/inference.md). The output is never overwritten:
-an existing ``-o`` is an error, and the file appears only once complete.
+per class, the tighter the bound the engine plans with; the subnets' correlation with the full network's error is
+taken over images of several patches each, so give it a folder of fewer images than patches (docs/inference.md).
+The output is never overwritten: an existing ``-o`` is an error, and the file appears only once complete.
 """
 import datetime
 import sys

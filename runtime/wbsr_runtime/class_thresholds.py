@@ -102,6 +102,8 @@ class ClassThresholds:
             (:attr:`.ClassErrors.detail`).
         class_tiling (tuple[float] | None): What tiling adds to the full network's error in each class, when
             measured (:meth:`.ClassErrors.tiling_table`).
+        subnet_correlation (tuple[float] | None): Per subnet, the correlation of an image's deviation with the full
+            network's error that expected losses allow for, when measured (:attr:`.ClassErrors.correlation`).
     """
     values: tuple = None
     table: tuple = None
@@ -109,10 +111,11 @@ class ClassThresholds:
     class_spreads: tuple = None
     class_detail: tuple = None
     class_tiling: tuple = None
+    subnet_correlation: tuple = None
 
     @classmethod
     def of(cls, thresholds, *, class_errors=None, class_spreads=None, class_detail=None, class_tiling=None,
-           num_classes=None, num_subnets=None):
+           subnet_correlation=None, num_classes=None, num_subnets=None):
         """The value of ``thresholds`` (list, dict, :class:`ClassThresholds` or None: then None).
 
         Args:
@@ -122,6 +125,7 @@ class ClassThresholds:
             class_spreads (list[list[float]] | None): Class spreads (K x M, finite, >= 0).
             class_detail (list[float] | None): Class detail (K, finite, >= 0).
             class_tiling (list[float] | None): Class tiling costs (K, finite, >= 0).
+            subnet_correlation (list[float] | None): Subnet correlations (M, in [0, 1]).
             num_classes (int | None): K, checked against the thresholds when given.
             num_subnets (int | None): M, checked against the class errors when given.
         """
@@ -142,6 +146,7 @@ class ClassThresholds:
             class_spreads = value.class_spreads if class_spreads is None else class_spreads
             class_detail = value.class_detail if class_detail is None else class_detail
             class_tiling = value.class_tiling if class_tiling is None else class_tiling
+            subnet_correlation = value.subnet_correlation if subnet_correlation is None else subnet_correlation
         if class_errors is not None:
             num_subnets = len(class_errors[0]) if num_subnets is None and class_errors else num_subnets
             class_errors = _frozen_rows(check_class_errors(class_errors, value.num_classes, num_subnets))
@@ -151,7 +156,15 @@ class ClassThresholds:
             class_spreads = _frozen_rows(check_class_errors(class_spreads, value.num_classes, len(class_errors[0])))
         class_detail = _class_vector(class_detail, 'class_detail', value.num_classes, class_errors)
         class_tiling = _class_vector(class_tiling, 'class_tiling', value.num_classes, class_errors)
-        return cls(value.values, value.table, class_errors, class_spreads, class_detail, class_tiling)
+        if subnet_correlation is not None:
+            if class_errors is None:
+                raise ValueError('subnet_correlation needs class_errors.')
+            subnet_correlation = tuple(float(v) for v in subnet_correlation)
+            if len(subnet_correlation) != len(class_errors[0]) or not all(0 <= v <= 1 for v in subnet_correlation):
+                raise ValueError(f'subnet_correlation must hold {len(class_errors[0])} values in [0, 1] (one per '
+                                 'subnet).')
+        return cls(value.values, value.table, class_errors, class_spreads, class_detail, class_tiling,
+                   subnet_correlation)
 
     @classmethod
     def from_meta(cls, meta, num_subnets=None):
@@ -163,10 +176,7 @@ class ClassThresholds:
             check_class_errors(meta['class_errors'], len(meta['class_errors']),
                                num_subnets or len(meta['class_errors'][0]))
         errors = ClassErrors.from_meta(meta)
-        return cls.of(thresholds, class_errors=None if errors is None else errors.planning_table(),
-                      class_spreads=None if errors is None else errors.spread_table(),
-                      class_detail=None if errors is None else errors.detail,
-                      class_tiling=None if errors is None else errors.tiling_table(), num_subnets=num_subnets)
+        return cls.of(thresholds, **({} if errors is None else errors.planning_terms()), num_subnets=num_subnets)
 
     @property
     def num_classes(self):
@@ -196,7 +206,7 @@ class ClassThresholds:
         return None if self.class_errors is None else [list(row) for row in self.class_errors]
 
     def without_class_errors(self):
-        """The same thresholds without class errors (nor their spreads, detail and tiling costs)."""
+        """The same thresholds without class errors (nor their spreads, detail, tiling costs and correlations)."""
         return ClassThresholds(self.values, self.table)
 
     def class_spread_lists(self):
@@ -210,6 +220,10 @@ class ClassThresholds:
     def class_tiling_list(self):
         """The class tiling costs as a list, or None."""
         return None if self.class_tiling is None else list(self.class_tiling)
+
+    def subnet_correlation_list(self):
+        """The subnet correlations as a list, or None."""
+        return None if self.subnet_correlation is None else list(self.subnet_correlation)
 
     def meta_entries(self, patch_size):
         """The entries of a checkpoint's ``'wbsr'`` that hold this value: ``'thresholds'`` (at ``patch_size``),

@@ -78,6 +78,8 @@ class DynamicModel:
                                class_spreads=None if self.thresholds is None else self.thresholds.class_spread_lists(),
                                class_detail=None if self.thresholds is None else self.thresholds.class_detail_list(),
                                class_tiling=None if self.thresholds is None else self.thresholds.class_tiling_list(),
+                               subnet_correlation=(None if self.thresholds is None
+                                                   else self.thresholds.subnet_correlation_list()),
                                whole_image_fallback=True)
         self._weights = {}
         self.timer = None if cost_table is None else PlanTimer(cost_table, self.batch_sizes)

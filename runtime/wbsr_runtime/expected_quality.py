@@ -16,6 +16,15 @@ subnet), the expected error is a bound for one image, not only for the mean of m
 patches varies around its expectation by ``sqrt(sum of n s^2)``, and the bound adds :data:`Z_IMAGE` times that, so
 that an image of a few dozen patches stays within the target as often as one of thousands.
 
+A subnet's squared error on a patch is the full network's ``e``, plus the squared deviation of its output from the
+full network's ``d``, plus twice their cross term ``c``. Class means of the excess ``d + 2c`` average ``c`` over the
+calibration photos; on one photo it need not average out, and where ``e`` is small (clean photos) it decides the
+loss. With every subnet's correlation stored (how far a calibration image's ``c`` ran along ``sqrt(d e)``, summed
+over its patches: :func:`.class_errors.image_correlations`), the bound adds ``2 rho_m sqrt(X_m E_m)`` per subnet m
+(:func:`error_bound`; ``X_m`` its patches' expected excess over the full network, ``E_m`` the full network's error
+there): the Cauchy-Schwarz bound of the cross term, scaled by the correlation that 9 calibration images in 10 stayed
+under.
+
 An image cleaner than its classes (its LR patches hold less fine detail, :func:`.difficulty.patch_detail`, than the
 calibration's patches of the same classes) has a lower full-network error than the class means say, while the
 smaller subnets' excess over it does not fall in proportion: the same plan then loses more dB. With the classes'
@@ -80,24 +89,37 @@ def subnet_counts(class_counts, levels, steps):
     return at_level
 
 
-def error_bound(counts_by_class, class_errors, class_spreads=None):
+def error_bound(counts_by_class, class_errors, class_spreads=None, full_errors=None, correlations=None):
     """Expected error (a sum over the patches) of ``counts_by_class[k][m]`` patches of class k through subnet m,
-    plus :data:`Z_IMAGE` times the spread of their sum when ``class_spreads`` (K x M) are given."""
+    plus :data:`Z_IMAGE` times the spread of their sum when ``class_spreads`` (K x M) are given, plus the image's
+    correlation term when ``full_errors`` (per class, the full network's error on the whole image) and
+    ``correlations`` (per subnet) are given: ``2 rho_m sqrt(X_m E_m)`` for every subnet m, ``X_m`` the expected
+    excess of its patches over ``full_errors`` and ``E_m`` the full network's error there (see the module)."""
     error = sum(n * class_errors[k][m] for k, counts in enumerate(counts_by_class) for m, n in counts.items())
-    if class_spreads is None:
-        return error
-    variance = sum(n * class_spreads[k][m]**2 for k, counts in enumerate(counts_by_class) for m, n in counts.items())
-    return error + Z_IMAGE * math.sqrt(variance)
+    if class_spreads is not None:
+        variance = sum(n * class_spreads[k][m]**2 for k, counts in enumerate(counts_by_class)
+                       for m, n in counts.items())
+        error += Z_IMAGE * math.sqrt(variance)
+    if correlations is not None and full_errors is not None:
+        excess, full = [0.] * len(correlations), [0.] * len(correlations)
+        for k, counts in enumerate(counts_by_class):
+            for m, n in counts.items():
+                excess[m] += n * (class_errors[k][m] - full_errors[k])
+                full[m] += n * full_errors[k]
+        error += 2 * sum(rho * math.sqrt(max(x, 0.) * max(e, 0.)) for rho, x, e in zip(correlations, excess, full))
+    return error
 
 
-def tiled_error(class_counts, levels, steps, class_errors, class_spreads=None):
-    """Expected error (a sum over the patches, a bound with ``class_spreads``) of a tiled plan."""
-    return error_bound(subnet_counts(class_counts, levels, steps), class_errors, class_spreads)
+def tiled_error(class_counts, levels, steps, class_errors, class_spreads=None, **bound):
+    """Expected error (a sum over the patches, a bound with ``class_spreads`` and ``bound``, :func:`error_bound`)
+    of a tiled plan."""
+    return error_bound(subnet_counts(class_counts, levels, steps), class_errors, class_spreads, **bound)
 
 
-def whole_error(class_counts, class_errors, subnet, class_spreads=None):
-    """Expected error (a sum over the patches, a bound with ``class_spreads``) of ``subnet`` on the whole image."""
-    return error_bound([{subnet: n} for n in class_counts], class_errors, class_spreads)
+def whole_error(class_counts, class_errors, subnet, class_spreads=None, **bound):
+    """Expected error (a sum over the patches, a bound with ``class_spreads`` and ``bound``, :func:`error_bound`)
+    of ``subnet`` on the whole image."""
+    return error_bound([{subnet: n} for n in class_counts], class_errors, class_spreads, **bound)
 
 
 def loss_db(error, full_error):

@@ -45,7 +45,8 @@ class TargetSearch:
 
     def __init__(self, planner, analysis, timer, flops):
         self.planner, self.analysis, self.timer, self.flops = planner, analysis, timer, flops
-        (self.errors, self.whole_errors), self.spreads = planner.image_tables(analysis), planner.class_spreads
+        self.errors, self.whole_errors = planner.image_tables(analysis)
+        self.bound = planner.image_bound(self.whole_errors) if self.errors else {}
         self.full = planner.num_subnets - 1
         self.full_error = whole_error(analysis.class_counts, self.whole_errors, self.full) if self.errors else None
         # (seconds, whole image) of the fastest plain execution, measured once per image
@@ -59,7 +60,7 @@ class TargetSearch:
         a = self.analysis
         levels, steps, _, histogram = self.planner.operating_point(a, budget)
         if self.errors is not None:
-            error = tiled_error(a.class_counts, levels, steps, self.errors, self.spreads)
+            error = tiled_error(a.class_counts, levels, steps, self.errors, **self.bound)
         else:  # quality from FLOPs: the share of the full network's FLOPs per patch
             error = -sum(n * c for n, c in zip(histogram, a.costs)) / (a.num_patches * a.costs[-1])
         if self.timer is not None:
@@ -75,7 +76,7 @@ class TargetSearch:
         plain_tiled = subnet == full and self.fastest is not None and not self.fastest[1]
         if self.errors is not None:
             table = self.errors if plain_tiled else self.whole_errors
-            error = whole_error(self.analysis.class_counts, table, subnet, self.spreads)
+            error = whole_error(self.analysis.class_counts, table, subnet, **self.bound)
         else:
             error = -self.flops(h, w, subnet) / self.flops(h, w, full)
         if self.timer is None:

@@ -117,11 +117,14 @@ class Planner:
             (:func:`~.expected_quality.detail_ratios`). Default: None.
         class_tiling (list[float] | None): With ``class_errors``: what tiling adds to the full network's error in
             every class, against the whole image (:func:`~.expected_quality.untiled`). Default: None.
+        subnet_correlation (list[float] | None): With ``class_errors``: per subnet, how far an image's deviation
+            from the full network may run along the full network's own error (:func:`~.expected_quality.error_bound`).
+            Default: None.
     """
 
     def __init__(self, subnet_gflops, flops, *, thresholds, num_classes, patch_size, overlap, trim, budget,
                  target_gflops, alpha, subnet, class_errors, whole_image_fallback, class_spreads=None,
-                 class_detail=None, class_tiling=None):
+                 class_detail=None, class_tiling=None, subnet_correlation=None):
         self.flops = flops
         self.num_subnets = len(subnet_gflops)
         self.thresholds = thresholds
@@ -135,6 +138,7 @@ class Planner:
         self.class_spreads = class_spreads if class_errors is not None else None
         self.class_detail = class_detail if class_errors is not None else None
         self.class_tiling = class_tiling if class_errors is not None else None
+        self.subnet_correlation = subnet_correlation if class_errors is not None else None
         self.whole_image_fallback = whole_image_fallback
         if target_gflops is not None:
             self.class_table = class_subnet_table(num_classes, self.num_subnets, list(subnet_gflops),
@@ -288,6 +292,12 @@ class Planner:
         tiled = scaled_errors(self.class_errors, analysis.detail_ratios, tiling)
         return tiled, untiled(tiled, tiling)
 
+    def image_bound(self, whole):
+        """The terms that make an expected error a bound for one image (:func:`~.expected_quality.error_bound`),
+        ``whole`` its class errors on the whole image (:meth:`image_tables`)."""
+        return {'class_spreads': self.class_spreads, 'correlations': self.subnet_correlation,
+                'full_errors': None if self.subnet_correlation is None else [row[-1] for row in whole]}
+
     def _expected_loss(self, analysis, levels, steps, whole):
         """Expected loss in dB against the full network (from the class errors) of the tiled plan of ``levels`` and
         ``steps``, or of ``whole`` on the whole image; None without class errors or classes."""
@@ -296,7 +306,7 @@ class Planner:
             return self.whole_image_loss(analysis, whole)
         tiled, whole = self.image_tables(analysis)
         full_error = whole_error(class_counts, whole, self.num_subnets - 1)
-        return loss_db(tiled_error(class_counts, levels, steps, tiled, self.class_spreads), full_error)
+        return loss_db(tiled_error(class_counts, levels, steps, tiled, **self.image_bound(whole)), full_error)
 
     def plain_loss(self, analysis, whole_image):
         """Expected loss in dB of the plain network on ``analysis``'s image, run whole (0) or tiled (what tiling
@@ -305,7 +315,7 @@ class Planner:
         if whole_image or self.class_errors is None or analysis.class_counts is None:
             return self.whole_image_loss(analysis, full)
         tiled, whole = self.image_tables(analysis)
-        return loss_db(whole_error(analysis.class_counts, tiled, full, self.class_spreads),
+        return loss_db(whole_error(analysis.class_counts, tiled, full, **self.image_bound(whole)),
                        whole_error(analysis.class_counts, whole, full))
 
     def whole_image_loss(self, analysis, subnet):
@@ -315,7 +325,7 @@ class Planner:
         if subnet is None or self.class_errors is None or class_counts is None:
             return None
         whole = self.image_tables(analysis)[1]
-        return loss_db(whole_error(class_counts, whole, subnet, self.class_spreads),
+        return loss_db(whole_error(class_counts, whole, subnet, **self.image_bound(whole)),
                        whole_error(class_counts, whole, self.num_subnets - 1))
 
     def _budget_out_of_reach(self, h, w, tiled_flops, full_flops, budget, whole):
@@ -357,14 +367,15 @@ class Planner:
         """The subnet within the budget whose expected error on the whole image (``class_errors`` over the
         patches, the bound the plans report) is below the tiled plan's, else None (small images: the tiling's
         overlaps eat the budget)."""
-        (h, w), class_counts, spreads = analysis.lq_size, analysis.class_counts, self.class_spreads
+        (h, w), class_counts = analysis.lq_size, analysis.class_counts
         tiled_errors, whole_errors = self.image_tables(analysis)
-        tiled = tiled_error(class_counts, levels, steps, tiled_errors, spreads)
+        bound = self.image_bound(whole_errors)
+        tiled = tiled_error(class_counts, levels, steps, tiled_errors, **bound)
         allowed = budget * self.flops(h, w, self.num_subnets - 1)
         best, best_error = None, tiled
         for m in range(self.num_subnets):
             if self.flops(h, w, m) <= allowed:
-                error = whole_error(class_counts, whole_errors, m, spreads)
+                error = whole_error(class_counts, whole_errors, m, **bound)
                 if error < best_error:
                     best, best_error = m, error
         return best

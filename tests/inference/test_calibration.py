@@ -26,6 +26,12 @@ def tiny_net():
                           'depths': [1, 2]}).eval()
 
 
+def luma_error(diff):
+    """Mean squared BT.601 luma of an (n, 3, h, w) RGB difference, pixel by pixel in numpy."""
+    y = 0.299 * diff[:, 0] + 0.587 * diff[:, 1] + 0.114 * diff[:, 2]
+    return (y.astype(np.float64) ** 2).mean((1, 2))
+
+
 def spent(subnets, costs):
     return sum(costs[int(s)] for s in subnets.flatten())
 
@@ -78,17 +84,20 @@ def test_patch_pairs_are_aligned_and_spread_over_images():
         gt = rng.random((40, 48, 3)).astype(np.float32)
         lq = gt[::2, ::2].copy()  # x2, aligned: LR pixel (y, x) is HR pixel (2y, 2x)
         images.append(lambda lq=lq, gt=gt: (lq, gt))
-    lq, gt = sample_patch_pairs(images, 8, 2, 7, seed=1)
+    lq, gt, ids = sample_patch_pairs(images, 8, 2, 7, seed=1, with_images=True, per_image=1)
     assert lq.shape == (7, 3, 8, 8) and gt.shape == (7, 3, 16, 16) and lq.dtype == torch.uint8
-    assert torch.equal(gt[..., ::2, ::2], lq)
+    assert torch.equal(gt[..., ::2, ::2], lq) and np.bincount(ids).tolist() == [3, 2, 2]
+    # by default every image chosen gives 8 patches at least, where there are enough: 7 patches, one image
+    assert len(set(sample_patch_pairs(images, 8, 2, 7, seed=1, with_images=True)[2])) == 1
+    assert np.bincount(sample_patch_pairs(images, 8, 2, 20, with_images=True)[2]).max() == 10  # two images
     # images smaller than the patch lower the patch size for all
     small = [lambda: (np.zeros((5, 6, 3), np.float32), np.zeros((10, 12, 3), np.float32))]
-    assert sample_patch_pairs(images + small, 8, 2, 8)[0].shape[-1] == 5
+    assert sample_patch_pairs(images + small, 8, 2, 8, per_image=1)[0].shape[-1] == 5
     # with context: the patch in the middle of a wider LR crop, as much context as the smallest image holds
     lq, gt = sample_patch_pairs(images, 8, 2, 7, seed=1, context=3)
     assert lq.shape == (7, 3, 14, 14) and gt.shape == (7, 3, 16, 16)
     assert torch.equal(gt[..., ::2, ::2], lq[..., 3:11, 3:11])
-    assert sample_patch_pairs(images + small, 8, 2, 8, context=3)[0].shape[-1] == 5
+    assert sample_patch_pairs(images + small, 8, 2, 8, context=3, per_image=1)[0].shape[-1] == 5
     wrong_scale = [lambda: (np.zeros((8, 8, 3), np.float32), np.zeros((24, 24, 3), np.float32))]
     with pytest.raises(ValueError, match='not scale=2 times'):
         sample_patch_pairs(wrong_scale, 8, 2, 4)
@@ -108,7 +117,8 @@ def test_class_error_table_is_the_mean_error_per_class():
     classes = classify(patch_difficulty(rgb_to_luma(lq), 8, [0], [0]).flatten(), thresholds)
     with torch.no_grad():
         for m in range(len(net.subnets)):
-            errors = (net(lq, subnet=m).clamp(0, 1) - gt)[..., 2:-2, 2:-2].pow(2).mean(dim=(1, 2, 3))
+            diff = (net(lq, subnet=m).clamp(0, 1) - gt)[..., 2:-2, 2:-2].numpy()
+            errors = torch.from_numpy(luma_error(diff))
             for k in (1, 2):
                 assert table[k - 1][m] == pytest.approx(float(errors[classes == k].mean()), rel=1e-5)
 
@@ -155,16 +165,16 @@ def test_calibration_patches_come_from_the_calibration_set_else_the_training_ima
         (tmp_path / 'hr' / name).symlink_to(osp.join(hr, name))
         (tmp_path / 'lr' / name).symlink_to(osp.join(lr, name))
     opt = dict(train_options('split'), is_train=True, rank=0)
-    wbsr = parse_wbsr_options({'calibration_patches': 10,
+    wbsr = parse_wbsr_options({'calibration_patches': 16,
                                'calibration_set': {'dataroot_gt': str(tmp_path / 'hr'),
                                                    'dataroot_lq': str(tmp_path / 'lr')}})
     thresholds = ClassThresholds.of([1., 2.])
     lq, gt, ids, data = calibration_patches(opt, wbsr, thresholds, 12)
     # 12 px patches with 6 px of context each side: what the smallest LR image (24 px) holds of the 8 asked for
-    assert lq.shape == (10, 3, 24, 24) and gt.shape == (10, 3, 48, 48) and sorted(set(ids)) == [0, 1]
+    assert lq.shape == (16, 3, 24, 24) and gt.shape == (16, 3, 48, 48) and sorted(set(ids)) == [0, 1]
     assert data == f"calibration images ({tmp_path / 'hr'})"
-    lq, _, ids, data = calibration_patches(opt, parse_wbsr_options({'calibration_patches': 8}), thresholds, 12)
-    assert len(lq) == 8 and len(set(ids)) == 4 and data.startswith('training images')
+    lq, _, ids, data = calibration_patches(opt, parse_wbsr_options({'calibration_patches': 32}), thresholds, 12)
+    assert len(lq) == 32 and len(set(ids)) == 4 and data.startswith('training images')  # 8 patches each
     with pytest.raises(ValueError, match='wbsr.calibration_set must be paired dataset options'):
         parse_wbsr_options({'calibration_set': {'dataroot_gt': hr}})
 
@@ -200,10 +210,23 @@ def test_patch_errors_weigh_pixels_as_the_engine_blends_them():
     gt = out + 0.1
     gt[..., :2, :] = out[..., :2, :] + 0.5  # the trimmed edge (trim 1 LR px = 2 HR px) weighs nothing
     thresholds = ClassThresholds.of([0.5])
-    _, errors, in_context = patch_errors(net, lq, gt, thresholds, overlap=4, trim=1)
+    _, errors, in_context, _ = patch_errors(net, lq, gt, thresholds, overlap=4, trim=1)
     assert errors[:, -1] == pytest.approx([0.01] * 3, rel=1e-5) and in_context is None
-    _, errors, _ = patch_errors(net, lq, gt, thresholds, border=0)  # every pixel alike
+    _, errors, _, _ = patch_errors(net, lq, gt, thresholds, border=0)  # every pixel alike
     assert errors[:, -1] == pytest.approx([(0.25 * 2 + 0.01 * 14) / 16] * 3, rel=1e-5)
+
+
+def test_patch_errors_are_of_the_luma_as_y_psnr_measures_them():
+    """A colour shift of the same luma costs nothing; a grey shift costs its square (the loss is in Y-PSNR)."""
+    net = tiny_net()  # x2
+    lq = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        out = net(lq, subnet=len(net.subnets) - 1).clamp(0, 1)
+    chroma = torch.tensor([0.1, -0.1 * 0.299 / 0.587, 0.]).view(1, 3, 1, 1)  # 0.299 * 0.1 - 0.587 * ... = 0
+    _, errors, _, _ = patch_errors(net, lq, out + chroma, ClassThresholds.of([0.5]), border=0)
+    assert errors[:, -1] == pytest.approx([0., 0.], abs=1e-12)
+    _, errors, _, _ = patch_errors(net, lq, out + 0.05, ClassThresholds.of([0.5]), border=0)
+    assert errors[:, -1] == pytest.approx([0.0025, 0.0025], rel=1e-4)
 
 
 def test_patch_errors_with_context_measure_the_full_network_on_the_whole_crop():
@@ -213,14 +236,14 @@ def test_patch_errors_with_context_measure_the_full_network_on_the_whole_crop():
     generator = torch.Generator().manual_seed(4)
     crops = torch.rand(2, 3, 12, 12, generator=generator)  # 8 px patches, 2 px of context
     gt = torch.rand(2, 3, 16, 16, generator=generator)
-    classes, errors, in_context = patch_errors(net, crops, gt, ClassThresholds.of([0.5]), border=0)
+    classes, errors, in_context, _ = patch_errors(net, crops, gt, ClassThresholds.of([0.5]), border=0)
     full = len(net.subnets) - 1
     with torch.no_grad():
         alone = net(crops[..., 2:10, 2:10], subnet=full).clamp(0, 1).numpy()
         seen = net(crops, subnet=full).clamp(0, 1).numpy()[..., 4:20, 4:20]
     target = gt.numpy()
-    assert errors[:, -1] == pytest.approx(((alone - target) ** 2).mean((1, 2, 3)), rel=1e-5)
-    assert in_context == pytest.approx(((seen - target) ** 2).mean((1, 2, 3)), rel=1e-5)
+    assert errors[:, -1] == pytest.approx(luma_error(alone - target), rel=1e-5)
+    assert in_context == pytest.approx(luma_error(seen - target), rel=1e-5)
     assert not np.allclose(in_context, errors[:, -1])
     for lq, hr in ((crops[..., :11, :], gt), (crops[..., :6, :6], gt), (crops[:1], gt), (crops, gt[..., :15, :15])):
         with pytest.raises(ValueError, match='LR crops of .* do not hold'):

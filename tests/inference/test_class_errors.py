@@ -132,7 +132,11 @@ def test_calibrate_writes_a_new_checkpoint_and_never_overwrites(tiny_checkpoint,
     assert sum(stats.counts) == 40 and meta['calibration']['data'] == HR and meta['calibration']['data_images'] == 4
     assert meta['calibration']['by'] == 'calibrate' and meta['thresholds'] == before['thresholds']
     table = engine_options(meta)['thresholds'].class_error_lists()
-    assert all(b[-1] == m[-1] and all(x >= y for x, y in zip(b, m)) for b, m in zip(table, meta['class_errors']))
+    stored = meta['calibration']  # the full network with context, plus every subnet's deviation from it (or more)
+    for row, context, deviation in zip(table, stored['full_in_context'], stored['deviation']):
+        assert row[-1] == pytest.approx(context + deviation[-1])
+        assert all(x >= context + d - 1e-12 for x, d in zip(row[:-1], deviation))
+    assert len(stored['correlation']) == len(net.subnets) and all(0 <= c <= 1 for c in stored['correlation'])
     # never overwrites: one line, exit status 2, the file unchanged
     written = torch.load(out, weights_only=False)['wbsr']['calibration']['date']
     with pytest.raises(SystemExit) as info:

@@ -124,7 +124,7 @@ def test_calibration_statistics_store_the_classes_mean_detail_and_what_tiling_co
     errors = np.array([[2., 1.], [4., 1.], [5., 2.], [6., 2.], [7., 2.]])
     detail = np.array([1., 3., 10., 20., 60.])
     in_context = np.array([0.2, 0.4, 1., 1.5, 2.])  # the full network's error with context
-    stats = ClassErrors.from_samples(classes, errors, np.arange(5), 4, detail=detail, in_context=in_context)
+    stats = ClassErrors.from_samples(classes, errors, np.arange(5), 4, {'channel': 'y'}, detail, in_context)
     assert stats.detail == (2., 2., 30., 30.)  # empty classes take the nearest class's (the lower on a tie)
     assert stats.in_context == pytest.approx((0.3, 0.3, 1.5, 1.5))
     assert stats.tiling_table() == pytest.approx([0.7, 0.7, 0.5, 0.5])  # full network alone less with context
@@ -138,8 +138,9 @@ def test_calibration_statistics_store_the_classes_mean_detail_and_what_tiling_co
     assert without.detail is None and without.tiling_table() is None
     assert set(without.meta_entries()['calibration']) >= {'counts', 'excess_sd'}
     assert not {'detail', 'full_in_context'} & set(without.meta_entries()['calibration'])
-    assert "not stored: class detail and tiling's cost" in without.reliability()
-    assert 'what tiling costs' in stats.reliability() and 'not stored' not in stats.reliability()
+    assert ("not stored: class detail, tiling's cost, deviations, luma errors (measured in RGB)"
+            in without.reliability())
+    assert "not stored: deviations (clean" in stats.reliability()
     for key in ('detail', 'full_in_context'):
         bad = {**meta, 'calibration': {**meta['calibration'], key: [1., float('nan'), 1., 1.]}}
         with pytest.raises(ValueError, match=f'{key} must hold 4 finite values'):
@@ -166,7 +167,7 @@ def test_calibration_measures_every_patchs_detail_as_the_engine_does():
     gt = (torch.rand(12, 3, 64, 64, generator=generator) * 255).round().to(torch.uint8)
     thresholds = ClassThresholds.of(THRESHOLDS)
     stats = measure_class_errors(net, lq, gt, thresholds)
-    classes, _, _ = patch_errors(net, lq, gt, thresholds)
+    classes, _, _, _ = patch_errors(net, lq, gt, thresholds)
     details = np.array([loop_detail(luma_of(lq[i:i + 1].float() / 255.).astype(np.float64), 0, 0, 16)
                         for i in range(12)])
     for k in np.unique(classes):

@@ -4,7 +4,8 @@ With a budget and this table, the engine moves patches to bigger subnets by erro
 (:func:`~wbsr_plugin.inference.projection.calibrated_levels`) instead of by cost alone (Eq. 16).
 ``DynamicSRModel`` measures it on training patches whenever it saves a checkpoint and stores it as
 the checkpoint's ``'class_errors'``: row k is class k + 1, column m subnet m (cost order), each entry
-the mean squared error (RGB in [0, 1]) of that subnet on that class's patches.
+the mean squared error of that subnet's luma (:data:`~wbsr_runtime.class_errors.ERROR_CHANNEL`; BT.601, in [0, 1])
+on that class's patches: the expected loss is stated in Y-PSNR, as BasicSR's ``test_y_channel`` measures it.
 """
 
 import numpy as np
@@ -12,16 +13,22 @@ import torch
 
 from wbsr_plugin.data.difficulty import patch_detail, patch_difficulty, rgb_to_luma
 from wbsr_plugin.data.paired_reading import PairReader, list_pairs
-from wbsr_runtime.class_errors import ClassErrors
+from wbsr_runtime.class_errors import ERROR_CHANNEL, ClassErrors
+from wbsr_runtime.difficulty import LUMA_WEIGHTS_RGB
 from wbsr_runtime.tile_geometry import DEFAULT_OVERLAP, DEFAULT_TRIM, blend_weights
 
 from .projection import classify
 
 DEFAULT_CALIBRATION_PATCHES = 256
+# patches per calibration image at least, where there are enough: an image's correlation needs several
+# (:func:`~wbsr_runtime.class_errors.correlation_bound`)
+PATCHES_PER_IMAGE = 8
 
 
-def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0, with_images=False, context=0):
-    """Aligned random LR/HR patches, spread evenly over image pairs.
+def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0, with_images=False, context=0,
+                       per_image=PATCHES_PER_IMAGE):
+    """Aligned random LR/HR patches, spread evenly over image pairs (at most ``num_patches / per_image`` of them,
+    chosen at random).
 
     Args:
         images (Sequence[Callable[[], tuple[np.ndarray, np.ndarray]]]): One loader per pair, returning
@@ -33,6 +40,8 @@ def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0, with_imag
         with_images (bool): Also return the index of every patch's image pair. Default: False.
         context (int): LR pixels of the image kept around every LR patch (lowered to what the smallest image
             holds): the LR crops are ``p + 2 * context`` wide, the patch in their middle. Default: 0.
+        per_image (int): Patches per image at least, where ``num_patches`` allows. Default:
+            :data:`PATCHES_PER_IMAGE`.
 
     Returns:
         tuple[Tensor, Tensor]: LR (n, 3, p + 2c, p + 2c) and HR (n, 3, p * scale, p * scale) RGB uint8 patches (and,
@@ -43,7 +52,8 @@ def sample_patch_pairs(images, patch_size, scale, num_patches, seed=0, with_imag
                          f'and {num_patches} patch(es).')
     rng = np.random.default_rng(seed)
     # every image gets the same share (the first ones one more), read in order, at most once
-    shares = np.full(min(len(images), num_patches), num_patches // min(len(images), num_patches))
+    count = min(len(images), max(num_patches // max(per_image, 1), 1))
+    shares = np.full(count, num_patches // count)
     shares[:num_patches - shares.sum()] += 1
     chosen = np.sort(rng.choice(len(images), size=len(shares), replace=False))
     lq_crops, gt_patches, sources = [], [], []
@@ -115,7 +125,9 @@ def patch_errors(net, lq, gt, thresholds, *, border=None, overlap=DEFAULT_OVERLA
                  progress=None):
     """The class and every subnet's squared error of every calibration patch, and the full network's with context.
 
-    A patch's error is weighted as the engine blends it (:func:`blend_profile`): the stitched image's error is at
+    A patch's error is that of its luma (BT.601, in [0, 1]; the loss is stated in Y-PSNR: a colourful photo's
+    chroma errors, which the smaller subnets barely add to, would otherwise shrink every ratio to the full
+    network's), each pixel weighted as the engine blends it (:func:`blend_profile`): the stitched image's error is at
     most the weighted sum of its patches' errors (squared error is convex), so class errors measured so hold for
     the engine's output, seams included. LR crops wider than their HR patch (``context`` of
     :func:`sample_patch_pairs`) also give the full network's error on the patch when it sees the pixels around it,
@@ -136,8 +148,9 @@ def patch_errors(net, lq, gt, thresholds, *, border=None, overlap=DEFAULT_OVERLA
         progress (Callable[[int, int], None] | None): Called with (patches done, patches) after each batch.
 
     Returns:
-        tuple[np.ndarray, np.ndarray, np.ndarray | None]: (n,) classes 1..K, (n, M) mean squared errors (RGB in
-        [0, 1]), and (n,) the full network's with context (None without).
+        tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]: (n,) classes 1..K, (n, M) mean squared errors
+        (luma in [0, 1]), (n,) the full network's with context (None without), and (n, M) every subnet's mean
+        squared deviation from the full network's output with context (without: alone).
     """
     device = next(net.parameters()).device
     dtype = next(net.parameters()).dtype
@@ -160,10 +173,13 @@ def patch_errors(net, lq, gt, thresholds, *, border=None, overlap=DEFAULT_OVERLA
         x = x.to(device)
         return x.to(dtype) / 255. if x.dtype == torch.uint8 else x.to(dtype)
 
-    def weighted_error(sr, y):
-        return ((sr.clamp(0, 1).float() - y).pow(2).mean(1) * weights).sum(dim=(1, 2))
+    channels = gt.shape[1]
+    luma = (torch.tensor(LUMA_WEIGHTS_RGB) if channels == 3 else torch.full((channels,), 1 / channels)).to(device)
 
-    classes, errors, in_context = [], [], []
+    def weighted_error(sr, y):
+        return (((sr.clamp(0, 1).float() - y) * luma.view(1, -1, 1, 1)).sum(1).pow(2) * weights).sum(dim=(1, 2))
+
+    classes, errors, in_context, deviations = [], [], [], []
     was_training = net.training
     full = len(net.subnets) - 1
     net.eval()
@@ -174,40 +190,44 @@ def patch_errors(net, lq, gt, thresholds, *, border=None, overlap=DEFAULT_OVERLA
                 x = crop[..., context:context + p, context:context + p]
                 difficulty = patch_difficulty(rgb_to_luma(x.float()), p, [0], [0]).view(-1)
                 classes.append(classify(difficulty, thresholds).cpu())
-                errors.append(torch.stack([weighted_error(net(x, subnet=m), y) for m in range(len(net.subnets))],
-                                          1).double().cpu())
+                outputs = [net(x, subnet=m).clamp(0, 1).float() for m in range(len(net.subnets))]
+                errors.append(torch.stack([weighted_error(out, y) for out in outputs], 1).double().cpu())
+                reference = outputs[-1]
                 if context:
                     inner = slice(context * scale, (context + p) * scale)
-                    in_context.append(weighted_error(net(crop, subnet=full)[..., inner, inner], y).double().cpu())
+                    reference = net(crop, subnet=full)[..., inner, inner].clamp(0, 1).float()
+                    in_context.append(weighted_error(reference, y).double().cpu())
+                deviations.append(torch.stack([weighted_error(out, reference) for out in outputs], 1).double().cpu())
                 if progress is not None:
                     progress(min(start + batch_size, lq.shape[0]), lq.shape[0])
     finally:
         net.train(was_training)
     return (torch.cat(classes).numpy(), torch.cat(errors).numpy(),
-            torch.cat(in_context).numpy() if context else None)
+            torch.cat(in_context).numpy() if context else None, torch.cat(deviations).numpy())
 
 
 def measure_class_errors(net, lq, gt, thresholds, image_ids=None, source=None, **kwargs):
     """:class:`~.class_errors.ClassErrors` of calibration patches (:func:`patch_errors`; ``image_ids``: the image
     of every patch, None: one image each); ``source`` says what was calibrated on."""
-    classes, errors, in_context = patch_errors(net, lq, gt, thresholds, **kwargs)
+    classes, errors, in_context, deviation = patch_errors(net, lq, gt, thresholds, **kwargs)
     ids = np.arange(len(classes)) if image_ids is None else np.asarray(image_ids)
     p = gt.shape[-1] // net.upscale
     context = (lq.shape[-1] - p) // 2
-    source = {'patch_size': p, 'patches': int(len(classes)), 'context': context,
+    source = {'patch_size': p, 'patches': int(len(classes)), 'context': context, 'channel': ERROR_CHANNEL,
               'weights': 'blend' if kwargs.get('border') is None else f"border {kwargs['border']}", **(source or {})}
     detail = None
     if p >= 3:  # every LR patch's detail, as the engine measures it on an image's patches
         x = lq[..., context:context + p, context:context + p].cpu()
         x = x.float() / 255. if x.dtype == torch.uint8 else x.float()
         detail = patch_detail(rgb_to_luma(x), p, [0], [0]).reshape(-1).numpy()
-    return ClassErrors.from_samples(classes, errors, ids, thresholds.num_classes, source, detail, in_context)
+    return ClassErrors.from_samples(classes, errors, ids, thresholds.num_classes, source, detail, in_context,
+                                    deviation)
 
 
 def class_error_table(net, lq, gt, thresholds, *, border=None, batch_size=16):
-    """Mean squared error (RGB in [0, 1]) of every subnet on the calibration patches of every class: K x M
+    """Mean squared error (luma in [0, 1]) of every subnet on the calibration patches of every class: K x M
     (:func:`patch_errors`; a class without patches takes its nearest class's)."""
-    classes, errors, _ = patch_errors(net, lq, gt, thresholds, border=border, batch_size=batch_size)
+    classes, errors, _, _ = patch_errors(net, lq, gt, thresholds, border=border, batch_size=batch_size)
     num_classes, num_subnets = thresholds.num_classes, errors.shape[1]
     sums = np.zeros((num_classes, num_subnets))
     np.add.at(sums, classes - 1, errors)

@@ -196,6 +196,8 @@ class DynamicInferenceEngine:
                                class_spreads=thresholds.class_spread_lists() if thresholds is not None else None,
                                class_detail=thresholds.class_detail_list() if thresholds is not None else None,
                                class_tiling=thresholds.class_tiling_list() if thresholds is not None else None,
+                               subnet_correlation=(thresholds.subnet_correlation_list() if thresholds is not None
+                                                   else None),
                                whole_image_fallback=whole_image_fallback)
         self._strategy = plan_strategy(self.planner, self.timer, self.target, self.subnets.flops)
         self._geometry_cache = {}

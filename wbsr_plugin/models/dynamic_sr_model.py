@@ -213,12 +213,8 @@ class DynamicSRModel(DeferredLogMixin, SRModel):
         # BasicSR validates once more after the last iteration (at total_iter + 1): the same weights, measured already
         last = self.opt.get('train', {}).get('total_iter')
         class_errors = self.class_errors(min(current_iter, last) if last else current_iter) if calibrated else None
-        table, spreads = (None, None) if class_errors is None else (class_errors.planning_table(),
-                                                                    class_errors.spread_table())  # as infer plans
-        thresholds = (ClassThresholds.of(self.thresholds, class_errors=table, class_spreads=spreads,
-                                         class_detail=None if class_errors is None else class_errors.detail,
-                                         class_tiling=None if class_errors is None else class_errors.tiling_table())
-                      if self.thresholds else None)
+        terms = {} if class_errors is None else class_errors.planning_terms()  # as infer plans
+        thresholds = ClassThresholds.of(self.thresholds, **terms) if self.thresholds else None
         policy = inference_policy(thresholds, self.threshold_patch_size, target=PlanningTarget.from_options(**given),
                                   patch_size=patch_size or self.threshold_patch_size, overlap=overlap,
                                   plan_by=plan_by)
