@@ -53,6 +53,9 @@ ERROR_CHANNEL = 'y'
 PER_CLASS = ('detail', 'full_in_context')
 # quantile over the calibration images of their correlations (:func:`correlation_bound`)
 CORRELATION_QUANTILE = 0.9
+# the least correlation a subnet is planned with: what calibration photos unlike the user's may not show (textured
+# photos showed 0.1 or less, clean ones up to 0.25: the largest on the tuning photos; docs/RESULTS.md)
+CORRELATION_FLOOR = 0.25
 
 
 def image_correlations(errors, reference, deviation, image_ids, min_patches=2):
@@ -265,10 +268,18 @@ class ClassErrors:
 
     def planning_terms(self, margin=None):
         """What :meth:`.ClassThresholds.of` takes to plan with these errors: the planning table, the spreads, the
-        detail, tiling's cost and the subnets' correlations."""
+        detail, tiling's cost and the subnets' correlations (:meth:`planning_correlation`)."""
         return {'class_errors': self.planning_table(margin), 'class_spreads': self.spread_table(),
                 'class_detail': self.detail, 'class_tiling': self.tiling_table(),
-                'subnet_correlation': self.correlation}
+                'subnet_correlation': self.planning_correlation()}
+
+    def planning_correlation(self):
+        """Per subnet, the correlation the planner allows for: the measured one, at least :data:`CORRELATION_FLOOR`
+        for every subnet but the full network (whose deviation is only what tiling changes); None when not
+        measured."""
+        if self.correlation is None:
+            return None
+        return tuple(max(rho, CORRELATION_FLOOR) for rho in self.correlation[:-1]) + self.correlation[-1:]
 
     def spread_table(self):
         """K x M standard deviations of one patch's excess error over the full network (absolute: relative spread
@@ -312,8 +323,9 @@ class ClassErrors:
                 f'{what} + {Z_BOUND:g} sd, {Z_IMAGE:g} sd of the image\'s own patches')
         if self.deviation is not None:
             over = (self.source or {}).get('correlation_over')
-            text += (f', a correlation with the full network\'s error of up to {max(self.correlation):.2f}'
-                     + (f' ({over})' if over else ''))
+            text += (f', a correlation with the full network\'s error of {max(self.planning_correlation()):.2f} '
+                     f'(at least {CORRELATION_FLOOR:g}; measured up to {max(self.correlation):.2f}'
+                     + (f' over {over})' if over else ')'))
         stored = (('class detail', self.detail is not None), ('tiling\'s cost', self.in_context is not None),
                   ('deviations', self.deviation is not None),
                   ('luma errors (measured in RGB)', (self.source or {}).get('channel') == ERROR_CHANNEL))

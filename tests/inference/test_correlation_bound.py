@@ -11,7 +11,7 @@ from test_time_rules import THRESHOLDS, image, tiny_net
 
 from wbsr_plugin.inference import DynamicInferenceEngine
 from wbsr_plugin.inference.calibration import patch_errors
-from wbsr_runtime.class_errors import MARGIN, ClassErrors, image_correlations
+from wbsr_runtime.class_errors import CORRELATION_FLOOR, MARGIN, ClassErrors, image_correlations
 from wbsr_runtime.class_thresholds import ClassThresholds
 from wbsr_runtime.expected_quality import error_bound, scaled_errors, untiled
 
@@ -65,7 +65,7 @@ def test_with_one_patch_per_image_every_patch_counts_as_an_image():
     stats = ClassErrors.from_samples(np.ones(20, dtype=int), errors, np.arange(20), 1, in_context=e, deviation=d)
     assert stats.correlation == pytest.approx((sorted(rho)[math.ceil(0.9 * 19)], 0.))
     assert stats.source['correlation_over'] == '20 patches, one image each'
-    assert '(20 patches, one image each)' in stats.reliability()
+    assert 'over 20 patches, one image each)' in stats.reliability()
 
 
 @pytest.mark.parametrize('count', [4, 12])
@@ -83,6 +83,8 @@ def test_calibration_stores_the_ninetieth_percentile_of_its_images_correlations(
     negative = ClassErrors.from_samples(np.where(reference_n > 5, 2, 1), errors_n, ids_n, 3, in_context=reference_n,
                                         deviation=deviation_n)
     assert negative.correlation == (0., 0., 0.)
+    # planned with at least the floor, the full network (tiling's deviation alone) as measured
+    assert negative.planning_correlation() == (CORRELATION_FLOOR, CORRELATION_FLOOR, 0.)
     # per class, the mean deviation (class 3 has no patch: class 2's)
     for k in (1, 2):
         assert stats.deviation[k - 1] == pytest.approx(deviation[classes == k].mean(0))
@@ -114,14 +116,16 @@ def test_the_planning_table_is_the_error_with_context_plus_the_deviation_by_hand
     assert all(s >= t - 1e-12 for srow, trow in zip(sharper, table) for s, t in zip(srow, trow))
     text = stats.reliability()
     assert f'x{MARGIN:g} deviation' in text and 'not stored' not in text
-    assert (f'correlation with the full network\'s error of up to {max(stats.correlation):.2f} (2 images)'
-            in text)
+    assert f'measured up to {max(stats.correlation):.2f} over 2 images)' in text
     meta = stats.meta_entries()
     assert ClassErrors.from_meta(meta) == stats
     terms = stats.planning_terms()
-    assert terms['subnet_correlation'] == stats.correlation and terms['class_tiling'] == stats.tiling_table()
+    # planned with at least CORRELATION_FLOOR for every subnet but the full network (tiling's deviation alone)
+    assert terms['subnet_correlation'] == tuple(max(r, CORRELATION_FLOOR) for r in stats.correlation[:2]) + (
+        stats.correlation[2],)
+    assert terms['class_tiling'] == stats.tiling_table()
     thresholds = ClassThresholds.from_meta({'thresholds': [1., 2.], **meta})
-    assert thresholds.subnet_correlation == stats.correlation
+    assert thresholds.subnet_correlation == terms['subnet_correlation']
     for bad in ({'correlation': None}, {'correlation': [0.1, 2., 0.]}, {'deviation': [[1., 1.]] * 3}):
         with pytest.raises(ValueError, match='deviation .* and correlation'):
             ClassErrors.from_meta({**meta, 'calibration': {**meta['calibration'], **bad}})
