@@ -152,6 +152,7 @@ class ClassErrors:
         filled = [k for k in range(num_classes) if counts[k] > 0]
         means, sds = np.zeros((num_classes, num_subnets)), np.zeros((num_classes, num_subnets))
         images, details, contexts = np.zeros(num_classes, dtype=int), np.zeros(num_classes), np.zeros(num_classes)
+        deviations = None if deviation is None else np.zeros((num_classes, num_subnets))
         for k in range(num_classes):
             source_k = k if counts[k] else min(filled, key=lambda f: (abs(f - k), f))  # empty: nearest class
             rows = errors[classes == source_k + 1]
@@ -160,15 +161,14 @@ class ClassErrors:
                 details[k] = np.asarray(detail, dtype=np.float64)[classes == source_k + 1].mean()
             if in_context is not None:
                 contexts[k] = np.asarray(in_context, dtype=np.float64)[classes == source_k + 1].mean()
+            if deviation is not None:
+                deviations[k] = np.asarray(deviation, dtype=np.float64)[classes == source_k + 1].mean(0)
             if counts[k]:
                 images[k] = len(np.unique(image_ids[classes == k + 1]))
                 excess = (rows - rows[:, -1:]) / max(means[k, -1], 1e-12)
                 sds[k] = excess.std(0, ddof=1) if len(rows) > 1 else 0.
-        deviations, correlation = None, None
+        correlation = None
         if deviation is not None:
-            deviation = np.asarray(deviation, dtype=np.float64)
-            deviations = [deviation[classes == (k if counts[k] else min(filled, key=lambda f: (abs(f - k), f))) + 1]
-                          .mean(0) for k in range(num_classes)]
             reference = errors[:, -1] if in_context is None else np.asarray(in_context, dtype=np.float64)
             correlation, units = correlation_bound(errors, reference, deviation, image_ids)
             source = {**(source or {}), 'correlation_over': units}

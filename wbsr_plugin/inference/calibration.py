@@ -190,9 +190,9 @@ def patch_errors(net, lq, gt, thresholds, *, border=None, overlap=DEFAULT_OVERLA
                 x = crop[..., context:context + p, context:context + p]
                 difficulty = patch_difficulty(rgb_to_luma(x.float()), p, [0], [0]).view(-1)
                 classes.append(classify(difficulty, thresholds).cpu())
-                outputs = [net(x, subnet=m).clamp(0, 1).float() for m in range(len(net.subnets))]
+                outputs = [net(x, subnet=m) for m in range(len(net.subnets))]  # clamped where compared
                 errors.append(torch.stack([weighted_error(out, y) for out in outputs], 1).double().cpu())
-                reference = outputs[-1]
+                reference = outputs[-1].clamp(0, 1).float()
                 if context:
                     inner = slice(context * scale, (context + p) * scale)
                     reference = net(crop, subnet=full)[..., inner, inner].clamp(0, 1).float()
